@@ -1,0 +1,78 @@
+"""On-device smoke test: golden vectors within tolerance and a latency budget.
+
+Used by ``edge-agent check``, by model installs (in a child process) and by the
+converter to prove a freshly written bundle runs.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edge_agent.manifest import Manifest
+from edge_agent.preprocess import dequantize
+from edge_agent.runtimes import Runtime
+
+
+@dataclass
+class SmokeResult:
+    passed: bool
+    vectors: int
+    failures: list[str] = field(default_factory=list)
+    latency_ms: float = 0.0
+    max_abs_error: float = 0.0
+
+    def summary(self) -> str:
+        state = "PASS" if self.passed else "FAIL"
+        text = (
+            f"{state}: {self.vectors} golden vector(s), max |error| {self.max_abs_error:.4g}, "
+            f"{self.latency_ms:.2f} ms per inference"
+        )
+        return text if self.passed else text + "; " + "; ".join(self.failures)
+
+
+def run_smoke_test(manifest: Manifest, runtime: Runtime, timing_runs: int = 10) -> SmokeResult:
+    """Check the runtime reproduces the manifest's golden outputs and meets its latency budget."""
+    result = SmokeResult(passed=True, vectors=len(manifest.golden))
+    in_spec = runtime.inputs[0]
+    if list(in_spec.shape) != list(manifest.inputs[0].shape) or in_spec.dtype != manifest.inputs[0].dtype:
+        result.failures.append(
+            f"model input is {in_spec.dtype}{in_spec.shape}, manifest says "
+            f"{manifest.inputs[0].dtype}{manifest.inputs[0].shape}"
+        )
+    out_spec = runtime.outputs[0]
+    last_input: np.ndarray | None = None
+    for i, vector in enumerate(manifest.golden):
+        try:
+            tensor = vector.input_array(manifest.inputs[0])
+            expected = dequantize(vector.expected_array(manifest.outputs[0]), manifest.outputs[0])
+        except ValueError as exc:
+            result.failures.append(f"golden vector {i}: {exc}")
+            continue
+        got = dequantize(runtime.infer(tensor)[0], out_spec)
+        if got.shape != expected.shape:
+            result.failures.append(f"golden vector {i}: output shape {got.shape}, expected {expected.shape}")
+            continue
+        err = float(np.max(np.abs(got.astype(np.float32) - expected)))
+        result.max_abs_error = max(result.max_abs_error, err)
+        if err > vector.atol:
+            result.failures.append(f"golden vector {i}: max |error| {err:.4g} > tolerance {vector.atol:.4g}")
+        if int(np.argmax(got.reshape(-1))) != vector.expected_top1 and manifest.task != "detect":
+            result.failures.append(f"golden vector {i}: top-1 {int(np.argmax(got))} != {vector.expected_top1}")
+        last_input = tensor
+    if last_input is None:
+        dtype = np.dtype(in_spec.dtype)
+        last_input = np.zeros(in_spec.shape, dtype=dtype)
+    for _ in range(2):
+        runtime.infer(last_input)
+    start = time.perf_counter()
+    for _ in range(timing_runs):
+        runtime.infer(last_input)
+    result.latency_ms = (time.perf_counter() - start) * 1000.0 / max(1, timing_runs)
+    budget = manifest.latency_budget_ms
+    if budget > 0 and result.latency_ms > budget:
+        result.failures.append(f"latency {result.latency_ms:.2f} ms exceeds the budget of {budget:.2f} ms")
+    result.passed = not result.failures
+    return result
