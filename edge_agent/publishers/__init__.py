@@ -1,0 +1,88 @@
+"""Publishers: where results, health and status go. Created from config by type name.
+
+A publisher never blocks the caller on the network: ``publish`` hands the message
+to a queue (or writes a line to stdout) and returns.
+
+``kind`` is the topic suffix under ``edge/v1/{device_id}/``: ``status``,
+``health``, ``evt/<type>``, ``ack``, ``config/reported``. ``payload`` is the full
+JSON payload, envelope included (see :mod:`edge_agent.envelope`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any, Protocol
+
+
+class AgentControl(Protocol):
+    """What remote commands may do to a running agent (implemented by the app)."""
+
+    def status_info(self) -> dict[str, Any]:
+        """Agent version, model name/version/sha256, config version (for the birth message)."""
+
+    def apply_config(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """Validate, apply and persist runtime settings; returns the new reported config.
+
+        Raises edge_agent.errors.ConfigError on invalid changes.
+        """
+
+    def reload(self) -> None:
+        """Re-read the configuration file (and the active model)."""
+
+    def snapshot_jpeg(self, max_bytes: int) -> bytes | None:
+        """The latest frame as JPEG of at most ``max_bytes``, or None (no frame / audio)."""
+
+    def health_extra(self) -> dict[str, Any]:
+        """Counters the publisher adds nothing to (stages, fps, drops)."""
+
+
+class Publisher(ABC):
+    """Sink for device messages."""
+
+    @abstractmethod
+    def start(self, control: AgentControl | None = None) -> None:
+        """Begin delivering (connect asynchronously); never raises on network failure."""
+
+    @abstractmethod
+    def publish(self, kind: str, payload: dict[str, Any]) -> None:
+        """Queue one message for delivery; must not block on the network."""
+
+    @abstractmethod
+    def stop(self, timeout: float = 5.0) -> None:
+        """Flush what can be flushed within ``timeout``, publish ``offline``, disconnect."""
+
+    def stats(self) -> dict[str, Any]:
+        """Delivery counters merged into the health payload (outbox depth, reconnects …)."""
+        return {}
+
+    @property
+    def connected(self) -> bool:
+        return False
+
+
+PublisherFactory = Callable[..., Publisher]
+PUBLISHERS: dict[str, PublisherFactory] = {}
+
+
+def register_publisher(kind: str, factory: PublisherFactory) -> None:
+    PUBLISHERS[kind] = factory
+
+
+def create_publisher(kind: str, **options: Any) -> Publisher:
+    """Create a publisher by registry name; raises ValueError for an unknown type."""
+    if kind not in PUBLISHERS:
+        _load_builtin(kind)
+    try:
+        factory = PUBLISHERS[kind]
+    except KeyError:
+        raise ValueError(f"unknown publisher type {kind!r}; choose one of {sorted(PUBLISHERS)}") from None
+    return factory(**options)
+
+
+def _load_builtin(kind: str) -> None:
+    import importlib
+
+    module = {"stdout": "edge_agent.publishers.stdout", "mqtt": "edge_agent.publishers.mqtt"}.get(kind)
+    if module:
+        importlib.import_module(module)
