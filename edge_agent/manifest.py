@@ -155,6 +155,10 @@ def _decode(b64: str, spec: TensorSpec) -> np.ndarray:
     return array.reshape(spec.shape).copy()
 
 
+def _default_output() -> OutputSpec:
+    return OutputSpec()
+
+
 class ModelInfo(_Strict):
     file: str = "model.tflite"
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
@@ -173,7 +177,7 @@ class Manifest(_Strict):
     inputs: list[TensorSpec] = Field(min_length=1)
     outputs: list[TensorSpec] = Field(min_length=1)
     preprocess: Preprocess
-    output: OutputSpec = Field(default_factory=OutputSpec)
+    output: OutputSpec = Field(default_factory=_default_output)
     files: dict[str, str] = Field(
         default_factory=dict, description="sha256 of every other file in the bundle."
     )

@@ -121,7 +121,8 @@ def quantize(values: np.ndarray, spec: TensorSpec) -> np.ndarray:
         raise PreprocessError(f"tensor {spec.name!r} is {spec.dtype} but has no quantisation scale")
     info = np.iinfo(dtype)
     q = np.round(values / spec.scale + spec.zero_point)
-    return np.clip(q, info.min, info.max).astype(dtype)
+    clipped: np.ndarray = np.clip(q, info.min, info.max).astype(dtype)
+    return clipped
 
 
 def dequantize(values: np.ndarray, spec: TensorSpec) -> np.ndarray:
@@ -129,7 +130,8 @@ def dequantize(values: np.ndarray, spec: TensorSpec) -> np.ndarray:
     if values.dtype == np.float32 or spec.scale <= 0:
         return values.astype(np.float32, copy=False)
     # int arithmetic first would overflow int8; widen before subtracting.
-    return (values.astype(np.float32) - np.float32(spec.zero_point)) * np.float32(spec.scale)
+    out: np.ndarray = (values.astype(np.float32) - np.float32(spec.zero_point)) * np.float32(spec.scale)
+    return out
 
 
 # --------------------------------------------------------------------------- audio
@@ -272,4 +274,5 @@ def fit_to_tensor(features: np.ndarray, shape: list[int]) -> np.ndarray:
             f"preprocessed input has shape {features.shape} ({features.size} values) but the "
             f"model input is {shape}; fix the preprocessing options to match the model"
         )
-    return features.reshape(target)
+    reshaped: np.ndarray = features.reshape(target)
+    return reshaped
