@@ -1,0 +1,1 @@
+"""Benchmarks (not tests): figures written to docs/benchmarks.md."""

@@ -1,0 +1,131 @@
+"""Agent pipeline benchmark: throughput vs a bare interpreter loop, peak RSS, time to first result.
+
+Throughput ratio = frames/s of ``edge-agent run`` on a video file (decode,
+preprocess, quantise, invoke, decode, publish JSON lines) ÷ frames/s of a bare
+``set_tensor``/``invoke``/``get_tensor`` loop on the same model and thread count,
+both measured in this run.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from bench.common import CACHE, BenchResult, RssWatcher, tool
+from bench.models import ensure_models
+
+FRAMES = 600
+
+
+def render_video(test_dir: Path, path: Path, frames: int) -> Path:
+    """Write held-out digit images (cycled) into an MJPEG AVI."""
+    files = sorted(test_dir.rglob("*.png"))
+    first = cv2.imread(str(files[0]), cv2.IMREAD_COLOR)
+    height, width = first.shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (width, height))
+    for i in range(frames):
+        writer.write(cv2.imread(str(files[i % len(files)]), cv2.IMREAD_COLOR))
+    writer.release()
+    return path
+
+
+def raw_loop_fps(bundle: Path, threads: int, iterations: int) -> float:
+    """Frames/s of the bare interpreter loop on the bundle's model (inputs pre-quantised)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edge_agent.bundle import read_bundle
+
+    model = read_bundle(bundle).model_bytes
+    interp = Interpreter(model_content=model, num_threads=threads)
+    interp.allocate_tensors()
+    inp = interp.get_input_details()[0]
+    out = interp.get_output_details()[0]
+    rng = np.random.default_rng(0)
+    info = np.iinfo(inp["dtype"])
+    tensors = [rng.integers(info.min, info.max, size=inp["shape"], dtype=inp["dtype"]) for _ in range(8)]
+    for t in tensors:
+        interp.set_tensor(inp["index"], t)
+        interp.invoke()
+    start = time.perf_counter()
+    for i in range(iterations):
+        interp.set_tensor(inp["index"], tensors[i % len(tensors)])
+        interp.invoke()
+        interp.get_tensor(out["index"])
+    return iterations / (time.perf_counter() - start)
+
+
+def run_agent(bundle: Path, video: Path, threads: int, frames: int) -> dict[str, float]:
+    """Run the agent on a video; returns fps (first→last result), first-result latency, peak RSS."""
+    cmd = [tool("edge-agent"), "run", "--bundle", str(bundle), "--source", str(video), "--events", "every",
+           "--threads", str(threads), "--max-frames", str(frames), "--health-interval", "3600",
+           "--state-dir", str(CACHE / "agent-state")]
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watcher = RssWatcher(proc.pid)
+    first_result = None
+    stamps: list[float] = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        try:
+            msg = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "/evt/" not in msg.get("topic", ""):
+            continue
+        now = time.monotonic()
+        if first_result is None:
+            first_result = now - start
+        stamps.append(now)
+    proc.wait()
+    watcher.stop()
+    if proc.returncode != 0 or len(stamps) < 2:
+        err = proc.stderr.read() if proc.stderr else ""
+        raise RuntimeError(f"agent failed ({proc.returncode}, {len(stamps)} results): {err[-2000:]}")
+    fps = (len(stamps) - 1) / (stamps[-1] - stamps[0])
+    return {"fps": fps, "first_result_s": first_result or 0.0, "peak_rss_mb": watcher.peak_mb,
+            "results": float(len(stamps))}
+
+
+def main() -> BenchResult:
+    paths = ensure_models()
+    video96 = render_video(paths["test96"], CACHE / "digits96.avi", FRAMES)
+    video32 = render_video(paths["digits_test"], CACHE / "digits32.avi", 300)
+    rows = []
+    figures: dict[str, object] = {}
+    for threads in (1, 2):
+        raw = raw_loop_fps(paths["digits96_bundle"], threads, FRAMES)
+        agent = run_agent(paths["digits96_bundle"], video96, threads, FRAMES)
+        ratio = agent["fps"] / raw
+        rows.append(f"| digits96 int8 | {threads} | {1000 / raw:.2f} | {raw:.0f} | {agent['fps']:.0f} | "
+                    f"**{ratio:.2f}** |")
+        figures[f"throughput_ratio_t{threads}"] = round(ratio, 3)
+        figures[f"raw_fps_t{threads}"] = round(raw, 1)
+        figures[f"agent_fps_t{threads}"] = round(agent["fps"], 1)
+    small = run_agent(paths["digits_bundle"], video32, 1, 300)
+    figures["digits_peak_rss_mb"] = round(small["peak_rss_mb"], 1)
+    figures["digits_first_result_s"] = round(small["first_result_s"], 3)
+    md = (
+        "Agent (`edge-agent run --events every`, video file, JSON lines to a pipe) against a bare "
+        "`set_tensor`/`invoke`/`get_tensor` loop on the same int8 model and thread count.\n\n"
+        "| model | threads | raw ms/inference | raw fps | agent fps | agent ÷ raw |\n"
+        "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
+        f"Digits bundle (32x32 grey), 300 frames: peak RSS **{small['peak_rss_mb']:.1f} MB** "
+        f"(target ≤ 80 MB), process start to first result **{small['first_result_s']:.2f} s** "
+        "(target ≤ 1.5 s).\n\nTarget: agent ÷ raw ≥ 0.9 for a model of at least 2 ms per inference.\n"
+    )
+    result = BenchResult("agent_pipeline", "Agent pipeline throughput, memory and start-up", figures, md,
+                         {"throughput_ratio": ">= 0.9", "peak_rss_mb": "<= 80", "first_result_s": "<= 1.5"})
+    result.save()
+    return result
+
+
+if __name__ == "__main__":
+    res = main()
+    print(res.markdown)
+    sys.exit(0)
