@@ -25,14 +25,15 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import ValidationError
 
 from edge_agent.errors import BundleError, SignatureError
 from edge_agent.manifest import Manifest
+
+if TYPE_CHECKING:  # cryptography costs ~8 MB RSS: imported only where keys are used
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
@@ -89,6 +90,8 @@ class Bundle:
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
     """Load an Ed25519 private key (PEM, PKCS#8, unencrypted)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     try:
         key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
     except FileNotFoundError as exc:
@@ -102,6 +105,8 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
 
 def load_public_key(path: Path) -> Ed25519PublicKey:
     """Load an Ed25519 public key (PEM SubjectPublicKeyInfo)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
     try:
         key = serialization.load_pem_public_key(Path(path).read_bytes())
     except FileNotFoundError as exc:
@@ -115,6 +120,8 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
 
 def generate_keypair(private_path: Path, public_path: Path) -> None:
     """Write a new Ed25519 key pair; the private key file is created mode 0600."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     key = Ed25519PrivateKey.generate()
     private_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -244,7 +251,7 @@ def _check_member(info: zipfile.ZipInfo) -> None:
     if name.startswith("/") or "\\" in name or ".." in name.split("/") or "/" in name:
         raise BundleError(f"bundle member {name!r} has an unsafe path; refusing the bundle")
     mode = info.external_attr >> 16
-    if mode and (stat.S_ISLNK(mode) or not stat.S_ISREG(mode) and stat.S_IFMT(mode)):
+    if mode and (stat.S_ISLNK(mode) or (not stat.S_ISREG(mode) and stat.S_IFMT(mode))):
         raise BundleError(f"bundle member {name!r} is not a regular file; refusing the bundle")
     if name not in ALLOWED_MEMBERS:
         raise BundleError(f"bundle member {name!r} is not expected in a bundle; refusing it")
@@ -319,6 +326,8 @@ def read_bundle_bytes(
     if must_sign and signature is None:
         raise SignatureError(f"{path} is not signed but a signature is required; sign it with `edge-deploy sign`")
     if key is not None and signature is not None:
+        from cryptography.exceptions import InvalidSignature
+
         try:
             key.verify(signature, manifest_bytes)
         except InvalidSignature as exc:

@@ -52,6 +52,12 @@ def preprocess_image(frame: np.ndarray, spec: ImagePreprocess) -> tuple[np.ndarr
     Returns:
         The float32 input array and the transform back to source pixels.
     """
+    resized, transform = resize_image(frame, spec)
+    return normalize_image(resized, spec), transform
+
+
+def resize_image(frame: np.ndarray, spec: ImagePreprocess) -> tuple[np.ndarray, ImageTransform]:
+    """Colour conversion and resize: the uint8 HxW or HxWx3 image before normalisation."""
     if frame.ndim == 3 and frame.shape[2] == 4:
         frame = cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
     if frame.ndim == 3 and frame.shape[2] == 1:
@@ -68,7 +74,11 @@ def preprocess_image(frame: np.ndarray, spec: ImagePreprocess) -> tuple[np.ndarr
         image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) if spec.color == "rgb" else bgr
 
     src_h, src_w = image.shape[:2]
-    resized, transform = _resize(image, spec.width, spec.height, spec.resize, src_w, src_h)
+    return _resize(image, spec.width, spec.height, spec.resize, src_w, src_h)
+
+
+def normalize_image(resized: np.ndarray, spec: ImagePreprocess) -> np.ndarray:
+    """uint8 pixels (from :func:`resize_image`) to normalised float32 HxWxC."""
     out = resized.astype(np.float32)
     if out.ndim == 2:
         out = out[:, :, None]
@@ -76,8 +86,23 @@ def preprocess_image(frame: np.ndarray, spec: ImagePreprocess) -> tuple[np.ndarr
         out = 255.0 - out
     mean = np.asarray(spec.mean, dtype=np.float32)
     std = np.asarray(spec.std, dtype=np.float32)
-    out = (out - mean) / std
-    return out, transform
+    result: np.ndarray = (out - mean) / std
+    return result
+
+
+def pixel_lookup_table(spec: ImagePreprocess, tensor: TensorSpec) -> np.ndarray:
+    """Model-input value of every uint8 pixel level, shape (256, C) in the tensor's dtype.
+
+    Normalisation and quantisation act on each pixel independently, so the
+    device applies them as one table lookup; the table is computed with exactly
+    the float operations of :func:`normalize_image` and :func:`quantize`, so the
+    result is bit-identical to the slow path the converter calibrated with.
+    """
+    levels = np.arange(256, dtype=np.uint8).reshape(256, 1)
+    if spec.channels == 3:
+        levels = np.repeat(levels[:, :, None], 3, axis=2)  # (256, 1, 3)
+    table = quantize(normalize_image(levels, spec), tensor)  # (256, 1, C)
+    return np.ascontiguousarray(table.reshape(256, spec.channels))
 
 
 def _interp(src_w: int, src_h: int, dst_w: int, dst_h: int) -> int:

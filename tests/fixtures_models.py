@@ -1,1 +1,159 @@
-"""Session fixtures: models."""
+"""Session fixtures: real models, trained on real data and converted by the real CLI.
+
+Everything that needs TensorFlow (training, conversion) runs in a child process,
+so the test process itself never imports TensorFlow. Each artefact is built at
+most once per session, lazily, under ``tmp_path_factory``.
+
+Names other components rely on:
+
+* ``digits_data`` -> ``(x_train, y_train, x_test, y_test)``: 32x32 uint8 digit images.
+* ``digits_models`` -> dict with ``keras``/``savedmodel``/``h5`` paths, ``train``/``test``
+  PNG class folders and the float ``accuracy``.
+* ``digits_keras_file`` -> Path of ``digits.keras``.
+* ``digits_bundle`` -> Path of the int8 bundle (task classify, labels "0".."9").
+* ``digits_report`` -> the bundle's validation report (dict).
+* ``digits_float_tflite`` -> Path of the float TFLite model (same weights).
+* ``keyword_dataset_dir`` -> WAV class folders (all clips, incl. ``_background``).
+* ``keyword_models`` -> dict with ``model``, ``train``, ``test``, ``labels``, ``accuracy``.
+* ``keyword_bundle`` -> Path of the int8 audio bundle (task audio_classify,
+  ``_background`` listed in ``output.background_labels``).
+* ``signing_keys`` -> ``(private_key_path, public_key_path)`` (Ed25519 PEM).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env.setdefault("CUDA_VISIBLE_DEVICES", "")
+    return env
+
+
+def run_python(args: list[str], timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run ``python ARGS`` in a child process with the project on the path."""
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, check=False,
+                          env=child_env(), cwd=str(ROOT))
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"`python {' '.join(args)}` failed with exit code {proc.returncode}\n"
+            f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-5000:]}"
+        )
+    return proc
+
+
+def run_convert(*args: str | Path, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the real ``edge-convert`` command line (``python -m converter``)."""
+    return run_python(["-m", "converter", *map(str, args)], timeout=timeout, check=check)
+
+
+@pytest.fixture(scope="session")
+def digits_data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    from converter.examples import digits_split
+
+    return digits_split()
+
+
+@pytest.fixture(scope="session")
+def digits_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("digits")
+    run_python(["-m", "converter.examples", "digits", "--out", str(out),
+                "--formats", "keras,savedmodel,h5"])
+    info: dict[str, Any] = json.loads((out / "info.json").read_text())
+    flat = {**{k: Path(v) for k, v in info["models"].items()},
+            "train": Path(info["train"]), "test": Path(info["test"]),
+            "accuracy": info["accuracy"], "dir": out}
+    return flat
+
+
+@pytest.fixture(scope="session")
+def digits_keras_file(digits_models: dict[str, Any]) -> Path:
+    path: Path = digits_models["keras"]
+    return path
+
+
+@pytest.fixture(scope="session")
+def _digits_conversion(digits_models: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+                       ) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("digits_bundle")
+    bundle, report, float_model = out / "digits.bundle", out / "report.json", out / "digits_float.tflite"
+    run_convert(digits_models["keras"], "--calibration", digits_models["train"],
+                "--validation", digits_models["test"], "--output", bundle, "--report", report,
+                "--name", "digits", "--version", "1.0.0", "--save-float", float_model)
+    return {"bundle": bundle, "report": report, "float": float_model}
+
+
+@pytest.fixture(scope="session")
+def digits_bundle(_digits_conversion: dict[str, Path]) -> Path:
+    return _digits_conversion["bundle"]
+
+
+@pytest.fixture(scope="session")
+def digits_report(_digits_conversion: dict[str, Path]) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(_digits_conversion["report"].read_text())
+    return data
+
+
+@pytest.fixture(scope="session")
+def digits_float_tflite(_digits_conversion: dict[str, Path]) -> Path:
+    return _digits_conversion["float"]
+
+
+@pytest.fixture(scope="session")
+def keyword_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("keywords")
+    run_python(["-m", "converter.examples", "keywords", "--out", str(out)])
+    info: dict[str, Any] = json.loads((out / "info.json").read_text())
+    return {"model": Path(info["model"]), "train": Path(info["train"]), "test": Path(info["test"]),
+            "all": Path(info["all"]), "labels": info["labels"], "accuracy": info["accuracy"], "dir": out}
+
+
+@pytest.fixture(scope="session")
+def keyword_dataset_dir(keyword_models: dict[str, Any]) -> Path:
+    path: Path = keyword_models["all"]
+    return path
+
+
+@pytest.fixture(scope="session")
+def _keyword_conversion(keyword_models: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+                        ) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("keyword_bundle")
+    bundle, report = out / "keywords.bundle", out / "report.json"
+    run_convert(keyword_models["model"], "--calibration", keyword_models["train"],
+                "--validation", keyword_models["test"], "--output", bundle, "--report", report,
+                "--task", "audio_classify", "--name", "keywords", "--version", "1.0.0")
+    return {"bundle": bundle, "report": report}
+
+
+@pytest.fixture(scope="session")
+def keyword_bundle(_keyword_conversion: dict[str, Path]) -> Path:
+    return _keyword_conversion["bundle"]
+
+
+@pytest.fixture(scope="session")
+def keyword_report(_keyword_conversion: dict[str, Path]) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(_keyword_conversion["report"].read_text())
+    return data
+
+
+@pytest.fixture(scope="session")
+def signing_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from edge_agent.bundle import generate_keypair
+
+    out = tmp_path_factory.mktemp("keys")
+    private, public = out / "signing.pem", out / "signing.pub.pem"
+    generate_keypair(private, public)
+    return private, public

@@ -1,1 +1,296 @@
-"""Session fixtures: mqtt."""
+"""Fixtures: real Mosquitto brokers on free 127.0.0.1 ports, certificates, a message collector.
+
+- ``mqtt_broker`` (session): plain listener, anonymous, persistence on (autosave 1 s).
+- ``mqtt_broker_fn`` (function): its own broker, for tests that kill -9 and restart it.
+- ``pki`` (session): CA, server cert for 127.0.0.1/localhost, client certs for two
+  devices and the ``fleet`` operator, a cert from another CA, an expired cert.
+- ``tls_broker`` (session): the shipped ``deploy/mosquitto`` config and ACL, rendered
+  with the generated certificates and a free port.
+- ``unique_id``: a fresh device id / topic level per test.
+
+:class:`Collector` subscribes through :class:`edge_agent.mqtt.MqttLink` (tests too go
+through the one module that imports paho) and waits for messages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deploy import certs
+from edge_agent.mqtt import InboundMessage, MqttLink, MqttSettings
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED_CONF = REPO / "deploy" / "mosquitto" / "mosquitto.conf"
+SHIPPED_ACL = REPO / "deploy" / "mosquitto" / "edge.acl"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def render_config(template: str, values: dict[str, str]) -> str:
+    """Replace ``key value`` lines of a mosquitto.conf by key; append keys not present."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for line in template.splitlines():
+        key = line.split(" ", 1)[0] if line and not line.startswith("#") else ""
+        if key in values:
+            out.append(f"{key} {values[key]}")
+            seen.add(key)
+        else:
+            out.append(line)
+    out += [f"{k} {v}" for k, v in values.items() if k not in seen]
+    return "\n".join(out) + "\n"
+
+
+class Mosquitto:
+    """A mosquitto process on a fixed port that can be killed and restarted."""
+
+    def __init__(self, workdir: Path, conf_text: str, port: int, tls: bool = False) -> None:
+        self.workdir = workdir
+        self.port = port
+        self.tls = tls
+        self.conf = workdir / "mosquitto.conf"
+        self.conf.write_text(conf_text)
+        self.log = workdir / "mosquitto.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            log = self.log.open("ab")
+            self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=log, stderr=log,
+                                         cwd=self.workdir)
+            log.close()
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    break  # e.g. port still in use right after a kill: retry
+                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
+                    return
+                time.sleep(0.05)
+            if time.monotonic() >= deadline:
+                self.kill()
+                raise RuntimeError(f"mosquitto did not start; log:\n{self.log.read_text()[-2000:]}")
+            time.sleep(0.2)
+
+    def kill(self) -> None:
+        """kill -9: no clean shutdown, no final persistence save."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(5)
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+
+def _user() -> str:
+    """Mosquitto started as root drops to user ``mosquitto``, which cannot read pytest's temp dirs."""
+    return "root" if os.geteuid() == 0 else os.environ.get("USER", "nobody")
+
+
+def plain_config(workdir: Path, port: int) -> str:
+    return "\n".join([
+        f"user {_user()}",
+        f"listener {port} 127.0.0.1",
+        "allow_anonymous true",
+        "persistence true",
+        f"persistence_location {workdir}/",
+        "autosave_interval 1",
+        "max_queued_messages 100000",
+        "max_inflight_messages 20",
+        "max_packet_size 262144",
+        "log_dest stderr",
+        "log_type error",
+        "log_type warning",
+        "",
+    ])
+
+
+@pytest.fixture(scope="session")
+def mqtt_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    workdir = tmp_path_factory.mktemp("mosquitto")
+    port = free_port()
+    broker = Mosquitto(workdir, plain_config(workdir, port), port)
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def mqtt_broker_fn(tmp_path: Path) -> Iterator[Mosquitto]:
+    workdir = tmp_path / "mosquitto"
+    workdir.mkdir()
+    port = free_port()
+    broker = Mosquitto(workdir, plain_config(workdir, port), port)
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@dataclass(frozen=True)
+class Pki:
+    dir: Path
+    ca: certs.CertPair
+    server: certs.CertPair
+    dev_a: certs.CertPair
+    dev_b: certs.CertPair
+    fleet: certs.CertPair
+    foreign: certs.CertPair
+    expired: certs.CertPair
+    foreign_ca: certs.CertPair
+
+    def client(self, pair: certs.CertPair, url: str, **kw: Any) -> MqttSettings:
+        return MqttSettings(broker=url, ca_file=self.ca.cert, cert_file=pair.cert, key_file=pair.key,
+                            keepalive=kw.pop("keepalive", 5), reconnect_max_s=kw.pop("reconnect_max_s", 2), **kw)
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    root = tmp_path_factory.mktemp("pki")
+    ca = certs.create_ca(root)
+    server = certs.issue(root, "localhost", server=True, dns=["localhost"], ips=["127.0.0.1"])
+    dev_a = certs.issue(root, "dev-a")
+    dev_b = certs.issue(root, "dev-b")
+    fleet = certs.issue(root, "fleet")
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(days=30)
+    expired = certs.issue(root, "dev-expired", not_before=past, not_after=past + dt.timedelta(days=1),
+                          out_dir=root / "expired")
+    other = root / "other-ca"
+    foreign_ca = certs.create_ca(other, name="some other CA")
+    foreign = certs.issue(other, "dev-a")  # same CN, wrong CA
+    return Pki(root, ca, server, dev_a, dev_b, fleet, foreign, expired, foreign_ca)
+
+
+@pytest.fixture(scope="session")
+def tls_broker(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[Mosquitto]:
+    """The shipped config and ACL, only paths and port replaced."""
+    workdir = tmp_path_factory.mktemp("mosquitto-tls")
+    port = free_port()
+    shutil.copy(SHIPPED_ACL, workdir / "edge.acl")
+    conf = render_config(SHIPPED_CONF.read_text(), {
+        "user": _user(),
+        "listener": f"{port} 127.0.0.1",
+        "acl_file": str(workdir / "edge.acl"),
+        "persistence_location": f"{workdir}/",
+        "cafile": str(pki.ca.cert),
+        "certfile": str(pki.server.cert),
+        "keyfile": str(pki.server.key),
+    })
+    broker = Mosquitto(workdir, conf, port, tls=True)
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def unique_id() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+class Collector:
+    """Subscribes to topic filters and keeps every message; thread-safe waits."""
+
+    def __init__(self, settings: MqttSettings, filters: tuple[str, ...], client_id: str | None = None,
+                 session_expiry_s: int = 0) -> None:
+        self.messages: list[InboundMessage] = []
+        self.suback: list[list[int]] = []
+        self._cond = threading.Condition()
+        self.link = MqttLink(settings, client_id or f"col-{uuid.uuid4().hex[:8]}", subscriptions=filters,
+                             session_expiry_s=session_expiry_s)
+        self.link.callbacks.on_message = self._on_message
+        self.link.callbacks.on_subscribed = self._on_suback
+
+    def _on_message(self, message: InboundMessage) -> None:
+        with self._cond:
+            self.messages.append(message)
+            self._cond.notify_all()
+
+    def _on_suback(self, mid: int, codes: list[int]) -> None:
+        with self._cond:
+            self.suback.append(codes)
+            self._cond.notify_all()
+
+    def start(self, timeout: float = 10.0) -> Collector:
+        self.link.start()
+        assert self.link.wait_connected(timeout), "collector could not connect"
+        self.wait(lambda: bool(self.suback), timeout)
+        return self
+
+    def stop(self) -> None:
+        self.link.stop()
+
+    def wait(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not predicate():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            return True
+
+    def on(self, suffix: str) -> list[InboundMessage]:
+        with self._cond:
+            return [m for m in self.messages if m.topic.endswith(suffix)]
+
+    def json(self, suffix: str) -> list[dict[str, Any]]:
+        out = []
+        for m in self.on(suffix):
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(m.payload))
+        return out
+
+
+@pytest.fixture
+def collector_factory() -> Iterator[Callable[..., Collector]]:
+    made: list[Collector] = []
+
+    def make(settings: MqttSettings, *filters: str, **kw: Any) -> Collector:
+        col = Collector(settings, tuple(filters), **kw).start()
+        made.append(col)
+        return col
+
+    yield make
+    for col in made:
+        col.stop()
+
+
+def agent_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env

@@ -1,1 +1,187 @@
-"""Session fixtures: ssh."""
+"""Session fixtures: a real sshd standing in for a device, plus keys and small test bundles.
+
+``sshd`` runs on a free 127.0.0.1 port with a throw-away host key and a single
+key-only login (the current user; root in CI) through an AuthorizedKeysFile in
+a temp directory. ``StrictModes no`` and ``UsePAM no`` keep it independent of
+the host's configuration; no system sshd is needed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from edge_agent.bundle import generate_keypair, load_private_key, sign_bundle
+from tests import deploy_helpers
+
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+VENV_BIN = Path(sys.executable).parent
+
+
+@dataclass(frozen=True)
+class SshDevice:
+    """Where and how to reach the fake device."""
+
+    host: str  # user@127.0.0.1
+    port: int
+    identity: Path
+    known_hosts: Path
+    agent_path: Path
+
+    def ssh_args(self, with_host: bool = True) -> list[str]:
+        host = ["--host", self.host, "--port", str(self.port)] if with_host else []
+        return [*host, "--identity", str(self.identity), "--known-hosts", str(self.known_hosts),
+                "--agent-path", str(self.agent_path)]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _keygen(path: Path, kind: str = "ed25519") -> None:
+    subprocess.run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-f", str(path)], check=True)
+
+
+@pytest.fixture(scope="session")
+def sshd_device(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshDevice]:
+    if not os.path.exists(SSHD) or shutil.which("ssh") is None:
+        pytest.skip("openssh server/client not installed")
+    base = tmp_path_factory.mktemp("sshd")
+    host_key, client_key = base / "host_ed25519", base / "client_ed25519"
+    _keygen(host_key)
+    _keygen(client_key)
+    authorized = base / "authorized_keys"
+    authorized.write_text(Path(f"{client_key}.pub").read_text())
+    authorized.chmod(0o600)
+    port = _free_port()
+    user = pwd.getpwuid(os.getuid()).pw_name
+    config = base / "sshd_config"
+    config.write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key}\n"
+        f"AuthorizedKeysFile {authorized}\nPidFile {base / 'sshd.pid'}\n"
+        "StrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        "PubkeyAuthentication yes\nPermitRootLogin prohibit-password\nAllowTcpForwarding no\n"
+        "X11Forwarding no\nSubsystem sftp internal-sftp\nLogLevel ERROR\n"
+        f"AllowUsers {user}\nMaxStartups 50\nMaxSessions 50\n"
+    )
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege-separation directory
+    log = (base / "sshd.log").open("wb")
+    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=log, stderr=log)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            break
+        if proc.poll() is not None:
+            pytest.fail(f"sshd exited: {(base / 'sshd.log').read_text()}")
+        time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("sshd did not listen within 10 s")
+    yield SshDevice(
+        host=f"{user}@127.0.0.1", port=port, identity=client_key,
+        known_hosts=base / "known_hosts", agent_path=VENV_BIN / "edge-agent",
+    )
+    proc.terminate()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+# --------------------------------------------------------------------------- keys and bundles
+
+
+@dataclass(frozen=True)
+class DeployKeys:
+    private: Path
+    public: Path
+
+
+@dataclass(frozen=True)
+class BundleSet:
+    """Signed test bundles: good, good_v2 (same input), and every kind of bad one."""
+
+    good: Path
+    good_v2: Path
+    wrong_input: Path
+    too_slow: Path
+    tampered: Path
+    truncated: Path
+    unsigned: Path
+    wrong_signature: Path
+    from_digits: bool
+
+
+@pytest.fixture(scope="session")
+def deploy_keys(tmp_path_factory: pytest.TempPathFactory) -> DeployKeys:
+    base = tmp_path_factory.mktemp("deploy-keys")
+    keys = DeployKeys(private=base / "signing.key", public=base / "signing.pub")
+    generate_keypair(keys.private, keys.public)
+    return keys
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """Real float TFLite models: 'a' and 'a2' (16x16x1), 'b' (8x8x3, a different input)."""
+    base = tmp_path_factory.mktemp("tiny-models")
+    specs: list[dict[str, object]] = [
+        {"shape": [1, 16, 16, 1], "seed": 1, "out": str(base / "a.tflite"), "classes": 10},
+        {"shape": [1, 16, 16, 1], "seed": 2, "out": str(base / "a2.tflite"), "classes": 10},
+        {"shape": [1, 8, 8, 3], "seed": 3, "out": str(base / "b.tflite"), "classes": 4},
+    ]
+    deploy_helpers.build_tiny_models(specs)
+    return {name: (base / f"{name}.tflite").read_bytes() for name in ("a", "a2", "b")}
+
+
+@pytest.fixture(scope="session")
+def test_bundles(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    deploy_keys: DeployKeys,
+    tiny_models: dict[str, bytes],
+) -> BundleSet:
+    """The converter's digits bundle when available (re-signed with our key), else a tiny model."""
+    base = tmp_path_factory.mktemp("bundles")
+    key = load_private_key(deploy_keys.private)
+    good = base / "good.bundle"
+    from_digits = False
+    if os.environ.get("EDGE_TEST_TINY_ONLY") != "1":
+        with contextlib.suppress(pytest.FixtureLookupError):
+            digits = Path(request.getfixturevalue("digits_bundle"))
+            sign_bundle(digits, key, output=good)
+            from_digits = True
+    if not from_digits:
+        deploy_helpers.bundle_from_model(good, tiny_models["a"], name="tiny", version="1.0.0",
+                                         sign_key=key)
+    version = deploy_helpers.read_bundle(good, require_signature=False).manifest.version
+    good_v2 = deploy_helpers.repack(good, base / "good_v2.bundle", key, version=f"{version}.1")
+    wrong_input = deploy_helpers.bundle_from_model(
+        base / "wrong_input.bundle", tiny_models["b"], name="other", version="1.0.0", sign_key=key
+    )
+    too_slow = deploy_helpers.repack(good, base / "too_slow.bundle", key, version=f"{version}.2",
+                                     latency_budget_ms=0.0001)
+    return BundleSet(
+        good=good,
+        good_v2=good_v2,
+        wrong_input=wrong_input,
+        too_slow=too_slow,
+        tampered=deploy_helpers.tampered(good_v2, base / "tampered.bundle"),
+        truncated=deploy_helpers.truncated(good_v2, base / "truncated.bundle"),
+        unsigned=deploy_helpers.unsigned(good_v2, base / "unsigned.bundle"),
+        wrong_signature=deploy_helpers.wrongly_signed(good_v2, base / "wrong_sig.bundle"),
+        from_digits=from_digits,
+    )

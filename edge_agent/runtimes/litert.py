@@ -49,7 +49,7 @@ def backend_version() -> str:
         from importlib.metadata import version
 
         return f"ai-edge-litert {version('ai-edge-litert')}"
-    except Exception:  # noqa: BLE001 - metadata lookup is best-effort
+    except Exception:
         return _import_interpreter()[2]
 
 

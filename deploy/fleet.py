@@ -1,0 +1,472 @@
+"""``edge-fleet``: the operator's view of the fleet over MQTT.
+
+    edge-fleet status --broker URL [--json] [--wait S]
+    edge-fleet watch  --broker URL [--interval S] [--duration S] [--json]
+    edge-fleet send DEVICE COMMAND [--args JSON] [--timeout S] [--sign-key KEY]
+
+Every device seen under ``edge/v1/+/…``: online/offline (retained ``status``),
+model, fps, p95 latency, CPU temperature and outbox depth (from ``health``),
+last seen, and per device the messages received, gaps and duplicates computed
+from the envelope ``seq``. Duplicates are dropped by ``(device_id, boot_id, seq)``;
+gaps are counted per agent session (``seq`` may jump forward after a crash
+because the counter reserves blocks on disk, which is not a loss).
+
+TLS options are the agent's: ``--ca-file``, ``--cert-file``/``--key-file``
+(the operator certificate, CN ``fleet`` with the shipped ACL), ``--username``,
+``--password-file``. The broker URL may also come from ``$EDGE_FLEET_BROKER``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge_agent.commands import sign_command
+from edge_agent.envelope import TOPIC_ROOT
+from edge_agent.errors import EdgeError
+from edge_agent.mqtt import InboundMessage, MqttLink, MqttSettings
+
+EXIT_OK = 0
+EXIT_REJECTED = 1
+EXIT_ERROR = 2
+EXIT_TIMEOUT = 3
+TERMINAL = {"accepted", "rejected", "succeeded", "failed"}
+
+
+# ---- seq accounting ---------------------------------------------------------------------
+@dataclass
+class SeqTracker:
+    """Seen seq numbers of one agent session, compacted below a contiguous watermark."""
+
+    first: int | None = None
+    contiguous: int | None = None  # every seq in [first, contiguous] has been seen
+    above: set[int] = field(default_factory=set)
+    highest: int | None = None
+
+    def add(self, seq: int) -> bool:
+        """Record ``seq``; False when it was seen before (a duplicate)."""
+        if self.first is None:
+            self.first = self.contiguous = self.highest = seq
+            return True
+        assert self.contiguous is not None and self.highest is not None
+        if seq < self.first:
+            # Older than anything seen (a late retry): widen the window downwards.
+            self.above |= set(range(self.first, self.contiguous + 1))
+            self.first = self.contiguous = seq
+            self._compact()
+            return True
+        if seq <= self.contiguous or seq in self.above:
+            return False
+        self.above.add(seq)
+        self.highest = max(self.highest, seq)
+        self._compact()
+        return True
+
+    def _compact(self) -> None:
+        assert self.contiguous is not None
+        while self.contiguous + 1 in self.above:
+            self.contiguous += 1
+            self.above.discard(self.contiguous)
+
+    def missing(self, limit: int = 10) -> list[int]:
+        """The first few seq numbers not (yet) seen inside the window."""
+        if self.contiguous is None or self.highest is None:
+            return []
+        out: list[int] = []
+        for seq in range(self.contiguous + 1, self.highest):
+            if seq not in self.above:
+                out.append(seq)
+                if len(out) >= limit:
+                    break
+        return out
+
+    def gaps(self) -> int:
+        if self.first is None or self.highest is None or self.contiguous is None:
+            return 0
+        return (self.highest - self.contiguous) - len(self.above)
+
+
+@dataclass
+class DeviceView:
+    device_id: str
+    state: str = "unknown"
+    agent_version: str | None = None
+    model: str | None = None
+    model_sha256: str | None = None
+    config_version: Any = None
+    fps: float | None = None
+    p95_ms: float | None = None
+    cpu_temp_c: float | None = None
+    outbox_depth: int | None = None
+    last_seen: float | None = None
+    messages: int = 0
+    duplicates: int = 0
+    replayed: int = 0
+    sessions: dict[str, SeqTracker] = field(default_factory=dict)
+    seen_keys: set[tuple[str, str, int]] = field(default_factory=set)
+    last_ack: dict[str, Any] | None = None
+
+    @property
+    def gaps(self) -> int:
+        return sum(t.gaps() for t in self.sessions.values())
+
+    def summary(self, now: float) -> dict[str, Any]:
+        return {
+            "device_id": self.device_id,
+            "state": self.state,
+            "agent_version": self.agent_version,
+            "model": self.model,
+            "model_sha256": self.model_sha256,
+            "config_version": self.config_version,
+            "fps": self.fps,
+            "p95_ms": self.p95_ms,
+            "cpu_temp_c": self.cpu_temp_c,
+            "outbox_depth": self.outbox_depth,
+            "last_seen": self.last_seen,
+            "last_seen_ago_s": None if self.last_seen is None else round(now - self.last_seen, 1),
+            "messages": self.messages,
+            "gaps": self.gaps,
+            "duplicates": self.duplicates,
+            "replayed": self.replayed,
+            "missing_sample": [seq for t in self.sessions.values() for seq in t.missing(5)][:10],
+        }
+
+
+def _find(data: Any, key: str, depth: int = 0) -> Any:
+    """First value stored under ``key`` anywhere in nested dicts (breadth-first, shallow first)."""
+    if not isinstance(data, dict) or depth > 4:
+        return None
+    if key in data:
+        return data[key]
+    for value in data.values():
+        found = _find(value, key, depth + 1)
+        if found is not None:
+            return found
+    return None
+
+
+def _num(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+class FleetState:
+    """Folds device messages into per-device views (pure; no network)."""
+
+    def __init__(self) -> None:
+        self.devices: dict[str, DeviceView] = {}
+        self._lock = threading.Lock()
+        self.acks: list[dict[str, Any]] = []
+
+    def handle(self, topic: str, payload: bytes, retained: bool = False, now: float | None = None) -> None:
+        parts = topic.split("/")
+        if len(parts) < 4 or "/".join(parts[:2]) != TOPIC_ROOT:
+            return
+        device_id, kind = parts[2], "/".join(parts[3:])
+        if kind.startswith("cmd/") or kind == "config/desired":
+            return  # operator → device traffic
+        try:
+            body = json.loads(payload) if payload else {}
+        except ValueError:
+            return
+        if not isinstance(body, dict):
+            return
+        now = time.time() if now is None else now
+        with self._lock:
+            view = self.devices.setdefault(device_id, DeviceView(device_id))
+            if not retained:
+                view.last_seen = now
+            self._count_seq(view, body, retained)
+            if kind == "status":
+                self._status(view, body, retained, now)
+            elif kind == "health":
+                self._health(view, body)
+            elif kind == "ack":
+                view.last_ack = body
+                self.acks.append(body)
+
+    def _count_seq(self, view: DeviceView, body: dict[str, Any], retained: bool) -> None:
+        seq = body.get("seq")
+        if retained or not isinstance(seq, int) or isinstance(seq, bool):
+            return  # retained copies are old news; the will carries no seq
+        view.messages += 1
+        if body.get("replayed") is True:
+            view.replayed += 1
+        key = (str(body.get("device_id", view.device_id)), str(body.get("boot_id", "")), seq)
+        session = str(body.get("session", ""))
+        tracker = view.sessions.setdefault(session, SeqTracker())
+        if key in view.seen_keys:
+            view.duplicates += 1
+            return
+        view.seen_keys.add(key)
+        tracker.add(seq)
+
+    @staticmethod
+    def _status(view: DeviceView, body: dict[str, Any], retained: bool, now: float) -> None:
+        state = body.get("state")
+        if isinstance(state, str):
+            view.state = state
+        if retained and view.last_seen is None:
+            ts = _num(body.get("ts_ms"))
+            view.last_seen = ts / 1000.0 if ts else None
+        view.agent_version = body.get("agent_version", view.agent_version)
+        model = body.get("model")
+        if isinstance(model, dict):
+            name, version = model.get("name"), model.get("version")
+            view.model = f"{name}@{version}" if version else str(name)
+            view.model_sha256 = model.get("sha256")
+        view.config_version = body.get("config_version", view.config_version)
+
+    @staticmethod
+    def _health(view: DeviceView, body: dict[str, Any]) -> None:
+        view.fps = _num(_find(body, "fps_inferred"))
+        latency = _find(body, "latency_ms")
+        p95 = None
+        if isinstance(latency, dict):
+            for stage in ("total", "invoke"):
+                entry = latency.get(stage)
+                if isinstance(entry, dict):
+                    p95 = _num(entry.get("p95"))
+                    if p95 is not None:
+                        break
+        view.p95_ms = p95
+        view.cpu_temp_c = _num(_find(body, "cpu_temp_c"))
+        outbox = body.get("outbox") or _find(body, "outbox")
+        depth = outbox.get("depth") if isinstance(outbox, dict) else body.get("outbox_depth")
+        view.outbox_depth = int(depth) if isinstance(depth, int) else None
+
+    def snapshot(self, now: float | None = None) -> list[dict[str, Any]]:
+        now = time.time() if now is None else now
+        with self._lock:
+            return [self.devices[d].summary(now) for d in sorted(self.devices)]
+
+
+class FleetMonitor:
+    """Subscribes to the whole fleet and keeps a :class:`FleetState`."""
+
+    def __init__(self, settings: MqttSettings, client_id: str | None = None, session_expiry_s: int = 0) -> None:
+        self.state = FleetState()
+        self.link = MqttLink(settings, client_id or f"fleet-{uuid.uuid4().hex[:8]}",
+                             subscriptions=(f"{TOPIC_ROOT}/+/#",), session_expiry_s=session_expiry_s)
+        self.link.callbacks.on_message = self._on_message
+
+    def _on_message(self, message: InboundMessage) -> None:
+        self.state.handle(message.topic, message.payload, message.retain)
+
+    def start(self) -> None:
+        self.link.start()
+
+    def stop(self) -> None:
+        self.link.stop()
+
+
+# ---- send -------------------------------------------------------------------------------
+def send_command(
+    settings: MqttSettings,
+    device: str,
+    command: str,
+    args: dict[str, Any],
+    *,
+    timeout: float = 10.0,
+    sign_key: Path | None = None,
+    expires_in: float | None = None,
+    on_ack: Any = None,
+) -> dict[str, Any] | None:
+    """Publish one command and wait for its terminal ack; returns it, or None on timeout."""
+    cmd_id = uuid.uuid4().hex
+    now = time.time()
+    body: dict[str, Any] = {"id": cmd_id, "ts": round(now, 3),
+                            "expires": round(now + (expires_in or max(timeout, 1.0) + 30.0), 3), "args": args}
+    if sign_key is not None:
+        from edge_agent.bundle import load_private_key
+
+        body["sig"] = sign_command(load_private_key(sign_key), device, command, body)
+    done = threading.Event()
+    result: dict[str, Any] = {}
+    link = MqttLink(settings, f"fleet-send-{cmd_id[:8]}", subscriptions=(f"{TOPIC_ROOT}/{device}/ack",))
+    subscribed = threading.Event()
+
+    def on_message(message: InboundMessage) -> None:
+        try:
+            ack = json.loads(message.payload)
+        except ValueError:
+            return
+        if isinstance(ack, dict) and ack.get("id") == cmd_id:
+            if on_ack is not None:
+                on_ack(ack)
+            result.clear()
+            result.update(ack)
+            if ack.get("status") in TERMINAL:
+                done.set()
+
+    link.callbacks.on_message = on_message
+    link.callbacks.on_subscribed = lambda mid, codes: subscribed.set()
+    deadline = time.monotonic() + timeout
+    link.start()
+    try:
+        if not link.wait_connected(max(0.1, deadline - time.monotonic())):
+            raise EdgeError(f"cannot connect to {settings.broker} within {timeout:g} s")
+        subscribed.wait(max(0.1, deadline - time.monotonic()))
+        link.publish(f"{TOPIC_ROOT}/{device}/cmd/{command}", json.dumps(body).encode(), qos=1)
+        done.wait(max(0.0, deadline - time.monotonic()))
+    finally:
+        link.stop()
+    return dict(result) if done.is_set() else None
+
+
+# ---- presentation -----------------------------------------------------------------------
+COLUMNS = (
+    ("DEVICE", "device_id", 16), ("STATE", "state", 8), ("MODEL", "model", 18), ("FPS", "fps", 6),
+    ("P95ms", "p95_ms", 7), ("TEMP", "cpu_temp_c", 5), ("OUTBOX", "outbox_depth", 6),
+    ("SEEN", "last_seen_ago_s", 7), ("MSGS", "messages", 6), ("GAPS", "gaps", 5), ("DUPS", "duplicates", 5),
+)
+
+
+def render_table(rows: list[dict[str, Any]]) -> str:
+    def cell(value: Any) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, float):
+            return f"{value:.1f}"
+        return str(value)
+
+    lines = [" ".join(f"{title:<{width}}" for title, _, width in COLUMNS)]
+    for row in rows:
+        lines.append(" ".join(f"{cell(row.get(key))[:width]:<{width}}" for _, key, width in COLUMNS))
+    if not rows:
+        lines.append("(no devices seen)")
+    return "\n".join(lines)
+
+
+def _settings(args: argparse.Namespace) -> MqttSettings:
+    broker = args.broker or os.environ.get("EDGE_FLEET_BROKER")
+    if not broker:
+        raise EdgeError("no broker: pass --broker mqtt(s)://host:port or set EDGE_FLEET_BROKER")
+    return MqttSettings.from_any(
+        None, broker=broker, ca_file=args.ca_file, cert_file=args.cert_file, key_file=args.key_file,
+        username=args.username, password_file=args.password_file, protocol=args.protocol,
+        keepalive=args.keepalive, reconnect_max_s=5.0,
+    )
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    monitor = FleetMonitor(_settings(args), args.client_id)
+    monitor.start()
+    try:
+        if not monitor.link.wait_connected(args.wait + 5):
+            print(f"edge-fleet: error: cannot connect to {monitor.link.settings.broker}", file=sys.stderr)
+            return EXIT_ERROR
+        deadline = time.monotonic() + args.wait
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+            rows = monitor.state.snapshot()
+            online = [r for r in rows if r["state"] == "online"]
+            # Stop early once every online device has reported health.
+            if rows and online and all(r["fps"] is not None or r["outbox_depth"] is not None for r in online):
+                break
+    finally:
+        monitor.stop()
+    rows = monitor.state.snapshot()
+    print(json.dumps({"devices": rows}, indent=2) if args.json else render_table(rows))
+    return EXIT_OK
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    monitor = FleetMonitor(_settings(args), args.client_id, session_expiry_s=args.session_expiry)
+    monitor.start()
+    end = time.monotonic() + args.duration if args.duration else None
+    try:
+        while end is None or time.monotonic() < end:
+            time.sleep(args.interval if end is None else min(args.interval, max(0.0, end - time.monotonic())))
+            if not args.json:
+                state = "connected" if monitor.link.connected else "reconnecting"
+                sys.stdout.write("\x1b[H\x1b[2J" if sys.stdout.isatty() else "\n")
+                sys.stdout.write(f"edge-fleet watch — {monitor.link.settings.broker} ({state})  "
+                                 f"{time.strftime('%H:%M:%S')}\n")
+                sys.stdout.write(render_table(monitor.state.snapshot()) + "\n")
+                sys.stdout.flush()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        monitor.stop()
+    if args.json:
+        print(json.dumps({"devices": monitor.state.snapshot()}, indent=2))
+    return EXIT_OK
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    try:
+        cmd_args = json.loads(args.args) if args.args else {}
+    except ValueError as exc:
+        raise EdgeError(f"--args is not valid JSON: {exc}") from exc
+    if not isinstance(cmd_args, dict):
+        raise EdgeError("--args must be a JSON object")
+    ack = send_command(
+        _settings(args), args.device, args.command, cmd_args, timeout=args.timeout,
+        sign_key=args.sign_key, on_ack=lambda a: None if a.get("status") in TERMINAL else print(json.dumps(a)),
+    )
+    if ack is None:
+        print(f"edge-fleet: no ack from {args.device} within {args.timeout:g} s", file=sys.stderr)
+        return EXIT_TIMEOUT
+    print(json.dumps(ack))
+    return EXIT_OK if ack.get("status") in ("accepted", "succeeded") else EXIT_REJECTED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--broker", help="mqtt://host:port or mqtts://host:port (default $EDGE_FLEET_BROKER)")
+    common.add_argument("--ca-file", type=Path, help="CA certificate that signed the broker's certificate")
+    common.add_argument("--cert-file", type=Path, help="operator client certificate (mutual TLS)")
+    common.add_argument("--key-file", type=Path, help="key of the client certificate")
+    common.add_argument("--username")
+    common.add_argument("--password-file", type=Path, help="file with the password ($CREDENTIALS_DIRECTORY aware)")
+    common.add_argument("--protocol", choices=("5", "3.1.1"), default="5")
+    common.add_argument("--keepalive", type=int, default=30)
+    common.add_argument("--client-id", help="MQTT client id (default: random fleet-…)")
+    parser = argparse.ArgumentParser(prog="edge-fleet", description="Watch and steer the edge fleet over MQTT.")
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    p = sub.add_parser("status", parents=[common], help="one snapshot of every device seen")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--wait", type=float, default=5.0, help="seconds to listen for health (default 5)")
+    p.set_defaults(handler=cmd_status)
+    p = sub.add_parser("watch", parents=[common], help="live table (Ctrl-C to stop)")
+    p.add_argument("--interval", type=float, default=1.0)
+    p.add_argument("--duration", type=float, default=0.0, help="stop after S seconds (0 = until Ctrl-C)")
+    p.add_argument("--json", action="store_true", help="print the final state as JSON instead of a live table")
+    p.add_argument("--session-expiry", type=int, default=0,
+                   help="keep the MQTT session this long (with --client-id) so nothing is missed while away")
+    p.set_defaults(handler=cmd_watch)
+    p = sub.add_parser("send", parents=[common], help="send a command and wait for its ack")
+    p.add_argument("device")
+    p.add_argument("command")
+    p.add_argument("--args", help="JSON object of arguments")
+    p.add_argument("--timeout", type=float, default=10.0)
+    p.add_argument("--sign-key", type=Path, help="Ed25519 private key for privileged commands")
+    p.set_defaults(handler=cmd_send)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="edge-fleet: %(message)s", stream=sys.stderr)
+    try:
+        code: int = args.handler(args)
+    except EdgeError as exc:
+        print(f"edge-fleet: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,334 @@
+"""Agent configuration: a TOML file validated into typed models, one per section.
+
+Precedence, lowest first: defaults < TOML file < ``EDGE_AGENT_*`` environment
+variables < command-line options < remote overrides (``config-overrides.json``
+in the state directory, written by :meth:`edge_agent.pipeline.Agent.apply_config`).
+
+Environment variables name a top-level key (``EDGE_AGENT_DEVICE_ID``) or a key
+inside a section with a double underscore (``EDGE_AGENT_MQTT__BROKER``,
+``EDGE_AGENT_MODEL__THREADS``). Values are parsed as TOML literals when they
+can be (numbers, booleans, quoted strings, arrays), else taken as strings.
+
+Secrets never live in the file: ``mqtt.password_file`` names a file, and a
+relative name is looked up in ``$CREDENTIALS_DIRECTORY`` (systemd
+``LoadCredential``) first.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edge_agent.errors import ConfigError
+
+ENV_PREFIX = "EDGE_AGENT_"
+OVERRIDES_FILE = "config-overrides.json"
+_POLICY_RE = re.compile(r"^(every|change|interval:(\d+(\.\d+)?))$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def parse_event_policy(value: str) -> tuple[str, float]:
+    """Split ``every`` | ``change`` | ``interval:S`` into (mode, seconds)."""
+    match = _POLICY_RE.match(value.strip())
+    if not match:
+        raise ValueError(f"event policy {value!r} must be 'every', 'change' or 'interval:SECONDS'")
+    if match.group(1).startswith("interval:"):
+        seconds = float(match.group(2))
+        if seconds <= 0:
+            raise ValueError("interval:SECONDS needs SECONDS > 0")
+        return "interval", seconds
+    return match.group(1), 0.0
+
+
+class ModelSection(_Section):
+    """Which model to run and how."""
+
+    bundle: Path | None = Field(
+        None,
+        description="Bundle file, installed model directory (manifest.json + model.tflite) "
+        "or plain .tflite (then `sidecar` is required). Default: <state_dir>/models/current.",
+    )
+    sidecar: Path | None = Field(None, description="TOML/JSON describing a plain .tflite model.")
+    public_key: Path | None = Field(
+        None, description="Pinned Ed25519 public key (PEM); when set, bundles must be signed by it."
+    )
+    runtime: Literal["litert"] = "litert"
+    threads: int = Field(1, ge=1, le=64, description="Interpreter threads.")
+    delegate: str | None = Field(None, description="External delegate library (e.g. libedgetpu.so.1).")
+    delegate_options: dict[str, str] = Field(default_factory=dict)
+
+
+SourceType = Literal["auto", "camera", "video", "stream", "folder", "wav", "stdin", "mic"]
+
+
+class SourceSection(_Section):
+    """Where frames or audio come from."""
+
+    uri: str | None = Field(
+        None,
+        description="Camera index or /dev/videoN, file, folder, rtsp:// or http(s):// URL, "
+        "*.wav, '-' / 'stdin' for raw PCM, 'mic' for the microphone.",
+    )
+    type: SourceType = "auto"
+    fps: float | None = Field(None, gt=0, le=1000, description="Cap (live) or pace (files) the rate.")
+    queue_size: int = Field(4, ge=1, le=1024, description="Frames waiting for inference.")
+    live: bool | None = Field(None, description="Drop oldest when full; default depends on the type.")
+    loop: bool = Field(False, description="Restart file sources at the end (demos).")
+    sample_rate: int | None = Field(
+        None, gt=0, le=192000, description="Rate of raw PCM on stdin / microphone (default: model's)."
+    )
+    width: int | None = Field(None, gt=0, le=8192, description="Requested camera width.")
+    height: int | None = Field(None, gt=0, le=8192, description="Requested camera height.")
+    reconnect_min_s: float = Field(0.5, gt=0, le=60)
+    reconnect_max_s: float = Field(10.0, gt=0, le=600)
+    read_timeout_s: float = Field(5.0, gt=0, le=600, description="Live source silence before reconnect.")
+
+    @model_validator(mode="after")
+    def _check(self) -> SourceSection:
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must be >= reconnect_min_s")
+        return self
+
+
+class EventsSection(_Section):
+    """When results are published and which ones."""
+
+    policy: str = Field("change", description="'every', 'change' or 'interval:SECONDS'.")
+    score_threshold: float | None = Field(
+        None, ge=0.0, le=1.0, description="Override the manifest's score threshold."
+    )
+    top_k: int | None = Field(None, ge=1, le=100, description="Override the manifest's top-k.")
+
+    @field_validator("policy")
+    @classmethod
+    def _policy(cls, value: str) -> str:
+        parse_event_policy(value)
+        return value.strip()
+
+
+class HealthSection(_Section):
+    interval_s: float = Field(30.0, ge=0.05, le=86400, description="Seconds between health messages.")
+
+
+class MqttSection(_Section):
+    """Broker connection (used when `broker` is set)."""
+
+    broker: str | None = Field(None, description="mqtt://host:port or mqtts://host:port")
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    username: str | None = None
+    password_file: Path | None = Field(
+        None, description="File holding the password; relative names look in $CREDENTIALS_DIRECTORY."
+    )
+    protocol: Literal["5", "3.1.1"] = "5"
+    keepalive: int = Field(30, ge=5, le=3600)
+    will_delay: int = Field(10, ge=0, le=3600, description="MQTT v5 will delay interval (s).")
+    client_id: str | None = Field(None, description="Default: the device id.")
+    reconnect_min_s: float = Field(1.0, gt=0, le=600)
+    reconnect_max_s: float = Field(60.0, gt=0, le=3600)
+    max_inflight: int = Field(10, ge=1, le=1000)
+    qos: Literal[0, 1] = 1
+    max_payload_bytes: int = Field(256 * 1024, ge=1024, le=256 * 1024 * 1024)
+    homeassistant: bool = False
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int | float) else value
+
+    @field_validator("broker")
+    @classmethod
+    def _broker(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^(mqtts?|tcp|ssl)://[^/\s]+$", value):
+            raise ValueError("broker must look like mqtt://host:port or mqtts://host:port")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> MqttSection:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be given together (mutual TLS)")
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must be >= reconnect_min_s")
+        return self
+
+    def password_path(self) -> Path | None:
+        """The password file, resolved against ``$CREDENTIALS_DIRECTORY`` when relative."""
+        if self.password_file is None:
+            return None
+        creds = os.environ.get("CREDENTIALS_DIRECTORY")
+        if creds and not self.password_file.is_absolute():
+            candidate = Path(creds) / self.password_file
+            if candidate.exists():
+                return candidate
+        return self.password_file
+
+
+class OutboxSection(_Section):
+    path: Path | None = Field(None, description="SQLite file; default <state_dir>/outbox.db")
+    max_bytes: int = Field(64 * 1024 * 1024, ge=64 * 1024)
+    max_age_s: float = Field(7 * 86400.0, gt=0)
+
+
+class AgentConfig(_Section):
+    """The whole agent configuration."""
+
+    device_id: str = Field(
+        "dev1", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="One MQTT topic level: letters, digits, '_', '.', '-'.",
+    )
+    state_dir: Path = Field(default_factory=lambda: Path(os.environ.get("STATE_DIRECTORY") or "state"))
+    max_frames: int | None = Field(None, ge=1, description="Stop after this many inferences.")
+    duration_s: float | None = Field(None, gt=0, description="Stop after this many seconds.")
+    publisher: Literal["auto", "stdout", "mqtt"] = "auto"
+    model: ModelSection = Field(default_factory=ModelSection)
+    source: SourceSection = Field(default_factory=SourceSection)
+    events: EventsSection = Field(default_factory=EventsSection)
+    health: HealthSection = Field(default_factory=HealthSection)
+    mqtt: MqttSection = Field(default_factory=MqttSection)
+    outbox: OutboxSection = Field(default_factory=OutboxSection)
+
+    @field_validator("state_dir", mode="before")
+    @classmethod
+    def _state_dir(cls, value: Any) -> Any:
+        return value if value not in (None, "") else Path(os.environ.get("STATE_DIRECTORY") or "state")
+
+    @property
+    def publisher_kind(self) -> str:
+        if self.publisher != "auto":
+            return self.publisher
+        return "mqtt" if self.mqtt.broker else "stdout"
+
+    @property
+    def bundle_path(self) -> Path:
+        return self.model.bundle or self.state_dir / "models" / "current"
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _format_error(exc: ValidationError, origin: str) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "config"
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        return f"{origin}: unknown setting '{where}' (check the spelling; see the config reference)"
+    msg = str(first["msg"]).removeprefix("Value error, ")
+    value = first.get("input")
+    shown = "" if isinstance(value, dict) else f" (got {value!r})"
+    more = f" and {exc.error_count() - 1} more problem(s)" if exc.error_count() > 1 else ""
+    return f"{origin}: invalid '{where}': {msg}{shown}{more}"
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Read a TOML file, converting every failure into one ConfigError line."""
+    try:
+        with Path(path).open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} not found") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+
+
+def _env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Nested settings from ``EDGE_AGENT_*`` variables (see the module docstring)."""
+    environ = os.environ if environ is None else environ
+    result: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__") if part]
+        if not path:
+            continue
+        node = result
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"environment variable {name} conflicts with another EDGE_AGENT_ variable")
+        node[path[-1]] = _env_value(raw)
+    return result
+
+
+def merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``update`` into a copy of ``base`` (None values in ``update`` are skipped)."""
+    out = dict(base)
+    for key, value in update.items():
+        if value is None:
+            continue
+        if isinstance(value, Mapping):
+            base_value = out.get(key)
+            out[key] = merge(base_value if isinstance(base_value, dict) else {}, value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(
+    path: Path | None = None,
+    cli: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> AgentConfig:
+    """Build the validated configuration from file, environment and CLI options.
+
+    Raises:
+        ConfigError: unreadable file, unknown key or invalid value (one line).
+    """
+    data: dict[str, Any] = read_toml(path) if path is not None else {}
+    origin = str(path) if path is not None else "configuration"
+    data = merge(data, env_overrides(environ))
+    data = merge(data, cli or {})
+    try:
+        return AgentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc, origin)) from exc
+
+
+# --------------------------------------------------------------------------- remote overrides
+
+
+class RuntimeSettings(_Section):
+    """Settings a remote ``set_config`` may change on a running agent."""
+
+    events: str | None = None
+    score_threshold: float | None = Field(None, ge=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=1, le=100)
+    fps: float | None = Field(None, gt=0, le=1000)
+    health_interval_s: float | None = Field(None, ge=0.05, le=86400)
+    version: int | None = Field(None, ge=0, description="Config version from config/desired.")
+
+    @field_validator("events")
+    @classmethod
+    def _events(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_event_policy(value)
+            return value.strip()
+        return value
+
+
+def validate_settings(changes: Mapping[str, Any]) -> RuntimeSettings:
+    """Validate remote changes; raises ConfigError with one line."""
+    if not isinstance(changes, Mapping):
+        raise ConfigError("config changes must be a JSON object")
+    try:
+        return RuntimeSettings.model_validate(dict(changes))
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc, "set_config")) from exc

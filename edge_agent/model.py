@@ -1,0 +1,262 @@
+"""Open a model for the agent: a bundle file, an installed model directory, or a
+plain ``.tflite`` with a sidecar file.
+
+Everything is verified before the interpreter sees a byte: bundle and installed
+directory go through :func:`edge_agent.bundle.read_bundle_bytes` (checksums,
+member names, signature when a key is pinned). A plain ``.tflite`` has no
+checksums to verify; its sidecar (TOML or JSON) gives the manifest fields by
+hand and the tensor specs come from the interpreter::
+
+    name = "colours"          # optional, default: the file stem
+    version = "1"             # optional
+    task = "classify"         # classify | detect | audio_classify
+    labels = ["red", "green"] # or labels_file = "labels.txt" (relative to the sidecar)
+    [preprocess]
+    kind = "image"
+    width = 16
+    height = 16
+    [output]
+    score_threshold = 0.3
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tomllib
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from edge_agent import bundle as bundle_mod
+from edge_agent.errors import BundleError
+from edge_agent.manifest import AudioPreprocess, ImagePreprocess, Manifest, Preprocess, TensorSpec
+from edge_agent.runtimes import Runtime, create_runtime
+
+SIDECAR_SUFFIXES = (".toml", ".json")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A verified model, its runtime, and what the pipeline needs to decode it."""
+
+    path: Path
+    kind: str  # "bundle" | "directory" | "tflite"
+    manifest: Manifest
+    runtime: Runtime
+    labels: list[str]
+    signature_verified: bool = False
+    report: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sha256(self) -> str:
+        return self.manifest.model.sha256
+
+    def info(self) -> dict[str, str]:
+        return {"name": self.manifest.name, "version": self.manifest.version, "sha256": self.sha256}
+
+
+def _directory_bytes(directory: Path) -> bytes:
+    """Pack an installed model directory in memory so it gets the bundle's exact checks."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+        for name in sorted(bundle_mod.ALLOWED_MEMBERS):
+            member = directory / name
+            if member.is_file():
+                try:
+                    archive.writestr(name, member.read_bytes())
+                except OSError as exc:
+                    raise BundleError(f"cannot read {member}: {exc.strerror or exc}") from exc
+    return buffer.getvalue()
+
+
+def read_sidecar(path: Path) -> dict[str, Any]:
+    """Read a sidecar TOML/JSON file as a dict (BundleError on any failure)."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise BundleError(f"sidecar {path} not found") from exc
+    except OSError as exc:
+        raise BundleError(f"cannot read sidecar {path}: {exc.strerror or exc}") from exc
+    try:
+        data = json.loads(raw) if path.suffix == ".json" else tomllib.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BundleError(f"sidecar {path} is not valid {path.suffix[1:].upper() or 'TOML'}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise BundleError(f"sidecar {path} must hold a table/object")
+    return data
+
+
+def find_sidecar(model_path: Path) -> Path | None:
+    for suffix in SIDECAR_SUFFIXES:
+        candidate = model_path.with_suffix(suffix)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def sidecar_manifest(
+    data: dict[str, Any],
+    model_bytes: bytes,
+    inputs: list[TensorSpec],
+    outputs: list[TensorSpec],
+    sidecar_path: Path,
+    default_name: str,
+) -> Manifest:
+    """Build a Manifest from sidecar fields plus the interpreter's tensor specs."""
+    data = dict(data)
+    labels = data.pop("labels", None)
+    labels_file = data.pop("labels_file", None)
+    if labels_file is not None:
+        try:
+            labels = (sidecar_path.parent / str(labels_file)).read_text("utf-8").splitlines()
+        except OSError as exc:
+            raise BundleError(f"labels file {labels_file} of {sidecar_path} cannot be read: {exc}") from exc
+    output = dict(data.pop("output", {}) or {})
+    if labels is not None:
+        output["labels"] = [str(label) for label in labels]
+    manifest_data = {
+        "name": data.pop("name", default_name),
+        "version": str(data.pop("version", "0")),
+        "model": {
+            "sha256": bundle_mod.sha256_bytes(model_bytes),
+            "size_bytes": len(model_bytes),
+        },
+        "inputs": [spec.model_dump() for spec in inputs],
+        "outputs": [spec.model_dump() for spec in outputs],
+        "output": output,
+        **data,
+    }
+    try:
+        return Manifest.model_validate(manifest_data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "sidecar"
+        msg = str(first["msg"]).removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            msg = "unknown field"
+        raise BundleError(f"sidecar {sidecar_path}: invalid '{where}': {msg}") from exc
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """A verified model file, before any interpreter exists (see :func:`verify_model`)."""
+
+    path: Path
+    kind: str
+    model_bytes: bytes
+    manifest: Manifest | None  # None for a plain .tflite until the interpreter gives tensor specs
+    sidecar: dict[str, Any] | None = None
+    sidecar_path: Path | None = None
+    labels: list[str] = field(default_factory=list)
+    signature_verified: bool = False
+    report: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def preprocess(self) -> ImagePreprocess | AudioPreprocess:
+        """The preprocessing spec (validated from the sidecar for a plain model)."""
+        if self.manifest is not None:
+            return self.manifest.preprocess
+        assert self.sidecar is not None
+        try:
+            return _PREPROCESS.validate_python(self.sidecar.get("preprocess"))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "preprocess"
+            raise BundleError(f"sidecar {self.sidecar_path}: invalid 'preprocess' ({where}): {first['msg']}") from exc
+
+
+_PREPROCESS: TypeAdapter[ImagePreprocess | AudioPreprocess] = TypeAdapter(Preprocess)
+
+
+def verify_model(path: Path, sidecar: Path | None = None, public_key: Path | None = None) -> ModelFile:
+    """Read and verify a model without creating an interpreter.
+
+    Raises:
+        BundleError: missing, altered or malformed model or sidecar.
+        SignatureError: signature required by ``public_key`` missing or invalid.
+    """
+    path = Path(path)
+    if not path.exists():
+        hint = " (install one with `edge-agent install-model`)" if path.name == "current" else ""
+        raise BundleError(f"model {path} not found{hint}")
+    if path.is_file() and (path.suffix == ".tflite" or sidecar is not None):
+        if public_key is not None:
+            raise BundleError(
+                f"{path} is a plain .tflite and cannot be signature-checked; a public key is "
+                "configured, so use a signed bundle"
+            )
+        sidecar = sidecar or find_sidecar(path)
+        if sidecar is None:
+            raise BundleError(
+                f"{path} is a plain .tflite: give a sidecar (--sidecar FILE.toml) with task, "
+                "preprocess and output"
+            )
+        data = read_sidecar(Path(sidecar))
+        try:
+            model_bytes = path.read_bytes()
+        except OSError as exc:
+            raise BundleError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        return ModelFile(path, "tflite", model_bytes, None, data, Path(sidecar))
+    if path.is_dir():
+        if not (path / bundle_mod.MANIFEST).is_file():
+            raise BundleError(f"{path} is a directory without manifest.json; not an installed model")
+        verified = bundle_mod.read_bundle_bytes(_directory_bytes(path), path, public_key)
+        kind = "directory"
+    else:
+        verified = bundle_mod.read_bundle(path, public_key)
+        kind = "bundle"
+    return ModelFile(
+        path, kind, verified.model_bytes, verified.manifest, labels=verified.labels,
+        signature_verified=verified.signature_verified, report=verified.report,
+    )
+
+
+def open_model(
+    model: ModelFile,
+    threads: int = 1,
+    delegate: str | None = None,
+    delegate_options: dict[str, str] | None = None,
+    runtime_kind: str = "litert",
+) -> LoadedModel:
+    """Create the runtime for a verified model (tensor specs of a plain model come from it).
+
+    Raises:
+        RuntimeLoadError: the interpreter or delegate cannot load it.
+        BundleError: the sidecar does not describe this model.
+    """
+    runtime = create_runtime(
+        runtime_kind, model.model_bytes, threads=threads, delegate=delegate, delegate_options=delegate_options
+    )
+    if model.manifest is None:
+        assert model.sidecar is not None and model.sidecar_path is not None
+        manifest = sidecar_manifest(
+            model.sidecar, model.model_bytes, runtime.inputs, runtime.outputs, model.sidecar_path, model.path.stem
+        )
+        return LoadedModel(model.path, model.kind, manifest, runtime, list(manifest.output.labels))
+    return LoadedModel(
+        path=model.path, kind=model.kind, manifest=model.manifest, runtime=runtime, labels=model.labels,
+        signature_verified=model.signature_verified, report=model.report,
+    )
+
+
+def load_model(
+    path: Path,
+    sidecar: Path | None = None,
+    public_key: Path | None = None,
+    threads: int = 1,
+    delegate: str | None = None,
+    delegate_options: dict[str, str] | None = None,
+    runtime_kind: str = "litert",
+) -> LoadedModel:
+    """Verify and open a model (see the module docstring for the accepted forms).
+
+    Raises:
+        BundleError: missing, altered or malformed model or sidecar.
+        SignatureError: signature required by ``public_key`` missing or invalid.
+        RuntimeLoadError: the interpreter or delegate cannot load it.
+    """
+    return open_model(verify_model(path, sidecar, public_key), threads, delegate, delegate_options, runtime_kind)

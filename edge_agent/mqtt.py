@@ -1,0 +1,504 @@
+"""The one module that imports paho-mqtt: connection settings and a small client wrapper.
+
+:class:`MqttLink` owns one paho client running its own network thread
+(``connect_async`` + ``loop_start``), so the agent starts and infers while the
+broker is down. It
+
+- speaks MQTT 5 by default and 3.1.1 on request, with client id = device id;
+- uses TLS with CA verification and hostname checking (there is deliberately no
+  way to switch verification off), optional client certificates (mutual TLS) and
+  username/password, the password read from a file or ``$CREDENTIALS_DIRECTORY``;
+- sets a will (with an MQTT 5 will delay, so a short blip does not flap the status);
+- reconnects with jittered exponential backoff and restores its subscriptions
+  after every reconnect, then calls ``on_connected`` (where the birth is sent);
+- treats a refused CONNACK as *not* connected;
+- never lets a callback raise into paho: every callback is wrapped and logs.
+
+Callers see plain values (:class:`InboundMessage`, mids, booleans), never paho objects.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from edge_agent.errors import EdgeError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883, "tcp": 1883, "ssl": 8883}
+TLS_SCHEMES = frozenset({"mqtts", "ssl"})
+
+
+class MqttError(EdgeError):
+    """MQTT settings are invalid or a credential file cannot be read."""
+
+
+@dataclass
+class MqttSettings:
+    """Connection settings (mirrors the ``[mqtt]`` config section; plain values only).
+
+    ``broker`` is ``mqtt://host[:port]`` or ``mqtts://host[:port]``. ``password_file``
+    may be absolute, or a bare name resolved in ``$CREDENTIALS_DIRECTORY``
+    (systemd ``LoadCredential``). ``client_id`` defaults to the device id.
+    """
+
+    broker: str = "mqtt://localhost:1883"
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    username: str | None = None
+    password_file: Path | None = None
+    protocol: Literal["5", "3.1.1"] = "5"
+    keepalive: int = 30
+    will_delay: int = 10
+    client_id: str | None = None
+    reconnect_min_s: float = 1.0
+    reconnect_max_s: float = 60.0
+    max_inflight: int = 10
+    max_payload_bytes: int = 256 * 1024
+    homeassistant: bool = False
+
+    @classmethod
+    def from_any(cls, value: MqttSettings | Any | None = None, **overrides: Any) -> MqttSettings:
+        """Build from an MqttSettings, any object with the same attribute names
+        (e.g. the pydantic ``mqtt`` config section), a dict, or keyword arguments."""
+        data: dict[str, Any] = {}
+        names = cls.__dataclass_fields__.keys()
+        if isinstance(value, dict):
+            data.update({k: v for k, v in value.items() if k in names})
+        elif value is not None:
+            for name in names:
+                if hasattr(value, name):
+                    data[name] = getattr(value, name)
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        for key in ("ca_file", "cert_file", "key_file", "password_file"):
+            if data.get(key) is not None:
+                data[key] = Path(data[key])
+        if "protocol" in data:
+            data["protocol"] = _normalise_protocol(str(data["protocol"]))
+        settings = cls(**data)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        parse_broker_url(self.broker)
+        if self.keepalive < 1 or self.keepalive > 65535:
+            raise MqttError(f"mqtt keepalive must be 1..65535 s, got {self.keepalive}")
+        if self.will_delay < 0:
+            raise MqttError(f"mqtt will_delay must be >= 0 s, got {self.will_delay}")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise MqttError("mqtt cert_file and key_file must be given together (mutual TLS)")
+        if self.cert_file is not None and not parse_broker_url(self.broker).tls:
+            raise MqttError("a client certificate needs a TLS broker URL (mqtts://host:port)")
+        if self.max_inflight < 1:
+            raise MqttError("mqtt max_inflight must be >= 1")
+        if self.reconnect_min_s <= 0 or self.reconnect_max_s < self.reconnect_min_s:
+            raise MqttError("mqtt reconnect delays must satisfy 0 < min <= max")
+
+
+def _normalise_protocol(value: str) -> Literal["5", "3.1.1"]:
+    text = value.strip().lower().removeprefix("v").removeprefix("mqttv").removeprefix("mqtt")
+    if text in ("5", "5.0"):
+        return "5"
+    if text in ("3.1.1", "311", "4"):
+        return "3.1.1"
+    raise MqttError(f"mqtt protocol must be '5' or '3.1.1', got {value!r}")
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    tls: bool
+    host: str
+    port: int
+
+
+def parse_broker_url(url: str) -> BrokerAddress:
+    """``mqtt://host:port`` / ``mqtts://host:port`` → address; raises MqttError."""
+    parts = urlsplit(url)
+    if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
+        raise MqttError(f"broker URL must look like mqtt://host:port or mqtts://host:port, got {url!r}")
+    if parts.path not in ("", "/") or parts.query or parts.username:
+        raise MqttError(f"broker URL {url!r}: give credentials with --username/--password-file, not in the URL")
+    try:
+        port = parts.port or DEFAULT_PORTS[parts.scheme]
+    except ValueError as exc:
+        raise MqttError(f"broker URL {url!r}: {exc}") from exc
+    return BrokerAddress(tls=parts.scheme in TLS_SCHEMES, host=parts.hostname, port=port)
+
+
+def read_password(path: Path | None) -> str | None:
+    """Read a password file; a relative name is looked up in ``$CREDENTIALS_DIRECTORY``."""
+    if path is None:
+        return None
+    candidate = path
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not path.is_absolute() and creds:
+        candidate = Path(creds) / path
+    try:
+        return candidate.read_text().rstrip("\r\n")
+    except OSError as exc:
+        raise MqttError(f"cannot read MQTT password file {candidate}: {exc.strerror}") from exc
+
+
+@dataclass(frozen=True)
+class InboundMessage:
+    """A received message, free of paho types."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Will:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+@dataclass
+class LinkStats:
+    connects: int = 0
+    reconnects: int = 0
+    refused: int = 0
+    disconnects: int = 0
+    last_refusal: str | None = None
+    callback_errors: int = 0
+
+
+@dataclass
+class _Callbacks:
+    on_connected: Callable[[], None] | None = None
+    on_disconnected: Callable[[str], None] | None = None
+    on_message: Callable[[InboundMessage], None] | None = None
+    on_published: Callable[[int, bool, str], None] | None = None
+    on_subscribed: Callable[[int, list[int]], None] | None = None
+
+
+class MqttLink:
+    """One broker connection with its own network thread.
+
+    Args:
+        settings: connection settings.
+        client_id: MQTT client id (the device id for agents).
+        will: message the broker publishes when the link dies uncleanly.
+        subscriptions: topic filters (QoS 1) subscribed after every (re)connect.
+        session_expiry_s: MQTT 5 session expiry; defaults to the will delay so the
+            delay is honoured (a will is sent at the latest when the session ends).
+        max_queued: bound of paho's own message queue.
+        retain_as_published: MQTT 5 subscription option; the agent sets it so a
+            retained command is recognised (and refused) on a live subscription too.
+    """
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        client_id: str,
+        *,
+        will: Will | None = None,
+        subscriptions: tuple[str, ...] = (),
+        session_expiry_s: int | None = None,
+        max_queued: int | None = None,
+        retain_as_published: bool = False,
+    ) -> None:
+        settings.validate()
+        self._retain_as_published = retain_as_published
+        self.settings = settings
+        self.client_id = client_id
+        self.address = parse_broker_url(settings.broker)
+        self.v5 = settings.protocol == "5"
+        self.callbacks = _Callbacks()
+        self.stats = LinkStats()
+        self._subscriptions = list(subscriptions)
+        self._connected = threading.Event()
+        self._lock = threading.Lock()
+        self._delay = settings.reconnect_min_s
+        self._started = False
+        self._stopping = False
+        self._session_expiry = session_expiry_s if session_expiry_s is not None else settings.will_delay
+        self._client = self._build_client(will, max_queued)
+
+    # ---- construction -------------------------------------------------------------------
+    def _build_client(self, will: Will | None, max_queued: int | None) -> paho.Client:
+        s = self.settings
+        protocol = MQTTProtocolVersion.MQTTv5 if self.v5 else MQTTProtocolVersion.MQTTv311
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=protocol,
+            clean_session=None if self.v5 else True,
+        )
+        client.suppress_exceptions = True
+        client.max_inflight_messages_set(s.max_inflight)
+        client.max_queued_messages_set(max_queued if max_queued is not None else s.max_inflight * 4)
+        if self.address.tls:
+            try:
+                client.tls_set(
+                    ca_certs=str(s.ca_file) if s.ca_file else None,
+                    certfile=str(s.cert_file) if s.cert_file else None,
+                    keyfile=str(s.key_file) if s.key_file else None,
+                    cert_reqs=ssl.CERT_REQUIRED,
+                    tls_version=ssl.PROTOCOL_TLS_CLIENT,
+                )
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                raise MqttError(f"cannot set up TLS (CA {s.ca_file}, cert {s.cert_file}): {exc}") from exc
+            # Hostname checking stays on: paho's tls_insecure_set is never called.
+        elif s.ca_file is not None:
+            raise MqttError("a CA file was given but the broker URL is not mqtts://")
+        password = read_password(s.password_file)
+        if s.username is not None or password is not None:
+            client.username_pw_set(s.username or "", password)
+        if will is not None:
+            props: Properties | None = None
+            if self.v5 and s.will_delay > 0:
+                props = Properties(PacketTypes.WILLMESSAGE)  # type: ignore[no-untyped-call]
+                props.WillDelayInterval = s.will_delay
+            client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain, properties=props)
+        client.reconnect_delay_set(self._int_delay(s.reconnect_min_s), self._int_delay(s.reconnect_max_s))
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
+        return client
+
+    @staticmethod
+    def _int_delay(value: float) -> int:
+        return max(1, math.ceil(value))
+
+    # ---- lifecycle ----------------------------------------------------------------------
+    def start(self) -> None:
+        """Connect in the background; never raises on network failure."""
+        if self._started:
+            return
+        self._started = True
+        props: Properties | None = None
+        if self.v5 and self._session_expiry > 0:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = self._session_expiry
+        self._client.connect_async(
+            self.address.host, self.address.port, keepalive=self.settings.keepalive, clean_start=True,
+            properties=props,
+        )
+        self._client.loop_start()
+
+    def stop(self) -> None:
+        """Disconnect cleanly (no will) and stop the network thread."""
+        if not self._started:
+            return
+        self._stopping = True
+        try:
+            self._client.disconnect()
+        except (OSError, ValueError) as exc:  # pragma: no cover - defensive
+            log.debug("disconnect: %s", exc)
+        self._client.loop_stop()
+        self._connected.clear()
+        self._started = False
+        self._stopping = False
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    def add_subscription(self, topic_filter: str) -> None:
+        """Subscribe now (if connected) and after every reconnect."""
+        with self._lock:
+            if topic_filter not in self._subscriptions:
+                self._subscriptions.append(topic_filter)
+        if self.connected:
+            self._client.subscribe([(topic_filter, self._sub_options())])
+
+    def _sub_options(self) -> Any:
+        """QoS 1; on MQTT 5 also "retain as published", so a retained command is
+        recognisable even when it arrives on a live subscription."""
+        if self.v5 and self._retain_as_published:
+            return SubscribeOptions(qos=1, retainAsPublished=True)  # type: ignore[no-untyped-call]
+        return 1
+
+    # ---- publishing ---------------------------------------------------------------------
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        response_topic: str | None = None,
+        correlation_data: bytes | None = None,
+    ) -> int | None:
+        """Hand one message to paho; returns its mid, or None when paho refused it (queue full)."""
+        props: Properties | None = None
+        if self.v5 and (response_topic or correlation_data):
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            if response_topic:
+                props.ResponseTopic = response_topic
+            if correlation_data:
+                props.CorrelationData = correlation_data
+        try:
+            info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+        except ValueError as exc:
+            log.warning("publish to %s refused: %s", topic, exc)
+            return None
+        if info.rc in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            # NO_CONN: paho keeps QoS>0 messages and sends them after reconnecting.
+            return int(info.mid)
+        log.debug("paho refused publish to %s: %s", topic, paho.error_string(info.rc))
+        return None
+
+    # ---- paho callbacks (each one guarded: nothing may raise into paho) ------------------
+    def _guard(self, name: str, func: Callable[[], None]) -> None:
+        try:
+            func()
+        except Exception:  # a callback must never raise into paho
+            self.stats.callback_errors += 1
+            log.exception("MQTT %s callback failed", name)
+
+    def _on_connect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason_code: ReasonCode, properties: Any
+    ) -> None:
+        def run() -> None:
+            if reason_code.is_failure:
+                # A refused connection is never treated as connected.
+                self._connected.clear()
+                self.stats.refused += 1
+                self.stats.last_refusal = str(reason_code)
+                log.warning("broker %s:%s refused the connection: %s", self.address.host, self.address.port,
+                            reason_code)
+                self._schedule_backoff()
+                return
+            first = self.stats.connects == 0
+            self.stats.connects += 1
+            if not first:
+                self.stats.reconnects += 1
+            self._delay = self.settings.reconnect_min_s
+            client.reconnect_delay_set(self._int_delay(self.settings.reconnect_min_s),
+                                       self._int_delay(self.settings.reconnect_max_s))
+            with self._lock:
+                topics = list(self._subscriptions)
+            if topics:
+                client.subscribe([(t, self._sub_options()) for t in topics])
+            self._connected.set()
+            log.info("connected to %s:%s as %s", self.address.host, self.address.port, self.client_id)
+            if self.callbacks.on_connected:
+                self.callbacks.on_connected()
+
+        self._guard("on_connect", run)
+
+    def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
+        def run() -> None:
+            self._connected.clear()
+            log.debug("connection to %s:%s failed", self.address.host, self.address.port)
+            self._schedule_backoff()
+
+        self._guard("on_connect_fail", run)
+
+    def _on_disconnect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason_code: ReasonCode, properties: Any
+    ) -> None:
+        def run() -> None:
+            was = self._connected.is_set()
+            self._connected.clear()
+            if was and not self._stopping:
+                self.stats.disconnects += 1
+                log.warning("disconnected from broker: %s", reason_code)
+            self._schedule_backoff()
+            if self.callbacks.on_disconnected:
+                self.callbacks.on_disconnected(str(reason_code))
+
+        self._guard("on_disconnect", run)
+
+    def _schedule_backoff(self) -> None:
+        """Decorrelated jitter: next delay uniform in [min, 3 × previous], capped."""
+        low, cap = self.settings.reconnect_min_s, self.settings.reconnect_max_s
+        self._delay = min(cap, random.uniform(low, max(low, self._delay * 3)))
+        delay = self._int_delay(self._delay)
+        # Setting min == max makes paho wait exactly this long before its next attempt.
+        self._client.reconnect_delay_set(delay, delay)
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        def run() -> None:
+            response_topic: str | None = None
+            correlation: bytes | None = None
+            props = getattr(message, "properties", None)
+            if props is not None:
+                response_topic = getattr(props, "ResponseTopic", None)
+                correlation = getattr(props, "CorrelationData", None)
+            inbound = InboundMessage(
+                topic=message.topic,
+                payload=bytes(message.payload),
+                qos=int(message.qos),
+                retain=bool(message.retain),
+                response_topic=response_topic if isinstance(response_topic, str) else None,
+                correlation_data=bytes(correlation) if isinstance(correlation, bytes | bytearray) else None,
+            )
+            if self.callbacks.on_message:
+                self.callbacks.on_message(inbound)
+
+        self._guard("on_message", run)
+
+    def _on_publish(
+        self, client: paho.Client, userdata: Any, mid: int, reason_code: ReasonCode, properties: Any
+    ) -> None:
+        def run() -> None:
+            # MQTT 5: a PUBACK reason code >= 0x80 is a failure, not a delivery.
+            failed = bool(reason_code.is_failure)
+            if self.callbacks.on_published:
+                self.callbacks.on_published(mid, not failed, str(reason_code))
+
+        self._guard("on_publish", run)
+
+    def _on_subscribe(
+        self, client: paho.Client, userdata: Any, mid: int, reason_codes: list[ReasonCode], properties: Any
+    ) -> None:
+        def run() -> None:
+            codes = [int(rc.value) for rc in reason_codes]
+            bad = [c for c in codes if c >= 0x80]
+            if bad:
+                log.warning("broker refused subscription (mid %s): reason codes %s", mid, bad)
+            if self.callbacks.on_subscribed:
+                self.callbacks.on_subscribed(mid, codes)
+
+        self._guard("on_subscribe", run)
+
+    def subscribe_now(self, topic_filter: str, qos: int = 1) -> int | None:
+        """Subscribe once (not restored after reconnect); returns the mid."""
+        rc, mid = self._client.subscribe(topic_filter, qos=qos)
+        return int(mid) if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and mid is not None else None
+
+
+__all__ = [
+    "BrokerAddress",
+    "InboundMessage",
+    "LinkStats",
+    "MqttError",
+    "MqttLink",
+    "MqttSettings",
+    "Will",
+    "parse_broker_url",
+    "read_password",
+]

@@ -1,0 +1,456 @@
+"""Over-the-air model updates: the ``update_model`` and ``rollback`` commands.
+
+``update_model`` args (the command itself is signed by the command layer, a
+privileged command verified with the device's pinned command key)::
+
+    {"url": "https://…/digits-1.1.bundle" | "http://…" | "file:///…",
+     "sha256": "<64 hex of the bundle file>", "size": <bytes>,
+     "signature": "<optional base64 Ed25519 over the bundle's manifest.json>",
+     "probation_s": <optional, 0..3600, default 60>,
+     "allow_new_input": <optional bool>}
+
+The device downloads into its state directory while checking size and sha256
+(and free space first), installs through :mod:`edge_agent.modelstore` (bundle
+signature required when a bundle key is pinned, smoke test in a child
+process, atomic swap), swaps the model into the running pipeline, then keeps
+the new model on probation: inference errors, latency against the manifest
+budget and crashes (counted on disk across restarts) are watched; a failure
+rolls back to the previous model by itself. Acks: ``in_progress``
+(downloading, installed/on probation), then ``succeeded`` or ``failed`` with a
+reason (including "rolled back to …"). Installing an older version of the
+same model is refused: downgrades need the signed ``rollback`` command.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import ssl
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from edge_agent import modelstore
+from edge_agent.bundle import read_bundle
+from edge_agent.commands import Ack, CommandContext, CommandError, register_command
+from edge_agent.errors import EdgeError
+
+log = logging.getLogger(__name__)
+
+DOWNLOADS = "downloads"
+DEFAULT_PROBATION_S = 60.0
+MAX_PROBATION_S = 3600.0
+DOWNLOAD_TIMEOUT_S = 30.0
+TICK_S = 0.25
+UPDATE_ARGS = frozenset({"url", "sha256", "size", "signature", "probation_s", "allow_new_input"})
+_SHA_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+class OtaError(EdgeError):
+    """A download, install or probation step failed (the reason goes into the ack)."""
+
+
+@dataclass(frozen=True)
+class UpdateRequest:
+    url: str
+    sha256: str
+    size: int
+    signature: bytes | None = None
+    probation_s: float = DEFAULT_PROBATION_S
+    allow_new_input: bool = False
+
+
+@dataclass(frozen=True)
+class ProbeSample:
+    """What the running pipeline reports to the probation monitor."""
+
+    inferences: int
+    errors: int
+    invoke_p95_ms: float | None
+
+
+@dataclass(frozen=True)
+class ProbationPolicy:
+    max_error_rate: float = 0.2  # errors / (inferences + errors) over the probation
+    min_samples: int = 5  # before the error rate counts
+    latency_factor: float = 3.0  # live p95 may exceed the budget (smoke-test mean) this much
+    max_crashes: int = 2
+
+
+class ModelHost(Protocol):
+    """What OTA needs from the running agent (the pipeline's Agent, or a test double)."""
+
+    @property
+    def state_dir(self) -> Path: ...
+
+    @property
+    def bundle_key(self) -> Path | None: ...
+
+    def reload_model(self) -> dict[str, str]: ...
+
+    def probe(self) -> ProbeSample: ...
+
+
+def parse_update_args(args: dict[str, Any]) -> UpdateRequest:
+    """Validate ``update_model`` args strictly; raises CommandError with the reason."""
+    extra = set(args) - UPDATE_ARGS
+    if extra:
+        raise CommandError(f"unknown update_model argument(s) {sorted(extra)}")
+    url, sha, size = args.get("url"), args.get("sha256"), args.get("size")
+    if not isinstance(url, str) or len(url) > 2048:
+        raise CommandError("url must be a string")
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https", "file"):
+        raise CommandError("url must be http://, https:// or file://")
+    if parts.scheme == "file" and (parts.netloc not in ("", "localhost") or not parts.path.startswith("/")):
+        raise CommandError("file:// URLs need an absolute local path")
+    if parts.scheme != "file" and not parts.hostname:
+        raise CommandError("url has no host")
+    if not isinstance(sha, str) or not _SHA_RE.match(sha):
+        raise CommandError("sha256 must be 64 hex digits")
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 < size <= modelstore.MAX_BUNDLE_BYTES:
+        raise CommandError(f"size must be an integer in 1..{modelstore.MAX_BUNDLE_BYTES}")
+    signature = None
+    if "signature" in args:
+        raw = args["signature"]
+        try:
+            signature = base64.b64decode(raw, validate=True) if isinstance(raw, str) else None
+        except (binascii.Error, ValueError):
+            signature = None
+        if signature is None or len(signature) != 64:
+            raise CommandError("signature must be base64 of a 64-byte Ed25519 signature")
+    probation = args.get("probation_s", DEFAULT_PROBATION_S)
+    if isinstance(probation, bool) or not isinstance(probation, int | float) or not \
+            0 <= probation <= MAX_PROBATION_S:
+        raise CommandError(f"probation_s must be a number in 0..{MAX_PROBATION_S:.0f}")
+    allow = args.get("allow_new_input", False)
+    if not isinstance(allow, bool):
+        raise CommandError("allow_new_input must be true or false")
+    return UpdateRequest(url, sha.lower(), size, signature, float(probation), allow)
+
+
+# --------------------------------------------------------------------------- download
+
+
+def download(url: str, target: Path, size: int, sha256: str, timeout_s: float = DOWNLOAD_TIMEOUT_S) -> Path:
+    """Fetch ``url`` into ``target`` with size, hash and free-space checks; fsynced.
+
+    Raises:
+        OtaError: network/file error, size or sha256 mismatch, not enough space.
+    """
+    try:
+        modelstore.check_free_space(target.parent, 3 * size)
+    except modelstore.InstallError as exc:
+        raise OtaError(str(exc)) from exc
+    digest = hashlib.sha256()
+    received = 0
+    try:
+        with _open_url(url, timeout_s) as (stream, announced):
+            if announced is not None and announced != size:
+                raise OtaError(f"server announces {announced} bytes, expected {size}")
+            with target.open("wb") as out:
+                while block := stream.read(1 << 16):
+                    received += len(block)
+                    if received > size:
+                        raise OtaError(f"download is larger than the expected {size} bytes")
+                    digest.update(block)
+                    out.write(block)
+                out.flush()
+                os.fsync(out.fileno())
+    except OtaError:
+        target.unlink(missing_ok=True)
+        raise
+    except (OSError, urllib.error.URLError, ValueError) as exc:
+        target.unlink(missing_ok=True)
+        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
+        raise OtaError(f"download failed: {reason}") from exc
+    if received != size:
+        target.unlink(missing_ok=True)
+        raise OtaError(f"download truncated: {received} of {size} bytes")
+    if digest.hexdigest() != sha256:
+        target.unlink(missing_ok=True)
+        raise OtaError(f"sha256 mismatch: got {digest.hexdigest()}, expected {sha256}")
+    return target
+
+
+@contextlib.contextmanager
+def _open_url(url: str, timeout_s: float) -> Any:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "file":
+        path = Path(urllib.parse.unquote(parts.path))
+        with path.open("rb") as handle:
+            yield handle, path.stat().st_size
+        return
+    context = ssl.create_default_context() if parts.scheme == "https" else None
+    request = urllib.request.Request(url, headers={"User-Agent": "edge-agent-ota"})
+    with urllib.request.urlopen(request, timeout=timeout_s, context=context) as response:
+        length = response.headers.get("Content-Length")
+        yield response, int(length) if length and length.isdigit() else None
+
+
+# --------------------------------------------------------------------------- the updater
+
+
+class OtaUpdater:
+    """Runs one update (or rollback) at a time in a worker thread and reports via ``reply``."""
+
+    def __init__(self, host: ModelHost, policy: ProbationPolicy | None = None) -> None:
+        self.host = host
+        self.policy = policy or ProbationPolicy()
+        self._busy = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.last_timings: dict[str, float] = {}
+
+    @property
+    def busy(self) -> bool:
+        return self._busy.locked()
+
+    def start_update(self, request: UpdateRequest, cmd_id: str, reply: Callable[[Ack], None]) -> None:
+        """Begin an update in the background; raises OtaError when one is running."""
+        if not self._busy.acquire(blocking=False):
+            raise OtaError("busy: another model update is in progress")
+        self._thread = threading.Thread(
+            target=self._run_update, args=(request, cmd_id, reply), name="ota", daemon=True
+        )
+        self._thread.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run_update(self, request: UpdateRequest, cmd_id: str, reply: Callable[[Ack], None]) -> None:
+        try:
+            ack = self.update(request, cmd_id, reply)
+        except Exception as exc:  # the worker must always answer
+            log.exception("model update %s crashed", cmd_id)
+            ack = Ack(cmd_id, "failed", f"internal_error: {type(exc).__name__}")
+        finally:
+            self._busy.release()
+        reply(ack)
+
+    def update(self, request: UpdateRequest, cmd_id: str, reply: Callable[[Ack], None]) -> Ack:
+        """The whole update, synchronously; returns the final ack."""
+        t0 = time.monotonic()
+        state_dir = Path(self.host.state_dir)
+        downloads = state_dir / DOWNLOADS
+        timings: dict[str, float] = {}
+        self.last_timings = timings
+        try:
+            downloads.mkdir(parents=True, exist_ok=True)
+            for stale in downloads.iterdir():
+                with contextlib.suppress(OSError):
+                    stale.unlink()
+            target = downloads / f"{uuid.uuid4().hex}.bundle"
+            download(request.url, target, request.size, request.sha256)
+            timings["download_s"] = time.monotonic() - t0
+            try:
+                key = modelstore.resolve_public_key(state_dir, self.host.bundle_key)
+                if request.signature is not None:
+                    _verify_detached(target, request.signature, key)
+                result = modelstore.install_model(
+                    target, state_dir, key, expected_sha256=request.sha256, expected_size=request.size,
+                    allow_new_input=request.allow_new_input, allow_downgrade=False, signal_agent=False,
+                )
+            finally:
+                target.unlink(missing_ok=True)
+        except (OtaError, EdgeError, OSError) as exc:
+            return Ack(cmd_id, "failed", _reason(exc), {"active": _active(state_dir)})
+        timings["install_s"] = time.monotonic() - t0
+        if result.status == "already_active":
+            return Ack(cmd_id, "succeeded", "already active", {"active": result.active.describe()})
+
+        try:
+            self.host.reload_model()
+        except EdgeError as exc:
+            back = self._roll_back(f"the running agent cannot load the new model: {exc}")
+            return Ack(cmd_id, "failed", back, {"active": _active(state_dir)})
+        timings["swapped_s"] = time.monotonic() - t0
+        new = result.active.describe()
+        reply(Ack(cmd_id, "in_progress",
+                  f"installed {new['name']} {new['version']}; probation {request.probation_s:.0f} s",
+                  {"active": new}))
+
+        problem = self.watch_probation(result.active, request.probation_s, cmd_id)
+        if problem is not None:
+            back = self._roll_back(f"probation failed: {problem}")
+            timings["rolled_back_s"] = time.monotonic() - t0
+            return Ack(cmd_id, "failed", back, {"active": _active(state_dir), "timings": _round(timings)})
+        modelstore.clear_probation(state_dir)
+        timings["succeeded_s"] = time.monotonic() - t0
+        return Ack(cmd_id, "succeeded", f"{new['name']} {new['version']} active, probation passed",
+                   {"active": new, "previous": result.previous.describe() if result.previous else None,
+                    "timings": _round(timings)})
+
+    def watch_probation(self, model: modelstore.InstalledModel, duration_s: float, cmd_id: str = "") -> str | None:
+        """Watch the running model for ``duration_s``; the reason it failed, or None."""
+        state_dir = Path(self.host.state_dir)
+        modelstore.start_probation(state_dir, model, duration_s, self.policy.max_crashes, cmd_id)
+        budget = model.manifest.latency_budget_ms
+        start = self.host.probe()
+        deadline = time.monotonic() + duration_s
+        while True:
+            sample = self.host.probe()
+            inferences = sample.inferences - start.inferences
+            errors = sample.errors - start.errors
+            total = inferences + errors
+            if total >= self.policy.min_samples and errors / total > self.policy.max_error_rate:
+                return f"error rate {errors}/{total} above {self.policy.max_error_rate:.0%}"
+            if (budget > 0 and inferences >= self.policy.min_samples and sample.invoke_p95_ms is not None
+                    and sample.invoke_p95_ms > budget * self.policy.latency_factor):
+                return (f"p95 inference latency {sample.invoke_p95_ms:.2f} ms above "
+                        f"{self.policy.latency_factor:g} x the {budget:g} ms budget")
+            current = modelstore.active_model(state_dir, deep=False)
+            if current is None or current.sha256 != model.sha256:
+                return "the model was replaced during probation"
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(min(TICK_S, max(0.0, deadline - time.monotonic())))
+
+    def _roll_back(self, why: str) -> str:
+        state_dir = Path(self.host.state_dir)
+        try:
+            result = modelstore.rollback(state_dir, signal_agent=False)
+        except EdgeError as exc:
+            return f"{why}; rollback impossible: {exc}"
+        try:
+            self.host.reload_model()
+        except EdgeError as exc:
+            log.error("reloading the previous model failed: %s", exc)
+            return f"{why}; rolled back on disk but the agent failed to reload: {exc}"
+        old = result.active.describe()
+        log.warning("%s; rolled back to %s %s", why, old["name"], old["version"])
+        return f"{why}; rolled back to {old['name']} {old['version']} ({old['short_sha']})"
+
+    def rollback(self, cmd_id: str) -> Ack:
+        """The signed ``rollback`` command: previous becomes active again (downgrade)."""
+        if not self._busy.acquire(blocking=False):
+            return Ack(cmd_id, "failed", "busy: a model update is in progress")
+        try:
+            t0 = time.monotonic()
+            result = modelstore.rollback(Path(self.host.state_dir), signal_agent=False)
+            self.host.reload_model()
+        except EdgeError as exc:
+            return Ack(cmd_id, "failed", _reason(exc), {"active": _active(Path(self.host.state_dir))})
+        finally:
+            self._busy.release()
+        return Ack(cmd_id, "succeeded", "rolled back",
+                   {"active": result.active.describe(),
+                    "previous": result.previous.describe() if result.previous else None,
+                    "rollback_ms": round((time.monotonic() - t0) * 1000, 1)})
+
+
+def _verify_detached(bundle_path: Path, signature: bytes, key: Ed25519PublicKey | None) -> None:
+    if key is None:
+        raise OtaError("the command carries a bundle signature but no bundle key is pinned")
+    manifest_bytes = read_bundle(bundle_path, require_signature=False).manifest_bytes
+    try:
+        key.verify(signature, manifest_bytes)
+    except InvalidSignature as exc:
+        raise OtaError("bad signature: the command's signature does not verify with the pinned key") from exc
+
+
+def _reason(exc: BaseException) -> str:
+    step = getattr(exc, "step", "")
+    return f"{step}: {exc}" if step else str(exc)
+
+
+def _active(state_dir: Path) -> dict[str, Any] | None:
+    model = modelstore.active_model(state_dir, deep=False)
+    return model.describe() if model else None
+
+
+def _round(timings: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 3) for k, v in timings.items()}
+
+
+# --------------------------------------------------------------------------- wiring to the agent
+
+
+class AgentHost:
+    """Adapts the pipeline's Agent (``edge_agent.pipeline.Agent``) to :class:`ModelHost`."""
+
+    def __init__(self, agent: Any) -> None:
+        self.agent = agent
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.agent.config.state_dir)
+
+    @property
+    def bundle_key(self) -> Path | None:
+        key = self.agent.config.model.public_key
+        return Path(key) if key else None
+
+    def reload_model(self) -> dict[str, str]:
+        result: dict[str, str] = self.agent.reload_model()
+        return result
+
+    def probe(self) -> ProbeSample:
+        snap = self.agent.stats.snapshot()
+        invoke = snap.get("latency_ms", {}).get("invoke", {}) or {}
+        p95 = invoke.get("p95")
+        return ProbeSample(int(snap.get("frames_inferred", 0)), int(snap.get("errors", 0)),
+                           float(p95) if isinstance(p95, int | float) else None)
+
+
+_UPDATERS: dict[int, OtaUpdater] = {}
+_UPDATERS_LOCK = threading.Lock()
+
+
+def updater_for(control: Any) -> OtaUpdater:
+    """One updater per running agent (the command's ``ctx.control``)."""
+    existing = getattr(control, "ota_updater", None)
+    if isinstance(existing, OtaUpdater):
+        return existing
+    with _UPDATERS_LOCK:
+        updater = _UPDATERS.get(id(control))
+        if updater is None:
+            updater = OtaUpdater(AgentHost(control))
+            _UPDATERS[id(control)] = updater
+        return updater
+
+
+def _cmd_update_model(ctx: CommandContext) -> Ack:
+    request = parse_update_args(ctx.args)
+    if ctx.control is None:
+        return Ack(ctx.id, "failed", "no running agent to update")
+    updater = updater_for(ctx.control)
+    try:
+        updater.start_update(request, ctx.id, ctx.reply)
+    except OtaError as exc:
+        return Ack(ctx.id, "failed", str(exc))
+    return Ack(ctx.id, "in_progress", f"downloading {request.size} bytes")
+
+
+def _cmd_rollback(ctx: CommandContext) -> Ack:
+    if ctx.args:
+        raise CommandError("rollback takes no arguments")
+    if ctx.control is None:
+        return Ack(ctx.id, "failed", "no running agent")
+    return updater_for(ctx.control).rollback(ctx.id)
+
+
+def register_commands() -> None:
+    """Add the privileged ``update_model`` and ``rollback`` commands (idempotent)."""
+    register_command("update_model", _cmd_update_model, privileged=True,
+                     description="download, verify, smoke-test and activate a model bundle")
+    register_command("rollback", _cmd_rollback, privileged=True,
+                     description="re-activate the previous model (the only way to downgrade)")
+
+
+register_commands()

@@ -1,0 +1,324 @@
+"""Durable outbox for results and health: SQLite in WAL mode on disk.
+
+Every message that must not be lost (``evt/*`` results and ``health``) is
+written here first and deleted only after the broker acknowledged it. The
+sender takes a few rows at a time (so paho's own queue stays small), in id
+order; after a restart the rows still queued are sent again, marked
+``"replayed": true``.
+
+Bounds: total payload bytes and age. When full, the oldest health rows go
+first, then the oldest results; every eviction is counted. A message over the
+size cap is refused and counted. WAL with ``synchronous=NORMAL`` keeps a
+committed row through a ``kill -9`` of the agent (not through power loss,
+which needs ``synchronous=FULL`` — see ``durable``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["health", "result"]
+_KIND_CODE = {"health": 0, "result": 1}
+_KIND_NAME: dict[int, Kind] = {0: "health", 1: "result"}
+
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_AGE_S = 7 * 24 * 3600.0
+DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024
+RETRY_DELAY_S = 2.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    kind INTEGER NOT NULL,
+    created REAL NOT NULL,
+    size INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    replayed INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS outbox_kind ON outbox (kind, id);
+"""
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    id: int
+    topic: str
+    payload: bytes
+    kind: Kind
+    replayed: bool
+
+
+@dataclass
+class OutboxCounters:
+    enqueued: int = 0
+    delivered: int = 0
+    replayed_sent: int = 0
+    evicted_health: int = 0
+    evicted_results: int = 0
+    evicted_age: int = 0
+    refused_oversize: int = 0
+    undeliverable: int = 0
+    broker_failures: int = 0
+
+
+class OutboxFullError(Exception):
+    """Internal: nothing more can be evicted."""
+
+
+class Outbox:
+    """SQLite-backed FIFO with at-least-once hand-off.
+
+    Args:
+        path: database file (parent created); ``None`` keeps it in memory (tests only).
+        max_bytes: bound on the sum of queued payload sizes.
+        max_age_s: rows older than this are evicted (counted as ``evicted_age``).
+        max_message_bytes: larger payloads are refused (``refused_oversize``).
+        max_attempts: a row the broker keeps refusing is dropped after this many tries.
+        durable: ``synchronous=FULL`` (survives power loss, slower) instead of NORMAL.
+    """
+
+    def __init__(
+        self,
+        path: Path | None,
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        max_age_s: float = DEFAULT_MAX_AGE_S,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        max_attempts: int = 10,
+        durable: bool = False,
+    ) -> None:
+        self.max_bytes = max_bytes
+        self.max_age_s = max_age_s
+        self.max_message_bytes = max_message_bytes
+        self.max_attempts = max_attempts
+        self.counters = OutboxCounters()
+        self._lock = threading.Lock()
+        self._inflight: set[int] = set()
+        self._retry_after: dict[int, float] = {}
+        self._closed = False
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path) if path is not None else ":memory:", check_same_thread=False,
+                                   isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        self._db.executescript(_SCHEMA)
+        # Whatever is still queued from an earlier run goes out marked as replayed.
+        self._db.execute("UPDATE outbox SET replayed = 1")
+        row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outbox").fetchone()
+        self._count = int(row[0])
+        self._bytes = int(row[1])
+        if self._count:
+            log.info("outbox %s: %d queued message(s) from an earlier run will be replayed", path, self._count)
+
+    # ---- producer side ------------------------------------------------------------------
+    def put(self, topic: str, payload: bytes, kind: Kind) -> bool:
+        """Queue one message; returns False when it is refused (over the size cap)."""
+        size = len(payload)
+        if size > self.max_message_bytes:
+            with self._lock:
+                self.counters.refused_oversize += 1
+            log.warning("refused %d-byte message for %s: over the %d-byte cap", size, topic, self.max_message_bytes)
+            return False
+        now = time.time()
+        with self._lock:
+            if self._bytes + size > self.max_bytes:
+                self._evict_for(size)
+            cur = self._db.execute(
+                "INSERT INTO outbox (topic, payload, kind, created, size) VALUES (?, ?, ?, ?, ?)",
+                (topic, payload, _KIND_CODE[kind], now, size),
+            )
+            assert cur.lastrowid is not None
+            self._count += 1
+            self._bytes += size
+            self.counters.enqueued += 1
+        return True
+
+    def _evict_for(self, size: int) -> None:
+        """Drop oldest health rows, then oldest results, until ``size`` more bytes fit."""
+        for code in (0, 1):
+            while self._bytes + size > self.max_bytes:
+                rows = self._db.execute(
+                    "SELECT id, size FROM outbox WHERE kind = ? ORDER BY id LIMIT ?",
+                    (code, len(self._inflight) + 64),
+                ).fetchall()
+                victims = [(rid, sz) for rid, sz in rows if rid not in self._inflight]
+                if not victims:
+                    break
+                need = self._bytes + size - self.max_bytes
+                chosen: list[int] = []
+                freed = 0
+                for rid, sz in victims:
+                    chosen.append(rid)
+                    freed += sz
+                    if freed >= need:
+                        break
+                self._delete(chosen)
+                self._bytes -= freed
+                if code == 0:
+                    self.counters.evicted_health += len(chosen)
+                else:
+                    self.counters.evicted_results += len(chosen)
+                log.warning("outbox full: evicted %d %s message(s)", len(chosen), _KIND_NAME[code])
+
+    def _delete(self, ids: list[int]) -> None:
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            self._db.execute(f"DELETE FROM outbox WHERE id IN ({marks})", chunk)
+        self._count -= len(ids)
+        for rid in ids:
+            self._retry_after.pop(rid, None)
+
+    # ---- sender side --------------------------------------------------------------------
+    def take(self, limit: int) -> list[OutboxRow]:
+        """The next ``limit`` rows not already in flight, oldest first; marks them in flight."""
+        if limit <= 0:
+            return []
+        now = time.monotonic()
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, topic, payload, kind, replayed FROM outbox ORDER BY id LIMIT ?",
+                (len(self._inflight) + len(self._retry_after) + limit,),
+            ).fetchall()
+            out: list[OutboxRow] = []
+            for rid, topic, payload, kind, replayed in rows:
+                if rid in self._inflight or self._retry_after.get(rid, 0.0) > now:
+                    continue
+                self._retry_after.pop(rid, None)
+                self._inflight.add(rid)
+                body = bytes(payload)
+                if replayed:
+                    body = _mark_replayed(body)
+                    self.counters.replayed_sent += 1
+                out.append(OutboxRow(rid, topic, body, _KIND_NAME[kind], bool(replayed)))
+                if len(out) >= limit:
+                    break
+            return out
+
+    def ack(self, ids: list[int]) -> None:
+        """The broker acknowledged these rows: delete them."""
+        if not ids:
+            return
+        with self._lock:
+            present = [rid for rid in ids if rid in self._inflight]
+            for rid in present:
+                self._inflight.discard(rid)
+            if not present:
+                return
+            marks = ",".join("?" * len(present))
+            got = self._db.execute(f"SELECT COALESCE(SUM(size), 0) FROM outbox WHERE id IN ({marks})",
+                                   present).fetchone()
+            self._db.execute("BEGIN")
+            self._delete(present)
+            self._db.execute("COMMIT")
+            self._bytes -= int(got[0])
+            self.counters.delivered += len(present)
+
+    def nack(self, row_id: int, reason: str) -> None:
+        """The broker refused the row (or paho could not take it): retry later, or drop after max_attempts."""
+        with self._lock:
+            self._inflight.discard(row_id)
+            self.counters.broker_failures += 1
+            self._db.execute("UPDATE outbox SET attempts = attempts + 1 WHERE id = ?", (row_id,))
+            row = self._db.execute("SELECT attempts, size FROM outbox WHERE id = ?", (row_id,)).fetchone()
+            if row is None:
+                return
+            if row[0] >= self.max_attempts:
+                self._delete([row_id])
+                self._bytes -= int(row[1])
+                self.counters.undeliverable += 1
+                log.error("dropping outbox row %d after %d refusals (%s)", row_id, row[0], reason)
+            else:
+                self._retry_after[row_id] = time.monotonic() + RETRY_DELAY_S
+
+    def release(self, row_id: int) -> None:
+        """Give a row back without counting an attempt (paho's queue was full)."""
+        with self._lock:
+            self._inflight.discard(row_id)
+
+    def release_all(self) -> None:
+        with self._lock:
+            self._inflight.clear()
+
+    def expire(self, now: float | None = None) -> int:
+        """Evict rows older than ``max_age_s`` (not those in flight); returns how many."""
+        cutoff = (time.time() if now is None else now) - self.max_age_s
+        with self._lock:
+            rows = self._db.execute("SELECT id, size FROM outbox WHERE created < ?", (cutoff,)).fetchall()
+            victims = [(rid, sz) for rid, sz in rows if rid not in self._inflight]
+            if not victims:
+                return 0
+            self._delete([rid for rid, _ in victims])
+            self._bytes -= sum(sz for _, sz in victims)
+            self.counters.evicted_age += len(victims)
+        log.warning("outbox: evicted %d message(s) older than %.0f s", len(victims), self.max_age_s)
+        return len(victims)
+
+    # ---- state --------------------------------------------------------------------------
+    @property
+    def depth(self) -> int:
+        return self._count
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    def oldest_age_s(self) -> float | None:
+        with self._lock:
+            if self._closed:
+                return None
+            row = self._db.execute("SELECT MIN(created) FROM outbox").fetchone()
+        return None if row[0] is None else max(0.0, time.time() - float(row[0]))
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for the health payload (a pure snapshot)."""
+        c = self.counters
+        return {
+            "depth": self._count,
+            "bytes": self._bytes,
+            "inflight": len(self._inflight),
+            "oldest_age_s": _round(self.oldest_age_s()),
+            "evicted": c.evicted_health + c.evicted_results + c.evicted_age,
+            "evicted_health": c.evicted_health,
+            "evicted_results": c.evicted_results,
+            "evicted_age": c.evicted_age,
+            "refused_oversize": c.refused_oversize,
+            "undeliverable": c.undeliverable,
+            "delivered": c.delivered,
+            "replayed": c.replayed_sent,
+        }
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            try:
+                self._db.close()
+            except sqlite3.Error as exc:  # pragma: no cover - defensive
+                log.debug("closing outbox: %s", exc)
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def _mark_replayed(payload: bytes) -> bytes:
+    try:
+        body = json.loads(payload)
+    except ValueError:
+        return payload
+    if isinstance(body, dict):
+        body["replayed"] = True
+        return json.dumps(body, separators=(",", ":")).encode()
+    return payload

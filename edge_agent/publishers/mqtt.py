@@ -1,0 +1,418 @@
+"""MQTT publisher: results and health through the durable outbox, status/acks direct.
+
+Created by ``create_publisher("mqtt", config=..., envelope=..., control=...)``:
+
+- ``config``: an :class:`~edge_agent.mqtt.MqttSettings`, the ``[mqtt]`` config
+  section (any object or dict with the same field names), plus keyword overrides;
+- ``envelope``: the agent's :class:`~edge_agent.envelope.EnvelopeFactory`;
+- ``outbox``: object/dict with ``path``, ``max_bytes``, ``max_age_s`` (and
+  optionally ``max_message_bytes``); default ``<state_dir>/outbox.db``;
+- ``state_dir``: where the outbox, the command replay cache and the last applied
+  desired-config version live;
+- ``command_public_key``: path of the pinned Ed25519 key for privileged commands.
+
+Threads: paho's network thread (callbacks only enqueue), one sender thread
+(the only caller of ``MqttLink.publish``: birth, acks, then outbox rows, keeping
+at most ``max_inflight`` messages in paho) and one command worker (commands run
+off the network thread, so a slow ``reload`` never stalls keepalives).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge_agent import __version__
+from edge_agent.commands import Ack, CommandError, CommandHandler, Route, load_public_key, parse_desired
+from edge_agent.envelope import SCHEMA, EnvelopeFactory, topic_root
+from edge_agent.errors import ConfigError, EdgeError
+from edge_agent.mqtt import InboundMessage, MqttLink, MqttSettings, Will
+from edge_agent.outbox import DEFAULT_MAX_AGE_S, DEFAULT_MAX_BYTES, DEFAULT_MAX_MESSAGE_BYTES, Outbox
+from edge_agent.publishers import AgentControl, Publisher, register_publisher
+
+log = logging.getLogger(__name__)
+
+DIRECT_KINDS = {"status": True, "ack": False, "config/reported": True}  # kind -> retained
+DIRECT_QUEUE_MAX = 1000
+COMMAND_QUEUE_MAX = 64
+EXPIRE_EVERY_S = 10.0
+
+
+@dataclass(frozen=True)
+class _Direct:
+    topic: str
+    payload: bytes
+    retain: bool
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+
+
+@dataclass(frozen=True)
+class _RowRef:
+    row_id: int
+
+
+def _json_default(value: Any) -> Any:
+    for attr in ("item", "tolist"):  # NumPy scalars and arrays
+        if hasattr(value, attr):
+            return getattr(value, attr)()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def encode(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, separators=(",", ":"), default=_json_default).encode()
+
+
+def _get(obj: Any, name: str, default: Any = None) -> Any:
+    if obj is None:
+        return default
+    if isinstance(obj, dict):
+        return obj.get(name, default)
+    return getattr(obj, name, default)
+
+
+class MqttPublisher(Publisher):
+    def __init__(
+        self,
+        config: Any = None,
+        *,
+        envelope: EnvelopeFactory,
+        control: AgentControl | None = None,
+        outbox: Any = None,
+        state_dir: Path | str | None = None,
+        command_public_key: Path | str | None = None,
+        command_rate: float = 5.0,
+        command_burst: float = 20.0,
+        **overrides: Any,
+    ) -> None:
+        self.settings = MqttSettings.from_any(config, **overrides)
+        self.envelope = envelope
+        self.device_id = envelope.device_id
+        self.root = topic_root(self.device_id)
+        self.control = control
+        self.state_dir = Path(state_dir) if state_dir is not None else None
+        path = _get(outbox, "path")
+        if path is None and self.state_dir is not None:
+            path = self.state_dir / "outbox.db"
+        if path is None:
+            raise ConfigError("the MQTT publisher needs an outbox path or a state directory")
+        self.outbox = Outbox(
+            Path(path),
+            max_bytes=int(_get(outbox, "max_bytes") or DEFAULT_MAX_BYTES),
+            max_age_s=float(_get(outbox, "max_age_s") or DEFAULT_MAX_AGE_S),
+            max_message_bytes=int(_get(outbox, "max_message_bytes") or self.settings.max_payload_bytes
+                                  or DEFAULT_MAX_MESSAGE_BYTES),
+        )
+        self.window = self.settings.max_inflight
+        will = Will(f"{self.root}/status", encode(self._status_body("offline", seq=False)), qos=1, retain=True)
+        self.link = MqttLink(
+            self.settings,
+            self.settings.client_id or self.device_id,
+            will=will,
+            subscriptions=(f"{self.root}/cmd/+", f"{self.root}/config/desired"),
+            max_queued=self.window + 32,
+            retain_as_published=True,
+        )
+        self.link.callbacks.on_connected = self._on_connected
+        self.link.callbacks.on_message = self._on_message
+        self.link.callbacks.on_published = self._on_published
+        key = load_public_key(Path(command_public_key)) if command_public_key else None
+        self.commands = CommandHandler(
+            self.device_id,
+            control=control,
+            reply=self._send_ack,
+            publish=self.publish,
+            public_key=key,
+            rate=command_rate,
+            burst=command_burst,
+            replay_path=self.state_dir / "command-ids" if self.state_dir else None,
+        )
+        self._acks: queue.SimpleQueue[tuple[int, bool, str]] = queue.SimpleQueue()
+        self._direct: deque[_Direct] = deque()
+        self._direct_lock = threading.Lock()
+        self._inflight: dict[int, _Direct | _RowRef] = {}
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._cmd_queue: queue.Queue[InboundMessage | None] = queue.Queue(COMMAND_QUEUE_MAX)
+        self._threads: list[threading.Thread] = []
+        self._dropped_direct = 0
+        self._refused_oversize = 0
+        self._offline_mid: int | None = None
+        self._offline_done = threading.Event()
+        self._desired_version = self._load_desired_version()
+        self._started = False
+
+    # ---- Publisher API ------------------------------------------------------------------
+    def start(self, control: AgentControl | None = None) -> None:
+        if control is not None:
+            self.control = control
+            self.commands.control = control
+        if self._started:
+            return
+        self._started = True
+        self._stop.clear()
+        for target, name in ((self._sender, "mqtt-sender"), (self._command_worker, "mqtt-commands")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        self.link.start()
+
+    def publish(self, kind: str, payload: dict[str, Any]) -> None:
+        """Queue a message: ``health`` and ``evt/*`` via the outbox, the rest direct."""
+        if not kind or any(c in kind for c in "+#\x00") or kind.startswith("/"):
+            raise ValueError(f"invalid message kind {kind!r}")
+        if kind in DIRECT_KINDS:
+            body = payload if "seq" in payload else self.envelope.wrap(payload)
+            self._queue_direct(_Direct(f"{self.root}/{kind}", encode(body), DIRECT_KINDS[kind]))
+            return
+        if kind != "health" and not kind.startswith("evt/"):
+            raise ValueError(f"unknown message kind {kind!r}: use status, health, evt/<type>, ack, config/reported")
+        body = payload if "seq" in payload else self.envelope.wrap(payload)
+        if self.outbox.put(f"{self.root}/{kind}", encode(body), "health" if kind == "health" else "result"):
+            self._wake.set()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Flush within ``timeout``, publish ``offline`` (retained), disconnect. Unsent rows stay queued."""
+        if not self._started:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.link.connected and (
+            self.outbox.depth or self._inflight or self._direct
+        ):
+            time.sleep(0.02)
+        if self.link.connected:
+            self._queue_direct(_Direct(f"{self.root}/status", encode(self._status_body("offline")), True),
+                               front=False, marker=True)
+            self._offline_done.wait(max(0.1, deadline - time.monotonic()))
+        self._stop.set()
+        self._wake.set()
+        with contextlib.suppress(queue.Full):
+            self._cmd_queue.put_nowait(None)
+        for thread in self._threads:
+            thread.join(timeout=2.0)
+        self._threads.clear()
+        self.link.stop()
+        self.outbox.close()
+        self._started = False
+
+    def stats(self) -> dict[str, Any]:
+        link = self.link.stats
+        return {
+            "connected": self.link.connected,
+            "reconnects": link.reconnects,
+            "connects": link.connects,
+            "refused": link.refused,
+            "outbox": self.outbox.stats(),
+            "direct_dropped": self._dropped_direct,
+            "commands": self.commands.snapshot(),
+            "commands_rejected": self.commands.stats.rejected,
+        }
+
+    @property
+    def connected(self) -> bool:
+        return self.link.connected
+
+    # ---- status and acks ----------------------------------------------------------------
+    def _status_body(self, state: str, seq: bool = True) -> dict[str, Any]:
+        info: dict[str, Any] = {}
+        if self.control is not None:
+            try:
+                info = dict(self.control.status_info())
+            except Exception:  # status must go out even if the app misbehaves
+                log.exception("status_info failed")
+        body: dict[str, Any] = {"state": state, "agent_version": __version__, **info}
+        if seq:
+            return self.envelope.wrap(body)
+        # The will is fixed at connect time and may never be sent: it carries no seq,
+        # so consumers do not count a gap for it.
+        return {"schema": SCHEMA, "device_id": self.device_id, "boot_id": self.envelope.boot_id,
+                "session": self.envelope.session, "seq": None, "ts_ms": int(time.time() * 1000),
+                "replayed": False, **body}
+
+    def _send_ack(self, ack: Ack, route: Route) -> None:
+        payload = encode(self.envelope.wrap(ack.body(route.name)))
+        self._queue_direct(_Direct(f"{self.root}/ack", payload, False))
+        if route.response_topic and self.link.v5:
+            self._queue_direct(_Direct(route.response_topic, payload, False, route.response_topic,
+                                       route.correlation_data))
+
+    def _queue_direct(self, item: _Direct, front: bool = False, marker: bool = False) -> None:
+        with self._direct_lock:
+            if len(self._direct) >= DIRECT_QUEUE_MAX:
+                self._dropped_direct += 1
+                log.warning("direct queue full: dropped a message for %s", item.topic)
+                return
+            if marker:
+                item = _OfflineMarker(item.topic, item.payload, item.retain)
+            if front:
+                self._direct.appendleft(item)
+            else:
+                self._direct.append(item)
+        self._wake.set()
+
+    # ---- paho-thread callbacks (only enqueue) -------------------------------------------
+    def _on_connected(self) -> None:
+        birth = _Direct(f"{self.root}/status", encode(self._status_body("online")), True)
+        self._queue_direct(birth, front=True)
+
+    def _on_published(self, mid: int, ok: bool, reason: str) -> None:
+        self._acks.put((mid, ok, reason))
+        self._wake.set()
+
+    def _on_message(self, message: InboundMessage) -> None:
+        try:
+            self._cmd_queue.put_nowait(message)
+        except queue.Full:
+            if message.topic.startswith(f"{self.root}/cmd/"):
+                self._send_ack(Ack(None, "rejected", "busy"),
+                               Route(message.topic.rsplit("/", 1)[-1], message.response_topic,
+                                     message.correlation_data))
+
+    # ---- worker threads -----------------------------------------------------------------
+    def _command_worker(self) -> None:
+        cmd_prefix = f"{self.root}/cmd/"
+        while not self._stop.is_set():
+            message = self._cmd_queue.get()
+            if message is None:
+                return
+            try:
+                if message.topic.startswith(cmd_prefix):
+                    self.commands.handle(
+                        message.topic[len(cmd_prefix):],
+                        message.payload,
+                        retained=message.retain,
+                        response_topic=message.response_topic,
+                        correlation_data=message.correlation_data,
+                    )
+                elif message.topic == f"{self.root}/config/desired":
+                    self._apply_desired(message.payload)
+            except Exception:  # keep the worker alive whatever happens
+                log.exception("handling %s failed", message.topic)
+
+    def _apply_desired(self, payload: bytes) -> None:
+        if not payload:
+            return  # retained desired config cleared
+        try:
+            version, config = parse_desired(payload)
+        except CommandError as exc:
+            self.publish("config/reported", {"version": self._desired_version, "status": "rejected",
+                                             "reason": str(exc)})
+            return
+        if self._desired_version is not None and version <= self._desired_version:
+            return  # already applied (the retained message comes again after every reconnect)
+        if self.control is None:
+            return
+        try:
+            reported = self.control.apply_config(dict(config))
+        except EdgeError as exc:
+            self.publish("config/reported", {"version": version, "status": "rejected", "reason": str(exc)})
+            return
+        self._desired_version = version
+        self._save_desired_version(version)
+        self.publish("config/reported", {"version": version, "status": "applied", "config": reported})
+
+    def _desired_path(self) -> Path | None:
+        return self.state_dir / "desired-version" if self.state_dir else None
+
+    def _load_desired_version(self) -> int | None:
+        path = self._desired_path()
+        try:
+            return int(path.read_text()) if path else None
+        except (OSError, ValueError):
+            return None
+
+    def _save_desired_version(self, version: int) -> None:
+        path = self._desired_path()
+        if path is None:
+            return
+        try:
+            path.write_text(str(version))
+        except OSError as exc:
+            log.warning("cannot persist desired config version: %s", exc)
+
+    def _sender(self) -> None:
+        last_expire = 0.0
+        while not self._stop.is_set():
+            self._wake.wait(0.5)
+            self._wake.clear()
+            try:
+                self._drain_acks()
+                if self.link.connected:
+                    self._send_direct()
+                    self._send_rows()
+                now = time.monotonic()
+                if now - last_expire > EXPIRE_EVERY_S:
+                    last_expire = now
+                    self.outbox.expire()
+            except Exception:  # the sender must survive anything (e.g. a full disk)
+                log.exception("MQTT sender loop error")
+                time.sleep(0.5)
+
+    def _drain_acks(self) -> None:
+        delivered: list[int] = []
+        while True:
+            try:
+                mid, ok, reason = self._acks.get_nowait()
+            except queue.Empty:
+                break
+            entry = self._inflight.pop(mid, None)
+            if entry is None:
+                continue
+            if isinstance(entry, _RowRef):
+                if ok:
+                    delivered.append(entry.row_id)
+                else:
+                    log.warning("broker refused outbox row %d: %s", entry.row_id, reason)
+                    self.outbox.nack(entry.row_id, reason)
+            elif isinstance(entry, _OfflineMarker):
+                self._offline_done.set()
+            elif not ok:
+                log.warning("broker refused %s: %s", entry.topic, reason)
+        self.outbox.ack(delivered)
+
+    def _send_direct(self) -> None:
+        while len(self._inflight) < self.window + 8:
+            with self._direct_lock:
+                if not self._direct:
+                    return
+                item = self._direct.popleft()
+            mid = self.link.publish(item.topic, item.payload, qos=1, retain=item.retain,
+                                    response_topic=None, correlation_data=item.correlation_data)
+            if mid is None:
+                with self._direct_lock:
+                    self._direct.appendleft(item)
+                return
+            self._inflight[mid] = item
+
+    def _send_rows(self) -> None:
+        free = self.window - sum(1 for e in self._inflight.values() if isinstance(e, _RowRef))
+        if free <= 0:
+            return
+        for row in self.outbox.take(free):
+            mid = self.link.publish(row.topic, row.payload, qos=1)
+            if mid is None:
+                self.outbox.release(row.id)
+                return
+            self._inflight[mid] = _RowRef(row.id)
+
+
+@dataclass(frozen=True)
+class _OfflineMarker(_Direct):
+    """The clean-stop ``offline`` message; its PUBACK ends :meth:`MqttPublisher.stop`."""
+
+
+def create_mqtt_publisher(**options: Any) -> Publisher:
+    return MqttPublisher(**options)
+
+
+register_publisher("mqtt", create_mqtt_publisher)

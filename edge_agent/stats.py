@@ -1,0 +1,120 @@
+"""Pipeline statistics: counters, rates and per-stage latency percentiles.
+
+The hot loop only appends to bounded deques and bumps integers (both cheap and
+safe under the GIL); :meth:`PipelineStats.snapshot` is pure: it reads copies
+and computes figures without changing any state, so any thread may call it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+STAGES = ("capture", "preprocess", "invoke", "decode", "publish")
+LATENCY_WINDOW = 1024
+RATE_WINDOW_S = 5.0
+
+
+class LatencyWindow:
+    """The last ``size`` durations (seconds) of one stage."""
+
+    def __init__(self, size: int = LATENCY_WINDOW) -> None:
+        self._values: deque[float] = deque(maxlen=size)
+        self.count = 0
+        self.total_s = 0.0
+
+    def add(self, seconds: float) -> None:
+        self._values.append(seconds)
+        self.count += 1
+        self.total_s += seconds
+
+    def snapshot(self) -> dict[str, float | int | None]:
+        values = np.fromiter(tuple(self._values), dtype=np.float64)
+        if values.size == 0:
+            return {"p50": None, "p95": None, "p99": None, "mean": None, "n": self.count}
+        p50, p95, p99 = np.percentile(values, [50, 95, 99]) * 1000.0
+        return {
+            "p50": round(float(p50), 3),
+            "p95": round(float(p95), 3),
+            "p99": round(float(p99), 3),
+            "mean": round(float(values.mean() * 1000.0), 3),
+            "n": self.count,
+        }
+
+
+class RateMeter:
+    """Events per second over the last few seconds, from event timestamps."""
+
+    def __init__(self, size: int = 2048) -> None:
+        self._times: deque[float] = deque(maxlen=size)
+
+    def mark(self, now: float) -> None:
+        self._times.append(now)
+
+    def rate(self, now: float, window_s: float = RATE_WINDOW_S) -> float:
+        times = [t for t in tuple(self._times) if now - t <= window_s]
+        if len(times) < 2:
+            return 0.0
+        span = max(now - times[0], times[-1] - times[0])
+        return round((len(times) - 1) / span, 2) if span > 0 else 0.0
+
+
+class PipelineStats:
+    """All counters of one pipeline run."""
+
+    def __init__(self, stages: Iterable[str] = STAGES) -> None:
+        self.started = time.monotonic()
+        self.stages = {name: LatencyWindow() for name in stages}
+        self.frames_in = 0
+        self.frames_inferred = 0
+        self.frames_dropped = 0
+        self.frames_skipped = 0
+        self.results_published = 0
+        self.errors = 0
+        self.queue_depth = 0
+        self._in_rate = RateMeter()
+        self._inferred_rate = RateMeter()
+
+    def record_in(self, now: float) -> None:
+        self.frames_in += 1
+        self._in_rate.mark(now)
+
+    def record_inferred(self, now: float) -> None:
+        self.frames_inferred += 1
+        self._inferred_rate.mark(now)
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.stages[stage].add(seconds)
+
+    def snapshot(self, now: float | None = None) -> dict[str, Any]:
+        """Current figures as plain JSON-ready values; does not modify state."""
+        now = time.monotonic() if now is None else now
+        return {
+            "fps_in": self._in_rate.rate(now),
+            "fps_inferred": self._inferred_rate.rate(now),
+            "frames_in": self.frames_in,
+            "frames_inferred": self.frames_inferred,
+            "frames_dropped": self.frames_dropped,
+            "frames_skipped": self.frames_skipped,
+            "results_published": self.results_published,
+            "errors": self.errors,
+            "queue_depth": self.queue_depth,
+            "latency_ms": {name: window.snapshot() for name, window in self.stages.items()},
+            "run_s": round(now - self.started, 3),
+        }
+
+    def summary(self, now: float | None = None) -> str:
+        """One line for stderr at the end of a run."""
+        snap = self.snapshot(now)
+        run_s = max(snap["run_s"], 1e-9)
+        invoke = snap["latency_ms"].get("invoke", {})
+        mean_fps = self.frames_inferred / run_s
+        return (
+            f"{self.frames_in} in, {self.frames_inferred} inferred, {self.frames_dropped} dropped, "
+            f"{self.results_published} published in {run_s:.1f} s ({mean_fps:.1f} fps); "
+            f"invoke p50 {invoke.get('p50')} ms p95 {invoke.get('p95')} ms"
+        )

@@ -1,0 +1,124 @@
+"""Task interface: turn a source item into a model input, and raw outputs into a result.
+
+Decoding lives in plain NumPy functions in each task module so it can be tested
+without an interpreter; the Task classes only glue them to the manifest.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edge_agent.manifest import ImagePreprocess, Manifest, TensorSpec
+from edge_agent.preprocess import dequantize, fit_to_tensor, pixel_lookup_table, resize_image
+from edge_agent.sources.base import Frame, Item
+
+
+@dataclass(frozen=True, slots=True)
+class ClassScore:
+    label: str
+    score: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "score": round(self.score, 4)}
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """A decoded result. ``change_key`` feeds the on-change policy; ``always``
+    results (audio events) bypass the event policy."""
+
+    event_type: str
+    body: dict[str, Any]
+    change_key: tuple[Any, ...] = ()
+    always: bool = False
+
+
+def softmax(values: np.ndarray) -> np.ndarray:
+    shifted = values - np.max(values)
+    exp = np.exp(shifted)
+    result: np.ndarray = exp / np.sum(exp)
+    return result
+
+
+def get_scores(raw: np.ndarray, spec: TensorSpec, apply_softmax: bool = False) -> np.ndarray:
+    """Float class scores of one output tensor (dequantised with the interpreter's params)."""
+    scores = dequantize(raw, spec).reshape(-1)
+    return softmax(scores) if apply_softmax else scores
+
+
+def top_classes(scores: np.ndarray, labels: list[str], k: int, threshold: float) -> list[ClassScore]:
+    """Best-first classes with a score at or above ``threshold`` (at most ``k``)."""
+    if scores.size == 0:
+        return []
+    k = min(k, scores.size)
+    idx = np.argpartition(-scores, k - 1)[:k] if k < scores.size else np.arange(scores.size)
+    idx = idx[np.argsort(-scores[idx], kind="stable")]
+    return [
+        ClassScore(label_of(labels, int(i)), float(scores[i])) for i in idx if scores[i] >= threshold
+    ]
+
+
+def label_of(labels: list[str], index: int) -> str:
+    return labels[index] if 0 <= index < len(labels) else str(index)
+
+
+class Task(ABC):
+    """One model task. ``prepare`` and ``decode`` run in the inference thread."""
+
+    event_type: str = ""
+
+    def __init__(self, manifest: Manifest, labels: list[str], inputs: list[TensorSpec],
+                 outputs: list[TensorSpec]) -> None:
+        self.manifest = manifest
+        self.labels = labels
+        self.input_spec = inputs[0]
+        self.output_specs = outputs
+        self.threshold = manifest.output.score_threshold
+        self.top_k = manifest.output.top_k
+
+    def configure(self, threshold: float | None = None, top_k: int | None = None) -> None:
+        """Apply runtime overrides (None keeps the manifest's value)."""
+        if threshold is not None:
+            self.threshold = threshold
+        if top_k is not None:
+            self.top_k = top_k
+
+    @abstractmethod
+    def prepare(self, item: Item) -> tuple[np.ndarray, Any]:
+        """Model input tensor (quantised, batch shape) and a context for ``decode``."""
+
+    @abstractmethod
+    def decode(self, outputs: list[np.ndarray], item: Item, context: Any) -> Result | None:
+        """Result of one inference, or None when there is nothing to report."""
+
+
+class ImageTask(Task):
+    """Shared image preparation: manifest preprocessing, then the interpreter's quantisation."""
+
+    def __init__(self, manifest: Manifest, labels: list[str], inputs: list[TensorSpec],
+                 outputs: list[TensorSpec]) -> None:
+        super().__init__(manifest, labels, inputs, outputs)
+        if not isinstance(manifest.preprocess, ImagePreprocess):
+            raise TypeError("image task needs an image preprocess spec")
+        self.preprocess_spec: ImagePreprocess = manifest.preprocess
+        # Normalisation + quantisation as one lookup (bit-identical to the float path).
+        table = pixel_lookup_table(self.preprocess_spec, self.input_spec)
+        uniform = bool(np.all(table == table[:, :1]))
+        self._lut = np.ascontiguousarray(table[:, :1] if uniform else table.reshape(256, 1, -1))
+
+    def prepare(self, item: Item) -> tuple[np.ndarray, Any]:
+        if not isinstance(item, Frame):
+            raise TypeError("image task got audio")
+        resized, transform = resize_image(item.image, self.preprocess_spec)
+        try:
+            values = cv2.LUT(resized, self._lut)
+        except cv2.error:  # a dtype OpenCV's LUT does not take: same lookup in NumPy
+            lut = self._lut.reshape(256, -1)
+            values = lut[resized] if lut.shape[1] == 1 else np.take_along_axis(
+                lut[None, None, :, :], resized[:, :, None, :].astype(np.intp), axis=2)
+        return fit_to_tensor(values, self.input_spec.shape), transform

@@ -1,0 +1,236 @@
+"""Command handler: every message gets exactly one ack; valid commands run; hostile ones are rejected."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edge_agent.commands import (
+    COMMANDS,
+    Ack,
+    CommandContext,
+    CommandHandler,
+    CommandSpec,
+    Route,
+    parse_desired,
+    register_command,
+    sign_command,
+)
+from edge_agent.errors import ConfigError
+
+
+class Control:
+    def __init__(self) -> None:
+        self.config: dict[str, Any] = {"threshold": 0.5}
+        self.reloads = 0
+
+    def status_info(self) -> dict[str, Any]:
+        return {}
+
+    def apply_config(self, changes: dict[str, Any]) -> dict[str, Any]:
+        for key, value in changes.items():
+            if key != "threshold" or not isinstance(value, float):
+                raise ConfigError(f"bad setting {key}")
+        self.config.update(changes)
+        return dict(self.config)
+
+    def reload(self) -> None:
+        self.reloads += 1
+
+    def snapshot_jpeg(self, max_bytes: int) -> bytes | None:
+        return b"\xff\xd8jpeg\xff\xd9"
+
+    def health_extra(self) -> dict[str, Any]:
+        return {}
+
+
+class Harness:
+    def __init__(self, **kw: Any) -> None:
+        self.acks: list[tuple[Ack, Route]] = []
+        self.published: list[tuple[str, dict[str, Any]]] = []
+        self.control = Control()
+        self.handler = CommandHandler(
+            "dev1", control=self.control, reply=lambda a, r: self.acks.append((a, r)),
+            publish=lambda k, b: self.published.append((k, b)), **kw,
+        )
+
+    def send(self, name: str, body: Any, **kw: Any) -> Ack:
+        payload = body if isinstance(body, bytes) else json.dumps(body).encode()
+        before = len(self.acks)
+        self.handler.handle(name, payload, **kw)
+        assert len(self.acks) == before + 1, "exactly one ack per command"
+        return self.acks[-1][0]
+
+
+def cmd(cmd_id: str = "c1", **extra: Any) -> dict[str, Any]:
+    now = time.time()
+    return {"id": cmd_id, "ts": now, "expires": now + 60, **extra}
+
+
+def test_ping_succeeds() -> None:
+    h = Harness()
+    ack = h.send("ping", cmd())
+    assert (ack.id, ack.status, ack.reason) == ("c1", "succeeded", "pong")
+    assert ack.body("ping")["command"] == "ping"
+
+
+def test_set_config_applies_and_reports() -> None:
+    h = Harness()
+    ack = h.send("set_config", cmd(args={"threshold": 0.7}))
+    assert ack.status == "succeeded"
+    assert h.control.config["threshold"] == 0.7
+    assert h.published[-1][0] == "config/reported"
+    assert h.published[-1][1]["config"]["threshold"] == 0.7
+
+
+def test_set_config_invalid_is_rejected() -> None:
+    h = Harness()
+    ack = h.send("set_config", cmd(args={"shell": "rm -rf /"}))
+    assert ack.status == "rejected" and ack.reason.startswith("invalid_args")
+    assert h.control.config == {"threshold": 0.5}
+
+
+def test_reload_and_snapshot() -> None:
+    h = Harness()
+    assert h.send("reload", cmd("r1")).status == "succeeded"
+    assert h.control.reloads == 1
+    ack = h.send("snapshot", cmd("s1"))
+    assert ack.status == "succeeded"
+    kind, body = h.published[-1]
+    assert kind == "evt/snapshot" and base64.b64decode(body["data_b64"]).startswith(b"\xff\xd8")
+    assert h.send("snapshot", cmd("s2", args={"max_bytes": 10**9})).status == "rejected"
+    assert h.send("reload", cmd("r2", args={"x": 1})).status == "rejected"
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "reason"),
+    [
+        ("ping", b"\xff\xfe", "not_utf8"),
+        ("ping", b"{not json", "invalid_json"),
+        ("ping", b"[1]", "bad_schema"),
+        ("ping", b'{"id": "a", "id": "b", "expires": 1e12}', "invalid_json"),
+        ("ping", b'{"id": "a", "expires": NaN}', "invalid_json"),
+        ("ping", b"[" * 5000 + b"]" * 5000, "too_large"),
+        ("ping", b'{"args": ' + b"[" * 20 + b"]" * 20 + b', "id": "x", "expires": 1e12}', "too_deep"),
+        ("ping", {"expires": 1e12}, "bad_schema"),
+        ("ping", {"id": 5, "expires": 1e12}, "bad_schema"),
+        ("ping", {"id": "a b", "expires": 1e12}, "bad_schema"),
+        ("ping", {"id": "a", "expires": "soon"}, "bad_schema"),
+        ("ping", {"id": "a", "expires": True}, "bad_schema"),
+        ("ping", {"id": "a", "expires": 1e12, "args": []}, "bad_schema"),
+        ("ping", {"id": "a", "expires": 1e12, "sig": 7}, "bad_schema"),
+        ("ping", {"id": "a", "expires": 1e12, "ts": "now"}, "bad_schema"),
+        ("ping", {"id": "a", "expires": 1e12, "exec": "id"}, "bad_schema"),
+        ("shell", cmd("a"), "unknown_command"),
+        ("PING", cmd("a"), "unknown_command"),
+        ("ping", {"id": "a", "expires": time.time() - 1}, "expired"),
+        ("ping", {"id": "a", "expires": time.time() + 10**7}, "expires_too_far"),
+        ("ping", {"id": "a", "expires": time.time() + 60, "ts": time.time() + 3600}, "ts_in_future"),
+    ],
+)
+def test_rejections(name: str, body: Any, reason: str) -> None:
+    h = Harness()
+    ack = h.send(name, body)
+    assert ack.status == "rejected"
+    assert ack.reason.startswith(reason), ack.reason
+
+
+def test_oversize_refused_before_parsing(monkeypatch) -> None:
+    h = Harness(max_bytes=100)
+
+    def boom(*a: Any, **k: Any) -> None:
+        raise AssertionError("parsed an oversize payload")
+
+    monkeypatch.setattr("edge_agent.commands.json.loads", boom)
+    assert h.send("ping", b"{" + b" " * 200 + b"}").reason.startswith("too_large")
+
+
+def test_retained_and_duplicate_and_rate_limit() -> None:
+    h = Harness(rate=0.0001, burst=3)
+    assert h.send("ping", cmd("x1"), retained=True).reason.startswith("retained")
+    assert h.send("ping", cmd("x2")).status == "succeeded"
+    assert h.send("ping", cmd("x2")).reason == "duplicate_id"
+    assert h.send("ping", cmd("x3")).status == "succeeded"
+    assert h.send("ping", cmd("x4")).reason == "rate_limited"
+    assert h.handler.snapshot()["rejected_reasons"]["rate_limited"] == 1
+
+
+def test_replay_cache_survives_restart(tmp_path: Path) -> None:
+    path = tmp_path / "ids"
+    assert Harness(replay_path=path).send("ping", cmd("same")).status == "succeeded"
+    assert Harness(replay_path=path).send("ping", cmd("same")).reason == "duplicate_id"
+
+
+def test_response_route_is_kept() -> None:
+    h = Harness()
+    h.handler.handle("ping", json.dumps(cmd()).encode(), response_topic="reply/here", correlation_data=b"\x01\x02")
+    _, route = h.acks[-1]
+    assert route == Route("ping", "reply/here", b"\x01\x02")
+    h.handler.handle("ping", json.dumps(cmd("c2")).encode(), response_topic="reply/#")
+    assert h.acks[-1][1].response_topic is None
+
+
+@pytest.fixture
+def privileged() -> Any:
+    calls: list[dict[str, Any]] = []
+
+    def run(ctx: CommandContext) -> Ack:
+        calls.append(ctx.args)
+        ctx.reply(Ack(ctx.id, "in_progress", "downloading"))
+        return Ack(ctx.id, "succeeded", "done")
+
+    register_command("test_priv", run, privileged=True)
+    yield calls
+    COMMANDS.pop("test_priv", None)
+
+
+def test_privileged_needs_valid_signature(privileged: list[dict[str, Any]]) -> None:
+    key = Ed25519PrivateKey.generate()
+    other = Ed25519PrivateKey.generate()
+    assert Harness().send("test_priv", cmd("p0")).reason.startswith("signature_required")
+    h = Harness(public_key=key.public_key())
+    body = cmd("p1", args={"url": "file:///m"})
+    assert h.send("test_priv", body).reason == "signature_required"
+    body["sig"] = sign_command(other, "dev1", "test_priv", body)
+    assert h.send("test_priv", body).reason == "bad_signature"
+    body["sig"] = sign_command(key, "dev2", "test_priv", body)  # signed for another device
+    assert h.send("test_priv", body).reason == "bad_signature"
+    body["sig"] = sign_command(key, "dev1", "test_priv", body)
+    body["args"] = {"url": "file:///evil"}  # tampered after signing
+    assert h.send("test_priv", body).reason == "bad_signature"
+    body["args"] = {"url": "file:///m"}
+    h.handler.handle("test_priv", json.dumps(body).encode())
+    assert [a.status for a, _ in h.acks[-2:]] == ["in_progress", "succeeded"]
+    assert privileged == [{"url": "file:///m"}]
+    assert h.send("test_priv", body).reason == "duplicate_id"
+
+
+def test_command_crash_becomes_failed_ack() -> None:
+    def crash(ctx: CommandContext) -> Ack:
+        raise RuntimeError("bug")
+
+    h = Harness(registry={"crash": CommandSpec("crash", crash)})
+    ack = h.send("crash", cmd())
+    assert ack.status == "failed" and "internal_error" in ack.reason
+    assert h.handler.snapshot()["failed"] == 1
+
+
+def test_reply_failure_does_not_escape() -> None:
+    def bad_reply(ack: Ack, route: Route) -> None:
+        raise OSError("broker gone")
+
+    handler = CommandHandler("dev1", reply=bad_reply)
+    handler.handle("ping", json.dumps(cmd()).encode())  # must not raise
+
+
+def test_parse_desired() -> None:
+    assert parse_desired(b'{"version": 3, "config": {"threshold": 0.4}}') == (3, {"threshold": 0.4})
+    for bad in (b"x", b'{"version": "3", "config": {}}', b'{"version": 1}', b'{"version": 1, "config": {}, "x": 1}'):
+        with pytest.raises(Exception, match="desired|version|config|unknown"):
+            parse_desired(bad)

@@ -1,0 +1,143 @@
+"""Configuration: strict TOML validation, env and CLI precedence, remote settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edge_agent.config import (
+    AgentConfig,
+    env_overrides,
+    load_config,
+    parse_event_policy,
+    validate_settings,
+)
+from edge_agent.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "agent.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_are_valid_and_stdout_is_default_publisher(tmp_path: Path) -> None:
+    cfg = load_config(None, {"state_dir": tmp_path}, environ={})
+    assert cfg.device_id == "dev1"
+    assert cfg.events.policy == "change"
+    assert cfg.publisher_kind == "stdout"
+    assert cfg.bundle_path == tmp_path / "models" / "current"
+
+
+def test_full_file_round_trips(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+device_id = "cam-7"
+state_dir = "/var/lib/edge-agent"
+max_frames = 10
+[model]
+bundle = "m.bundle"
+threads = 2
+delegate = "libedgetpu.so.1"
+delegate_options = { device = "usb" }
+[source]
+uri = "rtsp://cam/stream"
+fps = 5
+[events]
+policy = "interval:2.5"
+score_threshold = 0.4
+[health]
+interval_s = 10
+[mqtt]
+broker = "mqtts://broker.example:8883"
+ca_file = "/etc/ca.pem"
+protocol = 3.1
+keepalive = 20
+will_delay = 5
+[outbox]
+max_bytes = 1048576
+""".replace("protocol = 3.1", 'protocol = "3.1.1"'))
+    cfg = load_config(path, environ={})
+    assert cfg.device_id == "cam-7" and cfg.model.threads == 2
+    assert cfg.model.delegate_options == {"device": "usb"}
+    assert cfg.source.fps == 5 and cfg.events.policy == "interval:2.5"
+    assert cfg.mqtt.protocol == "3.1.1" and cfg.publisher_kind == "mqtt"
+
+
+def test_unknown_key_is_one_clear_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "[model]\nthreds = 2\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    message = str(info.value)
+    assert "unknown setting 'model.threds'" in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("[model]\nthreads = 0\n", "model.threads"),
+        ("[events]\npolicy = \"sometimes\"\n", "events.policy"),
+        ("[mqtt]\nbroker = \"http://x\"\n", "mqtt.broker"),
+        ("device_id = \"a/b\"\n", "device_id"),
+        ("[mqtt]\ncert_file = \"c.pem\"\n", "mqtt"),
+        ("[source]\nfps = -1\n", "source.fps"),
+    ],
+)
+def test_bad_values_name_the_setting(tmp_path: Path, text: str, where: str) -> None:
+    with pytest.raises(ConfigError, match=f"invalid '{where}'"):
+        load_config(write(tmp_path, text), environ={})
+
+
+def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(write(tmp_path, "[model\n"), environ={})
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.toml", environ={})
+
+
+def test_precedence_file_env_cli(tmp_path: Path) -> None:
+    path = write(tmp_path, "device_id = \"file\"\n[model]\nthreads = 2\n[health]\ninterval_s = 7\n")
+    env = {"EDGE_AGENT_DEVICE_ID": "env", "EDGE_AGENT_MODEL__THREADS": "3", "OTHER": "x"}
+    cfg = load_config(path, {"device_id": "cli", "model": {"threads": None}}, environ=env)
+    assert cfg.device_id == "cli"  # CLI beats env
+    assert cfg.model.threads == 3  # env beats file; None on the CLI means "not given"
+    assert cfg.health.interval_s == 7
+
+
+def test_env_values_are_typed_and_unknown_env_keys_rejected() -> None:
+    assert env_overrides({"EDGE_AGENT_SOURCE__FPS": "2.5", "EDGE_AGENT_MQTT__BROKER": "mqtt://h:1"}) == {
+        "source": {"fps": 2.5}, "mqtt": {"broker": "mqtt://h:1"},
+    }
+    with pytest.raises(ConfigError, match="unknown setting 'bogus'"):
+        load_config(None, environ={"EDGE_AGENT_BOGUS": "1"})
+
+
+def test_password_file_resolves_in_credentials_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "mqtt-pass").write_text("s3cret")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    cfg = AgentConfig.model_validate({"mqtt": {"password_file": "mqtt-pass"}})
+    assert cfg.mqtt.password_path() == tmp_path / "mqtt-pass"
+
+
+def test_state_dir_defaults_to_state_directory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path))
+    assert AgentConfig().state_dir == tmp_path
+
+
+def test_event_policy_parsing() -> None:
+    assert parse_event_policy("every") == ("every", 0.0)
+    assert parse_event_policy("interval:1.5") == ("interval", 1.5)
+    for bad in ("interval:", "interval:0", "often", "interval:-1"):
+        with pytest.raises(ValueError):
+            parse_event_policy(bad)
+
+
+def test_remote_settings_validation() -> None:
+    s = validate_settings({"events": "every", "score_threshold": 0.3, "fps": 2, "health_interval_s": 5})
+    assert s.events == "every" and s.fps == 2
+    with pytest.raises(ConfigError, match="unknown setting 'model'"):
+        validate_settings({"model": "x"})
+    with pytest.raises(ConfigError, match="score_threshold"):
+        validate_settings({"score_threshold": 2})
+    with pytest.raises(ConfigError):
+        validate_settings({"events": "sometimes"})

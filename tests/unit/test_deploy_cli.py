@@ -1,0 +1,90 @@
+"""edge-deploy pieces that need no device: keys, signing, targets, install steps, table."""
+
+from __future__ import annotations
+
+import argparse
+import io
+from pathlib import Path
+
+import pytest
+
+from deploy import cli
+from edge_agent.bundle import read_bundle
+from edge_agent.commands import COMMANDS
+from edge_agent.errors import SignatureError
+from tests import deploy_helpers
+from tests.fixtures_ssh import BundleSet
+
+
+def test_keygen_sign_and_verify(tmp_path: Path, test_bundles: BundleSet,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    priv, pub = tmp_path / "k.key", tmp_path / "k.pub"
+    assert cli.main(["keygen", "--private", str(priv), "--public", str(pub)]) == 0
+    assert priv.stat().st_mode & 0o777 == 0o600
+    assert cli.main(["keygen", "--private", str(priv), "--public", str(pub)]) == 2
+    assert "exists" in capsys.readouterr().err
+    unsigned = deploy_helpers.unsigned(test_bundles.good, tmp_path / "u.bundle")
+    with pytest.raises(SignatureError):
+        read_bundle(unsigned, pub)
+    assert cli.main(["sign", str(unsigned), "--key", str(priv)]) == 0
+    assert "signed" in capsys.readouterr().out
+    assert read_bundle(unsigned, pub).signature_verified
+    assert cli.main(["sign", str(tmp_path / "missing.bundle"), "--key", str(priv)]) == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "host", "port"),
+    [("pi@10.0.0.5", "pi@10.0.0.5", 22), ("pi@cam-1:2222", "pi@cam-1", 2222), ("cam", "cam", 22)],
+)
+def test_parse_target(text: str, host: str, port: int) -> None:
+    assert cli.parse_target(text, 22) == cli.Target(host, port)
+
+
+@pytest.mark.parametrize("text", ["", "-oProxyCommand=x", "a b"])
+def test_parse_target_refuses(text: str) -> None:
+    with pytest.raises(cli.DeployError):
+        cli.parse_target(text, 22)
+
+
+def test_hosts_file_and_dedup(tmp_path: Path) -> None:
+    hosts = tmp_path / "hosts"
+    hosts.write_text("# fleet\npi@a\n\npi@b:2200  # lab\npi@a\n")
+    targets = cli.collect_targets(["pi@c"], hosts, 22)
+    assert [str(t) for t in targets] == ["pi@c", "pi@a", "pi@b:2200"]
+    with pytest.raises(cli.DeployError, match="no hosts"):
+        cli.collect_targets([], None, 22)
+
+
+def test_ssh_options_are_safe() -> None:
+    ssh = cli.Ssh(cli.Target("pi@a", 2200), Path("/k"), Path("/kh"))
+    argv = ssh.ssh_argv("true")
+    assert "BatchMode=yes" in argv and "StrictHostKeyChecking=accept-new" in argv
+    assert "UserKnownHostsFile=/kh" in argv and argv[-2:] == ["pi@a", "true"]
+    assert ssh.scp_argv(Path("/x"), "/tmp/y")[-1] == "pi@a:/tmp/y"
+
+
+def test_install_agent_steps(tmp_path: Path) -> None:
+    parser = cli.build_parser()
+    args = parser.parse_args(["install-agent", "--host", "pi@a", "--sudo"])
+    steps = cli.install_agent_steps(args)
+    commands = [s.command for s in steps if s.command]
+    assert all(c.startswith("sudo -n ") for c in commands)
+    uploads = [s.upload for s in steps if s.upload]
+    assert cli.DEFAULT_UNIT_FILE in uploads and cli.DEFAULT_CONFIG_FILE in uploads
+    assert steps[-1].description == "enable and start the service"
+    assert isinstance(args, argparse.Namespace)
+
+
+def test_table() -> None:
+    out = io.StringIO()
+    cli.print_table([cli.HostResult(cli.Target("pi@a"), True, "installed; active x 1 (abc)", "prev"),
+                     cli.HostResult(cli.Target("pi@bb", 2222), False, "upload failed", "refused")], out)
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("HOST") and "FAILED" in lines[2] and lines[2].startswith("pi@bb:2222")
+
+
+def test_ota_commands_registered_by_the_cli() -> None:
+    from edge_agent.cli import build_parser
+
+    build_parser()
+    assert COMMANDS["update_model"].privileged and COMMANDS["rollback"].privileged

@@ -1,0 +1,139 @@
+"""Outbox logic: order, ack-only deletion, bounds, eviction order, replay marking, crash survival."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from edge_agent.outbox import Outbox
+
+
+def _msg(n: int, size: int = 0) -> bytes:
+    return json.dumps({"seq": n, "replayed": False, "pad": "x" * size}).encode()
+
+
+def test_fifo_and_delete_only_on_ack(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db")
+    for n in range(5):
+        assert box.put("t/evt/x", _msg(n), "result")
+    first = box.take(3)
+    assert [json.loads(r.payload)["seq"] for r in first] == [0, 1, 2]
+    # In-flight rows are not handed out twice.
+    assert [json.loads(r.payload)["seq"] for r in box.take(10)] == [3, 4]
+    assert box.depth == 5
+    box.ack([first[0].id, first[1].id])
+    assert box.depth == 3
+    box.release_all()
+    assert [json.loads(r.payload)["seq"] for r in box.take(10)] == [2, 3, 4]
+    box.close()
+
+
+def test_nack_retries_later_then_drops_after_max_attempts(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr("edge_agent.outbox.RETRY_DELAY_S", 0.0)
+    box = Outbox(tmp_path / "o.db", max_attempts=3)
+    box.put("t/evt/x", _msg(1), "result")
+    for attempt in range(3):
+        rows = box.take(1)
+        assert len(rows) == 1, attempt
+        box.nack(rows[0].id, "0x97 quota exceeded")
+    assert box.depth == 0
+    assert box.counters.undeliverable == 1
+    assert box.counters.broker_failures == 3
+
+
+def test_nack_delays_retry(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db")
+    box.put("t/evt/x", _msg(1), "result")
+    box.put("t/evt/x", _msg(2), "result")
+    row = box.take(1)[0]
+    box.nack(row.id, "0x80")
+    # The refused row waits; the next one still goes.
+    assert [json.loads(r.payload)["seq"] for r in box.take(5)] == [2]
+
+
+def test_size_cap_refused_and_counted(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db", max_message_bytes=1000)
+    assert not box.put("t/evt/x", _msg(1, 2000), "result")
+    assert box.depth == 0
+    assert box.stats()["refused_oversize"] == 1
+
+
+def test_evicts_health_before_results(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db", max_bytes=10_000)
+    for n in range(10):
+        box.put("t/evt/x", _msg(n, 600), "result")
+        box.put("t/health", _msg(100 + n, 600), "health")
+    stats = box.stats()
+    assert stats["bytes"] <= 10_000
+    assert stats["evicted_health"] > 0
+    assert stats["evicted_results"] == 0
+    # Keep going: once health is gone, the oldest results go.
+    for n in range(10, 30):
+        box.put("t/evt/x", _msg(n, 400), "result")
+    stats = box.stats()
+    assert stats["evicted_results"] > 0
+    assert stats["bytes"] <= 10_000
+    seqs = [json.loads(r.payload)["seq"] for r in box.take(100)]
+    assert seqs == sorted(seqs) and seqs[-1] == 29  # newest kept, still in order
+    assert stats["evicted"] == stats["evicted_health"] + stats["evicted_results"]
+
+
+def test_inflight_rows_are_not_evicted(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db", max_bytes=3000)
+    box.put("t/evt/x", _msg(0, 900), "result")
+    inflight = box.take(1)
+    for n in range(1, 10):
+        box.put("t/evt/x", _msg(n, 900), "result")
+    box.ack([inflight[0].id])  # still deletable: it was never evicted
+    assert box.counters.delivered == 1
+
+
+def test_age_bound(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db", max_age_s=60)
+    box.put("t/evt/x", _msg(1), "result")
+    box.put("t/health", _msg(2), "health")
+    assert box.expire(now=time.time() + 30) == 0
+    assert box.expire(now=time.time() + 120) == 2
+    assert box.depth == 0
+    assert box.stats()["evicted_age"] == 2
+
+
+def test_reopen_marks_replayed_and_keeps_order(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    box = Outbox(path)
+    for n in range(4):
+        box.put("t/evt/x", _msg(n), "result")
+    box.ack([box.take(1)[0].id])
+    box.close()
+    again = Outbox(path)
+    rows = again.take(10)
+    assert [json.loads(r.payload)["seq"] for r in rows] == [1, 2, 3]
+    assert all(r.replayed and json.loads(r.payload)["replayed"] is True for r in rows)
+    again.put("t/evt/x", _msg(4), "result")
+    fresh = again.take(10)
+    assert [json.loads(r.payload)["replayed"] for r in fresh] == [False]
+    assert again.stats()["replayed"] == 3
+
+
+_WRITER = """
+import json, os, signal, sys
+from pathlib import Path
+from edge_agent.outbox import Outbox
+box = Outbox(Path(sys.argv[1]))
+for n in range(500):
+    box.put("t/evt/x", json.dumps({"seq": n, "replayed": False}).encode(), "result")
+box.ack([r.id for r in box.take(100)])
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_survives_kill_9(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    proc = subprocess.run([sys.executable, "-c", _WRITER, str(path)], check=False, timeout=60)
+    assert proc.returncode == -9
+    box = Outbox(path)
+    seqs = [json.loads(r.payload)["seq"] for r in box.take(1000)]
+    assert seqs == list(range(100, 500))

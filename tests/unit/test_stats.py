@@ -1,0 +1,88 @@
+"""Pipeline statistics: percentiles, rates, pure snapshots; health figure parsing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_agent.health import HealthSampler, parse_throttled, read_cpu_temp
+from edge_agent.stats import LatencyWindow, PipelineStats, RateMeter
+
+
+def test_latency_percentiles_in_ms() -> None:
+    window = LatencyWindow()
+    for v in range(1, 101):
+        window.add(v / 1000.0)
+    snap = window.snapshot()
+    assert snap["p50"] == pytest.approx(50.5)
+    assert snap["p95"] == pytest.approx(95.05)
+    assert snap["p99"] == pytest.approx(99.01)
+    assert snap["n"] == 100
+
+
+def test_latency_window_is_bounded_but_counts_everything() -> None:
+    window = LatencyWindow(size=10)
+    for _ in range(100):
+        window.add(1.0)
+    for _ in range(10):
+        window.add(0.001)
+    snap = window.snapshot()
+    assert snap["p99"] == pytest.approx(1.0) and snap["n"] == 110
+
+
+def test_empty_latency_is_null() -> None:
+    assert LatencyWindow().snapshot()["p50"] is None
+
+
+def test_rate_meter_over_recent_window() -> None:
+    meter = RateMeter()
+    for i in range(11):
+        meter.mark(100.0 + i * 0.1)  # 10 per second
+    assert meter.rate(101.0) == pytest.approx(10.0)
+    assert meter.rate(200.0) == 0.0  # all stale
+
+
+def test_snapshot_is_pure_and_complete() -> None:
+    stats = PipelineStats()
+    for i in range(5):
+        stats.record_in(10.0 + i)
+        stats.record_inferred(10.0 + i)
+        stats.add("invoke", 0.002)
+    stats.frames_dropped = 2
+    a = stats.snapshot(now=14.0)
+    b = stats.snapshot(now=14.0)
+    assert a == b
+    assert a["frames_in"] == 5 and a["frames_dropped"] == 2
+    assert set(a["latency_ms"]) == {"capture", "preprocess", "invoke", "decode", "publish"}
+    assert a["latency_ms"]["invoke"]["p50"] == pytest.approx(2.0)
+    assert a["fps_inferred"] == pytest.approx(1.0)
+    assert "5 inferred" in stats.summary(now=14.0)
+
+
+def test_parse_throttled_flags() -> None:
+    flags = parse_throttled("throttled=0x50005\n")
+    assert flags is not None
+    assert flags["undervoltage"] and flags["throttled"] and not flags["freq_capped"]
+    assert flags["undervoltage_occurred"] and flags["throttled_occurred"]
+    assert parse_throttled("garbage") is None
+
+
+def test_cpu_temp_from_thermal_zones(tmp_path: Path) -> None:
+    assert read_cpu_temp(tmp_path) is None  # no zones: null, never invented
+    for name, kind, temp in (("thermal_zone0", "acpitz", "30000"), ("thermal_zone1", "cpu-thermal", "48312")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "type").write_text(kind + "\n")
+        (tmp_path / name / "temp").write_text(temp + "\n")
+    assert read_cpu_temp(tmp_path) == pytest.approx(48.3)
+
+
+def test_health_sample_has_all_fields(tmp_path: Path) -> None:
+    sampler = HealthSampler(tmp_path)
+    np.ones(10000).sum()
+    sample = sampler.sample()
+    for key in ("cpu_temp_c", "throttled", "cpu_percent", "mem", "disk_free_bytes", "uptime_s"):
+        assert key in sample
+    assert sample["disk_free_bytes"] > 0
+    assert sample["mem"]["rss_bytes"] > 0
