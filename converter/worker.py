@@ -101,7 +101,11 @@ class _StepError(Exception):
 
 
 def _step1(workdir: Path) -> dict[str, Any]:
-    import tensorflow as tf
+    try:
+        import tensorflow as tf
+    except ImportError as exc:
+        raise _StepError("setup", "TensorFlow is not installed in this environment; install the "
+                         "converter extra: pip install 'edge-infer[converter]'") from exc
 
     job = json.loads((workdir / JOB1).read_text())
     saved = _load_model(job, workdir)

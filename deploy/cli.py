@@ -273,6 +273,18 @@ def install_agent_steps(args: argparse.Namespace) -> list[Step]:
              + "".join(f" && {sudo}sh -c {shlex.quote(_touch_private(f'{CONFIG_DIR}/credentials/{c}'))}"
                        for c in CREDENTIALS)),
     ]
+    if args.credentials_dir is not None:
+        for name in CREDENTIALS:
+            local = Path(args.credentials_dir) / name
+            if not local.is_file():
+                continue
+            tmp_cred = f"/tmp/edge-agent-cred.{uuid.uuid4().hex[:8]}"
+            steps += [
+                Step(f"upload credential {name}", upload=local, destination=tmp_cred),
+                Step(f"install it as {CONFIG_DIR}/credentials/{name} (mode 0600)",
+                     f"{sudo}install -m 0600 {tmp_cred} {CONFIG_DIR}/credentials/{name}"
+                     f" && rm -f {tmp_cred}"),
+            ]
     tmp_config = f"/tmp/edge-agent-config.{uuid.uuid4().hex[:8]}.toml"
     keep = "" if args.force_config else f"test -e {CONFIG_DIR}/config.toml || "
     steps += [
@@ -390,6 +402,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_install_agent(args: argparse.Namespace) -> int:
+    if args.credentials_dir is not None and not Path(args.credentials_dir).is_dir():
+        raise DeployError(f"{args.credentials_dir} is not a directory")
     for path in (args.unit_file, args.config, args.public_key):
         if path is not None and not Path(path).is_file():
             raise DeployError(f"{path} not found")
@@ -458,6 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG_FILE, help="agent config.toml")
     p.add_argument("--force-config", action="store_true", help="replace an existing device config")
     p.add_argument("--public-key", type=Path, default=None, help="model signing key to pin")
+    p.add_argument("--credentials-dir", type=Path, default=None,
+                   help=f"local directory with any of {', '.join(CREDENTIALS)} (LoadCredential= files)")
     p.add_argument("--sudo", action="store_true", help="run privileged steps with sudo -n")
     p.set_defaults(handler=cmd_install_agent)
     return parser

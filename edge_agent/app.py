@@ -125,7 +125,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         + (f"; first result after {first:.2f} s" if first is not None else ""),
         file=sys.stderr,
     )
-    return EXIT_OK
+    return EXIT_FAIL if agent.failed else EXIT_OK
 
 
 def cmd_check(args: argparse.Namespace) -> int:

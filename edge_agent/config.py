@@ -137,6 +137,9 @@ class MqttSection(_Section):
     reconnect_min_s: float = Field(1.0, gt=0, le=600)
     reconnect_max_s: float = Field(60.0, gt=0, le=3600)
     max_inflight: int = Field(10, ge=1, le=1000)
+    command_public_key: Path | None = Field(
+        None, description="Pinned Ed25519 key for privileged commands (default: model.public_key)."
+    )
     qos: Literal[0, 1] = 1
     max_payload_bytes: int = Field(256 * 1024, ge=1024, le=256 * 1024 * 1024)
     homeassistant: bool = False

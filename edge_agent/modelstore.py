@@ -734,7 +734,8 @@ def note_agent_start(state_dir: Path) -> InstallResult | None:
     if probation is None:
         return None
     current = _link(state_dir, CURRENT, deep=False)
-    if current is None or current.sha256 != probation.sha256:
+    if current is None or current.sha256 != probation.sha256 or time.time() > probation.until:
+        # another model is active, or the probation period is over: nothing left to watch
         clear_probation(state_dir)
         return None
     if probation.running:

@@ -19,10 +19,12 @@ Callers see plain values (:class:`InboundMessage`, mids, booleans), never paho o
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import random
+import socket
 import ssl
 import threading
 from collections.abc import Callable
@@ -282,6 +284,7 @@ class MqttLink:
         client.on_message = self._on_message
         client.on_publish = self._on_publish
         client.on_subscribe = self._on_subscribe
+        client.on_socket_open = self._on_socket_open
         return client
 
     @staticmethod
@@ -408,6 +411,15 @@ class MqttLink:
                 self.callbacks.on_connected()
 
         self._guard("on_connect", run)
+
+    def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        def run() -> None:
+            # paho leaves Nagle on: a small PUBLISH right after a PUBACK would then wait
+            # for the peer's delayed ACK (~40 ms per message).
+            with contextlib.suppress(OSError, AttributeError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        self._guard("on_socket_open", run)
 
     def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
         def run() -> None:

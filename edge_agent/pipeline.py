@@ -128,6 +128,17 @@ class Engine:
     task: Task
 
 
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A file-source item already turned into a model input by the capture thread."""
+
+    item: Item
+    engine: Engine
+    tensor: Any
+    context: Any
+    prepare_s: float
+
+
 class Agent:
     """One running pipeline. Create, then :meth:`run` (blocking) or :meth:`start`/:meth:`stop`.
 
@@ -207,7 +218,18 @@ class Agent:
 
     def _verify_model(self) -> ModelFile:
         cfg = self.config.model
-        return verify_model(self.config.bundle_path, sidecar=cfg.sidecar, public_key=cfg.public_key)
+        try:
+            return verify_model(self.config.bundle_path, sidecar=cfg.sidecar, public_key=cfg.public_key)
+        except BundleError:
+            if cfg.bundle is not None:
+                raise
+            # The installed `current` is damaged: the model store falls back to `previous`.
+            store = _modelstore()
+            fallback = store.active_model(self.config.state_dir) if store is not None else None
+            if fallback is None or Path(fallback.directory) == self.config.bundle_path:
+                raise
+            log.warning("models/current cannot be used; running %s instead", fallback.directory)
+            return verify_model(Path(fallback.directory), public_key=cfg.public_key)
 
     def _load_engine(self, verified: ModelFile | None = None) -> Engine:
         cfg = self.config.model
@@ -272,7 +294,6 @@ class Agent:
     def status_info(self) -> dict[str, Any]:
         model = self._engine.model if self._engine else None
         return {
-            "state": "online",
             "agent_version": __version__,
             "model": model.info() if model else None,
             "task": model.manifest.task if model else None,
@@ -329,7 +350,7 @@ class Agent:
         self._engine = new  # one reference assignment: the inference thread picks it up
         self._policy = EventPolicy(self._policy.spec)
         if self.publisher is not None and self.envelope is not None:
-            self.publisher.publish("status", self.envelope.wrap(self.status_info()))
+            self.publisher.publish("status", self.envelope.wrap({"state": "online", **self.status_info()}))
         log.info("model swapped to %s %s", new.model.manifest.name, new.model.manifest.version)
         return new.model.info()
 
@@ -364,6 +385,11 @@ class Agent:
         """Load the model, open the source, start the publisher and the threads."""
         self._t_start = time.monotonic()
         state_dir = self._state_dir()
+        store = _modelstore()
+        if store is not None:
+            rolled_back = store.note_agent_start(state_dir)  # probation crash counter
+            if rolled_back is not None:
+                log.warning("model store rolled back after repeated crashes: %s", rolled_back)
         self._load_overrides()
         # Verify the model and open the source before the interpreter exists, so a
         # bad model or source is reported before any native library writes to stderr.
@@ -377,10 +403,12 @@ class Agent:
         except BaseException:
             self.source.close()
             raise
+        if store is not None:
+            store.write_pid_file(state_dir)  # lets `edge-agent install-model` SIGHUP us
         self.envelope = EnvelopeFactory(self.config.device_id, state_dir)
         self.publisher = self._make_publisher()
         self.publisher.start(self)
-        self.publisher.publish("status", self.envelope.wrap(self.status_info()))
+        self.publisher.publish("status", self.envelope.wrap({"state": "online", **self.status_info()}))
         self._sampler = HealthSampler(state_dir)
         self._queue = FrameQueue(self.config.source.queue_size)
         self._threads = [
@@ -396,8 +424,15 @@ class Agent:
         if self._publisher_factory is not None:
             return self._publisher_factory(self)
         kind = self.config.publisher_kind
+        options: dict[str, Any] = {"envelope": self.envelope, "control": self}
+        if kind == "mqtt":
+            cfg = self.config
+            options.update(
+                config=cfg.mqtt, outbox=cfg.outbox, state_dir=cfg.state_dir,
+                command_public_key=cfg.mqtt.command_public_key or cfg.model.public_key,
+            )
         try:
-            return create_publisher(kind, config=self.config, envelope=self.envelope, control=self)
+            return create_publisher(kind, **options)
         except ModuleNotFoundError as exc:
             raise ConfigError(
                 f"the {kind!r} publisher is not available in this installation ({exc.name} missing)"
@@ -457,6 +492,10 @@ class Agent:
         if self.publisher is not None and self.envelope is not None:
             self._publish_health()
             self.publisher.stop(timeout)
+        store = _modelstore()
+        if store is not None and self._engine is not None:
+            store.remove_pid_file(self.config.state_dir)
+            store.note_agent_stop(self.config.state_dir)
 
     def run(self) -> None:
         """start → wait → stop."""
@@ -465,6 +504,11 @@ class Agent:
             self.wait()
         finally:
             self.stop()
+
+    @property
+    def failed(self) -> bool:
+        """The run ended because of an error (source failure or a crashed thread)."""
+        return self.exit_reason.startswith("source error") or "crashed" in self.exit_reason
 
     @property
     def first_result_s(self) -> float | None:
@@ -477,6 +521,7 @@ class Agent:
         source, queue, stats, stop = self.source, self._queue, self.stats, self._stop
         assert source is not None and queue is not None
         next_slot = 0.0
+        perf = time.perf_counter
         try:
             while not stop.is_set():
                 item = source.read()
@@ -500,9 +545,20 @@ class Agent:
                         next_slot = max(next_slot + period, time.monotonic())
                         paced = True
                 if source.live or paced:
+                    # Live: never spend work on a frame that may be dropped; the
+                    # inference thread prepares the freshest one.
                     if queue.put_drop_oldest(item):
                         stats.frames_dropped += 1
-                elif not queue.put_wait(item, stop):
+                    continue
+                # Files at full speed: prepare here, overlapping the previous invoke.
+                engine = self._engine
+                assert engine is not None
+                t0 = perf()
+                try:
+                    prepared: object = _Prepared(item, engine, *engine.task.prepare(item), perf() - t0)
+                except (EdgeError, ValueError, TypeError):
+                    prepared = item  # the inference thread reports the error
+                if not queue.put_wait(prepared, stop):
                     break
         except EdgeError as exc:
             log.error("source failed: %s", exc)
@@ -532,13 +588,18 @@ class Agent:
                     continue
                 if raw is _END:
                     break
-                item: Item = raw  # type: ignore[assignment]
                 engine = self._engine
                 assert engine is not None
-                t0 = perf()
                 try:
-                    tensor, context = engine.task.prepare(item)
-                    t1 = perf()
+                    if isinstance(raw, _Prepared) and raw.engine is engine:
+                        item, tensor, context, prep_s = raw.item, raw.tensor, raw.context, raw.prepare_s
+                        t1 = perf()
+                    else:  # live source, or the model was swapped after preparation
+                        item = raw.item if isinstance(raw, _Prepared) else raw  # type: ignore[assignment]
+                        t0 = perf()
+                        tensor, context = engine.task.prepare(item)
+                        t1 = perf()
+                        prep_s = t1 - t0
                     outputs = engine.model.runtime.infer(tensor)
                     t2 = perf()
                     result = engine.task.decode(outputs, item, context)
@@ -546,10 +607,10 @@ class Agent:
                     stats.errors += 1
                     if time.monotonic() - error_logged > 10.0:
                         error_logged = time.monotonic()
-                        log.error("inference failed on item %d: %s", item.index, exc)
+                        log.error("inference failed: %s", exc)
                     continue
                 t3 = perf()
-                add("preprocess", t1 - t0)
+                add("preprocess", prep_s)
                 add("invoke", t2 - t1)
                 add("decode", t3 - t2)
                 stats.record_inferred(time.monotonic())
@@ -560,7 +621,7 @@ class Agent:
                 if result is not None and self._policy.should_publish(result, time.monotonic()):
                     body = result.body
                     body["ts_frame_ms"] = int(item.ts * 1000)
-                    body["latency_ms"] = round((t3 - t0 + item.capture_s) * 1000.0, 3)
+                    body["latency_ms"] = round((t3 - t1 + prep_s + item.capture_s) * 1000.0, 3)
                     body["model_sha256"] = engine.model.sha256
                     publisher.publish(f"evt/{result.event_type}", envelope.wrap(body))
                     stats.results_published += 1
@@ -597,6 +658,15 @@ class Agent:
                 self._publish_health()
             except Exception:
                 log.exception("health sampling failed")
+
+
+def _modelstore() -> Any:
+    """The deploy engineer's model store module, when installed (optional)."""
+    try:
+        from edge_agent import modelstore
+    except ImportError:
+        return None
+    return modelstore
 
 
 def _check_compatible(old: LoadedModel, new: LoadedModel) -> None:

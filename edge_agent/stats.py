@@ -76,6 +76,8 @@ class PipelineStats:
         self.results_published = 0
         self.errors = 0
         self.queue_depth = 0
+        self.first_inferred: float | None = None
+        self.last_inferred: float | None = None
         self._in_rate = RateMeter()
         self._inferred_rate = RateMeter()
 
@@ -84,6 +86,9 @@ class PipelineStats:
         self._in_rate.mark(now)
 
     def record_inferred(self, now: float) -> None:
+        if self.first_inferred is None:
+            self.first_inferred = now
+        self.last_inferred = now
         self.frames_inferred += 1
         self._inferred_rate.mark(now)
 
@@ -105,16 +110,23 @@ class PipelineStats:
             "queue_depth": self.queue_depth,
             "latency_ms": {name: window.snapshot() for name, window in self.stages.items()},
             "run_s": round(now - self.started, 3),
+            "mean_fps_inferred": self.mean_fps(),
         }
+
+    def mean_fps(self) -> float:
+        """Inferences per second from the first to the last inference (steady state)."""
+        if self.first_inferred is None or self.last_inferred is None or self.frames_inferred < 2:
+            return 0.0
+        span = self.last_inferred - self.first_inferred
+        return round((self.frames_inferred - 1) / span, 2) if span > 0 else 0.0
 
     def summary(self, now: float | None = None) -> str:
         """One line for stderr at the end of a run."""
         snap = self.snapshot(now)
-        run_s = max(snap["run_s"], 1e-9)
         invoke = snap["latency_ms"].get("invoke", {})
-        mean_fps = self.frames_inferred / run_s
         return (
             f"{self.frames_in} in, {self.frames_inferred} inferred, {self.frames_dropped} dropped, "
-            f"{self.results_published} published in {run_s:.1f} s ({mean_fps:.1f} fps); "
+            f"{self.results_published} published in {snap['run_s']:.1f} s "
+            f"({snap['mean_fps_inferred']:.1f} fps); "
             f"invoke p50 {invoke.get('p50')} ms p95 {invoke.get('p95')} ms"
         )

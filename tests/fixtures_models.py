@@ -134,7 +134,9 @@ def _keyword_conversion(keyword_models: dict[str, Any], tmp_path_factory: pytest
     bundle, report = out / "keywords.bundle", out / "report.json"
     run_convert(keyword_models["model"], "--calibration", keyword_models["train"],
                 "--validation", keyword_models["test"], "--output", bundle, "--report", report,
-                "--task", "audio_classify", "--name", "keywords", "--version", "1.0.0")
+                "--task", "audio_classify", "--name", "keywords", "--version", "1.0.0",
+                # ~100 validation clips: one clip is ~1 pp, so allow a little noise here
+                "--max-accuracy-drop", "3")
     return {"bundle": bundle, "report": report}
 
 

@@ -134,9 +134,11 @@ def plain_config(workdir: Path, port: int) -> str:
         "max_queued_messages 100000",
         "max_inflight_messages 20",
         "max_packet_size 262144",
+        "set_tcp_nodelay true",
         "log_dest stderr",
         "log_type error",
         "log_type warning",
+        "log_type notice",
         "",
     ])
 

@@ -264,6 +264,9 @@ class MqttPublisher(Publisher):
     def _on_connected(self) -> None:
         birth = _Direct(f"{self.root}/status", encode(self._status_body("online")), True)
         self._queue_direct(birth, front=True)
+        if self.settings.homeassistant:
+            for topic, config in homeassistant_discovery(self.device_id, self.root):
+                self._queue_direct(_Direct(topic, encode(config), True))
 
     def _on_published(self, mid: int, ok: bool, reason: str) -> None:
         self._acks.put((mid, ok, reason))
@@ -404,6 +407,33 @@ class MqttPublisher(Publisher):
                 self.outbox.release(row.id)
                 return
             self._inflight[mid] = _RowRef(row.id)
+
+
+HA_SENSORS = (
+    # object id, name, template over the health payload, unit
+    ("fps", "Inference fps", "{{ value_json.fps_inferred }}", "fps"),
+    ("invoke_p95", "Inference p95", "{{ value_json.latency_ms.invoke.p95 }}", "ms"),
+    ("cpu_temp", "CPU temperature", "{{ value_json.cpu_temp_c }}", "°C"),
+    ("outbox_depth", "Outbox depth", "{{ value_json.outbox.depth }}", None),
+)
+
+
+def homeassistant_discovery(device_id: str, root: str) -> list[tuple[str, dict[str, Any]]]:
+    """Retained Home Assistant discovery configs; availability bound to ``…/status``."""
+    device = {"identifiers": [f"edge_{device_id}"], "name": device_id, "sw_version": __version__,
+              "manufacturer": "edge-infer"}
+    availability = {"topic": f"{root}/status", "value_template": "{{ value_json.state }}",
+                    "payload_available": "online", "payload_not_available": "offline"}
+    out: list[tuple[str, dict[str, Any]]] = []
+    for object_id, name, template, unit in HA_SENSORS:
+        config: dict[str, Any] = {
+            "name": name, "unique_id": f"edge_{device_id}_{object_id}", "state_topic": f"{root}/health",
+            "value_template": template, "availability": [availability], "device": device,
+        }
+        if unit:
+            config["unit_of_measurement"] = unit
+        out.append((f"homeassistant/sensor/{device_id}/{object_id}/config", config))
+    return out
 
 
 @dataclass(frozen=True)

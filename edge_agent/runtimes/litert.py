@@ -66,6 +66,21 @@ def tensor_spec(detail: dict[str, Any], layout: str = "") -> TensorSpec:
     )
 
 
+def _check_delegate_library(path: str) -> None:
+    """Fail cleanly before ``load_delegate``: when it fails it leaves a half-built
+    Delegate whose ``__del__`` prints a traceback at exit (ai-edge-litert 2.x)."""
+    import ctypes
+
+    try:
+        library = ctypes.CDLL(path)
+    except OSError as exc:
+        raise RuntimeLoadError(f"cannot load delegate {path!r}: {exc}; check the library path in the config") from exc
+    if not hasattr(library, "tflite_plugin_create_delegate"):
+        raise RuntimeLoadError(
+            f"{path!r} is not a TFLite external delegate (no tflite_plugin_create_delegate symbol)"
+        )
+
+
 class LiteRTRuntime(Runtime):
     """One TFLite interpreter with its tensors allocated."""
 
@@ -79,6 +94,7 @@ class LiteRTRuntime(Runtime):
         interpreter_cls, load_delegate, self.backend = _import_interpreter()
         delegates = []
         if delegate:
+            _check_delegate_library(delegate)
             try:
                 delegates.append(load_delegate(delegate, delegate_options or {}))
             except (ValueError, OSError, RuntimeError) as exc:

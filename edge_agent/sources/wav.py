@@ -35,6 +35,7 @@ class WavSource(Source):
         for path in self._paths:
             if not path.is_file():
                 raise SourceError(f"WAV file {path} not found")
+        self._load_next()  # decode errors of the first file show at start, not mid-run
         self._set_state("reading")
 
     def _load_next(self) -> bool:

@@ -32,7 +32,7 @@ def run_agent(*args: str | Path, timeout: float = 60, stdin: bytes | None = None
     """Run ``python -m edge_agent COMMAND ARGS``; returns (exit code, JSON lines, stderr)."""
     proc = subprocess.run(
         [sys.executable, "-m", "edge_agent", command, *map(str, args)],
-        input=stdin, capture_output=True, timeout=timeout, env=agent_env(), cwd=str(ROOT),
+        input=stdin, capture_output=True, timeout=timeout, env=agent_env(), cwd=str(ROOT), check=False,
     )
     out = proc.stdout.decode()
     messages = parse_lines(out) if command == "run" else []

@@ -46,14 +46,14 @@ class MjpegServer:
             def log_message(self, *args: object) -> None:
                 pass
 
-            def do_GET(self) -> None:  # noqa: N802 - http.server API
+            def do_GET(self) -> None:
                 outer._conns.append(self.connection)
                 self.send_response(200)
                 self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
                 self.end_headers()
                 try:
                     while outer._alive.is_set():
-                        ok, jpeg = cv2.imencode(".jpg", outer.frame(outer.sent), [cv2.IMWRITE_JPEG_QUALITY, 95])
+                        _ok, jpeg = cv2.imencode(".jpg", outer.frame(outer.sent), [cv2.IMWRITE_JPEG_QUALITY, 95])
                         data = jpeg.tobytes()
                         head = f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
                         if outer.with_length:

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -138,7 +137,8 @@ def test_check_command(models: Path, tmp_path: Path) -> None:
     assert code == 0, stderr
     proc = subprocess.run([sys.executable, "-m", "edge_agent", "check", "--bundle",
                            str(models / "colours_int8.tflite"), "--json", "--runs", "5"],
-                          capture_output=True, text=True, env=agent_env(), cwd=str(ROOT), timeout=60)
+                          capture_output=True, text=True, env=agent_env(), cwd=str(ROOT), timeout=60,
+                          check=False)
     report = json.loads(proc.stdout)
     assert proc.returncode == 0 and report["passed"] and report["latency_ms"] > 0
 
@@ -167,10 +167,10 @@ def test_config_file_and_config_errors(models: Path, colour_folder: Path, tmp_pa
 
 
 @pytest.mark.parametrize("problem", ["missing_bundle", "checksum", "unreadable_source", "no_sidecar",
-                                     "audio_source_for_image_model"])
+                                     "audio_source_for_image_model", "bad_delegate"])
 def test_clear_errors(models: Path, colour_folder: Path, tmp_path: Path, problem: str) -> None:
     bundle, source = models / "colours.tflite", str(colour_folder)
-    expected = ""
+    expected, extra = "", []
     if problem == "missing_bundle":
         bundle, expected = tmp_path / "nope.bundle", "not found"
     elif problem == "checksum":
@@ -192,9 +192,11 @@ def test_clear_errors(models: Path, colour_folder: Path, tmp_path: Path, problem
         bundle = tmp_path / "lonely.tflite"
         bundle.write_bytes((models / "colours.tflite").read_bytes())
         expected = "sidecar"
+    elif problem == "bad_delegate":
+        extra, expected = ["--delegate", str(tmp_path / "libnope.so")], "cannot load delegate"
     else:
         source, expected = "clip.wav", "model takes images"
-    code, messages, stderr = run_agent("--bundle", bundle, "--source", source, "--state-dir", tmp_path / "s")
+    code, messages, stderr = run_agent("--bundle", bundle, "--source", source, "--state-dir", tmp_path / "s", *extra)
     lines = stderr.strip().splitlines()
     assert code != 0
     assert len(lines) == 1 and lines[0].startswith("edge-agent: error:") and expected in lines[0], stderr
@@ -213,7 +215,7 @@ def test_running_the_agent_never_imports_tensorflow(models: Path, colour_folder:
         "sys.exit(code or (1 if bad else 0))\n"
     )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=agent_env(),
-                          cwd=str(ROOT), timeout=60)
+                          cwd=str(ROOT), timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     assert "IMPORTED []" in proc.stderr
 
@@ -264,8 +266,10 @@ def test_sighup_swaps_the_model_without_restart(models: Path, colour_folder: Pat
         os.replace(tmp_link, current)
         before = len(agent.messages)
         agent.send(signal.SIGHUP)
-        i = agent.wait_for(lambda m: m["topic"].endswith("/status") and m["payload"].get("model", {}).get("version") == "2",
-                           start=before, timeout=10)
+        i = agent.wait_for(
+            lambda m: m["topic"].endswith("/status") and m["payload"].get("model", {}).get("version") == "2",
+            start=before, timeout=10,
+        )
         agent.wait_for(lambda m: m["topic"].endswith("evt/classification"), start=i, timeout=5)
     finally:
         code = agent.finish(signal.SIGTERM)

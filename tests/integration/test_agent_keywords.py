@@ -80,3 +80,14 @@ def test_silence_and_noise_give_no_events(keyword_bundle: Path, tmp_path: Path) 
     assert code == 0, stderr
     assert events(messages, "evt/audio") == []
     assert events(messages, "health")[-1]["frames_inferred"] >= 16
+
+
+def test_source_failure_mid_run_is_reported_with_nonzero_exit(keyword_bundle: Path, tmp_path: Path) -> None:
+    good = speak_sentence(WORDS[:2], tmp_path / "good.wav")
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF garbage")
+    code, messages, stderr = run_agent("--bundle", keyword_bundle, "--source", f"{good},{bad}",
+                                       "--state-dir", tmp_path)
+    assert code == 1
+    assert [e["label"] for e in events(messages, "evt/audio")] == WORDS[:2]  # the good file was analysed
+    assert "source error" in stderr and "bad.wav" in stderr and "Traceback" not in stderr

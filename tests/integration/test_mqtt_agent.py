@@ -27,7 +27,8 @@ def _seqs(col, suffix: str = "evt/classification") -> list[int]:
 
 
 def test_birth_health_events_and_will_after_kill9(mqtt_broker, collector_factory, unique_id, tmp_path: Path):
-    col = collector_factory(_settings(mqtt_broker), f"edge/v1/{unique_id}/#")
+    col = collector_factory(_settings(mqtt_broker), f"edge/v1/{unique_id}/#", client_id=f"col-{unique_id}",
+                            session_expiry_s=120)
     driver = Driver(mqtt_broker.url, unique_id, tmp_path / "state", "--keepalive", str(KEEPALIVE),
                     "--will-delay", str(WILL_DELAY), "--health-every", "5", rate=20)
     try:
@@ -46,7 +47,7 @@ def test_birth_health_events_and_will_after_kill9(mqtt_broker, collector_factory
         assert col.wait(lambda: any(m.get("state") == "offline" for m in col.json("status")), limit + 2)
         elapsed = time.monotonic() - killed
         assert elapsed <= limit, f"offline after {elapsed:.2f} s, limit {limit} s"
-        will = [m for m in col.json("status") if m.get("state") == "offline"][0]
+        will = next(m for m in col.json("status") if m.get("state") == "offline")
         assert will["seq"] is None  # the will carries no seq, so consumers count no gap for it
     finally:
         driver.close()
@@ -121,7 +122,7 @@ def test_broker_killed_10s_at_20_per_s_loses_nothing(mqtt_broker_fn, collector_f
         driver.wait_for("done", timeout=30)
         assert col.wait(lambda: set(_seqs(col)) >= set(driver.seqs), 20), (
             f"missing seqs: {sorted(set(driver.seqs) - set(_seqs(col)))[:20]}")
-        out, err = watch.communicate(timeout=40)
+        out, _err = watch.communicate(timeout=40)
         report = {d["device_id"]: d for d in json.loads(out)["devices"]}[unique_id]
         received = _seqs(col)
         duplicates = len(received) - len(set(received))

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from edge_agent.envelope import EnvelopeFactory
 from edge_agent.mqtt import MqttSettings
@@ -79,7 +78,7 @@ def test_set_config_and_desired_config(agent, operator, unique_id):
     assert operator.wait(lambda: any(r.get("version") == 7 for r in operator.json("config/reported")), 5)
     reported = [r for r in operator.json("config/reported") if r.get("version") == 7][-1]
     assert reported["status"] == "applied" and reported["config"]["threshold"] == 0.3
-    assert [m.retain for m in operator.on("config/reported")][0] is False  # live copy; stored retained
+    assert next(m.retain for m in operator.on("config/reported")) is False  # live copy; stored retained
     operator.link.publish(f"{root}/config/desired", b"", retain=True)
 
 
@@ -94,7 +93,7 @@ def test_retained_command_is_refused(mqtt_broker, agent, operator, unique_id):
     # A retained command published while subscribed is also refused (retain-as-published).
     operator.link.publish(f"{root}/cmd/ping", _cmd("live-retained"), retain=True)
     assert operator.wait(lambda: any(a["id"] == "live-retained" for a in _acks(operator)), 5)
-    assert [a for a in _acks(operator) if a["id"] == "live-retained"][0]["status"] == "rejected"
+    assert next(a for a in _acks(operator) if a["id"] == "live-retained")["status"] == "rejected"
     for name in ("reload", "ping"):
         operator.link.publish(f"{root}/cmd/{name}", b"", retain=True)  # clear
 

@@ -15,6 +15,7 @@ from edge_agent.commands import (
     COMMANDS,
     Ack,
     CommandContext,
+    CommandError,
     CommandHandler,
     CommandSpec,
     Route,
@@ -232,5 +233,5 @@ def test_reply_failure_does_not_escape() -> None:
 def test_parse_desired() -> None:
     assert parse_desired(b'{"version": 3, "config": {"threshold": 0.4}}') == (3, {"threshold": 0.4})
     for bad in (b"x", b'{"version": "3", "config": {}}', b'{"version": 1}', b'{"version": 1, "config": {}, "x": 1}'):
-        with pytest.raises(Exception, match="desired|version|config|unknown"):
+        with pytest.raises(CommandError, match=r"desired|version|config|unknown"):
             parse_desired(bad)

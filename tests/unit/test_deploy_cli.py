@@ -64,14 +64,18 @@ def test_ssh_options_are_safe() -> None:
 
 
 def test_install_agent_steps(tmp_path: Path) -> None:
+    (tmp_path / "mqtt-password").write_text("secret")
     parser = cli.build_parser()
-    args = parser.parse_args(["install-agent", "--host", "pi@a", "--sudo"])
+    args = parser.parse_args(["install-agent", "--host", "pi@a", "--sudo", "--credentials-dir",
+                              str(tmp_path)])
     steps = cli.install_agent_steps(args)
     commands = [s.command for s in steps if s.command]
     assert all(c.startswith("sudo -n ") for c in commands)
     uploads = [s.upload for s in steps if s.upload]
     assert cli.DEFAULT_UNIT_FILE in uploads and cli.DEFAULT_CONFIG_FILE in uploads
     assert steps[-1].description == "enable and start the service"
+    assert any("credentials/mqtt-password (mode 0600)" in s.description for s in steps)
+    assert not any("mqtt-client.key (mode" in s.description for s in steps)
     assert isinstance(args, argparse.Namespace)
 
 

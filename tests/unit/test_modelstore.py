@@ -142,6 +142,17 @@ def test_probation_crash_counter_rolls_back(store: Path, test_bundles: BundleSet
     assert modelstore.read_probation(store) is None
 
 
+def test_expired_probation_is_cleared(store: Path, test_bundles: BundleSet) -> None:
+    modelstore.install_model(test_bundles.good, store)
+    second = modelstore.install_model(test_bundles.good_v2, store)
+    probation = modelstore.start_probation(store, second.active, duration_s=60, max_crashes=0)
+    probation.until = time.time() - 1
+    modelstore.write_probation(store, probation)
+    assert modelstore.note_agent_start(store) is None  # a crash after the period does not count
+    assert modelstore.read_probation(store) is None
+    assert _active_sha(store) == second.active.sha256
+
+
 _FAKE_AGENT = """
 import os, signal, sys, time
 from pathlib import Path

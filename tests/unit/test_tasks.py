@@ -158,7 +158,7 @@ def test_detect_task_reports_boxes_in_source_pixels() -> None:
     )
     task = create_task(m, ["thing"], m.inputs, m.outputs)
     frame = Frame(3, 0.0, np.zeros((50, 100), np.uint8), 0.0)
-    tensor, ctx = task.prepare(frame)
+    _tensor, ctx = task.prepare(frame)
     outputs = [np.array([[[0.2, 0.1, 0.6, 0.5], [0, 0, 0.1, 0.1]]], np.float32),
                np.array([[[0.8], [0.2]]], np.float32)]
     result = task.decode(outputs, frame, ctx)
@@ -223,3 +223,34 @@ def test_audio_task_events_carry_time_and_classes_without_background() -> None:
     assert result is not None and result.always
     assert result.body["label"] == "yes" and result.body["t_start_s"] == 1.25
     assert [c["label"] for c in result.body["classes"]] == ["yes", "no"]
+
+
+@pytest.mark.parametrize(
+    ("pre", "tensor"),
+    [
+        ({"color": "rgb", "mean": [127.5], "std": [127.5]}, {"dtype": "int8", "scale": 0.0078125, "zero_point": 0}),
+        ({"color": "bgr", "mean": [10.0, 20.0, 30.0], "std": [50.0, 60.0, 70.0]},
+         {"dtype": "uint8", "scale": 0.02, "zero_point": 100}),
+        ({"color": "rgb", "mean": [0.0], "std": [255.0]}, {"dtype": "float32"}),
+        ({"color": "gray", "channels": 1, "invert": True, "std": [1.0]},
+         {"dtype": "int8", "scale": 1.0, "zero_point": -128}),
+    ],
+)
+def test_lookup_table_prepare_is_bit_identical_to_float_path(pre: dict, tensor: dict) -> None:
+    from edge_agent.preprocess import fit_to_tensor, preprocess_image, quantize
+
+    channels = pre.get("channels", 3)
+    m = make_manifest(
+        "classify", {"kind": "image", "width": 24, "height": 20, "resize": "letterbox", **pre}, {"labels": ["a"]},
+        [{"shape": [1, 20, 24, channels], **tensor}], [{"shape": [1, 1], "dtype": "float32"}],
+    )
+    task = create_task(m, ["a"], m.inputs, m.outputs)
+    rng = np.random.default_rng(1)
+    for shape in ((37, 53, 3), (20, 24, 3), (15, 9)):
+        image = rng.integers(0, 256, shape, dtype=np.uint8)
+        fast, transform = task.prepare(Frame(0, 0.0, image, 0.0))
+        values, slow_transform = preprocess_image(image, m.preprocess)  # type: ignore[arg-type]
+        slow = fit_to_tensor(quantize(values, m.inputs[0]), m.inputs[0].shape)
+        assert fast.dtype == slow.dtype and fast.shape == slow.shape
+        np.testing.assert_array_equal(fast, slow)
+        assert transform == slow_transform
