@@ -186,13 +186,40 @@ def _speak(word: str, voice: str, speed: int, pitch: int, workdir: Path) -> tupl
         Path(name).unlink(missing_ok=True)
 
 
-def _place(clip: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:
-    """Put a spoken clip at a random offset inside a window of ``length`` samples."""
+def _trim(clip: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Cut espeak's leading/trailing silence, keeping 20 ms of margin."""
+    loud = np.flatnonzero(np.abs(clip) > 0.02 * (float(np.max(np.abs(clip))) or 1.0))
+    if loud.size == 0:
+        return clip
+    margin = sample_rate // 50
+    return clip[max(0, loud[0] - margin) : loud[-1] + margin + 1]
+
+
+def _place_at(clip: np.ndarray, length: int, start: int) -> np.ndarray:
+    """Put ``clip`` at ``start`` (may be negative or run past the end) in a zero window."""
     out = np.zeros(length, dtype=np.float32)
-    clip = clip[:length]
-    start = int(rng.integers(0, max(1, length - clip.size + 1)))
-    out[start : start + clip.size] = clip
+    lo, hi = max(0, start), min(length, start + clip.size)
+    if hi > lo:
+        out[lo:hi] = clip[lo - start : hi - start]
     return out
+
+
+def _place_word(clip: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:
+    """A word (mostly) inside the window: at most 5 % of it cut at either edge."""
+    allowance = int(0.05 * clip.size)
+    start = int(rng.integers(-allowance, max(-allowance + 1, length - clip.size + allowance + 1)))
+    return _place_at(clip, length, start)
+
+
+def _place_partial(clip: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:
+    """Only 10-40 % of a word at the window's start or end: a sliding window's near miss.
+
+    Labelled as background, these teach the model to fire only when a whole
+    word is in view, which keeps streaming detections clean.
+    """
+    visible = int(clip.size * rng.uniform(0.1, 0.4))
+    start = visible - clip.size if rng.integers(0, 2) == 0 else length - visible
+    return _place_at(clip, length, start)
 
 
 def _background(length: int, rng: np.random.Generator) -> np.ndarray:
@@ -211,7 +238,7 @@ def _background(length: int, rng: np.random.Generator) -> np.ndarray:
 def make_keyword_dataset(
     folder: Path,
     words: Sequence[str] = KEYWORDS,
-    n_per_word: int = 60,
+    n_per_word: int = 80,
     sample_rate: int = 16000,
     seed: int = 0,
     background_label: str = BACKGROUND_LABEL,
@@ -220,8 +247,10 @@ def make_keyword_dataset(
     """Synthesise 1 s keyword clips with espeak-ng into ``folder/<word>/*.wav``.
 
     Each clip uses a voice, speed and pitch drawn from a fixed grid, a random
-    time offset, a random gain and added noise at a random SNR; a background
-    class (silence and noise) gets ``n_per_word`` clips too.
+    time offset, a random gain and added noise at a random SNR. The background
+    class gets ``2 * n_per_word`` clips: silence, white and brown noise, and
+    windows that hold only the edge (10-40 %) of a word, as a sliding window
+    on a stream sees just before and after a keyword.
 
     Raises:
         FileNotFoundError: espeak-ng is not installed.
@@ -238,22 +267,27 @@ def make_keyword_dataset(
                 int(rng.integers(20, 80)),
             ))
     length = sample_rate
+    spoken: list[np.ndarray] = []
     with tempfile.TemporaryDirectory() as tmp, concurrent.futures.ThreadPoolExecutor(workers) as pool:
         futures = [pool.submit(_speak, w, v, s, p, Path(tmp)) for w, v, s, p in jobs]
         for i, ((word, *_), future) in enumerate(zip(jobs, futures, strict=True)):
             samples, rate = future.result()
-            clip = resample(samples, rate, sample_rate)
+            clip = _trim(resample(samples, rate, sample_rate), sample_rate)[:length]
             peak = float(np.max(np.abs(clip))) or 1.0
             clip = clip / peak * rng.uniform(0.3, 0.9)
-            window = _place(clip, length, rng)
+            spoken.append(clip)
             noise = _background(length, rng) * rng.uniform(0.1, 0.6)
             target = folder / word
             target.mkdir(parents=True, exist_ok=True)
-            _write_wav(target / f"{i:05d}.wav", window + noise, sample_rate)
+            _write_wav(target / f"{i:05d}.wav", _place_word(clip, length, rng) + noise, sample_rate)
     target = folder / background_label
     target.mkdir(parents=True, exist_ok=True)
     for i in range(n_per_word):
         _write_wav(target / f"{i:05d}.wav", _background(length, rng), sample_rate)
+    for i in range(n_per_word, 2 * n_per_word):
+        clip = spoken[int(rng.integers(len(spoken)))]
+        noise = _background(length, rng) * rng.uniform(0.1, 0.6)
+        _write_wav(target / f"{i:05d}.wav", _place_partial(clip, length, rng) + noise, sample_rate)
     return folder
 
 
@@ -272,7 +306,7 @@ def load_keyword_features(folder: Path, spec: AudioPreprocess | None = None
     return np.stack(features).astype(np.float32), np.asarray(targets, dtype=np.int64), labels
 
 
-def train_keyword_model(features: np.ndarray, labels: np.ndarray, epochs: int = 40,
+def train_keyword_model(features: np.ndarray, labels: np.ndarray, epochs: int = 50,
                         seed: int = 0, n_classes: int | None = None) -> Any:
     """Train a small CNN on log-mel features of shape (N, frames, n_mels)."""
     import keras
@@ -334,7 +368,7 @@ def build_digits(out: Path, formats: Sequence[SaveFormat] = ("keras",), epochs: 
     return {"accuracy": accuracy, "models": paths, "train": str(out / "train"), "test": str(out / "test")}
 
 
-def build_keywords(out: Path, n_per_word: int = 60, epochs: int = 40) -> dict[str, Any]:
+def build_keywords(out: Path, n_per_word: int = 80, epochs: int = 50) -> dict[str, Any]:
     """Synthesise the keyword dataset, split it by file, train and save the model."""
     import shutil
 
@@ -365,14 +399,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--formats", default="keras", help="digits: comma list of keras,savedmodel,h5")
     parser.add_argument("--epochs", type=int, default=0)
-    parser.add_argument("--per-word", type=int, default=60)
+    parser.add_argument("--per-word", type=int, default=80)
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if args.which == "digits":
         formats = [f.strip() for f in args.formats.split(",") if f.strip()]
         info = build_digits(args.out, formats, epochs=args.epochs or 30)  # type: ignore[arg-type]
     else:
-        info = build_keywords(args.out, n_per_word=args.per_word, epochs=args.epochs or 40)
+        info = build_keywords(args.out, n_per_word=args.per_word, epochs=args.epochs or 50)
     (args.out / "info.json").write_text(json.dumps(info, indent=2))
     print(json.dumps(info))
     return 0

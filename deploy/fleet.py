@@ -256,7 +256,8 @@ class FleetMonitor:
     def __init__(self, settings: MqttSettings, client_id: str | None = None, session_expiry_s: int = 0) -> None:
         self.state = FleetState()
         self.link = MqttLink(settings, client_id or f"fleet-{uuid.uuid4().hex[:8]}",
-                             subscriptions=(f"{TOPIC_ROOT}/+/#",), session_expiry_s=session_expiry_s)
+                             subscriptions=(f"{TOPIC_ROOT}/+/#",), session_expiry_s=session_expiry_s,
+                             clean_first=session_expiry_s == 0)
         self.link.callbacks.on_message = self._on_message
 
     def _on_message(self, message: InboundMessage) -> None:

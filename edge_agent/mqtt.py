@@ -211,6 +211,8 @@ class MqttLink:
         max_queued: bound of paho's own message queue.
         retain_as_published: MQTT 5 subscription option; the agent sets it so a
             retained command is recognised (and refused) on a live subscription too.
+        clean_first: start the first connection clean; False resumes a session kept by
+            the broker from an earlier run (with ``session_expiry_s``). Reconnects always resume.
     """
 
     def __init__(
@@ -223,9 +225,11 @@ class MqttLink:
         session_expiry_s: int | None = None,
         max_queued: int | None = None,
         retain_as_published: bool = False,
+        clean_first: bool = True,
     ) -> None:
         settings.validate()
         self._retain_as_published = retain_as_published
+        self._clean_first = clean_first
         self.settings = settings
         self.client_id = client_id
         self.address = parse_broker_url(settings.broker)
@@ -301,19 +305,30 @@ class MqttLink:
         if self.v5 and self._session_expiry > 0:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = self._session_expiry
+        # MQTT 5: a clean start on the first connection only (or never, to resume a session
+        # kept from an earlier run); every reconnect resumes the session, so messages queued
+        # for us while we were away are not thrown away.
+        clean: Any = paho.MQTT_CLEAN_START_FIRST_ONLY if self._clean_first or not self.v5 else False
         self._client.connect_async(
-            self.address.host, self.address.port, keepalive=self.settings.keepalive, clean_start=True,
+            self.address.host, self.address.port, keepalive=self.settings.keepalive, clean_start=clean,
             properties=props,
         )
         self._client.loop_start()
 
-    def stop(self) -> None:
-        """Disconnect cleanly (no will) and stop the network thread."""
+    def stop(self, send_will: bool = False) -> None:
+        """Disconnect and stop the network thread.
+
+        A clean disconnect suppresses the will; with ``send_will`` (MQTT 5 reason code
+        0x04) the broker still publishes it, e.g. when our own ``offline`` did not get through.
+        """
         if not self._started:
             return
         self._stopping = True
         try:
-            self._client.disconnect()
+            if send_will and self.v5:
+                self._client.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT, "Disconnect with will message"))
+            else:
+                self._client.disconnect()
         except (OSError, ValueError) as exc:  # pragma: no cover - defensive
             log.debug("disconnect: %s", exc)
         self._client.loop_stop()

@@ -233,7 +233,7 @@ class Collector:
         self.suback: list[list[int]] = []
         self._cond = threading.Condition()
         self.link = MqttLink(settings, client_id or f"col-{uuid.uuid4().hex[:8]}", subscriptions=filters,
-                             session_expiry_s=session_expiry_s)
+                             session_expiry_s=session_expiry_s, clean_first=session_expiry_s == 0)
         self.link.callbacks.on_message = self._on_message
         self.link.callbacks.on_subscribed = self._on_suback
 

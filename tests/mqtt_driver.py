@@ -61,6 +61,7 @@ def main() -> int:
     parser.add_argument("--health-every", type=int, default=0, help="a health message every N results")
     parser.add_argument("--then-wait", action="store_true", help="after --count, stay alive until killed")
     parser.add_argument("--command-rate", type=float, default=5.0)
+    parser.add_argument("--protocol", default="5", choices=["5", "3.1.1"])
     parser.add_argument("--ca-file")
     parser.add_argument("--cert-file")
     parser.add_argument("--key-file")
@@ -71,7 +72,7 @@ def main() -> int:
     publisher = create_publisher(
         "mqtt",
         config={"broker": args.broker, "keepalive": args.keepalive, "will_delay": args.will_delay,
-                "reconnect_min_s": 1, "reconnect_max_s": 2, "ca_file": args.ca_file,
+                "reconnect_min_s": 1, "reconnect_max_s": 2, "ca_file": args.ca_file, "protocol": args.protocol,
                 "cert_file": args.cert_file, "key_file": args.key_file},
         envelope=envelope,
         control=control,

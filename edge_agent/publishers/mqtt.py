@@ -32,7 +32,7 @@ from typing import Any
 
 from edge_agent import __version__
 from edge_agent.commands import Ack, CommandError, CommandHandler, Route, load_public_key, parse_desired
-from edge_agent.envelope import SCHEMA, EnvelopeFactory, topic_root
+from edge_agent.envelope import SCHEMA, TOPIC_ROOT, EnvelopeFactory, topic_root
 from edge_agent.errors import ConfigError, EdgeError
 from edge_agent.mqtt import InboundMessage, MqttLink, MqttSettings, Will
 from edge_agent.outbox import DEFAULT_MAX_AGE_S, DEFAULT_MAX_BYTES, DEFAULT_MAX_MESSAGE_BYTES, Outbox
@@ -190,10 +190,11 @@ class MqttPublisher(Publisher):
             self.outbox.depth or self._inflight or self._direct
         ):
             time.sleep(0.02)
+        offline_sent = False
         if self.link.connected:
             self._queue_direct(_Direct(f"{self.root}/status", encode(self._status_body("offline")), True),
                                front=False, marker=True)
-            self._offline_done.wait(max(0.1, deadline - time.monotonic()))
+            offline_sent = self._offline_done.wait(max(0.1, deadline - time.monotonic()))
         self._stop.set()
         self._wake.set()
         with contextlib.suppress(queue.Full):
@@ -201,7 +202,8 @@ class MqttPublisher(Publisher):
         for thread in self._threads:
             thread.join(timeout=2.0)
         self._threads.clear()
-        self.link.stop()
+        # If our own `offline` was not acknowledged, let the broker publish the will instead.
+        self.link.stop(send_will=not offline_sent)
         self.outbox.close()
         self._started = False
 
@@ -239,10 +241,17 @@ class MqttPublisher(Publisher):
                 "session": self.envelope.session, "seq": None, "ts_ms": int(time.time() * 1000),
                 "replayed": False, **body}
 
+    def _response_topic_allowed(self, topic: str) -> bool:
+        """A command must not make the device write into the fleet's own topic tree, except
+        ``…/reply/…`` under this device (the shipped ACL allows exactly that)."""
+        if topic.startswith(f"{self.root}/reply/"):
+            return True
+        return not topic.startswith((f"{TOPIC_ROOT}/", "homeassistant/", "$"))
+
     def _send_ack(self, ack: Ack, route: Route) -> None:
         payload = encode(self.envelope.wrap(ack.body(route.name)))
         self._queue_direct(_Direct(f"{self.root}/ack", payload, False))
-        if route.response_topic and self.link.v5:
+        if route.response_topic and self.link.v5 and self._response_topic_allowed(route.response_topic):
             self._queue_direct(_Direct(route.response_topic, payload, False, route.response_topic,
                                        route.correlation_data))
 

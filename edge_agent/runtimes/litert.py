@@ -5,8 +5,13 @@ This is the only module that imports an interpreter package.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +71,33 @@ def tensor_spec(detail: dict[str, Any], layout: str = "") -> TensorSpec:
     )
 
 
+# Lines the native runtime prints to stderr on every start; they say nothing to a user.
+_NOISE = (b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",)
+
+
+@contextlib.contextmanager
+def _filter_native_stderr() -> Iterator[None]:
+    """Drop the interpreter's start-up INFO line from fd 2; anything else is passed on."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield
+        return
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            kept = [line for line in capture.read().splitlines(keepends=True)
+                    if line.rstrip() not in _NOISE]
+            if kept:
+                os.write(2, b"".join(kept))
+
+
 def _check_delegate_library(path: str) -> None:
     """Fail cleanly before ``load_delegate``: when it fails it leaves a half-built
     Delegate whose ``__del__`` prints a traceback at exit (ai-edge-litert 2.x)."""
@@ -105,11 +137,12 @@ class LiteRTRuntime(Runtime):
         if delegates:
             kwargs["experimental_delegates"] = delegates
         try:
-            if isinstance(model, bytes | bytearray):
-                self._interpreter = interpreter_cls(model_content=bytes(model), **kwargs)
-            else:
-                self._interpreter = interpreter_cls(model_path=str(model), **kwargs)
-            self._interpreter.allocate_tensors()
+            with _filter_native_stderr():
+                if isinstance(model, bytes | bytearray):
+                    self._interpreter = interpreter_cls(model_content=bytes(model), **kwargs)
+                else:
+                    self._interpreter = interpreter_cls(model_path=str(model), **kwargs)
+                self._interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise RuntimeLoadError(f"the interpreter cannot load this model: {exc}") from exc
         self._input_details = self._interpreter.get_input_details()

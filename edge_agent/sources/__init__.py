@@ -32,7 +32,7 @@ def detect_source_type(uri: str) -> str:
         return "stream"
     if lower in ("-", "stdin"):
         return "stdin"
-    if lower in ("mic", "microphone"):
+    if lower in ("mic", "microphone") or lower.startswith("mic:"):
         return "mic"
     if all(part.strip().lower().endswith(".wav") for part in text.split(",")):
         return "wav"

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 
 from edge_agent.manifest import AudioPreprocess, Manifest, TensorSpec
-from edge_agent.preprocess import audio_features, fit_to_tensor, quantize
+from edge_agent.preprocess import audio_feature_shape, audio_features, fit_to_tensor, quantize
 from edge_agent.sources.base import AudioWindow, Item
-from edge_agent.tasks.base import ClassScore, Result, Task, get_scores, label_of
+from edge_agent.tasks.base import ClassScore, Result, Task, _check_input_size, get_scores, label_of
 
 
 class ScoreSmoother:
@@ -68,6 +68,7 @@ class AudioTask(Task):
         if not isinstance(manifest.preprocess, AudioPreprocess):
             raise TypeError("audio task needs an audio preprocess spec")
         self.preprocess_spec: AudioPreprocess = manifest.preprocess
+        _check_input_size(audio_feature_shape(self.preprocess_spec), self.input_spec)
         spec = manifest.output
         background = {i for i, name in enumerate(labels) if name in set(spec.background_labels)}
         self.smoother = ScoreSmoother(spec.smoothing_windows)

@@ -97,6 +97,16 @@ class Task(ABC):
         """Result of one inference, or None when there is nothing to report."""
 
 
+def _check_input_size(feature_shape: tuple[int, ...], spec: TensorSpec) -> None:
+    """Refuse at load time a preprocessing that cannot fill the model input."""
+    needed = int(np.prod(spec.shape[1:])) if len(spec.shape) > 1 else int(np.prod(spec.shape))
+    if int(np.prod(feature_shape)) != needed:
+        raise ValueError(
+            f"the preprocessing gives {'x'.join(map(str, feature_shape))} values but the model input is "
+            f"{spec.shape}; fix the preprocess section (size, channels, window) to match the model"
+        )
+
+
 class ImageTask(Task):
     """Shared image preparation: manifest preprocessing, then the interpreter's quantisation."""
 
@@ -106,6 +116,8 @@ class ImageTask(Task):
         if not isinstance(manifest.preprocess, ImagePreprocess):
             raise TypeError("image task needs an image preprocess spec")
         self.preprocess_spec: ImagePreprocess = manifest.preprocess
+        pre = self.preprocess_spec
+        _check_input_size((pre.height, pre.width, pre.channels), self.input_spec)
         # Normalisation + quantisation as one lookup (bit-identical to the float path).
         table = pixel_lookup_table(self.preprocess_spec, self.input_spec)
         uniform = bool(np.all(table == table[:, :1]))

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -167,7 +168,7 @@ def test_config_file_and_config_errors(models: Path, colour_folder: Path, tmp_pa
 
 
 @pytest.mark.parametrize("problem", ["missing_bundle", "checksum", "unreadable_source", "no_sidecar",
-                                     "audio_source_for_image_model", "bad_delegate"])
+                                     "audio_source_for_image_model", "bad_delegate", "sidecar_size_mismatch"])
 def test_clear_errors(models: Path, colour_folder: Path, tmp_path: Path, problem: str) -> None:
     bundle, source = models / "colours.tflite", str(colour_folder)
     expected, extra = "", []
@@ -192,6 +193,11 @@ def test_clear_errors(models: Path, colour_folder: Path, tmp_path: Path, problem
         bundle = tmp_path / "lonely.tflite"
         bundle.write_bytes((models / "colours.tflite").read_bytes())
         expected = "sidecar"
+    elif problem == "sidecar_size_mismatch":
+        bundle = tmp_path / "wrong.tflite"
+        bundle.write_bytes((models / "colours.tflite").read_bytes())
+        (tmp_path / "wrong.toml").write_text((models / "colours.toml").read_text().replace("width = 16", "width = 20"))
+        expected = "fix the preprocess section"
     elif problem == "bad_delegate":
         extra, expected = ["--delegate", str(tmp_path / "libnope.so")], "cannot load delegate"
     else:
@@ -297,3 +303,157 @@ def test_max_frames_and_fps_pacing_of_a_file(models: Path, tmp_path: Path) -> No
     health = events(messages, "health")[-1]
     assert health["frames_in"] == 40
     assert health["frames_inferred"] + health["frames_dropped"] == 40
+
+
+class MemoryPublisher:
+    """Keeps every message (the registry entry for "stdout" is swapped for it)."""
+
+    def __init__(self, **options: Any) -> None:
+        self.messages: list[tuple[str, dict[str, Any]]] = []
+        self.started_with: Any = None
+
+    def start(self, control: Any = None) -> None:
+        self.started_with = control
+
+    def publish(self, kind: str, payload: dict[str, Any]) -> None:
+        self.messages.append((kind, payload))
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.messages.append(("status", {"state": "offline"}))
+
+    def stats(self) -> dict[str, Any]:
+        return {"outbox_depth": 0}
+
+    @property
+    def connected(self) -> bool:
+        return True
+
+
+def wait_until(predicate: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_agent_control_interface_in_process(models: Path, colour_folder: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge_agent import publishers
+    from edge_agent.config import load_config
+    from edge_agent.errors import ConfigError
+    from edge_agent.pipeline import Agent
+
+    monkeypatch.setitem(publishers.PUBLISHERS, "stdout", MemoryPublisher)
+    cli = {"model": {"bundle": models / "colours.tflite"}, "state_dir": tmp_path / "state",
+           "source": {"uri": str(colour_folder), "loop": True, "fps": 50}, "health": {"interval_s": 60}}
+    agent = Agent(load_config(None, cli, environ={}))
+    agent.start()
+    try:
+        pub = agent.publisher
+        assert isinstance(pub, MemoryPublisher) and pub.started_with is agent
+        wait_until(lambda: agent.progress_counter >= 5)
+        assert agent.is_healthy()
+        assert (tmp_path / "state" / "agent.pid").read_text().strip() == str(os.getpid())  # for install-model
+        info = agent.status_info()
+        assert info["model"]["name"] == "colours" and info["config_version"] == 0 and "state" not in info
+        assert pub.messages[0][0] == "status" and pub.messages[0][1]["state"] == "online"
+
+        reported = agent.apply_config({"events": "every", "score_threshold": 0.2, "fps": 100,
+                                       "health_interval_s": 0.1, "version": 7})
+        assert reported == {"version": 7, "events": "every", "score_threshold": 0.2, "top_k": 3, "fps": 100,
+                            "health_interval_s": 0.1}
+        saved = json.loads((tmp_path / "state" / "config-overrides.json").read_text())
+        assert saved["version"] == 7 and saved["settings"]["events"] == "every"
+        with pytest.raises(ConfigError):
+            agent.apply_config({"fps": -3})
+        with pytest.raises(ConfigError):
+            agent.apply_config({"model": "other"})
+        assert agent.reported_config()["fps"] == 100  # unchanged by the refused changes
+
+        count = len([m for m in pub.messages if m[0] == "evt/classification"])
+        wait_until(lambda: len([m for m in pub.messages if m[0] == "evt/classification"]) >= count + 12)
+        wait_until(lambda: any(m[0] == "health" for m in pub.messages))  # 0.1 s interval applied
+        health = next(m[1] for m in pub.messages if m[0] == "health")
+        assert health["outbox_depth"] == 0 and health["source"]["type"] == "folder"
+        assert health["latency_ms"]["invoke"]["p95"] is not None and health["fps_inferred"] > 0
+
+        jpeg = agent.snapshot_jpeg(20_000)
+        assert jpeg is not None and jpeg[:2] == b"\xff\xd8" and len(jpeg) <= 20_000
+        decoded = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+        assert decoded.shape == (48, 64, 3)
+
+        before = agent.progress_counter
+        assert agent.reload_model()["name"] == "colours"
+        wait_until(lambda: agent.progress_counter > before + 3)
+        assert agent.health_extra()["config_version"] == 7
+    finally:
+        agent.request_stop("test")
+        agent.stop()
+
+    again = Agent(load_config(None, cli, environ={}))  # overrides survive a restart
+    again.start()
+    try:
+        assert again.status_info()["config_version"] == 7 and again.reported_config()["events"] == "every"
+    finally:
+        again.request_stop("test")
+        again.stop()
+
+
+def test_reload_rereads_the_config_file(models: Path, colour_folder: Path, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge_agent import publishers
+    from edge_agent.config import load_config
+    from edge_agent.errors import ConfigError
+    from edge_agent.pipeline import Agent
+
+    monkeypatch.setitem(publishers.PUBLISHERS, "stdout", MemoryPublisher)
+    path = tmp_path / "agent.toml"
+    base = (f'state_dir = "{tmp_path / "state"}"\n[model]\nbundle = "{models / "colours.tflite"}"\n'
+            f'[source]\nuri = "{colour_folder}"\nloop = true\nfps = 50\n')
+    path.write_text(base + '[events]\npolicy = "change"\n')
+    agent = Agent(load_config(path, environ={}), config_path=path)
+    agent.start()
+    try:
+        assert agent.reported_config()["events"] == "change"
+        path.write_text(base + '[events]\npolicy = "interval:0.5"\nscore_threshold = 0.3\n')
+        agent.reload()
+        assert agent.reported_config()["events"] == "interval:0.5"
+        assert agent.reported_config()["score_threshold"] == 0.3
+        path.write_text(base + '[events]\npolicy = "never"\n')
+        with pytest.raises(ConfigError):
+            agent.reload()
+        assert agent.reported_config()["events"] == "interval:0.5"  # a bad file changes nothing
+        wait_until(lambda: agent.progress_counter >= 3)
+    finally:
+        agent.request_stop("test")
+        agent.stop()
+
+
+def test_paced_file_drops_oldest_when_inference_is_slow(models: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge_agent import publishers, tasks
+    from edge_agent.config import load_config
+    from edge_agent.pipeline import Agent
+    from edge_agent.tasks.classify import ClassifyTask
+
+    class SlowClassify(ClassifyTask):
+        def decode(self, outputs, item, context):  # type: ignore[no-untyped-def]
+            time.sleep(0.02)  # a 20 ms model
+            return super().decode(outputs, item, context)
+
+    monkeypatch.setitem(publishers.PUBLISHERS, "stdout", MemoryPublisher)
+    monkeypatch.setitem(tasks.TASKS, "classify", SlowClassify)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(60):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), np.full((24, 32, 3), COLOURS_BGR["red"], np.uint8))
+    cli = {"model": {"bundle": models / "colours.tflite"}, "state_dir": tmp_path / "state",
+           "source": {"uri": str(folder), "fps": 200, "queue_size": 2}, "events": {"policy": "every"}}
+    agent = Agent(load_config(None, cli, environ={}))
+    agent.run()
+    stats = agent.stats
+    assert stats.frames_in == 60
+    assert stats.frames_dropped > 20  # capture (200 fps) never waited for inference (50 fps)
+    assert stats.frames_inferred + stats.frames_dropped == 60
+    published = [p["frame"] for k, p in agent.publisher.messages if k == "evt/classification"]  # type: ignore[union-attr]
+    assert published == sorted(published) and published[-1] == 59  # the newest frame is never dropped

@@ -120,8 +120,12 @@ def test_broker_killed_10s_at_20_per_s_loses_nothing(mqtt_broker_fn, collector_f
         assert len(driver.seqs) - during >= 180, "the agent kept producing while the broker was down"
         mqtt_broker_fn.start()
         driver.wait_for("done", timeout=30)
-        assert col.wait(lambda: set(_seqs(col)) >= set(driver.seqs), 20), (
-            f"missing seqs: {sorted(set(driver.seqs) - set(_seqs(col)))[:20]}")
+        ok = col.wait(lambda: set(_seqs(col)) >= set(driver.seqs), 20)
+        if not ok:
+            driver.terminate()
+            stats = driver.wait_for("stopped")["stats"]
+            raise AssertionError(f"missing seqs: {sorted(set(driver.seqs) - set(_seqs(col)))[:20]}; "
+                                 f"agent stats {stats}; seen around the kill: {sorted(_seqs(col))[50:80]}")
         out, _err = watch.communicate(timeout=40)
         report = {d["device_id"]: d for d in json.loads(out)["devices"]}[unique_id]
         received = _seqs(col)
@@ -137,3 +141,19 @@ def test_broker_killed_10s_at_20_per_s_loses_nothing(mqtt_broker_fn, collector_f
         if watch.poll() is None:
             watch.kill()
             watch.communicate()
+
+
+def test_mqtt_311_on_request(mqtt_broker, collector_factory, unique_id, tmp_path: Path):
+    col = collector_factory(_settings(mqtt_broker), f"edge/v1/{unique_id}/#", client_id=f"col-{unique_id}",
+                            session_expiry_s=120)
+    driver = Driver(mqtt_broker.url, unique_id, tmp_path / "state", "--protocol", "3.1.1", "--keepalive",
+                    str(KEEPALIVE), "--then-wait", rate=50, count=20)
+    try:
+        driver.wait_for("done")
+        assert col.wait(lambda: len(col.json("evt/classification")) == 20, 10), driver.log()
+        assert col.json("status")[0]["state"] == "online"
+        driver.kill9()
+        # MQTT 3.1.1 has no will delay: offline as soon as the broker notices the dead connection.
+        assert col.wait(lambda: any(m.get("state") == "offline" for m in col.json("status")), 1.5 * KEEPALIVE + 1)
+    finally:
+        driver.close()

@@ -62,6 +62,14 @@ def test_ping_with_response_topic_and_correlation(agent, operator, unique_id):
     response = operator.on(f"resp/{unique_id}")[0]
     assert response.correlation_data == b"corr-123"
     assert json.loads(response.payload)["id"] == "p1"
+    # A response topic inside the fleet's tree is refused (the ack still goes to …/ack),
+    # except the device's own …/reply/… subtree.
+    operator.link.publish(f"{root}/cmd/ping", _cmd("p2"), response_topic=f"{root}/evt/classification",
+                          correlation_data=b"x")
+    operator.link.publish(f"{root}/cmd/ping", _cmd("p3"), response_topic=f"{root}/reply/op1", correlation_data=b"y")
+    assert operator.wait(lambda: len(_acks(operator)) >= 3 and bool(operator.on(f"{root}/reply/op1")), 5)
+    assert not operator.on("evt/classification")
+    assert operator.on(f"{root}/reply/op1")[0].correlation_data == b"y"
 
 
 def test_set_config_and_desired_config(agent, operator, unique_id):

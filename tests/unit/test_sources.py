@@ -41,7 +41,7 @@ def drain(source, limit: int = 10000) -> list:  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize(
     ("uri", "kind"),
     [("0", "camera"), ("/dev/video2", "camera"), ("rtsp://cam/x", "stream"), ("http://h/s.mjpg", "stream"),
-     ("-", "stdin"), ("stdin", "stdin"), ("mic", "mic"), ("a.wav", "wav"), ("a.wav,b.WAV", "wav"),
+     ("-", "stdin"), ("stdin", "stdin"), ("mic", "mic"), ("mic:2", "mic"), ("a.wav", "wav"), ("a.wav,b.WAV", "wav"),
      ("clip.mp4", "video")],
 )
 def test_detect_source_type(uri: str, kind: str) -> None:
@@ -231,3 +231,36 @@ def test_stream_source_keeps_retrying_while_down() -> None:
     assert src.read() is None
     assert src.state()["state"] == "reconnecting" and src.state()["errors"] >= 2
     assert "127.0.0.1" in src.state()["last_error"]
+
+
+def test_stream_source_polls_a_jpeg_snapshot_url() -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    _ok, jpeg = cv2.imencode(".jpg", np.full((10, 12, 3), 99, np.uint8))
+    hits = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            hits.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(jpeg)))
+            self.end_headers()
+            self.wfile.write(jpeg.tobytes())
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        src = create_source(SourceSection(uri=f"http://127.0.0.1:{server.server_address[1]}/snap.jpg"))
+        src.start()
+        frames = [src.read() for _ in range(3)]
+        assert all(isinstance(f, Frame) and f.image.shape == (10, 12, 3) for f in frames)
+        assert src.state()["mode"] == "snapshot" and len(hits) == 3
+        src.close()
+    finally:
+        server.shutdown()
+        server.server_close()
