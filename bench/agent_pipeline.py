@@ -94,15 +94,15 @@ def run_agent(bundle: Path, video: Path, threads: int, frames: int) -> dict[str,
 
 def main() -> BenchResult:
     paths = ensure_models()
-    video96 = render_video(paths["test96"], CACHE / "digits96.avi", FRAMES)
+    video_big = render_video(paths["test_big"], CACHE / "digits_big.avi", FRAMES)
     video32 = render_video(paths["digits_test"], CACHE / "digits32.avi", 300)
     rows = []
     figures: dict[str, object] = {}
     for threads in (1, 2):
-        raw = raw_loop_fps(paths["digits96_bundle"], threads, FRAMES)
-        agent = run_agent(paths["digits96_bundle"], video96, threads, FRAMES)
+        raw = raw_loop_fps(paths["digits_big_bundle"], threads, FRAMES)
+        agent = run_agent(paths["digits_big_bundle"], video_big, threads, FRAMES)
         ratio = agent["fps"] / raw
-        rows.append(f"| digits96 int8 | {threads} | {1000 / raw:.2f} | {raw:.0f} | {agent['fps']:.0f} | "
+        rows.append(f"| digits_big int8 | {threads} | {1000 / raw:.2f} | {raw:.0f} | {agent['fps']:.0f} | "
                     f"**{ratio:.2f}** |")
         figures[f"throughput_ratio_t{threads}"] = round(ratio, 3)
         figures[f"raw_fps_t{threads}"] = round(raw, 1)

@@ -177,8 +177,8 @@ def update_times(bundle: Path, work: Path) -> dict[str, float]:
 
 def main() -> BenchResult:
     paths = ensure_models()
-    bundle = paths["digits96_bundle"]
-    video = render_video(paths["test96"], CACHE / "digits96.avi", 600)
+    bundle = paths["digits_big_bundle"]
+    video = render_video(paths["test_big"], CACHE / "digits_big.avi", 600)
     with tempfile.TemporaryDirectory(prefix="bench-update-") as tmp:
         work = Path(tmp)
         gap = swap_gap(bundle, video, work)
@@ -186,7 +186,7 @@ def main() -> BenchResult:
     figures = {k: round(v, 3) for k, v in {**gap, **upd}.items()}
     size_kb = bundle.stat().st_size / 1024
     md = (
-        f"digits96 int8 bundle ({size_kb:.0f} KiB), 1 thread.\n\n"
+        f"digits_big int8 bundle ({size_kb:.0f} KiB), 1 thread.\n\n"
         "| figure | value |\n|---|---|\n"
         f"| inference gap during a model swap on a running agent (largest interval between results "
         f"around the swap ÷ median interval) | **{gap['max_gap_ms']:.1f} ms** ÷ "
