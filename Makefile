@@ -30,7 +30,7 @@ unit: install
 	$(PY) -m pytest -q tests/unit
 
 demo: install sysdeps
-	$(PY) -m converter.demo
+	$(PY) -m deploy.demo
 
 bench: install sysdeps
 	$(PY) -m bench.run

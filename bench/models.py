@@ -1,8 +1,8 @@
 """Benchmark models, trained on real data (scikit-learn digits) and cached.
 
 ``digits``: the converter's example digits CNN (32x32 grey; well under 2 ms).
-``digits_big``: a heavier CNN (~390 M multiply-adds) on the same digits rendered at
-128x128 RGB, so one int8 inference costs a few milliseconds like a real edge classifier; the
+``digits_big``: a heavier CNN (~880 M multiply-adds) on the same digits rendered at
+192x192 RGB, so one int8 inference costs a few milliseconds like a real edge classifier; the
 throughput figures use it. Run as ``python -m bench.models`` in a child process
 so the benchmark process never loads TensorFlow.
 """
@@ -21,11 +21,11 @@ import numpy as np
 
 from bench.common import CACHE, run, tool
 
-BIG_SIZE = 128
+BIG_SIZE = 192
 
 
 def digits_big(images: np.ndarray) -> np.ndarray:
-    """32x32 grey digits → 128x128 BGR frames (ink tinted, as a camera would see them)."""
+    """32x32 grey digits → 192x192 BGR frames (ink tinted, as a camera would see them)."""
     out = []
     for img in images:
         big = cv2.resize(img, (BIG_SIZE, BIG_SIZE), interpolation=cv2.INTER_LINEAR)
@@ -61,7 +61,7 @@ def _train_big(out: Path) -> None:
     )
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     # The model is RGB; frames are BGR: give it RGB like the manifest's colour order will.
-    model.fit(x_big[..., ::-1].astype(np.float32), y_train, epochs=3, batch_size=32, verbose=0)
+    model.fit(x_big[..., ::-1].astype(np.float32), y_train, epochs=2, batch_size=32, verbose=0)
     model.save(str(out / "digits_big.keras"))
     # write_image_folder writes with cv2 (BGR), the converter reads with cv2 and converts to RGB.
     write_image_folder(x_big, y_train, out / "train_big")

@@ -42,9 +42,8 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
 
 from edge_agent.bundle import (
@@ -58,6 +57,9 @@ from edge_agent.bundle import (
     read_bundle,
 )
 from edge_agent.errors import BundleError, EdgeError
+
+if TYPE_CHECKING:  # cryptography costs ~8 MB RSS: import it only where a key is used
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from edge_agent.manifest import Manifest
 
 log = logging.getLogger(__name__)
@@ -239,10 +241,10 @@ def resolve_public_key(
     state_dir: Path, public_key: Path | Ed25519PublicKey | None = None
 ) -> Ed25519PublicKey | None:
     """The key signatures must verify with: explicit, else pinned on the device, else none."""
-    if isinstance(public_key, Ed25519PublicKey):
-        return public_key
-    if public_key is not None:
+    if isinstance(public_key, str | Path):
         return load_public_key(Path(public_key))
+    if public_key is not None:
+        return public_key
     for candidate in (state_dir / TRUSTED_KEY, SYSTEM_TRUSTED_KEY):
         if candidate.is_file():
             return load_public_key(candidate)
@@ -767,9 +769,6 @@ def note_agent_stop(state_dir: Path) -> None:
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``install-model``, ``rollback`` and ``models`` to ``edge-agent``."""
-    # Also put update_model/rollback into the MQTT command registry of a running agent
-    # (the CLI imports this module for every subcommand, `run` included).
-    import edge_agent.ota  # noqa: F401
     p = subparsers.add_parser(
         "install-model", help="verify, smoke-test and activate a model bundle",
         description="Install a bundle into the model store; the previous model is kept for rollback.",

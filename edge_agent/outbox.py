@@ -70,6 +70,7 @@ class OutboxCounters:
     refused_oversize: int = 0
     undeliverable: int = 0
     broker_failures: int = 0
+    write_errors: int = 0
 
 
 class OutboxFullError(Exception):
@@ -133,13 +134,18 @@ class Outbox:
             return False
         now = time.time()
         with self._lock:
-            if self._bytes + size > self.max_bytes:
-                self._evict_for(size)
-            cur = self._db.execute(
-                "INSERT INTO outbox (topic, payload, kind, created, size) VALUES (?, ?, ?, ?, ?)",
-                (topic, payload, _KIND_CODE[kind], now, size),
-            )
-            assert cur.lastrowid is not None
+            try:
+                if self._bytes + size > self.max_bytes:
+                    self._evict_for(size)
+                self._db.execute(
+                    "INSERT INTO outbox (topic, payload, kind, created, size) VALUES (?, ?, ?, ?, ?)",
+                    (topic, payload, _KIND_CODE[kind], now, size),
+                )
+            except sqlite3.Error as exc:
+                # Disk full, I/O error, closed: drop and count, never crash the caller's thread.
+                self.counters.write_errors += 1
+                log.error("outbox write failed, message for %s dropped: %s", topic, exc)
+                return False
             self._count += 1
             self._bytes += size
             self.counters.enqueued += 1
@@ -296,6 +302,7 @@ class Outbox:
             "evicted_age": c.evicted_age,
             "refused_oversize": c.refused_oversize,
             "undeliverable": c.undeliverable,
+            "write_errors": c.write_errors,
             "delivered": c.delivered,
             "replayed": c.replayed_sent,
         }

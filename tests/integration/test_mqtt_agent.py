@@ -126,6 +126,8 @@ def test_broker_killed_10s_at_20_per_s_loses_nothing(mqtt_broker_fn, collector_f
             stats = driver.wait_for("stopped")["stats"]
             raise AssertionError(f"missing seqs: {sorted(set(driver.seqs) - set(_seqs(col)))[:20]}; "
                                  f"agent stats {stats}; seen around the kill: {sorted(_seqs(col))[50:80]}")
+        births = [m for m in col.json("status") if m.get("state") == "online"]
+        assert len(births) >= 2, "the birth is sent again after the reconnect"
         out, _err = watch.communicate(timeout=40)
         report = {d["device_id"]: d for d in json.loads(out)["devices"]}[unique_id]
         received = _seqs(col)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -57,3 +58,36 @@ def test_password_from_credentials_directory(auth_broker, tmp_path: Path, monkey
         assert link.stats.refused == 0
     finally:
         link.stop()
+
+
+def test_v5_puback_failure_is_not_a_delivery(tmp_path: Path, monkeypatch, collector_factory):
+    """PUBACK 0x87 (not authorized) keeps the row and retries it; it is never counted as delivered."""
+    from edge_agent.envelope import EnvelopeFactory
+    from edge_agent.publishers.mqtt import MqttPublisher
+
+    monkeypatch.setattr("edge_agent.outbox.RETRY_DELAY_S", 0.2)
+    acl = tmp_path / "acl"
+    acl.write_text("user dev9\ntopic write edge/v1/dev9/status\ntopic write edge/v1/dev9/evt/ok\n"
+                   "topic read edge/v1/dev9/cmd/#\ntopic read edge/v1/dev9/config/desired\n"
+                   "user watcher\ntopic read edge/v1/#\n")
+    port = free_port()
+    broker = Mosquitto(tmp_path, plain_config(tmp_path, port) + f"acl_file {acl}\n", port)
+    broker.start()
+    try:
+        col = collector_factory(MqttSettings(broker=broker.url, username="watcher"), "edge/v1/dev9/#")
+        pub = MqttPublisher({"broker": broker.url, "username": "dev9", "keepalive": 5},
+                            envelope=EnvelopeFactory("dev9", tmp_path / "state"), state_dir=tmp_path / "state")
+        pub.outbox.max_attempts = 3
+        pub.start()
+        pub.publish("evt/denied", {"n": 1})
+        pub.publish("evt/ok", {"n": 2})
+        assert col.wait(lambda: bool(col.on("evt/ok")), 10)
+        deadline = time.monotonic() + 10
+        while pub.outbox.counters.undeliverable == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        c = pub.outbox.counters
+        assert c.delivered == 1 and c.broker_failures == 3 and c.undeliverable == 1
+        assert not col.on("evt/denied")
+        pub.stop(2)
+    finally:
+        broker.stop()

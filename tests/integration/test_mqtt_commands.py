@@ -142,3 +142,26 @@ def test_hostile_commands_through_the_broker(agent, operator, unique_id):
     assert operator.wait(lambda: any(a["id"] == "after" and a["status"] == "succeeded" for a in _acks(operator))
                          and bool(operator.json("evt/classification")), 5)
     print(f"{sent['n']} hostile commands through the broker in {elapsed:.1f} s")
+
+
+def test_subscriptions_and_birth_restored_after_broker_restart(mqtt_broker_fn, collector_factory, unique_id,
+                                                               tmp_path: Path):
+    pub = create_publisher("mqtt", config={"broker": mqtt_broker_fn.url, "keepalive": 5, "reconnect_max_s": 1},
+                           envelope=EnvelopeFactory(unique_id, tmp_path), control=FakeControl(), state_dir=tmp_path)
+    pub.start()
+    try:
+        assert isinstance(pub, MqttPublisher) and pub.link.wait_connected(10)
+        mqtt_broker_fn.kill()
+        (mqtt_broker_fn.workdir / "mosquitto.db").unlink(missing_ok=True)  # the broker forgets everything
+        mqtt_broker_fn.start()
+        col = collector_factory(MqttSettings(broker=mqtt_broker_fn.url, keepalive=5), f"edge/v1/{unique_id}/#")
+        deadline = time.monotonic() + 10
+        while not (pub.connected and pub.stats()["reconnects"] >= 1) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pub.stats()["reconnects"] >= 1
+        # The birth (retained) and the command subscription are back.
+        assert col.wait(lambda: any(m.get("state") == "online" for m in col.json("status")), 5)
+        col.link.publish(f"edge/v1/{unique_id}/cmd/ping", _cmd("after-restart"))
+        assert col.wait(lambda: any(a["id"] == "after-restart" for a in _acks(col)), 5)
+    finally:
+        pub.stop(timeout=2)

@@ -137,3 +137,10 @@ def test_survives_kill_9(tmp_path: Path) -> None:
     box = Outbox(path)
     seqs = [json.loads(r.payload)["seq"] for r in box.take(1000)]
     assert seqs == list(range(100, 500))
+
+
+def test_write_failure_is_counted_not_raised(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db")
+    box.close()
+    assert not box.put("t/evt/x", _msg(1), "result")
+    assert box.stats()["write_errors"] == 1
