@@ -62,7 +62,7 @@ def render_test_video(path: Path) -> np.ndarray:
 
     _, _, x_test, y_test = digits_split()
     height, width = x_test.shape[1:3]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"FFV1"), 30, (width * 2, height * 2))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"FFV1"), 30, (width * 2, height * 2))
     for image in x_test:
         big = cv2.resize(image, (width * 2, height * 2), interpolation=cv2.INTER_NEAREST)
         writer.write(cv2.cvtColor(big, cv2.COLOR_GRAY2BGR))
@@ -137,7 +137,7 @@ def run_demo(out: Path = DEMO_DIR) -> int:
         frames: dict[int, str] = {}
         for line in events_file.read_text().splitlines():
             payload = json.loads(line)
-            if "classes" in payload and payload["classes"]:
+            if payload.get("classes"):
                 frames[int(payload["frame"])] = payload["classes"][0]["label"]
         predicted = np.array([int(frames.get(i, -1)) for i in range(len(labels))])
         accuracy = float(np.mean(predicted == labels))
