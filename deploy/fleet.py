@@ -112,8 +112,7 @@ class DeviceView:
     messages: int = 0
     duplicates: int = 0
     replayed: int = 0
-    sessions: dict[str, SeqTracker] = field(default_factory=dict)
-    seen_keys: set[tuple[str, str, int]] = field(default_factory=set)
+    sessions: dict[tuple[str, str], SeqTracker] = field(default_factory=dict)
     last_ack: dict[str, Any] | None = None
 
     @property
@@ -201,14 +200,13 @@ class FleetState:
         view.messages += 1
         if body.get("replayed") is True:
             view.replayed += 1
-        key = (str(body.get("device_id", view.device_id)), str(body.get("boot_id", "")), seq)
-        session = str(body.get("session", ""))
-        tracker = view.sessions.setdefault(session, SeqTracker())
-        if key in view.seen_keys:
+        # A duplicate is the same (device_id, boot_id, seq); a copy of a message also carries the
+        # same session, so the per-session tracker (compact: a watermark plus the few seqs above
+        # it) answers "seen before?" without keeping every key forever.
+        key = (str(body.get("boot_id", "")), str(body.get("session", "")))
+        tracker = view.sessions.setdefault(key, SeqTracker())
+        if not tracker.add(seq):
             view.duplicates += 1
-            return
-        view.seen_keys.add(key)
-        tracker.add(seq)
 
     @staticmethod
     def _status(view: DeviceView, body: dict[str, Any], retained: bool, now: float) -> None:

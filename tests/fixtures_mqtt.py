@@ -18,10 +18,6 @@ import contextlib
 import datetime as dt
 import json
 import os
-import shutil
-import signal
-import socket
-import subprocess
 import threading
 import time
 import uuid
@@ -33,114 +29,10 @@ from typing import Any
 import pytest
 
 from deploy import certs
+from deploy.broker import Mosquitto, free_port, plain_config, tls_config
 from edge_agent.mqtt import InboundMessage, MqttLink, MqttSettings
 
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED_CONF = REPO / "deploy" / "mosquitto" / "mosquitto.conf"
-SHIPPED_ACL = REPO / "deploy" / "mosquitto" / "edge.acl"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def render_config(template: str, values: dict[str, str]) -> str:
-    """Replace ``key value`` lines of a mosquitto.conf by key; append keys not present."""
-    out: list[str] = []
-    seen: set[str] = set()
-    for line in template.splitlines():
-        key = line.split(" ", 1)[0] if line and not line.startswith("#") else ""
-        if key in values:
-            out.append(f"{key} {values[key]}")
-            seen.add(key)
-        else:
-            out.append(line)
-    out += [f"{k} {v}" for k, v in values.items() if k not in seen]
-    return "\n".join(out) + "\n"
-
-
-class Mosquitto:
-    """A mosquitto process on a fixed port that can be killed and restarted."""
-
-    def __init__(self, workdir: Path, conf_text: str, port: int, tls: bool = False) -> None:
-        self.workdir = workdir
-        self.port = port
-        self.tls = tls
-        self.conf = workdir / "mosquitto.conf"
-        self.conf.write_text(conf_text)
-        self.log = workdir / "mosquitto.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            log = self.log.open("ab")
-            self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=log, stderr=log,
-                                         cwd=self.workdir)
-            log.close()
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    break  # e.g. port still in use right after a kill: retry
-                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
-                    return
-                time.sleep(0.05)
-            if time.monotonic() >= deadline:
-                self.kill()
-                raise RuntimeError(f"mosquitto did not start; log:\n{self.log.read_text()[-2000:]}")
-            time.sleep(0.2)
-
-    def kill(self) -> None:
-        """kill -9: no clean shutdown, no final persistence save."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(5)
-        self.proc = None
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.proc = None
-
-    def restart(self) -> None:
-        self.kill()
-        self.start()
-
-
-def _user() -> str:
-    """Mosquitto started as root drops to user ``mosquitto``, which cannot read pytest's temp dirs."""
-    return "root" if os.geteuid() == 0 else os.environ.get("USER", "nobody")
-
-
-def plain_config(workdir: Path, port: int) -> str:
-    return "\n".join([
-        f"user {_user()}",
-        f"listener {port} 127.0.0.1",
-        "allow_anonymous true",
-        "persistence true",
-        f"persistence_location {workdir}/",
-        "autosave_interval 1",
-        "max_queued_messages 100000",
-        "max_inflight_messages 20",
-        "max_packet_size 262144",
-        "set_tcp_nodelay true",
-        "log_dest stderr",
-        "log_type error",
-        "log_type warning",
-        "log_type notice",
-        "",
-    ])
 
 
 @pytest.fixture(scope="session")
@@ -203,16 +95,7 @@ def tls_broker(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[M
     """The shipped config and ACL, only paths and port replaced."""
     workdir = tmp_path_factory.mktemp("mosquitto-tls")
     port = free_port()
-    shutil.copy(SHIPPED_ACL, workdir / "edge.acl")
-    conf = render_config(SHIPPED_CONF.read_text(), {
-        "user": _user(),
-        "listener": f"{port} 127.0.0.1",
-        "acl_file": str(workdir / "edge.acl"),
-        "persistence_location": f"{workdir}/",
-        "cafile": str(pki.ca.cert),
-        "certfile": str(pki.server.cert),
-        "keyfile": str(pki.server.key),
-    })
+    conf = tls_config(workdir, port, pki.ca.cert, pki.server.cert, pki.server.key)
     broker = Mosquitto(workdir, conf, port, tls=True)
     broker.start()
     yield broker

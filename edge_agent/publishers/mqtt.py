@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import edge_agent.ota  # noqa: F401 - registers the privileged update_model and rollback commands
 from edge_agent import __version__
 from edge_agent.commands import Ack, CommandError, CommandHandler, Route, load_public_key, parse_desired
 from edge_agent.envelope import SCHEMA, TOPIC_ROOT, EnvelopeFactory, topic_root

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from deploy.broker import Mosquitto
 from edge_agent.mqtt import MqttSettings
-from tests.fixtures_mqtt import Mosquitto
 from tests.integration.mqtt_helpers import Driver, fleet_cli_bg
 
 pytestmark = pytest.mark.integration

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from deploy.broker import Mosquitto, free_port, plain_config
 from edge_agent.mqtt import MqttLink, MqttSettings
-from tests.fixtures_mqtt import Mosquitto, free_port, plain_config
 
 pytestmark = pytest.mark.integration
 

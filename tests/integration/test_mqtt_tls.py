@@ -102,12 +102,12 @@ def test_agent_and_fleet_over_mutual_tls(tls_broker, pki, tmp_path: Path):
 def test_hostname_is_checked(pki, tmp_path: Path):
     """A broker whose certificate names another host is refused, even though the CA is trusted."""
     from deploy import certs
-    from tests.fixtures_mqtt import SHIPPED_ACL, SHIPPED_CONF, Mosquitto, _user, free_port, render_config
+    from deploy.broker import SHIPPED_ACL, SHIPPED_CONF, Mosquitto, free_port, render_config, run_as_user
 
     wrong = certs.issue(pki.dir, "other.example", server=True, dns=["other.example"], out_dir=tmp_path)
     port = free_port()
     conf = render_config(SHIPPED_CONF.read_text(), {
-        "user": _user(), "listener": f"{port} 127.0.0.1", "acl_file": str(SHIPPED_ACL),
+        "user": run_as_user(), "listener": f"{port} 127.0.0.1", "acl_file": str(SHIPPED_ACL),
         "persistence_location": f"{tmp_path}/", "cafile": str(pki.ca.cert), "certfile": str(wrong.cert),
         "keyfile": str(wrong.key),
     })

@@ -18,11 +18,12 @@ from typing import Any
 
 import pytest
 
+from deploy.broker import Mosquitto
 from deploy.fleet import send_command
 from edge_agent import modelstore
 from edge_agent.bundle import sha256_file
 from edge_agent.mqtt import MqttSettings
-from tests.fixtures_mqtt import Mosquitto, agent_env
+from tests.fixtures_mqtt import agent_env
 from tests.fixtures_ssh import BundleSet, DeployKeys
 
 pytestmark = pytest.mark.integration
