@@ -21,6 +21,7 @@ from bench.common import CACHE, BenchResult, RssWatcher, tool
 from bench.models import ensure_models
 
 FRAMES = 600
+ROUNDS = 3
 
 
 def render_video(test_dir: Path, path: Path, frames: int) -> Path:
@@ -58,6 +59,35 @@ def raw_loop_fps(bundle: Path, threads: int, iterations: int) -> float:
         interp.invoke()
         interp.get_tensor(out["index"])
     return iterations / (time.perf_counter() - start)
+
+
+_IMPORT_PROBE = """
+import importlib, json, sys
+def rss():
+    for line in open('/proc/self/status'):
+        if line.startswith('VmRSS:'):
+            return int(line.split()[1]) / 1024.0
+    return 0.0
+out = [('interpreter start', rss())]
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+    out.append((name, rss()))
+print(json.dumps(out))
+"""
+IMPORT_STEPS = ("numpy", "cv2", "edge_agent.manifest", "ai_edge_litert.interpreter", "edge_agent.pipeline",
+                "edge_agent.app")
+
+
+def import_costs() -> list[tuple[str, float]]:
+    """Resident memory added by each import on the agent's path, in import order (MB)."""
+    proc = subprocess.run([sys.executable, "-c", _IMPORT_PROBE, *IMPORT_STEPS], capture_output=True, text=True,
+                          check=True)
+    steps = [(str(name), float(mb)) for name, mb in json.loads(proc.stdout)]
+    costs, previous = [], 0.0
+    for name, value in steps:
+        costs.append((name, value - previous))
+        previous = value
+    return costs
 
 
 def run_agent(bundle: Path, video: Path, threads: int, frames: int) -> dict[str, float]:
@@ -99,25 +129,36 @@ def main() -> BenchResult:
     rows = []
     figures: dict[str, object] = {}
     for threads in (1, 2):
-        raw = raw_loop_fps(paths["digits_big_bundle"], threads, FRAMES)
-        agent = run_agent(paths["digits_big_bundle"], video_big, threads, FRAMES)
-        ratio = agent["fps"] / raw
-        rows.append(f"| digits_big int8 | {threads} | {1000 / raw:.2f} | {raw:.0f} | {agent['fps']:.0f} | "
+        # Alternate the two measurements and keep each one's best round, so a burst of
+        # load from elsewhere on the machine does not favour either side.
+        raws, agents = [], []
+        for _ in range(ROUNDS):
+            raws.append(raw_loop_fps(paths["digits_big_bundle"], threads, FRAMES))
+            agents.append(run_agent(paths["digits_big_bundle"], video_big, threads, FRAMES)["fps"])
+        raw, agent_fps = max(raws), max(agents)
+        ratio = agent_fps / raw
+        rows.append(f"| digits_big int8 | {threads} | {1000 / raw:.2f} | {raw:.0f} | {agent_fps:.0f} | "
                     f"**{ratio:.2f}** |")
         figures[f"throughput_ratio_t{threads}"] = round(ratio, 3)
         figures[f"raw_fps_t{threads}"] = round(raw, 1)
-        figures[f"agent_fps_t{threads}"] = round(agent["fps"], 1)
+        figures[f"agent_fps_t{threads}"] = round(agent_fps, 1)
     small = run_agent(paths["digits_bundle"], video32, 1, 300)
     figures["digits_peak_rss_mb"] = round(small["peak_rss_mb"], 1)
     figures["digits_first_result_s"] = round(small["first_result_s"], 3)
+    costs = import_costs()
+    cost_rows = "\n".join(f"| `{name}` | {mb:.1f} |" for name, mb in costs)
     md = (
         "Agent (`edge-agent run --events every`, video file, JSON lines to a pipe) against a bare "
-        "`set_tensor`/`invoke`/`get_tensor` loop on the same int8 model and thread count.\n\n"
+        "`set_tensor`/`invoke`/`get_tensor` loop on the same int8 model and thread count; best of "
+        f"{ROUNDS} alternating rounds each. `digits_big` is a CNN of ~880 M multiply-adds on 192x192 RGB "
+        "digits (see `bench/models.py`).\n\n"
         "| model | threads | raw ms/inference | raw fps | agent fps | agent ÷ raw |\n"
         "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
         f"Digits bundle (32x32 grey), 300 frames: peak RSS **{small['peak_rss_mb']:.1f} MB** "
         f"(target ≤ 80 MB), process start to first result **{small['first_result_s']:.2f} s** "
-        "(target ≤ 1.5 s).\n\nTarget: agent ÷ raw ≥ 0.9 for a model of at least 2 ms per inference.\n"
+        "(target ≤ 1.5 s).\n\nTarget: agent ÷ raw ≥ 0.9 for a model of at least 2 ms per inference.\n\n"
+        "Where the resident memory goes (RSS added by each import, cumulative order):\n\n"
+        "| step | MB |\n|---|---|\n" + cost_rows + "\n"
     )
     result = BenchResult("agent_pipeline", "Agent pipeline throughput, memory and start-up", figures, md,
                          {"throughput_ratio": ">= 0.9", "peak_rss_mb": "<= 80", "first_result_s": "<= 1.5"})
