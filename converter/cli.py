@@ -113,6 +113,8 @@ def build_inspect_parser() -> argparse.ArgumentParser:
     parser.add_argument("bundle", type=Path)
     parser.add_argument("--public-key", type=Path, metavar="KEY",
                         help="Ed25519 public key (PEM); a valid signature is then required")
+    parser.add_argument("--require-signature", action="store_true",
+                        help="exit 2 unless the signature was verified (needs --public-key)")
     return parser
 
 
@@ -138,12 +140,17 @@ def run_inspect(argv: Sequence[str]) -> int:
     args = build_inspect_parser().parse_args(list(argv))
     bundle = read_bundle(args.bundle, args.public_key)
     m = bundle.manifest
+    # The checksums only prove the files match the manifest; whoever edits the manifest
+    # rewrites them too. Only a verified signature vouches for the manifest itself.
     if bundle.signature_verified:
         signature = "valid (verified with the given public key)"
+        integrity = "manifest integrity verified: signed by the given public key"
     elif bundle.signature is not None:
-        signature = "present, not verified (pass --public-key to verify)"
+        signature = "present"
+        integrity = "signature present, NOT verified (pass --public-key)"
     else:
         signature = "none (unsigned bundle)"
+        integrity = "manifest integrity NOT verified: bundle is unsigned (sign with edge-deploy sign / --sign-key)"
     lines = [
         f"bundle      {args.bundle}",
         f"name        {m.name}  version {m.version}  task {m.task}  schema {m.schema_version}",
@@ -151,6 +158,7 @@ def run_inspect(argv: Sequence[str]) -> int:
         f"model       {m.model.file}  {m.model.size_bytes:,} bytes  sha256 {m.model.sha256}",
         "checksums   OK (model and every file match the manifest)",
         f"signature   {signature}",
+        f"integrity   {integrity}",
     ]
     for kind, specs in (("input", m.inputs), ("output", m.outputs)):
         for spec in specs:
@@ -173,6 +181,9 @@ def run_inspect(argv: Sequence[str]) -> int:
     if m.validation:
         lines.append("validation  " + ", ".join(f"{k}={v}" for k, v in m.validation.items()))
     print("\n".join(lines))
+    if args.require_signature and not bundle.signature_verified:
+        print(f"{PROG}: error: {args.bundle}: {integrity}", file=sys.stderr)
+        return EXIT_USAGE
     return 0
 
 

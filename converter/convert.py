@@ -21,6 +21,7 @@ TensorFlow is never imported in this process.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import logging
 import os
@@ -157,9 +158,28 @@ def check_output_writable(output: Path) -> None:
     try:
         fd, probe = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".probe", dir=parent)
     except OSError as exc:
-        raise ConvertError(f"cannot write bundle {output}: {exc.strerror or exc}") from exc
+        raise ConvertError(f"cannot write bundle {output}: {_create_failure(parent, exc)}") from exc
     os.close(fd)
     os.unlink(probe)
+
+
+def _create_failure(directory: Path, exc: OSError) -> str:
+    """Why no file can be created in an existing ``directory``, in the user's words.
+
+    The bare strerror misleads: /proc answers ENOENT ("No such file or directory")
+    for a directory that plainly exists.
+    """
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"directory {directory} is not writable ({reason}); choose another --output"
+    if exc.errno == errno.EROFS:
+        return f"directory {directory} is on a read-only filesystem; choose another --output"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left in directory {directory} ({reason})"
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EINVAL, errno.EOPNOTSUPP):
+        return (f"cannot create files in directory {directory} (it exists but refuses new files, "
+                f"as /proc and /sys do: {reason}); choose another --output")
+    return f"cannot create files in directory {directory}: {reason}"
 
 
 def read_labels_file(path: Path) -> list[str]:

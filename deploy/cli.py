@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -94,6 +95,17 @@ class Ssh:
         return ["scp", "-q", *self._options(), "-P", str(self.target.port), str(local),
                 f"{self.target.host}:{remote}"]
 
+    def check_connection(self) -> str | None:
+        """Log in and run ``true``; None when that works, else one line saying why not.
+
+        scp hides the reason (``scp: Connection closed``), so the commands that
+        start with an upload check first and report ``cannot connect to HOST:PORT: …``.
+        """
+        proc = self.run("true", timeout=self.connect_timeout + 30)
+        if proc.returncode == 0:
+            return None
+        return _connect_failure(self.target, proc) or _ssh_failure(proc)
+
     def run(self, remote_command: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         return _run(self.ssh_argv(remote_command), timeout)
 
@@ -126,6 +138,25 @@ def _last_json(text: str) -> dict[str, Any] | None:
 def _ssh_failure(proc: subprocess.CompletedProcess[str]) -> str:
     text = (proc.stderr or proc.stdout).strip().splitlines()
     return text[-1] if text else f"exit code {proc.returncode}"
+
+
+_CONNECT_RE = re.compile(r"connect to host \S+ port \d+: (?P<reason>.+)")
+_RESOLVE_RE = re.compile(r"Could not resolve hostname \S+?: (?P<reason>.+)")
+
+
+def _connect_failure(target: Target, proc: subprocess.CompletedProcess[str]) -> str | None:
+    """``cannot connect to HOST:PORT: REASON`` when ssh itself failed (exit 255), else None."""
+    if proc.returncode not in (124, 255):  # 124: our timeout; 255: ssh's own errors
+        return None
+    where = f"{target.host.rpartition('@')[2]}:{target.port}"
+    text = (proc.stderr or "").strip()
+    for line in reversed(text.splitlines()):
+        if match := _CONNECT_RE.search(line):
+            return f"cannot connect to {where}: {match.group('reason').strip()}"
+        if match := _RESOLVE_RE.search(line):
+            return f"cannot connect to {where}: unknown host name ({match.group('reason').strip()})"
+    last = text.splitlines()[-1].removeprefix("ssh: ") if text else f"ssh exit code {proc.returncode}"
+    return f"cannot connect to {where}: {last}"
 
 
 def describe_model(model: dict[str, Any] | None) -> str:
@@ -183,6 +214,9 @@ def _agent_command(args: argparse.Namespace, *words: str) -> str:
 
 
 def push_one(ssh: Ssh, bundle: Path, args: argparse.Namespace) -> HostResult:
+    unreachable = ssh.check_connection()
+    if unreachable is not None:
+        return HostResult(ssh.target, False, "unreachable", unreachable)
     remote = f"/tmp/edge-deploy-{uuid.uuid4().hex}.bundle"
     copied = ssh.copy(bundle, remote)
     if copied.returncode != 0:
@@ -365,10 +399,22 @@ def _for_each_host(args: argparse.Namespace, action: Callable[[Ssh], HostResult]
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
+    missing = [flag for flag, value in (("--private", args.private), ("--public", args.public)) if value is None]
+    if missing:
+        raise DeployError(f"keygen needs {' and '.join(f'{m} FILE' for m in missing)}: where to write the "
+                          "key pair (e.g. --private ~/.config/edge/signing.key --public signing.pub)")
+    if args.private.resolve() == args.public.resolve():
+        raise DeployError("--private and --public must be different files")
     for path in (args.private, args.public):
-        if path.exists() and not args.force:
+        if (path.exists() or path.is_symlink()) and not args.force:
             raise DeployError(f"{path} exists; use --force to overwrite it")
-    generate_keypair(args.private, args.public)
+        if not path.absolute().parent.is_dir():
+            raise DeployError(f"cannot write {path}: directory {path.absolute().parent} does not exist")
+    try:
+        generate_keypair(args.private, args.public)
+    except OSError as exc:
+        raise DeployError(f"cannot write key file in {Path(exc.filename or args.private).parent}: "
+                          f"{exc.strerror or exc}") from exc
     print(f"private key: {args.private} (keep it secret)\npublic key:  {args.public} "
           "(pin it on devices: edge-deploy install-agent --public-key)")
     return 0
@@ -434,8 +480,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("keygen", help="create an Ed25519 signing key pair")
-    p.add_argument("--private", type=Path, default=Path("edge-signing.key"))
-    p.add_argument("--public", type=Path, default=Path("edge-signing.pub"))
+    p.add_argument("--private", type=Path, metavar="FILE",
+                   help="where to write the private key (mode 0600; keep it offline); required")
+    p.add_argument("--public", type=Path, metavar="FILE",
+                   help="where to write the public key (pin it on devices); required")
     p.add_argument("--force", action="store_true", help="overwrite existing key files")
     p.set_defaults(handler=cmd_keygen)
 

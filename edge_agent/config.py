@@ -32,6 +32,23 @@ OVERRIDES_FILE = "config-overrides.json"
 _POLICY_RE = re.compile(r"^(every|change|interval:(\d+(\.\d+)?))$")
 
 
+def default_state_dir(*, environ: Mapping[str, str] | None = None) -> Path:
+    """The agent's state directory when none is configured.
+
+    ``$STATE_DIRECTORY`` (set by systemd's ``StateDirectory=``; the first entry
+    when it lists several), else ``$XDG_STATE_HOME/edge-agent``, else
+    ``~/.local/state/edge-agent``. Never a path relative to the working directory.
+    """
+    environ = os.environ if environ is None else environ
+    systemd = environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if systemd:
+        return Path(systemd)
+    xdg = environ.get("XDG_STATE_HOME", "")
+    if xdg and Path(xdg).is_absolute():  # the XDG spec says to ignore relative values
+        return Path(xdg) / "edge-agent"
+    return Path.home() / ".local" / "state" / "edge-agent"
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -189,7 +206,11 @@ class AgentConfig(_Section):
         "dev1", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
         description="One MQTT topic level: letters, digits, '_', '.', '-'.",
     )
-    state_dir: Path = Field(default_factory=lambda: Path(os.environ.get("STATE_DIRECTORY") or "state"))
+    state_dir: Path = Field(
+        default_factory=default_state_dir,
+        description="Default: $STATE_DIRECTORY (systemd StateDirectory=), else "
+        "$XDG_STATE_HOME/edge-agent (~/.local/state/edge-agent).",
+    )
     max_frames: int | None = Field(None, ge=1, description="Stop after this many inferences.")
     duration_s: float | None = Field(None, gt=0, description="Stop after this many seconds.")
     publisher: Literal["auto", "stdout", "mqtt"] = "auto"
@@ -203,7 +224,7 @@ class AgentConfig(_Section):
     @field_validator("state_dir", mode="before")
     @classmethod
     def _state_dir(cls, value: Any) -> Any:
-        return value if value not in (None, "") else Path(os.environ.get("STATE_DIRECTORY") or "state")
+        return value if value not in (None, "") else default_state_dir()
 
     @property
     def publisher_kind(self) -> str:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import fcntl
 import hashlib
 import json
@@ -320,6 +321,11 @@ def install_model(
             _swap_links(state_dir, new_target=new, new_previous=current)
             timings["swap"] = _ms_since(t0)
             _crash_point("swapped")
+        except EdgeError as exc:
+            renamed = _name_given_bundle(exc, temp, bundle_path)
+            if renamed is exc:
+                raise
+            raise renamed from exc
         finally:
             with contextlib.suppress(OSError):
                 temp.unlink()
@@ -400,6 +406,21 @@ def _step(step: str, func: Any) -> Any:
         raise
     except EdgeError as exc:
         raise InstallError(str(exc), step=step) from exc
+
+
+def _name_given_bundle(exc: EdgeError, temp: Path, given: Path) -> EdgeError:
+    """``exc`` with the internal ``tmp/incoming-….part`` copy replaced by the user's bundle path.
+
+    Verification and the smoke test run on the private copy, so their messages name
+    it; the user should see the file they gave. The exception type and attributes
+    (e.g. ``InstallError.step``) are kept.
+    """
+    message = str(exc)
+    if str(temp) not in message:
+        return exc
+    renamed = copy.copy(exc)
+    renamed.args = (message.replace(str(temp), str(given)), *exc.args[1:])
+    return renamed
 
 
 def _ms_since(t0: float) -> float:

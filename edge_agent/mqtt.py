@@ -340,6 +340,21 @@ class MqttLink:
     def connected(self) -> bool:
         return self._connected.is_set()
 
+    @property
+    def network_thread_alive(self) -> bool:
+        """paho's network thread (``loop_start``) is running.
+
+        It survives broker outages (it reconnects); it ends on ``stop()``, or when an
+        exception escapes into paho, after which nothing would ever be sent or
+        received again. The systemd watchdog is gated on this.
+        """
+        if not self._started:
+            return False
+        if not hasattr(self._client, "_thread"):  # a paho without it: trust our own bookkeeping
+            return True
+        thread: threading.Thread | None = self._client._thread  # paho 2.x: set by loop_start()
+        return thread is not None and thread.is_alive()
+
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
 

@@ -250,6 +250,11 @@ class OtaUpdater:
         downloads = state_dir / DOWNLOADS
         timings: dict[str, float] = {}
         self.last_timings = timings
+        fixed = getattr(self.host, "fixed_model", None)
+        if fixed is not None:  # installing into the store would never reach the running agent
+            return Ack(cmd_id, "failed", f"the agent runs the fixed model file {fixed} (model.bundle / "
+                       "--bundle); over-the-air updates need the model store: unset it",
+                       {"active": _active(state_dir)})
         try:
             downloads.mkdir(parents=True, exist_ok=True)
             for stale in downloads.iterdir():
@@ -274,13 +279,17 @@ class OtaUpdater:
         if result.status == "already_active":
             return Ack(cmd_id, "succeeded", "already active", {"active": result.active.describe()})
 
+        new = result.active.describe()
         try:
-            self.host.reload_model()
+            loaded = self.host.reload_model()
         except EdgeError as exc:
             back = self._roll_back(f"the running agent cannot load the new model: {exc}")
             return Ack(cmd_id, "failed", back, {"active": _active(state_dir)})
+        running = loaded.get("sha256") if isinstance(loaded, dict) else None
+        if running and running not in (new["sha256"], new["bundle_sha256"]):
+            back = self._roll_back(f"the running agent loaded {running[:12]}, not the installed model")
+            return Ack(cmd_id, "failed", back, {"active": _active(state_dir)})
         timings["swapped_s"] = time.monotonic() - t0
-        new = result.active.describe()
         reply(Ack(cmd_id, "in_progress",
                   f"installed {new['name']} {new['version']}; probation {request.probation_s:.0f} s",
                   {"active": new}))
@@ -338,6 +347,9 @@ class OtaUpdater:
 
     def rollback(self, cmd_id: str) -> Ack:
         """The signed ``rollback`` command: previous becomes active again (downgrade)."""
+        fixed = getattr(self.host, "fixed_model", None)
+        if fixed is not None:
+            return Ack(cmd_id, "failed", f"the agent runs the fixed model file {fixed}; nothing to roll back")
         if not self._busy.acquire(blocking=False):
             return Ack(cmd_id, "failed", "busy: a model update is in progress")
         try:
@@ -395,6 +407,12 @@ class AgentHost:
     def bundle_key(self) -> Path | None:
         key = self.agent.config.model.public_key
         return Path(key) if key else None
+
+    @property
+    def fixed_model(self) -> Path | None:
+        """The model file the agent was told to run (``--bundle``), which the store cannot replace."""
+        bundle = self.agent.config.model.bundle
+        return Path(bundle) if bundle else None
 
     def reload_model(self) -> dict[str, str]:
         result: dict[str, str] = self.agent.reload_model()

@@ -165,6 +165,7 @@ class Agent:
         self._finished = threading.Event()
         self._reload_requested = threading.Event()
         self._settings_lock = threading.Lock()
+        self._reload_lock = threading.Lock()  # SIGHUP (main thread) vs OTA worker / MQTT commands
         self._engine: Engine | None = None
         self.source: Source | None = None
         self.publisher: Publisher | None = None
@@ -343,14 +344,15 @@ class Agent:
         Raises:
             EdgeError: the new model cannot be loaded or needs a different source.
         """
-        old = self._engine
-        new = self._load_engine()
-        if old is not None:
-            _check_compatible(old.model, new.model)
-        self._engine = new  # one reference assignment: the inference thread picks it up
-        self._policy = EventPolicy(self._policy.spec)
-        if self.publisher is not None and self.envelope is not None:
-            self.publisher.publish("status", self.envelope.wrap({"state": "online", **self.status_info()}))
+        with self._reload_lock:
+            old = self._engine
+            new = self._load_engine()
+            if old is not None:
+                _check_compatible(old.model, new.model)
+            self._engine = new  # one reference assignment: the inference thread picks it up
+            self._policy = EventPolicy(self._policy.spec)
+            if self.publisher is not None and self.envelope is not None:
+                self.publisher.publish("status", self.envelope.wrap({"state": "online", **self.status_info()}))
         log.info("model swapped to %s %s", new.model.manifest.name, new.model.manifest.version)
         return new.model.info()
 
@@ -603,7 +605,10 @@ class Agent:
                     outputs = engine.model.runtime.infer(tensor)
                     t2 = perf()
                     result = engine.task.decode(outputs, item, context)
-                except (EdgeError, ValueError, TypeError) as exc:
+                except (EdgeError, ValueError, TypeError, RuntimeError) as exc:
+                    # RuntimeError: the interpreter failed to invoke (e.g. an op rejects this
+                    # input). A per-frame error, counted (OTA probation watches the rate); it
+                    # must not end the inference thread and with it the agent.
                     stats.errors += 1
                     if time.monotonic() - error_logged > 10.0:
                         error_logged = time.monotonic()

@@ -124,9 +124,12 @@ class PipelineStats:
         """One line for stderr at the end of a run."""
         snap = self.snapshot(now)
         invoke = snap["latency_ms"].get("invoke", {})
+        if invoke.get("p50") is None:
+            latency = "no inferences"
+        else:
+            latency = f"invoke p50 {invoke['p50']} ms p95 {invoke['p95']} ms"
         return (
             f"{self.frames_in} in, {self.frames_inferred} inferred, {self.frames_dropped} dropped, "
             f"{self.results_published} published in {snap['run_s']:.1f} s "
-            f"({snap['mean_fps_inferred']:.1f} fps); "
-            f"invoke p50 {invoke.get('p50')} ms p95 {invoke.get('p95')} ms"
+            f"({snap['mean_fps_inferred']:.1f} fps); {latency}"
         )

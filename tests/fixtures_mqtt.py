@@ -6,6 +6,7 @@
   devices and the ``fleet`` operator, a cert from another CA, an expired cert.
 - ``tls_broker`` (session): the shipped ``deploy/mosquitto`` config and ACL, rendered
   with the generated certificates and a free port.
+- ``digit_frames`` (session): 20 real digit PNGs for the real agent's looping source.
 - ``unique_id``: a fresh device id / topic level per test.
 
 :class:`Collector` subscribes through :class:`edge_agent.mqtt.MqttLink` (tests too go
@@ -100,6 +101,21 @@ def tls_broker(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[M
     broker.start()
     yield broker
     broker.stop()
+
+
+@pytest.fixture(scope="session")
+def digit_frames(tmp_path_factory: pytest.TempPathFactory, digits_data: Any) -> Path:
+    """A folder of 20 real digit images (two of each class, in label order), for ``edge-agent run --loop``."""
+    import cv2
+
+    _, _, x_test, y_test = digits_data
+    folder = tmp_path_factory.mktemp("digit-frames")
+    n = 0
+    for label in range(10):
+        for image in x_test[y_test == label][:2]:
+            assert cv2.imwrite(str(folder / f"{n:03d}-{label}.png"), image)
+            n += 1
+    return folder
 
 
 @pytest.fixture

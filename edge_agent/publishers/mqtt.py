@@ -225,6 +225,16 @@ class MqttPublisher(Publisher):
     def connected(self) -> bool:
         return self.link.connected
 
+    def thread_alive(self) -> bool:
+        """paho's network thread and our sender and command threads all run.
+
+        :meth:`edge_agent.pipeline.Agent.is_healthy` (and so the systemd watchdog)
+        uses this. A broker outage does not make it false; a dead thread does.
+        """
+        if not self._started:
+            return False
+        return self.link.network_thread_alive and all(t.is_alive() for t in self._threads)
+
     # ---- status and acks ----------------------------------------------------------------
     def _status_body(self, state: str, seq: bool = True) -> dict[str, Any]:
         info: dict[str, Any] = {}

@@ -9,7 +9,9 @@ of the stream; live sources retry (with jittered exponential backoff) inside
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import random
 import threading
 import time
@@ -22,6 +24,26 @@ import numpy as np
 from edge_agent.errors import SourceError
 
 log = logging.getLogger(__name__)
+
+
+def import_cv2() -> Any:
+    """OpenCV, with its own console logging (and FFmpeg's) limited to nothing but errors.
+
+    Without this a file OpenCV cannot open prints a ``[ WARN:0@…] global cap.cpp…``
+    line (and FFmpeg a ``[mov,mp4,… @ 0x…] moov atom not found`` line) on stderr
+    before the agent's own one-line error. ``OPENCV_LOG_LEVEL`` and
+    ``OPENCV_FFMPEG_LOGLEVEL`` in the environment still win, for debugging a
+    camera or codec.
+    """
+    # Read by OpenCV when its FFmpeg backend first opens something, so setting it
+    # here works even when cv2 itself was imported earlier. -8 is AV_LOG_QUIET.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    import cv2
+
+    if not os.environ.get("OPENCV_LOG_LEVEL"):
+        with contextlib.suppress(AttributeError):  # OpenCV builds without the logging module
+            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    return cv2
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.errors import SourceError
-from edge_agent.sources.base import ReconnectingSource
+from edge_agent.sources.base import ReconnectingSource, import_cv2
 
 
 def camera_index(uri: str) -> int | str:
@@ -36,7 +36,7 @@ class CameraSource(ReconnectingSource):
             raise SourceError(f"camera {self._device} does not exist; list cameras with `v4l2-ctl --list-devices`")
 
     def _connect(self) -> None:
-        import cv2
+        cv2 = import_cv2()
 
         cap = cv2.VideoCapture(self._device, cv2.CAP_V4L2)
         if not cap.isOpened():

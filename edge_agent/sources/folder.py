@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from edge_agent.errors import SourceError
-from edge_agent.sources.base import Frame, Item, Source
+from edge_agent.sources.base import Frame, Item, Source, import_cv2
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class FolderSource(Source):
         return self._files[self._pos - 1] if self._pos else None
 
     def read(self) -> Item | None:
-        import cv2
+        cv2 = import_cv2()
 
         while not self._stop.is_set():
             if self._pos >= len(self._files):

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.errors import SourceError
-from edge_agent.sources.base import ReconnectingSource
+from edge_agent.sources.base import ReconnectingSource, import_cv2
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ class StreamSource(ReconnectingSource):
         self._connect_opencv()
 
     def _connect_opencv(self) -> None:
-        import cv2
+        cv2 = import_cv2()
 
         ms = int(self._timeout * 1000)
         params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
@@ -136,7 +136,7 @@ class StreamSource(ReconnectingSource):
         self._cap = cap
 
     def _decode(self, data: bytes | None) -> np.ndarray | None:
-        import cv2
+        cv2 = import_cv2()
 
         if not data:
             return None

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.errors import SourceError
-from edge_agent.sources.base import Frame, Item, Source
+from edge_agent.sources.base import Frame, Item, Source, import_cv2
 
 
 class VideoFileSource(Source):
@@ -22,7 +22,7 @@ class VideoFileSource(Source):
         self._index = 0
 
     def _open(self) -> Any:
-        import cv2
+        cv2 = import_cv2()
 
         cap = cv2.VideoCapture(str(self._path), cv2.CAP_FFMPEG)
         if not cap.isOpened():

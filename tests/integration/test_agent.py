@@ -167,7 +167,8 @@ def test_config_file_and_config_errors(models: Path, colour_folder: Path, tmp_pa
     assert code != 0 and "events.policy" in stderr and len(stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("problem", ["missing_bundle", "checksum", "unreadable_source", "no_sidecar",
+@pytest.mark.parametrize("problem", ["missing_bundle", "checksum", "unreadable_source", "not_a_video",
+                                     "corrupt_mp4", "no_sidecar",
                                      "audio_source_for_image_model", "bad_delegate", "sidecar_size_mismatch"])
 def test_clear_errors(models: Path, colour_folder: Path, tmp_path: Path, problem: str) -> None:
     bundle, source = models / "colours.tflite", str(colour_folder)
@@ -189,6 +190,11 @@ def test_clear_errors(models: Path, colour_folder: Path, tmp_path: Path, problem
     elif problem == "unreadable_source":
         source = str(tmp_path / "missing.mp4")
         expected = "not found"
+    elif problem == "not_a_video":  # OpenCV's own "[ WARN:0@…] global cap.cpp…" line must not show
+        source, expected = str(ROOT / "README.md"), "not a video"
+    elif problem == "corrupt_mp4":  # nor FFmpeg's "[mov,mp4,… @ 0x…] moov atom not found"
+        (tmp_path / "broken.mp4").write_bytes(b"\0\0\0\x18ftypisom" + bytes(range(256)) * 4)
+        source, expected = str(tmp_path / "broken.mp4"), "not a video"
     elif problem == "no_sidecar":
         bundle = tmp_path / "lonely.tflite"
         bundle.write_bytes((models / "colours.tflite").read_bytes())

@@ -194,6 +194,22 @@ def test_inspect_refuses_altered_model(digits_bundle: Path, tmp_path: Path,
     assert len(err.splitlines()) == 1
 
 
+def test_inspect_says_an_unsigned_manifest_is_not_verified(digits_bundle: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Editing an unsigned bundle's manifest leaves every checksum consistent: only a
+    signature can tell, so inspect must say the manifest itself is unverified."""
+    altered = tmp_path / "relabelled.bundle"
+    _rewrite(digits_bundle, altered, "manifest")
+    assert cli_main(["inspect", str(altered)]) == 0  # informational by default
+    out = capsys.readouterr().out
+    assert "checksums   OK" in out
+    assert ("integrity   manifest integrity NOT verified: bundle is unsigned "
+            "(sign with edge-deploy sign / --sign-key)") in out.splitlines()
+    assert cli_main(["inspect", str(altered), "--require-signature"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("edge-convert: error:") and "NOT verified" in err[0]
+
+
 def test_inspect_refuses_altered_manifest_of_signed_bundle(
         savedmodel_signed: tuple[Path, dict[str, Any]], signing_keys: tuple[Path, Path], tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
@@ -210,7 +226,13 @@ def test_inspect_signature_right_and_wrong_key(savedmodel_signed: tuple[Path, di
     assert cli_main(["inspect", str(bundle), "--public-key", str(signing_keys[1])]) == 0
     assert "valid (verified" in capsys.readouterr().out
     assert cli_main(["inspect", str(bundle)]) == 0
-    assert "present, not verified" in capsys.readouterr().out
+    assert "signature present, NOT verified (pass --public-key)" in capsys.readouterr().out
+    assert cli_main(["inspect", str(bundle), "--require-signature"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [
+        f"edge-convert: error: {bundle}: signature present, NOT verified (pass --public-key)"]
+    assert cli_main(["inspect", str(bundle), "--public-key", str(signing_keys[1]), "--require-signature"]) == 0
+    assert "manifest integrity verified" in capsys.readouterr().out
     generate_keypair(tmp_path / "other.pem", tmp_path / "other.pub")
     assert cli_main(["inspect", str(bundle), "--public-key", str(tmp_path / "other.pub")]) == 2
     assert "does not verify" in capsys.readouterr().err

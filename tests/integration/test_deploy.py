@@ -117,6 +117,22 @@ def test_several_hosts_table_and_failure_exit(
     assert _active(device_state) == sha256_file(test_bundles.good)
 
 
+def test_push_to_a_closed_port_says_cannot_connect(
+    sshd_device: SshDevice, device_state: Path, test_bundles: BundleSet
+) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]  # nothing listens here once the socket is closed
+    proc = _deploy("push", str(test_bundles.good), "--host", f"{sshd_device.host}:{closed}",
+                   *sshd_device.ssh_args(with_host=False), "--state-dir", str(device_state),
+                   "--connect-timeout", "3", "--json")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    [row] = json.loads(proc.stdout)
+    assert not row["ok"] and row["summary"] == "unreachable"
+    assert row["detail"] == f"cannot connect to 127.0.0.1:{closed}: Connection refused", row
+    assert "scp" not in proc.stdout and _active(device_state) is None
+
+
 def test_install_agent_dry_run_shows_every_step(sshd_device: SshDevice, deploy_keys: DeployKeys,
                                                 tmp_path: Path) -> None:
     proc = _deploy("install-agent", "--host", sshd_device.host, "--port", str(sshd_device.port),

@@ -1,6 +1,11 @@
-"""OTA end to end over a real Mosquitto: signed update_model/rollback commands sent with the
-operator tool (deploy.fleet.send_command), a device process running the real MQTT publisher
-and command layer with real inference (tests/ota_device.py), bundles served over HTTP."""
+"""OTA end to end against the REAL agent: ``edge-agent run --state-dir S --public-key K --broker B``
+(an installed model, a looping folder source), a real Mosquitto, bundles served over HTTP on
+127.0.0.1, and signed ``update_model``/``rollback`` commands sent with the operator's tool
+(``deploy.fleet.send_command``, the code behind ``edge-fleet send --sign-key``).
+
+What the agent serves is read from what it publishes: ``model_sha256`` in its results and its
+retained ``status`` (a fresh subscriber gets it from the broker).
+"""
 
 from __future__ import annotations
 
@@ -8,25 +13,49 @@ import functools
 import http.server
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
 import pytest
 
 from deploy.broker import Mosquitto
 from deploy.fleet import send_command
 from edge_agent import modelstore
-from edge_agent.bundle import sha256_file
+from edge_agent.bundle import generate_keypair, load_private_key, read_bundle, sha256_file
 from edge_agent.mqtt import MqttSettings
-from tests.fixtures_mqtt import agent_env
+from tests import deploy_helpers
+from tests.fixtures_mqtt import Collector
 from tests.fixtures_ssh import BundleSet, DeployKeys
+from tests.integration.agent_helpers import LiveAgent, run_agent
 
 pytestmark = pytest.mark.integration
+
+# A float 16x16x1 classifier that runs its golden vectors (random inputs in [0, 1)) fine but whose
+# GATHER index, floor(10 * max(input)), is out of bounds for a white frame (1.0): every live
+# inference fails with an interpreter error. It passes install and smoke test, fails probation.
+_POISON_SCRIPT = r"""
+import sys
+import numpy as np
+import tensorflow as tf
+rng = np.random.default_rng(7)
+w = tf.constant(rng.normal(size=(256, 10)).astype(np.float32) / 16)
+table = tf.constant(rng.normal(size=(10, 10)).astype(np.float32))
+@tf.function(input_signature=[tf.TensorSpec([1, 16, 16, 1], tf.float32)])
+def f(x):
+    flat = tf.reshape(x, [1, 256])
+    idx = tf.cast(tf.reduce_max(flat) * 10.0, tf.int32)
+    return tf.nn.softmax(tf.matmul(flat, w) + tf.gather(table, tf.reshape(idx, [1])))
+conv = tf.lite.TFLiteConverter.from_concrete_functions([f.get_concrete_function()], f)
+open(sys.argv[1], "wb").write(conv.convert())
+"""
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -45,32 +74,69 @@ def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
     server.server_close()
 
 
+@pytest.fixture(scope="module")
+def poison_bundle(tmp_path_factory: pytest.TempPathFactory, deploy_keys: DeployKeys) -> Path:
+    base = tmp_path_factory.mktemp("poison")
+    model = base / "poison.tflite"
+    subprocess.run([sys.executable, "-c", _POISON_SCRIPT, str(model)], check=True, capture_output=True,
+                   timeout=300)
+    return deploy_helpers.bundle_from_model(base / "poison.bundle", model.read_bytes(), name="poison",
+                                            version="1.0.0", sign_key=load_private_key(deploy_keys.private))
+
+
+@pytest.fixture(scope="module")
+def frames(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """White frames: the poison model cannot run them; any real model can."""
+    folder = tmp_path_factory.mktemp("ota-frames")
+    for i in range(2):
+        cv2.imwrite(str(folder / f"{i}.png"), np.full((32, 32, 3), 255, np.uint8))
+    return folder
+
+
 def _offer(web: tuple[Path, str], bundle: Path, **extra: Any) -> dict[str, Any]:
     shutil.copy(bundle, web[0] / bundle.name)
     return {"url": f"{web[1]}/{bundle.name}", "sha256": sha256_file(bundle),
             "size": bundle.stat().st_size, **extra}
 
 
-class Device:
-    def __init__(self, broker: Mosquitto, state: Path, device_id: str, key: Path) -> None:
-        self.state, self.device_id, self.key = state, device_id, key
-        self.settings = MqttSettings.from_any(None, broker=broker.url, reconnect_max_s=2.0)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.ota_device", "--broker", broker.url, "--device-id", device_id,
-             "--state-dir", str(state), "--command-key", str(key)],
-            stdout=subprocess.PIPE, text=True, env=agent_env())
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        assert json.loads(line) == {"ready": True}, line
-        deadline = time.monotonic() + 20  # wait until connected and subscribed: ping answers
-        while time.monotonic() < deadline:
-            ack = send_command(self.settings, device_id, "ping", {}, timeout=2)
-            if ack is not None and ack.get("status") == "succeeded":
-                break
-        else:
-            raise AssertionError("the device never answered ping")
+def model_sha(bundle: Path) -> str:
+    """The sha256 of the model inside a bundle (what results carry as ``model_sha256``)."""
+    return read_bundle(bundle, require_signature=False).manifest.model.sha256
 
-    def send(self, command: str, args: dict[str, Any], sign_key: Path | None, timeout: float = 60
+
+class Device:
+    """The real ``edge-agent run`` with a store, a pinned key and a broker; watched over MQTT."""
+
+    def __init__(self, broker: Mosquitto, state: Path, device_id: str, key: Path, frames: Path,
+                 collector: Collector) -> None:
+        self.broker, self.state, self.device_id = broker, state, device_id
+        self.settings = MqttSettings.from_any(None, broker=broker.url, reconnect_max_s=2.0)
+        self.col = collector
+        self.agent = LiveAgent(
+            "--state-dir", state, "--public-key", key, "--broker", broker.url, "--device-id", device_id,
+            "--source", frames, "--loop", "--fps", "20", "--events", "every", "--health-interval", "1",
+            "--keepalive", "5",
+        )
+        self.wait(lambda: len(self.results()) >= 3, 30, "no results from the agent")
+        ack = send_command(self.settings, device_id, "ping", {}, timeout=10)  # subscribed to commands
+        assert ack is not None and ack.get("status") == "succeeded", ack
+
+    def results(self) -> list[dict[str, Any]]:
+        return self.col.json("/evt/classification")
+
+    def wait(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
+        if not self.col.wait(lambda: predicate() or self.agent.proc.poll() is not None, timeout) \
+                or not predicate():
+            code = self.agent.proc.poll()
+            raise AssertionError(f"{what} (agent exit code {code}); stderr: {self.stderr_tail()}")
+
+    def stderr_tail(self) -> str:
+        if self.agent.proc.poll() is None:
+            return "(agent running)"
+        self.agent.finish()
+        return self.agent.stderr[-3000:]
+
+    def send(self, command: str, args: dict[str, Any], sign_key: Path | None, timeout: float = 20
              ) -> tuple[list[dict[str, Any]], dict[str, Any] | None, float]:
         progress: list[dict[str, Any]] = []
         t0 = time.monotonic()
@@ -78,82 +144,134 @@ class Device:
                              sign_key=sign_key, on_ack=progress.append)
         return progress, final, time.monotonic() - t0
 
-    def active(self) -> str | None:
+    def serving(self, sha: str, n: int = 5, timeout: float = 15) -> None:
+        """The next ``n`` results come from the model with this sha256, and the agent still runs."""
+        start = len(self.results())
+        self.wait(lambda: len(self.results()) >= start + n + 2, timeout, f"no new results for {sha[:12]}")
+        shas = {r["model_sha256"] for r in self.results()[start + 2:]}  # +2: in flight before a swap
+        assert shas == {sha}, shas
+
+    def retained_status(self) -> dict[str, Any]:
+        """What a fresh subscriber gets: the broker's retained ``status`` of this device."""
+        col = Collector(self.settings, (f"edge/v1/{self.device_id}/status",)).start()
+        try:
+            assert col.wait(lambda: bool(col.on("/status")), 5), "no retained status"
+            message = col.on("/status")[0]
+            assert message.retain
+            body: dict[str, Any] = json.loads(message.payload)
+            return body
+        finally:
+            col.stop()
+
+    def store_active(self) -> str | None:
         model = modelstore.active_model(self.state)
         return model.sha256 if model else None
 
-    def stop(self) -> dict[str, Any]:
-        self.proc.terminate()
-        out, _ = self.proc.communicate(timeout=15)
-        return json.loads(out.strip().splitlines()[-1])
+    def stop(self) -> None:
+        code = self.agent.finish(signal.SIGTERM, timeout=15)
+        assert code == 0, self.agent.stderr[-3000:]
 
 
 @pytest.fixture
 def device(mqtt_broker: Mosquitto, tmp_path: Path, deploy_keys: DeployKeys, test_bundles: BundleSet,
-           unique_id: str) -> Iterator[Device]:
+           unique_id: str, frames: Path, collector_factory: Callable[..., Collector]) -> Iterator[Device]:
     state = tmp_path / "state"
     state.mkdir()
-    shutil.copy(deploy_keys.public, state / modelstore.TRUSTED_KEY)
-    modelstore.install_model(test_bundles.good, state)
-    dev = Device(mqtt_broker, state, unique_id, deploy_keys.public)
+    code, _, err = run_agent(test_bundles.good, "--state-dir", state, "--public-key", deploy_keys.public,
+                             command="install-model", timeout=60)
+    assert code == 0, err
+    col = collector_factory(MqttSettings(broker=mqtt_broker.url, keepalive=5), f"edge/v1/{unique_id}/#")
+    dev = Device(mqtt_broker, state, unique_id, deploy_keys.public, frames, col)
     yield dev
-    if dev.proc.poll() is None:
-        dev.proc.kill()
-        dev.proc.wait()
+    if dev.agent.proc.poll() is None:
+        dev.agent.finish(signal.SIGKILL)
 
 
-def test_update_over_mqtt_success_then_signed_rollback(device: Device, web: tuple[Path, str],
-                                                        test_bundles: BundleSet,
-                                                        deploy_keys: DeployKeys) -> None:
-    args = _offer(web, test_bundles.good_v2, probation_s=1.0)
-    progress, final, elapsed = device.send("update_model", args, deploy_keys.private)
-    assert final is not None and final["status"] == "succeeded", (progress, final)
-    assert [a["status"] for a in progress] == ["in_progress", "in_progress", "succeeded"]
-    assert device.active() == sha256_file(test_bundles.good_v2)
-    print(f"update_model -> succeeded over MQTT: {elapsed:.2f} s (1 s probation), "
+def test_update_success_downgrade_refused_signed_rollback(device: Device, web: tuple[Path, str],
+                                                         test_bundles: BundleSet,
+                                                         deploy_keys: DeployKeys) -> None:
+    old, new = model_sha(test_bundles.good), model_sha(test_bundles.good_v2)
+    device.serving(old)
+    progress, final, elapsed = device.send("update_model", _offer(web, test_bundles.good_v2, probation_s=1.0),
+                                           deploy_keys.private, timeout=30)
+    assert final is not None and final["status"] == "succeeded", (progress, final, device.stderr_tail())
+    assert [a["status"] for a in progress] == ["in_progress", "in_progress", "succeeded"], progress
+    assert "probation" in progress[1]["reason"]
+    assert final["result"]["active"]["sha256"] == new
+    assert device.store_active() == sha256_file(test_bundles.good_v2)
+    device.serving(new)
+    status = device.retained_status()
+    assert status["state"] == "online" and status["model"]["sha256"] == new, status
+    print(f"\nreal agent: update_model -> succeeded {elapsed:.2f} s (1 s probation), "
           f"device timings {final['result']['timings']}")
 
-    # downgrade by update_model is refused; the signed rollback command does it
-    progress, final, _ = device.send("update_model", _offer(web, test_bundles.good, probation_s=0),
-                                     deploy_keys.private)
-    assert final is not None and final["status"] == "failed"
+    # the same model again is a no-op
+    _, final, _ = device.send("update_model", _offer(web, test_bundles.good_v2, probation_s=0),
+                              deploy_keys.private)
+    assert final is not None and final["status"] == "succeeded" and final["reason"] == "already active"
+
+    # a downgrade by update_model is refused; only the signed rollback command does it
+    _, final, _ = device.send("update_model", _offer(web, test_bundles.good, probation_s=0), deploy_keys.private)
+    assert final is not None and final["status"] == "failed", final
     assert "downgrades need a signed rollback" in final["reason"]
+    device.serving(new)
     _, final, _ = device.send("rollback", {}, None, timeout=10)
-    assert final is not None and final["status"] == "rejected" and "signature" in final["reason"]
+    assert final is not None and final["status"] == "rejected" and "signature" in final["reason"], final
     _, final, elapsed = device.send("rollback", {}, deploy_keys.private, timeout=20)
     assert final is not None and final["status"] == "succeeded", final
-    assert device.active() == sha256_file(test_bundles.good)
-    print(f"rollback over MQTT: {elapsed:.2f} s round trip, store {final['result']['rollback_ms']} ms")
-    stats = device.stop()
-    assert stats["errors"] == 0 and stats["inferences"] > 0
-    print(f"inference gap around the swaps: {stats['max_gap_ms']} ms")
+    assert final["result"]["active"]["sha256"] == old
+    assert device.store_active() == sha256_file(test_bundles.good)
+    device.serving(old)
+    assert device.retained_status()["model"]["sha256"] == old
+    print(f"real agent: rollback {elapsed:.2f} s round trip, store {final['result']['rollback_ms']} ms")
+    device.stop()
 
 
-def test_unsigned_command_rejected(device: Device, web: tuple[Path, str], test_bundles: BundleSet) -> None:
-    _, final, _ = device.send("update_model", _offer(web, test_bundles.good_v2), None, timeout=10)
-    assert final is not None and final["status"] == "rejected"
-    assert device.active() == sha256_file(test_bundles.good)
-
-
-def test_hash_mismatch_and_bad_bundle_signature(device: Device, web: tuple[Path, str],
-                                                test_bundles: BundleSet, deploy_keys: DeployKeys) -> None:
-    args = {**_offer(web, test_bundles.good_v2), "sha256": "ab" * 32}
-    _, final, _ = device.send("update_model", args, deploy_keys.private)
-    assert final is not None and final["status"] == "failed" and "sha256 mismatch" in final["reason"]
-    _, final, _ = device.send("update_model", _offer(web, test_bundles.wrong_signature),
-                              deploy_keys.private)
-    assert final is not None and final["status"] == "failed" and "does not verify" in final["reason"]
-    assert device.active() == sha256_file(test_bundles.good)
-    assert final["result"]["active"]["bundle_sha256"] == sha256_file(test_bundles.good)
+def test_rejected_and_failed_updates_keep_the_old_model(device: Device, web: tuple[Path, str],
+                                                        test_bundles: BundleSet, deploy_keys: DeployKeys,
+                                                        tmp_path: Path) -> None:
+    old = model_sha(test_bundles.good)
+    offer = _offer(web, test_bundles.good_v2)
+    # unsigned command
+    _, final, _ = device.send("update_model", offer, None, timeout=10)
+    assert final is not None and final["status"] == "rejected" and "signature" in final["reason"], final
+    # command signed with a key the device does not trust
+    stranger = tmp_path / "stranger.key"
+    generate_keypair(stranger, tmp_path / "stranger.pub")
+    _, final, _ = device.send("update_model", offer, stranger, timeout=10)
+    assert final is not None and final["status"] == "rejected" and "signature" in final["reason"], final
+    # hash mismatch
+    _, final, _ = device.send("update_model", {**offer, "sha256": "ab" * 32}, deploy_keys.private)
+    assert final is not None and final["status"] == "failed" and "sha256 mismatch" in final["reason"], final
+    # bundle signed by another key
+    _, final, _ = device.send("update_model", _offer(web, test_bundles.wrong_signature), deploy_keys.private)
+    assert final is not None and final["status"] == "failed" and "does not verify" in final["reason"], final
+    assert final["result"]["active"]["sha256"] == old
+    # detached signature in the command that does not match the bundle
+    bad_sig = {**offer, "signature": "A" * 86 + "=="}
+    _, final, _ = device.send("update_model", bad_sig, deploy_keys.private)
+    assert final is not None and final["status"] == "failed" and "bad signature" in final["reason"], final
+    assert device.store_active() == sha256_file(test_bundles.good)
+    device.serving(old)
+    assert device.retained_status()["model"]["sha256"] == old
+    device.stop()
 
 
 def test_probation_failure_rolls_back_automatically(device: Device, web: tuple[Path, str],
-                                                    test_bundles: BundleSet,
-                                                    deploy_keys: DeployKeys) -> None:
-    args = _offer(web, test_bundles.wrong_input, allow_new_input=True, probation_s=15)
-    progress, final, elapsed = device.send("update_model", args, deploy_keys.private)
-    assert final is not None and final["status"] == "failed", (progress, final)
-    assert "probation failed" in final["reason"] and "rolled back to" in final["reason"]
-    assert device.active() == sha256_file(test_bundles.good)
-    assert elapsed < 15
-    print(f"update_model -> probation failure -> rolled back: {elapsed:.2f} s")
+                                                    test_bundles: BundleSet, deploy_keys: DeployKeys,
+                                                    poison_bundle: Path) -> None:
+    old = model_sha(test_bundles.good)
+    device.serving(old)
+    args = _offer(web, poison_bundle, allow_new_input=True, probation_s=20)
+    progress, final, elapsed = device.send("update_model", args, deploy_keys.private, timeout=30)
+    assert final is not None and final["status"] == "failed", (progress, final, device.stderr_tail())
+    assert [a["status"] for a in progress] == ["in_progress", "in_progress", "failed"], progress
+    assert "probation failed: error rate" in final["reason"] and "rolled back to" in final["reason"], final
+    assert final["result"]["active"]["sha256"] == old
+    assert elapsed < 20  # detected well before the probation period ends
+    assert device.store_active() == sha256_file(test_bundles.good)
+    device.serving(old)
+    assert device.retained_status()["model"]["sha256"] == old
+    print(f"\nreal agent: update_model -> probation failure -> rolled back {elapsed:.2f} s, "
+          f"device timings {final['result']['timings']}")
+    device.stop()

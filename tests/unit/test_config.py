@@ -8,6 +8,7 @@ import pytest
 
 from edge_agent.config import (
     AgentConfig,
+    default_state_dir,
     env_overrides,
     load_config,
     parse_event_policy,
@@ -141,3 +142,18 @@ def test_remote_settings_validation() -> None:
         validate_settings({"score_threshold": 2})
     with pytest.raises(ConfigError):
         validate_settings({"events": "sometimes"})
+
+
+def test_state_dir_default_is_never_relative_to_cwd(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    assert AgentConfig().state_dir == tmp_path / "xdg" / "edge-agent"
+    assert load_config(None, {}, environ={}).state_dir == tmp_path / "xdg" / "edge-agent"
+    monkeypatch.setenv("XDG_STATE_HOME", "relative/ignored")  # the XDG spec: relative values are invalid
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert AgentConfig().state_dir == tmp_path / "home" / ".local" / "state" / "edge-agent"
+    monkeypatch.delenv("XDG_STATE_HOME")
+    assert AgentConfig().state_dir.is_absolute()
+    several = {"STATE_DIRECTORY": "/var/lib/edge-agent:/var/lib/other"}
+    assert default_state_dir(environ=several) == Path("/var/lib/edge-agent")
+    assert default_state_dir(environ={"XDG_STATE_HOME": "/x"}) == Path("/x/edge-agent")

@@ -201,6 +201,18 @@ def test_output_path_checks(tmp_path: Path) -> None:
         check_output_writable(tmp_path / "no" / "out.bundle")
 
 
+
+@pytest.mark.parametrize("directory", ["/proc", "/sys"])
+def test_output_in_a_directory_that_refuses_files(directory: str) -> None:
+    # chmod 0555 does not stop root; /proc (ENOENT) and /sys (EACCES) refuse new files for everyone
+    with pytest.raises(ConvertError) as info:
+        check_output_writable(Path(directory) / "x.bundle")
+    message = str(info.value)
+    assert "No such file or directory" not in message.split("(", maxsplit=1)[0], message
+    assert f"directory {directory}" in message and ("not writable" in message or "cannot create files" in message)
+    assert "does not exist" not in message
+
+
 def test_labels_file(tmp_path: Path) -> None:
     (tmp_path / "l.txt").write_text("cat\n\n dog \n")
     assert read_labels_file(tmp_path / "l.txt") == ["cat", "dog"]

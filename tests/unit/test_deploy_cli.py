@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import io
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from deploy import cli
 from edge_agent.bundle import read_bundle
-from edge_agent.commands import COMMANDS
 from edge_agent.errors import SignatureError
 from tests import deploy_helpers
 from tests.fixtures_ssh import BundleSet
@@ -44,6 +45,29 @@ def test_parse_target(text: str, host: str, port: int) -> None:
 def test_parse_target_refuses(text: str) -> None:
     with pytest.raises(cli.DeployError):
         cli.parse_target(text, 22)
+
+
+def test_keygen_needs_explicit_paths_and_never_overwrites(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    for argv in (["keygen"], ["keygen", "--private", "a.key"], ["keygen", "--public", "a.pub"]):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("edge-deploy: error: keygen needs") and err.count("\n") == 1, err
+        assert "--public" in err if "--public" not in argv else "--private" in err
+    assert list(tmp_path.iterdir()) == []  # nothing written into the working directory
+    priv, pub = tmp_path / "k.key", tmp_path / "k.pub"
+    pub.write_text("someone else's key\n")
+    assert cli.main(["keygen", "--private", str(priv), "--public", str(pub)]) == 2
+    assert f"{pub} exists; use --force" in capsys.readouterr().err
+    assert not priv.exists() and pub.read_text() == "someone else's key\n"
+    assert cli.main(["keygen", "--private", str(priv), "--public", str(pub), "--force"]) == 0
+    assert "BEGIN PUBLIC KEY" in pub.read_text() and priv.stat().st_mode & 0o777 == 0o600
+    old_private = priv.read_bytes()
+    assert cli.main(["keygen", "--private", str(priv), "--public", str(tmp_path / "new.pub")]) == 2
+    assert priv.read_bytes() == old_private and not (tmp_path / "new.pub").exists()
+    assert cli.main(["keygen", "--private", str(priv), "--public", str(tmp_path / "no" / "k.pub"), "--force"]) == 2
+    assert "does not exist" in capsys.readouterr().err and priv.read_bytes() == old_private
 
 
 def test_hosts_file_and_dedup(tmp_path: Path) -> None:
@@ -87,8 +111,13 @@ def test_table() -> None:
     assert lines[0].startswith("HOST") and "FAILED" in lines[2] and lines[2].startswith("pi@bb:2222")
 
 
-def test_ota_commands_registered_by_the_cli() -> None:
-    from edge_agent.cli import build_parser
-
-    build_parser()
-    assert COMMANDS["update_model"].privileged and COMMANDS["rollback"].privileged
+def test_ota_commands_registered_with_the_mqtt_publisher() -> None:
+    # In a fresh interpreter: registration must not depend on what other tests imported.
+    code = (
+        "import edge_agent.publishers.mqtt\n"
+        "from edge_agent.commands import COMMANDS\n"
+        "assert COMMANDS['update_model'].privileged and COMMANDS['rollback'].privileged\n"
+        "assert not COMMANDS['ping'].privileged\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr

@@ -72,10 +72,15 @@ def test_bad_bundle_refused_previous_stays(
 ) -> None:
     modelstore.install_model(test_bundles.good, store)
     before = _active_sha(store)
+    given = getattr(test_bundles, kind)
     with pytest.raises(modelstore.InstallError) as info:
-        modelstore.install_model(getattr(test_bundles, kind), store)
+        modelstore.install_model(given, store)
     assert info.value.step == step
     assert words in str(info.value)
+    # the refusal names the bundle the user gave, never the store's private copy
+    assert ".part" not in str(info.value) and "incoming-" not in str(info.value), str(info.value)
+    if kind in ("tampered", "truncated", "unsigned", "wrong_signature"):
+        assert str(info.value).startswith(str(given)) or f"bundle {given}" in str(info.value), str(info.value)
     assert _active_sha(store) == before
     assert modelstore.previous_model(store) is None
     assert not list((store / "tmp").iterdir())

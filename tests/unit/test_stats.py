@@ -59,6 +59,15 @@ def test_snapshot_is_pure_and_complete() -> None:
     assert a["latency_ms"]["invoke"]["p50"] == pytest.approx(2.0)
     assert a["fps_inferred"] == pytest.approx(1.0)
     assert "5 inferred" in stats.summary(now=14.0)
+    assert stats.summary(now=14.0).endswith("; invoke p50 2.0 ms p95 2.0 ms")
+
+
+def test_summary_without_inferences_says_so() -> None:
+    stats = PipelineStats()
+    stats.record_in(10.0)
+    line = stats.summary(now=11.0)
+    assert line.endswith("; no inferences") and "None" not in line, line
+    assert line.startswith("1 in, 0 inferred, 0 dropped, 0 published")
 
 
 def test_parse_throttled_flags() -> None:
