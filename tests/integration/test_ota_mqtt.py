@@ -224,6 +224,14 @@ def test_update_success_downgrade_refused_signed_rollback(device: Device, web: t
     device.serving(old)
     assert device.retained_status()["model"]["sha256"] == old
     print(f"real agent: rollback {elapsed:.2f} s round trip, store {final['result']['rollback_ms']} ms")
+
+    # forward again without probation: the bare download + install + smoke test + swap time
+    progress, final, elapsed = device.send("update_model", _offer(web, test_bundles.good_v2, probation_s=0),
+                                           deploy_keys.private, timeout=30)
+    assert final is not None and final["status"] == "succeeded", (progress, final)
+    device.serving(new)
+    print(f"real agent: update_model -> succeeded {elapsed:.2f} s (no probation), "
+          f"device timings {final['result']['timings']}")
     device.stop()
 
 
