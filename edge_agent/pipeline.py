@@ -351,6 +351,8 @@ class Agent:
                 _check_compatible(old.model, new.model)
             self._engine = new  # one reference assignment: the inference thread picks it up
             self._policy = EventPolicy(self._policy.spec)
+            # Probation judges the new model's latency: old timings must not linger in p95.
+            self.stats.forget_model_latency()
             if self.publisher is not None and self.envelope is not None:
                 self.publisher.publish("status", self.envelope.wrap({"state": "online", **self.status_info()}))
         log.info("model swapped to %s %s", new.model.manifest.name, new.model.manifest.version)

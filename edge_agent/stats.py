@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 STAGES = ("capture", "preprocess", "invoke", "decode", "publish")
+MODEL_STAGES = ("preprocess", "invoke", "decode")
 LATENCY_WINDOW = 1024
 RATE_WINDOW_S = 5.0
 
@@ -31,6 +32,10 @@ class LatencyWindow:
         self._values.append(seconds)
         self.count += 1
         self.total_s += seconds
+
+    def forget(self) -> None:
+        """Drop the recent durations (percentiles restart); lifetime count and total stay."""
+        self._values.clear()
 
     def snapshot(self) -> dict[str, float | int | None]:
         values = np.fromiter(tuple(self._values), dtype=np.float64)
@@ -94,6 +99,12 @@ class PipelineStats:
 
     def add(self, stage: str, seconds: float) -> None:
         self.stages[stage].add(seconds)
+
+    def forget_model_latency(self) -> None:
+        """After a model swap: percentiles of model-dependent stages describe the new model only."""
+        for name in MODEL_STAGES:
+            if name in self.stages:
+                self.stages[name].forget()
 
     def snapshot(self, now: float | None = None) -> dict[str, Any]:
         """Current figures as plain JSON-ready values; does not modify state."""

@@ -95,3 +95,16 @@ def test_health_sample_has_all_fields(tmp_path: Path) -> None:
         assert key in sample
     assert sample["disk_free_bytes"] > 0
     assert sample["mem"]["rss_bytes"] > 0
+
+
+def test_model_swap_forgets_model_latency_but_keeps_counts() -> None:
+    stats = PipelineStats()
+    for _ in range(50):
+        stats.add("invoke", 0.100)  # a slow old model
+        stats.add("capture", 0.010)
+    stats.forget_model_latency()
+    stats.add("invoke", 0.002)
+    snap = stats.snapshot()
+    assert snap["latency_ms"]["invoke"]["p95"] == 2.0
+    assert snap["latency_ms"]["invoke"]["n"] == 51
+    assert snap["latency_ms"]["capture"]["p95"] == 10.0  # not model-dependent: kept
