@@ -6,8 +6,9 @@
   client wrapper with the same window (the ratio is the outbox's cost).
 - Drain: 10,000 results queued while the broker is down, then the broker started;
   time until the outbox is empty.
-- RSS: an agent-like child process publishing 50 results/s while the broker is
-  down for 60 s (``EDGE_BENCH_OUTAGE_S`` to change); RSS sampled every second.
+- RSS: the real ``edge-agent run`` (digits bundle, looping video paced at 50 fps,
+  every result published) while the broker is down for 60 s
+  (``EDGE_BENCH_OUTAGE_S`` to change); RSS sampled every second.
 """
 
 from __future__ import annotations
@@ -16,16 +17,17 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import BenchResult
+from bench.agent_pipeline import render_video
+from bench.common import CACHE, BenchResult, RssWatcher, tool
+from bench.models import ensure_models
+from deploy.broker import Mosquitto, free_port, plain_config
 from edge_agent.envelope import EnvelopeFactory
 from edge_agent.mqtt import MqttLink, MqttSettings
 from edge_agent.publishers.mqtt import MqttPublisher
@@ -33,41 +35,6 @@ from edge_agent.publishers.mqtt import MqttPublisher
 N_THROUGHPUT = 5000
 N_DRAIN = 10_000
 WINDOW = 10
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class _Broker:
-    def __init__(self, work: Path) -> None:
-        self.port = _free_port()
-        self.conf = work / "mosquitto.conf"
-        user = "root" if os.geteuid() == 0 else os.environ.get("USER", "nobody")
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\nuser {user}\n"
-                             "set_tcp_nodelay true\nmax_queued_messages 100000\n")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        for _ in range(100):
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
-                return
-            time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
 
 
 def _publisher(url: str, state: Path) -> MqttPublisher:
@@ -88,7 +55,7 @@ def _body(i: int) -> dict[str, Any]:
             "latency_ms": 3.2, "model_sha256": "ab" * 32}
 
 
-def outbox_throughput(broker: _Broker, work: Path) -> dict[str, float]:
+def outbox_throughput(broker: Mosquitto, work: Path) -> dict[str, float]:
     pub = _publisher(broker.url, work / "tp")
     pub.start()
     assert pub.link.wait_connected(10)
@@ -124,7 +91,7 @@ def outbox_throughput(broker: _Broker, work: Path) -> dict[str, float]:
     }
 
 
-def drain_time(broker: _Broker, work: Path) -> dict[str, float]:
+def drain_time(broker: Mosquitto, work: Path) -> dict[str, float]:
     broker.stop()
     pub = _publisher(broker.url, work / "drain")
     pub.start()
@@ -142,51 +109,52 @@ def drain_time(broker: _Broker, work: Path) -> dict[str, float]:
     return {"drain_10k_s": round(drain_s, 2), "enqueue_10k_s": round(enqueue_s, 2), "outbox_mb_10k": round(size_mb, 1)}
 
 
-def _child(url: str, state: str, rate: float) -> None:
-    pub = _publisher(url, Path(state))
-    pub.start()
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    i = 0
-    next_t = time.monotonic()
-    while not stop.is_set():
-        pub.publish("evt/classification", _body(i))
-        i += 1
-        next_t += 1.0 / rate
-        stop.wait(max(0.0, next_t - time.monotonic()))
-    pub.stop(1)
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024.0
-    return 0.0
-
-
-def outage_rss(broker: _Broker, work: Path) -> dict[str, Any]:
+def outage_rss(broker: Mosquitto, work: Path) -> dict[str, Any]:
+    """The real agent publishing 50 results/s (digits bundle, looping video) while the broker is down."""
     outage_s = float(os.environ.get("EDGE_BENCH_OUTAGE_S", "60"))
+    paths = ensure_models()
+    video = render_video(paths["digits_test"], CACHE / "digits32.avi", 300)
     broker.stop()
-    proc = subprocess.Popen([sys.executable, "-m", "bench.mqtt_outbox", "--child", broker.url,
-                             str(work / "rss"), "50"])
+    cmd = [tool("edge-agent"), "run", "--bundle", str(paths["digits_bundle"]), "--source", str(video), "--loop",
+           "--fps", "50", "--events", "every", "--health-interval", "5", "--device-id", "bench-outage",
+           "--state-dir", str(work / "agent-state"), "--broker", broker.url, "--keepalive", "5"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    watcher = RssWatcher(proc.pid, interval=1.0)
     time.sleep(3.0)  # imports done, steady state
-    samples = []
     t0 = time.monotonic()
-    while time.monotonic() - t0 < outage_s:
-        samples.append(_rss_mb(proc.pid))
+    while time.monotonic() - t0 < outage_s and proc.poll() is None:
         time.sleep(1.0)
     proc.send_signal(signal.SIGTERM)
     proc.wait(30)
+    watcher.stop()
+    samples = [mb for t, mb in watcher.samples if t >= 3.0]
+    if len(samples) < 10:
+        err = proc.stderr.read() if proc.stderr else ""
+        raise RuntimeError(f"agent did not run through the outage: {err[-2000:]}")
     first = sum(samples[:5]) / 5
     last = sum(samples[-5:]) / 5
+    queued = _outbox_rows(work / "agent-state")
     return {"outage_s": outage_s, "rss_start_mb": round(first, 1), "rss_end_mb": round(last, 1),
-            "rss_growth_mb": round(last - first, 1), "rss_max_mb": round(max(samples), 1)}
+            "rss_growth_mb": round(last - first, 1), "rss_max_mb": round(max(samples), 1),
+            "queued_after_outage": queued}
+
+
+def _outbox_rows(state: Path) -> int:
+    import sqlite3
+
+    db = state / "outbox.db"
+    if not db.exists():
+        return 0
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return int(conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
 
 
 def main() -> BenchResult:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        broker = _Broker(work)
+        (work / "broker").mkdir()
+        port = free_port()
+        broker = Mosquitto(work / "broker", plain_config(work / "broker", port), port)
         broker.start()
         try:
             figures = outbox_throughput(broker, work)
@@ -206,8 +174,9 @@ Local Mosquitto 2 on loopback, QoS 1, {WINDOW} messages in flight, one ~300-byte
 | enqueue rate into the outbox (caller side) | {f['enqueue_msgs_per_s']:.0f}/s |
 | time to drain 10,000 results queued during an outage (from broker start) | {f['drain_10k_s']} s |
 | outbox size on disk for 10,000 results | {f['outbox_mb_10k']} MB |
-| agent-like process RSS during a {f['outage_s']:.0f} s outage at 50 results/s: start → end (max) | \
+| `edge-agent run` RSS during a {f['outage_s']:.0f} s outage at 50 results/s: start → end (max) | \
 {f['rss_start_mb']} → {f['rss_end_mb']} MB ({f['rss_max_mb']} MB) |
+| results queued on disk at the end of the outage | {f['queued_after_outage']} |
 
 Queued messages live in SQLite, not in memory, so RSS stays flat while the broker is away
 (growth {f['rss_growth_mb']} MB over the outage).
@@ -219,7 +188,4 @@ Queued messages live in SQLite, not in memory, so RSS stays flat while the broke
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        _child(sys.argv[2], sys.argv[3], float(sys.argv[4]))
-    else:
-        print(main().markdown)
+    print(main().markdown)
