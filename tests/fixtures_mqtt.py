@@ -7,6 +7,7 @@
 - ``tls_broker`` (session): the shipped ``deploy/mosquitto`` config and ACL, rendered
   with the generated certificates and a free port.
 - ``digit_frames`` (session): 20 real digit PNGs for the real agent's looping source.
+- ``start_agent``: starts the real ``edge-agent run --broker`` (:class:`RealAgent`).
 - ``unique_id``: a fresh device id / topic level per test.
 
 :class:`Collector` subscribes through :class:`edge_agent.mqtt.MqttLink` (tests too go
@@ -32,6 +33,7 @@ import pytest
 from deploy import certs
 from deploy.broker import Mosquitto, free_port, plain_config, tls_config
 from edge_agent.mqtt import InboundMessage, MqttLink, MqttSettings
+from tests.integration.mqtt_helpers import RealAgent
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -116,6 +118,31 @@ def digit_frames(tmp_path_factory: pytest.TempPathFactory, digits_data: Any) -> 
             assert cv2.imwrite(str(folder / f"{n:03d}-{label}.png"), image)
             n += 1
     return folder
+
+
+FPS = 20  # the real agent's pace in the MQTT tests: about 20 results per second
+
+
+@pytest.fixture
+def start_agent(digits_bundle: Path, digit_frames: Path, tmp_path: Path) -> Iterator[Callable[..., RealAgent]]:
+    """Start the real ``edge-agent run --broker`` (digits bundle, looping digit images, --fps 20,
+    --events every); ``start(broker, device_id, state_dir, *extra_args, **RealAgent options)``.
+    Every agent started is killed at teardown if still running."""
+    # Reconnect within 1-2 s once the broker is back (the default backoff grows up to 60 s).
+    config = tmp_path / "agent-mqtt.toml"
+    config.write_text("[mqtt]\nreconnect_min_s = 1\nreconnect_max_s = 2\n")
+    made: list[RealAgent] = []
+
+    def start(broker: Mosquitto, device_id: str, state: Path, *extra: str, **kw: Any) -> RealAgent:
+        kw.setdefault("fps", FPS)
+        agent = RealAgent(broker.url, device_id, state, digits_bundle, digit_frames, "--config", str(config),
+                          *extra, **kw)
+        made.append(agent)
+        return agent
+
+    yield start
+    for agent in made:
+        agent.close()
 
 
 @pytest.fixture

@@ -1,91 +1,98 @@
-"""Run ``tests.mqtt_driver`` (the publisher in its own process) and read what it published."""
+"""Run the real ``edge-agent run --broker …`` in a child process; ``edge-fleet`` helpers.
+
+:class:`RealAgent` starts the agent with a real model on a looping folder of real
+digit images paced with ``--fps`` and ``--events every``, so it publishes one result
+per frame (about ``fps`` results per second) through its durable outbox. With a
+broker the agent prints nothing on stdout; its log goes to a file next to the state
+directory, its final one-line summary (``… N published …``) to that log.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import signal
+import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from tests.fixtures_mqtt import agent_env
+from tests.integration.agent_helpers import agent_env
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-class Driver:
-    def __init__(self, broker: str, device_id: str, state_dir: Path, *extra: str, rate: float = 20.0,
-                 count: int = 0) -> None:
-        self.seqs: list[int] = []
-        self.events: list[dict[str, Any]] = []
-        self._cond = threading.Condition()
-        cmd = [sys.executable, "-m", "tests.mqtt_driver", "--broker", broker, "--device-id", device_id,
-               "--state-dir", str(state_dir), "--rate", str(rate), "--count", str(count), *extra]
-        self.stderr_path = state_dir.parent / f"driver-{device_id}-{time.monotonic_ns()}.log"
+class RealAgent:
+    def __init__(self, broker: str, device_id: str, state_dir: Path, bundle: Path, source: Path, *extra: str,
+                 fps: float = 20.0, health_interval: float = 1.0, keepalive: int = 5, will_delay: int = 1) -> None:
+        self.state_dir = state_dir
         state_dir.mkdir(parents=True, exist_ok=True)
-        self._err = self.stderr_path.open("wb")
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._err, cwd=REPO, env=agent_env(),
-                                     text=True)
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        cmd = [sys.executable, "-m", "edge_agent", "run", "--bundle", str(bundle), "--source", str(source),
+               "--loop", "--fps", str(fps), "--events", "every", "--broker", broker, "--device-id", device_id,
+               "--state-dir", str(state_dir), "--health-interval", str(health_interval),
+               "--keepalive", str(keepalive), "--will-delay", str(will_delay), *extra]
+        self.log_path = state_dir.parent / f"agent-{device_id}-{time.monotonic_ns()}.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+                                     cwd=REPO, env=agent_env())
 
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                item = json.loads(line)
-            except ValueError:
-                continue
-            with self._cond:
-                if "seq" in item:
-                    self.seqs.append(item["seq"])
-                else:
-                    self.events.append(item)
-                self._cond.notify_all()
-
-    def wait_for(self, key: str, timeout: float = 30.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for item in self.events:
-                    if key in item:
-                        return item
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
-                    raise AssertionError(f"driver never reported {key!r}; stderr:\n{self.log()}")
-                self._cond.wait(min(remaining, 0.2))
-
-    def wait_seqs(self, n: int, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while len(self.seqs) < n:
-                remaining = deadline - time.monotonic()
-                assert remaining > 0, f"driver published only {len(self.seqs)} of {n}"
-                self._cond.wait(min(remaining, 0.2))
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
 
     def kill9(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
 
-    def terminate(self, timeout: float = 15.0) -> int:
+    def terminate(self, timeout: float = 20.0) -> int:
+        """SIGTERM: a clean stop (flush the outbox, publish ``offline``); the exit code."""
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout)
 
-    def wait_exit(self, timeout: float = 60.0) -> int:
-        return self.proc.wait(timeout)
-
     def log(self) -> str:
-        self._err.flush()
-        return self.stderr_path.read_text()[-3000:]
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def published(self) -> int:
+        """Results published, from the summary line printed at a clean stop."""
+        found = re.findall(r"(\d+) published in", self.log())
+        assert found, f"no summary line in the agent log:\n{self.log()}"
+        return int(found[-1])
 
     def close(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
-        self._err.close()
+        self._log.close()
+
+
+def outbox_rows(state_dir: Path) -> list[dict[str, Any]]:
+    """The rows still queued in a (stopped) agent's outbox, oldest first: id, topic, seq, kind of topic."""
+    path = state_dir / "outbox.db"
+    if not path.exists():
+        return []
+    db = sqlite3.connect(str(path), timeout=5)
+    try:
+        rows = db.execute("SELECT id, topic, payload FROM outbox ORDER BY id").fetchall()
+    except sqlite3.OperationalError:  # created but the table not yet there
+        return []
+    finally:
+        db.close()
+    return [{"id": rid, "topic": topic, "seq": json.loads(bytes(payload))["seq"]} for rid, topic, payload in rows]
+
+
+def wait_until(predicate: Any, timeout: float, step: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(sqlite3.Error):
+            if predicate():
+                return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(step)
 
 
 def fleet_cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:

@@ -10,16 +10,46 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 
+from edge_agent.commands import Ack, CommandHandler
 from edge_agent.envelope import EnvelopeFactory
+from edge_agent.errors import ConfigError
 from edge_agent.mqtt import MqttSettings
 from edge_agent.publishers import create_publisher
 from edge_agent.publishers.mqtt import MqttPublisher
-from tests.mqtt_driver import FakeControl
+from tests.fixtures_mqtt import FPS
 from tests.unit.test_commands_fuzz import hostile
 
 pytestmark = pytest.mark.integration
+
+
+class FakeControl:
+    """The agent side of the in-process publisher tests (the real agent is tested in
+    ``test_hostile_commands_to_the_real_agent`` and ``test_mqtt_agent.py``)."""
+
+    def __init__(self) -> None:
+        self.config: dict[str, Any] = {"threshold": 0.5}
+
+    def status_info(self) -> dict[str, Any]:
+        return {"model": {"name": "digits", "version": "1.0", "sha256": "ab" * 32}, "config_version": 1}
+
+    def apply_config(self, changes: dict[str, Any]) -> dict[str, Any]:
+        for key, value in changes.items():
+            if key != "threshold" or not isinstance(value, int | float) or not 0 <= value <= 1:
+                raise ConfigError(f"invalid setting {key}={value!r}")
+        self.config.update(changes)
+        return dict(self.config)
+
+    def reload(self) -> None:
+        pass
+
+    def snapshot_jpeg(self, max_bytes: int) -> bytes | None:
+        return b"\xff\xd8\xff\xe0fakejpeg\xff\xd9"
+
+    def health_extra(self) -> dict[str, Any]:
+        return {}
 
 
 def _cmd(cmd_id: str | None = None, **extra: Any) -> bytes:
@@ -106,42 +136,109 @@ def test_retained_command_is_refused(mqtt_broker, agent, operator, unique_id):
         operator.link.publish(f"{root}/cmd/{name}", b"", retain=True)  # clear
 
 
-BROKER_FUZZ_EXAMPLES = 300
+BROKER_FUZZ_EXAMPLES = 400
+AGENT_COMMAND_RATE = 5.0  # the agent's command rate limit: 5 per second, burst 20
+DUPLICATE_IDS = ("dup-a", "dup-b", "dup-c")
 
 
-def test_hostile_commands_through_the_broker(agent, operator, unique_id):
-    agent.start()
-    root = f"edge/v1/{unique_id}"
-    assert operator.wait(lambda: bool(operator.json("status")), 10)
-    sent = {"n": 0}
+def _topic_safe(case: tuple[str, bytes, bool, str]) -> bool:
     # Topic names must be valid MQTT UTF-8 (the broker drops the *sender* otherwise).
-    safe = hostile().filter(lambda c: not c[2] and c[0].isprintable() and not any(ch in c[0] for ch in "/+#")
-                            and all(ord(ch) < 0xFDD0 for ch in c[0]))
+    name = case[0]
+    return name.isprintable() and not any(ch in name for ch in "/+#") and all(ord(ch) < 0xFDD0 for ch in name)
 
-    @settings(max_examples=BROKER_FUZZ_EXAMPLES, deadline=None, database=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
-                                     HealthCheck.function_scoped_fixture])
-    @given(safe)
-    def one(case: tuple[str, bytes, bool, str]) -> None:
-        name, payload, _, _ = case
+
+def _broker_hostile() -> st.SearchStrategy[tuple[str, bytes, bool, str]]:
+    """The unit fuzz strategy (random bytes, non-UTF-8, oversize, deep nesting, wrong types, unknown
+    names, expired, retained …), plus replayed ids and hostile payloads published retained."""
+    base = hostile().filter(_topic_safe)
+    duplicate = st.sampled_from(DUPLICATE_IDS).map(lambda i: ("ping", _cmd(i), False, "duplicate_id"))
+    retained = base.map(lambda c: ("ping", c[1], True, "retained"))
+    return st.one_of(base, base, base, duplicate, retained)
+
+
+def test_hostile_commands_to_the_real_agent(mqtt_broker, start_agent, collector_factory, unique_id,
+                                            tmp_path: Path):
+    """Hundreds of hostile commands through the broker to the real ``edge-agent run``: one ack each,
+    exactly the verdict of the command checks (no crash, no rate limiting), and inference goes on."""
+    root = f"edge/v1/{unique_id}"
+    operator = collector_factory(MqttSettings(broker=mqtt_broker.url, keepalive=5), f"{root}/#")
+    agent = start_agent(mqtt_broker, unique_id, tmp_path / "state")
+    assert operator.wait(lambda: len(operator.json("evt/classification")) >= FPS, 60), agent.log()
+    # The same checks in process, as the oracle for each verdict (same order, so same replay cache).
+    oracle_acks: list[Ack] = []
+    oracle = CommandHandler(unique_id, reply=lambda ack, route: oracle_acks.append(ack), rate=1e9, burst=1e9)
+    sent: list[tuple[str, bytes, bool, str]] = []
+    retained_topics: set[str] = set()
+    last_send = [0.0]
+
+    def send(case: tuple[str, bytes, bool, str]) -> dict[str, Any]:
+        name, payload, retained, _ = case
+        if not retained:  # stay under the agent's rate limit (a retained command is refused before it)
+            time.sleep(max(0.0, last_send[0] + 1.0 / AGENT_COMMAND_RATE + 0.01 - time.monotonic()))
+            last_send[0] = time.monotonic()
         before = len(_acks(operator))
-        operator.link.publish(f"{root}/cmd/{name}", payload)
-        sent["n"] += 1
-        assert operator.wait(lambda: len(_acks(operator)) > before, 5), f"no ack for {case!r}"
+        operator.link.publish(f"{root}/cmd/{name}", payload, retain=retained)
+        if retained:
+            retained_topics.add(f"{root}/cmd/{name}")
+        sent.append(case)
+        oracle.handle(name, payload, retained=retained)
+        assert operator.wait(lambda: len(_acks(operator)) > before, 15), f"no ack for {case!r}\n{agent.log()}"
+        ack = _acks(operator)[before]
+        expected = oracle_acks[-1]
+        assert (ack["status"], ack["reason"]) == (expected.status, expected.reason), (case, ack)
+        return ack
 
+    for cmd_id in DUPLICATE_IDS:  # first use of these ids: accepted
+        assert send(("ping", _cmd(cmd_id), False, ""))["status"] == "succeeded"
+
+    @settings(max_examples=BROKER_FUZZ_EXAMPLES, deadline=None, database=None, derandomize=True,
+              phases=[Phase.generate], suppress_health_check=list(HealthCheck))
+    @given(_broker_hostile())
+    def one(case: tuple[str, bytes, bool, str]) -> None:
+        ack = send(case)
+        if case[3]:
+            assert ack["status"] == "rejected" and ack["reason"].startswith(case[3]), (case, ack)
+
+    evts_before = len(operator.json("evt/classification"))
     started = time.monotonic()
     one()
     elapsed = time.monotonic() - started
-    acks = _acks(operator)
-    assert sent["n"] >= BROKER_FUZZ_EXAMPLES * 0.9
-    assert len(acks) == sent["n"], "exactly one ack per command"
-    assert sum(a["status"] == "rejected" for a in acks) >= len(acks) - 5  # a mutated ping may stay valid
-    # The agent still works: commands are answered and results still flow.
+    evts_during = len(operator.json("evt/classification")) - evts_before
+    hostile_acks = _acks(operator)[len(DUPLICATE_IDS):]
+    assert len(sent) - len(DUPLICATE_IDS) >= BROKER_FUZZ_EXAMPLES
+    assert len(_acks(operator)) == len(sent), "exactly one ack per command"
+    reasons = {a["reason"].split(":")[0] for a in hostile_acks}
+    assert "rate_limited" not in reasons and all(a["status"] != "failed" for a in hostile_acks)
+    # Only a mutation that happens to leave a valid ping (e.g. ':' inside the id) may succeed.
+    assert sum(a["status"] == "rejected" for a in hostile_acks) >= len(hostile_acks) - 5
+    for reason in ("retained", "duplicate_id", "too_large", "not_utf8", "unknown_command", "expired",
+                   "bad_schema", "invalid_json"):
+        assert reason in reasons, f"no {reason} case among {sorted(reasons)}"
+    # The agent kept inferring all along, and still answers and infers afterwards.
+    assert evts_during >= 0.5 * FPS * elapsed, f"{evts_during} results in {elapsed:.0f} s of hostile commands"
+    evts_after = len(operator.json("evt/classification"))
+    time.sleep(1.0 / AGENT_COMMAND_RATE)
     operator.link.publish(f"{root}/cmd/ping", _cmd("after"))
-    agent.publish("evt/classification", agent.envelope.wrap({"n": 1}))
     assert operator.wait(lambda: any(a["id"] == "after" and a["status"] == "succeeded" for a in _acks(operator))
-                         and bool(operator.json("evt/classification")), 5)
-    print(f"{sent['n']} hostile commands through the broker in {elapsed:.1f} s")
+                         and len(operator.json("evt/classification")) >= evts_after + FPS, 15), agent.log()
+    # A flood is answered too: rate limited beyond the burst, never silently dropped.
+    before = len(_acks(operator))
+    for i in range(40):
+        operator.link.publish(f"{root}/cmd/ping", _cmd(f"flood{i}"))
+    assert operator.wait(lambda: len(_acks(operator)) >= before + 40, 15), agent.log()
+    time.sleep(0.5)
+    flood = _acks(operator)[before:]
+    ok = [a for a in flood if a["status"] == "succeeded"]
+    limited = [a for a in flood if a["reason"] == "rate_limited"]  # refused before parsing: no id
+    assert len(flood) == 40 and len(ok) + len(limited) == 40 and ok and limited, flood
+    assert {a["id"] for a in ok} <= {f"flood{i}" for i in range(40)}
+    for topic in retained_topics:  # clear the retained commands (each clear is refused too)
+        operator.link.publish(topic, b"", retain=True)
+    assert agent.alive, agent.log()
+    assert agent.terminate() == 0, agent.log()
+    assert "Traceback" not in agent.log() and "crashed" not in agent.log()
+    print(f"{len(sent)} hostile commands through the broker to the real agent in {elapsed:.1f} s, "
+          f"{evts_during} results meanwhile; reasons {sorted(reasons)}")
 
 
 def test_subscriptions_and_birth_restored_after_broker_restart(mqtt_broker_fn, collector_factory, unique_id,

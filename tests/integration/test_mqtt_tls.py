@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.mqtt import MqttError, MqttLink, MqttSettings
-from tests.integration.mqtt_helpers import Driver, fleet_cli
+from tests.integration.mqtt_helpers import fleet_cli
 
 pytestmark = pytest.mark.integration
 
@@ -81,13 +81,21 @@ def test_no_way_to_skip_verification():
     assert "insecure" not in " ".join(MqttSettings.__dataclass_fields__)
 
 
-def test_agent_and_fleet_over_mutual_tls(tls_broker, pki, tmp_path: Path):
-    driver = Driver(tls_broker.url, "dev-a", tmp_path / "state", "--ca-file", str(pki.ca.cert), "--cert-file",
-                    str(pki.dev_a.cert), "--key-file", str(pki.dev_a.key), "--health-every", "5", rate=10)
+def test_agent_and_fleet_over_mutual_tls(tls_broker, pki, start_agent, tmp_path: Path):
+    agent = start_agent(tls_broker, "dev-a", tmp_path / "state", "--ca-file", str(pki.ca.cert), "--cert-file",
+                        str(pki.dev_a.cert), "--key-file", str(pki.dev_a.key))
     tls = ["--broker", tls_broker.url, "--ca-file", str(pki.ca.cert), "--cert-file", str(pki.fleet.cert),
            "--key-file", str(pki.fleet.key)]
+    fleet = MqttLink(pki.client(pki.fleet, tls_broker.url), f"fleet-{time.monotonic_ns()}",
+                     subscriptions=("edge/v1/dev-a/evt/+",))
+    results: list[bytes] = []
+    fleet.callbacks.on_message = lambda m: results.append(m.payload)
+    fleet.start()
     try:
-        driver.wait_seqs(10)
+        deadline = time.monotonic() + 60
+        while len(results) < 10 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(results) >= 10, agent.log()
         status = fleet_cli("status", *tls, "--json", "--wait", "4")
         assert status.returncode == 0, status.stderr
         devices = {d["device_id"]: d for d in json.loads(status.stdout)["devices"]}
@@ -96,7 +104,7 @@ def test_agent_and_fleet_over_mutual_tls(tls_broker, pki, tmp_path: Path):
         assert sent.returncode == 0, sent.stderr
         assert json.loads(sent.stdout.strip().splitlines()[-1])["status"] == "succeeded"
     finally:
-        driver.close()
+        fleet.stop()
 
 
 def test_hostname_is_checked(pki, tmp_path: Path):
