@@ -173,6 +173,8 @@ class FleetState:
         device_id, kind = parts[2], "/".join(parts[3:])
         if kind.startswith("cmd/") or kind == "config/desired":
             return  # operator → device traffic
+        if kind.startswith("reply/"):
+            return  # a copy of an ack on an operator's response topic: same seq, not a duplicate
         try:
             body = json.loads(payload) if payload else {}
         except ValueError:

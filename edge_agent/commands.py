@@ -366,6 +366,12 @@ class CommandHandler:
         self._count(ack)
         self._send(ack, route)
 
+    def record(self, ack: Ack) -> None:
+        """Count an ack produced outside :meth:`handle` (e.g. ``busy`` when the queue is full)."""
+        with self._lock:
+            self.stats.received += 1
+        self._count(ack)
+
     def _count(self, ack: Ack) -> None:
         with self._lock:
             if ack.status == "rejected":
@@ -500,7 +506,11 @@ def _reload(ctx: CommandContext) -> Ack:
     _no_args(ctx)
     if ctx.control is None:
         return Ack(ctx.id, "failed", "no agent to reload")
-    ctx.control.reload()
+    try:
+        ctx.control.reload()
+    except ConfigError as exc:
+        # The command was fine; the configuration file on the device is not.
+        return Ack(ctx.id, "failed", f"reload_failed: {exc}")
     return Ack(ctx.id, "succeeded", "reloaded")
 
 
@@ -515,7 +525,8 @@ def _set_config(ctx: CommandContext) -> Ack:
     if ctx.control is None:
         return Ack(ctx.id, "failed", "no agent to configure")
     reported = ctx.control.apply_config(dict(ctx.args))
-    ctx.publish("config/reported", {"config": reported, "source": "cmd", "cmd_id": ctx.id})
+    ctx.publish("config/reported", {"version": reported.get("version"), "status": "applied", "config": reported,
+                                    "source": "cmd", "cmd_id": ctx.id})
     return Ack(ctx.id, "succeeded", "applied", {"config": reported})
 
 

@@ -157,8 +157,14 @@ class MqttSection(_Section):
     command_public_key: Path | None = Field(
         None, description="Pinned Ed25519 key for privileged commands (default: model.public_key)."
     )
-    qos: Literal[0, 1] = 1
-    max_payload_bytes: int = Field(256 * 1024, ge=1024, le=256 * 1024 * 1024)
+    # QoS is not configurable: QoS 1 is the contract for everything the agent sends.
+    max_payload_bytes: int = Field(
+        128 * 1024, ge=1024, le=256 * 1024,
+        description="Cap on a whole PUBLISH packet (payload + topic + header); at most the broker's "
+                    "max_packet_size (256 KiB in deploy/mosquitto).",
+    )
+    command_rate: float = Field(5.0, gt=0, le=1000, description="Commands per second (token bucket rate).")
+    command_burst: float = Field(20.0, ge=1, le=10000, description="Command burst (token bucket size).")
     homeassistant: bool = False
 
     @field_validator("protocol", mode="before")

@@ -9,7 +9,12 @@ broker is down. It
   way to switch verification off), optional client certificates (mutual TLS) and
   username/password, the password read from a file or ``$CREDENTIALS_DIRECTORY``;
 - sets a will (with an MQTT 5 will delay, so a short blip does not flap the status);
-- reconnects with jittered exponential backoff and restores its subscriptions
+- refuses (before paho sees it) a message whose PUBLISH packet would exceed the
+  size cap or the broker's MQTT 5 Maximum Packet Size from the CONNACK: paho
+  ignores that property, and an oversize packet makes the broker drop the
+  connection, after which paho would resend it forever;
+- reconnects with jittered exponential backoff (float delays, decorrelated
+  jitter, so a fleet does not reconnect in whole-second waves) and restores its subscriptions
   after every reconnect, then calls ``on_connected`` (where the birth is sent);
 - treats a refused CONNACK as *not* connected;
 - never lets a callback raise into paho: every callback is wrapped and logs.
@@ -21,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import random
 import socket
@@ -43,6 +47,11 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from edge_agent.errors import EdgeError
 
 log = logging.getLogger(__name__)
+
+# Conservative bound on a PUBLISH packet's bytes besides payload and topic: fixed header
+# (1 + up to 4 length bytes), topic length (2), packet id (2), MQTT 5 property length and
+# small properties. Response topic / correlation data are added explicitly.
+PACKET_OVERHEAD = 64
 
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883, "tcp": 1883, "ssl": 8883}
 TLS_SCHEMES = frozenset({"mqtts", "ssl"})
@@ -74,7 +83,9 @@ class MqttSettings:
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 60.0
     max_inflight: int = 10
-    max_payload_bytes: int = 256 * 1024
+    # Compared with the whole PUBLISH packet (payload + topic + PACKET_OVERHEAD), and kept
+    # clearly below the shipped broker's ``max_packet_size 262144``.
+    max_payload_bytes: int = 128 * 1024
     homeassistant: bool = False
 
     @classmethod
@@ -109,10 +120,28 @@ class MqttSettings:
             raise MqttError("mqtt cert_file and key_file must be given together (mutual TLS)")
         if self.cert_file is not None and not parse_broker_url(self.broker).tls:
             raise MqttError("a client certificate needs a TLS broker URL (mqtts://host:port)")
+        if self.max_payload_bytes < 256:
+            raise MqttError(f"mqtt max_payload_bytes must be >= 256, got {self.max_payload_bytes}")
         if self.max_inflight < 1:
             raise MqttError("mqtt max_inflight must be >= 1")
         if self.reconnect_min_s <= 0 or self.reconnect_max_s < self.reconnect_min_s:
             raise MqttError("mqtt reconnect delays must satisfy 0 < min <= max")
+
+
+def jittered_delay(previous: float, low: float, cap: float, rng: random.Random | None = None) -> float:
+    """Decorrelated jitter: uniform in [low, min(cap, 3 × previous)] (a float, not rounded).
+
+    Starting from ``low``, the upper bound grows ×3 per failed attempt up to ``cap``;
+    the draws are spread continuously, so devices that lost the broker together do
+    not come back in the same instant (or the same whole second).
+    """
+    upper = min(cap, max(low, previous * 3))
+    return (rng or random).uniform(low, upper)
+
+
+def _max_packet_size(properties: Any) -> int | None:
+    value = getattr(properties, "MaximumPacketSize", None) if properties is not None else None
+    return int(value) if isinstance(value, int) and value > 0 else None
 
 
 def _normalise_protocol(value: str) -> Literal["5", "3.1.1"]:
@@ -240,6 +269,7 @@ class MqttLink:
         self._connected = threading.Event()
         self._lock = threading.Lock()
         self._delay = settings.reconnect_min_s
+        self._broker_max_packet: int | None = None
         self._started = False
         self._stopping = False
         self._session_expiry = session_expiry_s if session_expiry_s is not None else settings.will_delay
@@ -281,7 +311,7 @@ class MqttLink:
                 props = Properties(PacketTypes.WILLMESSAGE)  # type: ignore[no-untyped-call]
                 props.WillDelayInterval = s.will_delay
             client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain, properties=props)
-        client.reconnect_delay_set(self._int_delay(s.reconnect_min_s), self._int_delay(s.reconnect_max_s))
+        self._set_paho_delay(s.reconnect_min_s, client)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -291,9 +321,15 @@ class MqttLink:
         client.on_socket_open = self._on_socket_open
         return client
 
-    @staticmethod
-    def _int_delay(value: float) -> int:
-        return max(1, math.ceil(value))
+    def _set_paho_delay(self, delay: float, client: paho.Client | None = None) -> None:
+        """Make paho wait exactly ``delay`` seconds (a float) before its next attempt.
+
+        paho 2.x annotates the delays as int but only uses them in ``time.sleep`` and
+        ``min``/``*2`` arithmetic (``Client._reconnect_wait``), so floats work; min == max
+        pins the wait to our own jittered value.
+        """
+        value: Any = float(delay)
+        (client or self._client).reconnect_delay_set(value, value)
 
     # ---- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -327,6 +363,14 @@ class MqttLink:
         try:
             if send_will and self.v5:
                 self._client.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT, "Disconnect with will message"))
+            elif send_will:
+                # MQTT 3.1.1 has no "disconnect with will": stop the network thread and drop
+                # the TCP connection without a DISCONNECT, so the broker publishes the will.
+                self._client.loop_stop()
+                sock = self._client.socket()
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.close()
             else:
                 self._client.disconnect()
         except (OSError, ValueError) as exc:  # pragma: no cover - defensive
@@ -374,6 +418,24 @@ class MqttLink:
         return 1
 
     # ---- publishing ---------------------------------------------------------------------
+    @property
+    def packet_limit(self) -> int:
+        """Largest PUBLISH packet we send: the size cap, or the broker's (v5) Maximum
+        Packet Size from the last CONNACK when that is smaller."""
+        cap = self.settings.max_payload_bytes
+        broker = self._broker_max_packet
+        return min(cap, broker) if broker else cap
+
+    def fits(self, topic: str, payload_size: int, *, response_topic: str | None = None,
+             correlation_data: bytes | None = None) -> bool:
+        """Whether a PUBLISH of this topic and payload size stays within :attr:`packet_limit`."""
+        size = payload_size + len(topic.encode()) + PACKET_OVERHEAD
+        if response_topic:
+            size += len(response_topic.encode()) + 3
+        if correlation_data:
+            size += len(correlation_data) + 3
+        return size <= self.packet_limit
+
     def publish(
         self,
         topic: str,
@@ -384,7 +446,14 @@ class MqttLink:
         response_topic: str | None = None,
         correlation_data: bytes | None = None,
     ) -> int | None:
-        """Hand one message to paho; returns its mid, or None when paho refused it (queue full)."""
+        """Hand one message to paho; returns its mid, or None when paho refused it (queue full).
+
+        Callers check :meth:`fits` first: an oversize message is refused here too
+        (None), so a caller that retries on None must not retry an oversize one.
+        """
+        if not self.fits(topic, len(payload), response_topic=response_topic, correlation_data=correlation_data):
+            log.warning("publish to %s refused: packet over the %d-byte limit", topic, self.packet_limit)
+            return None
         props: Properties | None = None
         if self.v5 and (response_topic or correlation_data):
             props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
@@ -429,8 +498,8 @@ class MqttLink:
             if not first:
                 self.stats.reconnects += 1
             self._delay = self.settings.reconnect_min_s
-            client.reconnect_delay_set(self._int_delay(self.settings.reconnect_min_s),
-                                       self._int_delay(self.settings.reconnect_max_s))
+            self._broker_max_packet = _max_packet_size(properties) if self.v5 else None
+            self._set_paho_delay(self.settings.reconnect_min_s)
             with self._lock:
                 topics = list(self._subscriptions)
             if topics:
@@ -475,12 +544,9 @@ class MqttLink:
         self._guard("on_disconnect", run)
 
     def _schedule_backoff(self) -> None:
-        """Decorrelated jitter: next delay uniform in [min, 3 × previous], capped."""
-        low, cap = self.settings.reconnect_min_s, self.settings.reconnect_max_s
-        self._delay = min(cap, random.uniform(low, max(low, self._delay * 3)))
-        delay = self._int_delay(self._delay)
-        # Setting min == max makes paho wait exactly this long before its next attempt.
-        self._client.reconnect_delay_set(delay, delay)
+        """Decorrelated jitter (see :func:`jittered_delay`), as a float."""
+        self._delay = jittered_delay(self._delay, self.settings.reconnect_min_s, self.settings.reconnect_max_s)
+        self._set_paho_delay(self._delay)
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         def run() -> None:
@@ -541,6 +607,7 @@ __all__ = [
     "MqttLink",
     "MqttSettings",
     "Will",
+    "jittered_delay",
     "parse_broker_url",
     "read_password",
 ]

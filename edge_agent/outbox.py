@@ -6,8 +6,10 @@ sender takes a few rows at a time (so paho's own queue stays small), in id
 order; after a restart the rows still queued are sent again, marked
 ``"replayed": true``.
 
-Bounds: total payload bytes and age. When full, the oldest health rows go
-first, then the oldest results; every eviction is counted. A message over the
+Bounds: total payload bytes and age. When full, a new result evicts the oldest
+health rows first, then the oldest results; a new health row only ever evicts
+older health rows and is itself dropped (counted as ``evicted_health``) when
+that does not make room: health never evicts results. Every eviction is counted. A message over the
 size cap is refused and counted. WAL with ``synchronous=NORMAL`` keeps a
 committed row through a ``kill -9`` of the agent (not through power loss,
 which needs ``synchronous=FULL`` — see ``durable``).
@@ -32,7 +34,7 @@ _KIND_NAME: dict[int, Kind] = {0: "health", 1: "result"}
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_AGE_S = 7 * 24 * 3600.0
-DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024
+DEFAULT_MAX_MESSAGE_BYTES = 128 * 1024
 RETRY_DELAY_S = 2.0
 
 _SCHEMA = """
@@ -135,8 +137,10 @@ class Outbox:
         now = time.time()
         with self._lock:
             try:
-                if self._bytes + size > self.max_bytes:
-                    self._evict_for(size)
+                if self._bytes + size > self.max_bytes and not self._evict_for(size, kind):
+                    self.counters.evicted_health += 1
+                    log.warning("outbox full: dropped a new health message (health never evicts results)")
+                    return False
                 self._db.execute(
                     "INSERT INTO outbox (topic, payload, kind, created, size) VALUES (?, ?, ?, ?, ?)",
                     (topic, payload, _KIND_CODE[kind], now, size),
@@ -151,9 +155,13 @@ class Outbox:
             self.counters.enqueued += 1
         return True
 
-    def _evict_for(self, size: int) -> None:
-        """Drop oldest health rows, then oldest results, until ``size`` more bytes fit."""
-        for code in (0, 1):
+    def _evict_for(self, size: int, kind: Kind = "result") -> bool:
+        """Make room for ``size`` more bytes; returns False when a health row does not fit.
+
+        A result evicts the oldest health rows, then the oldest results. A health row
+        evicts only older health rows, never a result.
+        """
+        for code in ((0,) if kind == "health" else (0, 1)):
             while self._bytes + size > self.max_bytes:
                 rows = self._db.execute(
                     "SELECT id, size FROM outbox WHERE kind = ? ORDER BY id LIMIT ?",
@@ -177,6 +185,7 @@ class Outbox:
                 else:
                     self.counters.evicted_results += len(chosen)
                 log.warning("outbox full: evicted %d %s message(s)", len(chosen), _KIND_NAME[code])
+        return kind != "health" or self._bytes + size <= self.max_bytes
 
     def _delete(self, ids: list[int]) -> None:
         for start in range(0, len(ids), 500):
@@ -248,6 +257,24 @@ class Outbox:
                 log.error("dropping outbox row %d after %d refusals (%s)", row_id, row[0], reason)
             else:
                 self._retry_after[row_id] = time.monotonic() + RETRY_DELAY_S
+
+    def refuse_oversize(self, topic: str, size: int, limit: int) -> None:
+        """Count a message refused before queuing (its MQTT packet would exceed ``limit``)."""
+        with self._lock:
+            self.counters.refused_oversize += 1
+        log.warning("refused %d-byte message for %s: its packet would exceed the %d-byte limit", size, topic, limit)
+
+    def drop_oversize(self, row_id: int, limit: int) -> None:
+        """Delete a taken row that can never be sent (over the broker's packet limit); counted."""
+        with self._lock:
+            self._inflight.discard(row_id)
+            row = self._db.execute("SELECT size FROM outbox WHERE id = ?", (row_id,)).fetchone()
+            if row is None:
+                return
+            self._delete([row_id])
+            self._bytes -= int(row[0])
+            self.counters.refused_oversize += 1
+        log.error("dropping outbox row %d: its packet would exceed the %d-byte limit", row_id, limit)
 
     def release(self, row_id: int) -> None:
         """Give a row back without counting an attempt (paho's queue was full)."""

@@ -434,6 +434,7 @@ class Agent:
             options.update(
                 config=cfg.mqtt, outbox=cfg.outbox, state_dir=cfg.state_dir,
                 command_public_key=cfg.mqtt.command_public_key or cfg.model.public_key,
+                command_rate=cfg.mqtt.command_rate, command_burst=cfg.mqtt.command_burst,
             )
         try:
             return create_publisher(kind, **options)

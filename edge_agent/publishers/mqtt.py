@@ -45,6 +45,7 @@ DIRECT_KINDS = {"status": True, "ack": False, "config/reported": True}  # kind -
 DIRECT_QUEUE_MAX = 1000
 COMMAND_QUEUE_MAX = 64
 EXPIRE_EVERY_S = 10.0
+OFFLINE_RESERVE_S = 1.5  # of the stop timeout, kept for publishing `offline`
 
 
 @dataclass(frozen=True)
@@ -148,9 +149,12 @@ class MqttPublisher(Publisher):
         self._threads: list[threading.Thread] = []
         self._dropped_direct = 0
         self._refused_oversize = 0
+        self._dropped_desired = 0
+        self._pending_desired: InboundMessage | None = None
         self._offline_mid: int | None = None
         self._offline_done = threading.Event()
         self._desired_version = self._load_desired_version()
+        self._rows_paused = False
         self._started = False
 
     # ---- Publisher API ------------------------------------------------------------------
@@ -161,6 +165,8 @@ class MqttPublisher(Publisher):
         if self._started:
             return
         self._started = True
+        self._rows_paused = False
+        self._offline_done.clear()
         self._stop.clear()
         for target, name in ((self._sender, "mqtt-sender"), (self._command_worker, "mqtt-commands")):
             thread = threading.Thread(target=target, name=name, daemon=True)
@@ -179,22 +185,37 @@ class MqttPublisher(Publisher):
         if kind != "health" and not kind.startswith("evt/"):
             raise ValueError(f"unknown message kind {kind!r}: use status, health, evt/<type>, ack, config/reported")
         body = payload if "seq" in payload else self.envelope.wrap(payload)
-        if self.outbox.put(f"{self.root}/{kind}", encode(body), "health" if kind == "health" else "result"):
+        topic, data = f"{self.root}/{kind}", encode(body)
+        if not self.link.fits(topic, len(data)):
+            # payload + topic + header over the cap (or the broker's Maximum Packet Size):
+            # refused here, counted, never queued (the broker would drop the connection).
+            self.outbox.refuse_oversize(topic, len(data), self.link.packet_limit)
+            return
+        if self.outbox.put(topic, data, "health" if kind == "health" else "result"):
             self._wake.set()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Flush within ``timeout``, publish ``offline`` (retained), disconnect. Unsent rows stay queued."""
+        """Flush within ``timeout``, publish ``offline`` (retained), disconnect. Unsent rows stay queued.
+
+        The last :data:`OFFLINE_RESERVE_S` of the timeout (at most half of it) belong to
+        ``offline``: flushing the outbox stops then, and ``offline`` goes out ahead of
+        anything still queued, so a large backlog cannot crowd it out (on MQTT 3.1.1
+        there is no will-with-disconnect fallback to rely on).
+        """
         if not self._started:
             return
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.link.connected and (
+        start = time.monotonic()
+        deadline = start + timeout
+        flush_deadline = deadline - min(OFFLINE_RESERVE_S, timeout / 2)
+        while time.monotonic() < flush_deadline and self.link.connected and (
             self.outbox.depth or self._inflight or self._direct
         ):
             time.sleep(0.02)
+        self._rows_paused = True  # no more outbox rows into paho: `offline` must not wait behind them
         offline_sent = False
         if self.link.connected:
             self._queue_direct(_Direct(f"{self.root}/status", encode(self._status_body("offline")), True),
-                               front=False, marker=True)
+                               front=True, marker=True)
             offline_sent = self._offline_done.wait(max(0.1, deadline - time.monotonic()))
         self._stop.set()
         self._wake.set()
@@ -217,6 +238,8 @@ class MqttPublisher(Publisher):
             "refused": link.refused,
             "outbox": self.outbox.stats(),
             "direct_dropped": self._dropped_direct,
+            "direct_refused_oversize": self._refused_oversize,
+            "desired_dropped": self._dropped_desired,
             "commands": self.commands.snapshot(),
             "commands_rejected": self.commands.stats.rejected,
         }
@@ -267,6 +290,10 @@ class MqttPublisher(Publisher):
                                        route.correlation_data))
 
     def _queue_direct(self, item: _Direct, front: bool = False, marker: bool = False) -> None:
+        if not self.link.fits(item.topic, len(item.payload), response_topic=item.response_topic,
+                              correlation_data=item.correlation_data):
+            self._refuse_direct(item)
+            return
         with self._direct_lock:
             if len(self._direct) >= DIRECT_QUEUE_MAX:
                 self._dropped_direct += 1
@@ -279,6 +306,11 @@ class MqttPublisher(Publisher):
             else:
                 self._direct.append(item)
         self._wake.set()
+
+    def _refuse_direct(self, item: _Direct) -> None:
+        self._refused_oversize += 1
+        log.warning("refused %d-byte message for %s: its packet would exceed the %d-byte limit",
+                    len(item.payload), item.topic, self.link.packet_limit)
 
     # ---- paho-thread callbacks (only enqueue) -------------------------------------------
     def _on_connected(self) -> None:
@@ -297,9 +329,19 @@ class MqttPublisher(Publisher):
             self._cmd_queue.put_nowait(message)
         except queue.Full:
             if message.topic.startswith(f"{self.root}/cmd/"):
-                self._send_ack(Ack(None, "rejected", "busy"),
-                               Route(message.topic.rsplit("/", 1)[-1], message.response_topic,
-                                     message.correlation_data))
+                ack = Ack(None, "rejected", "busy")
+                self.commands.record(ack)
+                self._send_ack(ack, Route(message.topic.rsplit("/", 1)[-1], message.response_topic,
+                                          message.correlation_data))
+            elif message.topic == f"{self.root}/config/desired":
+                # Not lost: the newest desired config waits in a slot the worker checks.
+                with self._direct_lock:
+                    replaced = self._pending_desired is not None
+                    self._pending_desired = message
+                self._dropped_desired += 1 if replaced else 0
+                log.warning("command queue full: desired config deferred%s",
+                            " (replacing an older deferred one)" if replaced else "")
+                self._wake.set()
 
     # ---- worker threads -----------------------------------------------------------------
     def _command_worker(self) -> None:
@@ -308,6 +350,7 @@ class MqttPublisher(Publisher):
             message = self._cmd_queue.get()
             if message is None:
                 return
+            self._run_deferred_desired()
             try:
                 if message.topic.startswith(cmd_prefix):
                     self.commands.handle(
@@ -322,27 +365,60 @@ class MqttPublisher(Publisher):
             except Exception:  # keep the worker alive whatever happens
                 log.exception("handling %s failed", message.topic)
 
+    def _run_deferred_desired(self) -> None:
+        with self._direct_lock:
+            pending, self._pending_desired = self._pending_desired, None
+        if pending is not None:
+            try:
+                self._apply_desired(pending.payload)
+            except Exception:  # keep the worker alive whatever happens
+                log.exception("handling deferred desired config failed")
+
+    def _current_config(self) -> dict[str, Any] | None:
+        getter = getattr(self.control, "reported_config", None)
+        if getter is None:
+            return None
+        try:
+            config = getter()
+        except Exception:  # the report must go out even if the app misbehaves
+            log.exception("reported_config failed")
+            return None
+        return dict(config) if isinstance(config, dict) else None
+
+    def _report(self, version: int | None, status: str, reason: str | None = None,
+                config: dict[str, Any] | None = None) -> None:
+        """Publish ``config/reported`` (retained): ``{version, status, reason?, config, source}``."""
+        body: dict[str, Any] = {"version": version, "status": status}
+        if reason is not None:
+            body["reason"] = reason
+        body["config"] = config if config is not None else self._current_config()
+        body["source"] = "desired"
+        self.publish("config/reported", body)
+
     def _apply_desired(self, payload: bytes) -> None:
         if not payload:
             return  # retained desired config cleared
         try:
             version, config = parse_desired(payload)
         except CommandError as exc:
-            self.publish("config/reported", {"version": self._desired_version, "status": "rejected",
-                                             "reason": str(exc)})
+            self._report(self._desired_version, "rejected", str(exc))
             return
         if self._desired_version is not None and version <= self._desired_version:
-            return  # already applied (the retained message comes again after every reconnect)
+            if version < self._desired_version:
+                self._report(version, "rejected", f"stale version {version} <= {self._desired_version}")
+            # Equal: already applied (the retained message comes again after every reconnect).
+            return
         if self.control is None:
             return
         try:
-            reported = self.control.apply_config(dict(config))
+            # The desired version becomes the agent's config version (status, health, reported).
+            reported = self.control.apply_config({**config, "version": version})
         except EdgeError as exc:
-            self.publish("config/reported", {"version": version, "status": "rejected", "reason": str(exc)})
+            self._report(version, "rejected", str(exc))
             return
         self._desired_version = version
         self._save_desired_version(version)
-        self.publish("config/reported", {"version": version, "status": "applied", "config": reported})
+        self._report(version, "applied", config=reported)
 
     def _desired_path(self) -> Path | None:
         return self.state_dir / "desired-version" if self.state_dir else None
@@ -409,6 +485,9 @@ class MqttPublisher(Publisher):
                 if not self._direct:
                     return
                 item = self._direct.popleft()
+            if not self.link.fits(item.topic, len(item.payload), correlation_data=item.correlation_data):
+                self._refuse_direct(item)  # e.g. the broker's limit is smaller than when queued
+                continue
             mid = self.link.publish(item.topic, item.payload, qos=1, retain=item.retain,
                                     response_topic=None, correlation_data=item.correlation_data)
             if mid is None:
@@ -418,10 +497,16 @@ class MqttPublisher(Publisher):
             self._inflight[mid] = item
 
     def _send_rows(self) -> None:
+        if self._rows_paused:
+            return
         free = self.window - sum(1 for e in self._inflight.values() if isinstance(e, _RowRef))
         if free <= 0:
             return
         for row in self.outbox.take(free):
+            if not self.link.fits(row.topic, len(row.payload)):
+                # Queued under a larger limit (the broker's is smaller): it can never be sent.
+                self.outbox.drop_oversize(row.id, self.link.packet_limit)
+                continue
             mid = self.link.publish(row.topic, row.payload, qos=1)
             if mid is None:
                 self.outbox.release(row.id)

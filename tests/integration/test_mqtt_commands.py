@@ -37,6 +37,8 @@ class FakeControl:
 
     def apply_config(self, changes: dict[str, Any]) -> dict[str, Any]:
         for key, value in changes.items():
+            if key == "version" and isinstance(value, int):
+                continue  # the desired version (as the real agent's apply_config takes it)
             if key != "threshold" or not isinstance(value, int | float) or not 0 <= value <= 1:
                 raise ConfigError(f"invalid setting {key}={value!r}")
         self.config.update(changes)

@@ -236,3 +236,32 @@ def test_parse_desired() -> None:
     for bad in (b"x", b'{"version": "3", "config": {}}', b'{"version": 1}', b'{"version": 1, "config": {}, "x": 1}'):
         with pytest.raises(CommandError, match=r"desired|version|config|unknown"):
             parse_desired(bad)
+
+
+def test_reload_with_a_bad_config_file_fails_not_rejected() -> None:
+    h = Harness()
+
+    def broken_reload() -> None:
+        raise ConfigError("agent.toml: line 3: invalid value")
+
+    h.control.reload = broken_reload  # type: ignore[method-assign]
+    ack = h.send("reload", cmd("r1"))
+    assert ack.status == "failed" and ack.reason.startswith("reload_failed")
+    assert h.handler.stats.failed == 1 and h.handler.stats.rejected == 0
+
+
+def test_set_config_report_has_version_and_status() -> None:
+    h = Harness()
+    h.control.config["version"] = 4
+    ack = h.send("set_config", cmd("s9", args={"threshold": 0.6}))
+    assert ack.status == "succeeded"
+    kind, body = h.published[-1]
+    assert kind == "config/reported"
+    assert (body["version"], body["status"], body["source"], body["cmd_id"]) == (4, "applied", "cmd", "s9")
+    assert body["config"]["threshold"] == 0.6
+
+
+def test_record_counts_acks_made_outside_handle() -> None:
+    h = Harness()
+    h.handler.record(Ack(None, "rejected", "busy"))
+    assert h.handler.stats.rejected == 1 and h.handler.snapshot()["rejected_reasons"] == {"busy": 1}

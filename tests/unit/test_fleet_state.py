@@ -32,6 +32,16 @@ def test_duplicates_and_gaps_per_device() -> None:
     assert (row["messages"], row["duplicates"], row["gaps"]) == (6, 2, 1)
 
 
+def test_reply_copies_of_acks_are_not_duplicates() -> None:
+    fleet = FleetState()
+    for seq in (0, 1):
+        fleet.handle("edge/v1/d1/ack", _msg(seq, id=f"c{seq}", status="succeeded"))
+        # The same ack, also sent to the operator's response topic under the device's tree.
+        fleet.handle(f"edge/v1/d1/reply/op-{seq}", _msg(seq, id=f"c{seq}", status="succeeded"))
+    row = fleet.snapshot()[0]
+    assert (row["messages"], row["duplicates"], row["gaps"]) == (2, 0, 0)
+
+
 def test_new_session_jump_is_not_a_gap() -> None:
     fleet = FleetState()
     for seq in (10, 11, 12):

@@ -61,3 +61,124 @@ def test_homeassistant_discovery_binds_availability() -> None:
     for _, config in configs:
         assert config["availability"][0]["topic"] == "edge/v1/cam-01/status"
         assert config["state_topic"] == "edge/v1/cam-01/health"
+
+
+def test_payload_under_cap_but_packet_over_is_refused_and_counted(tmp_path: Path) -> None:
+    from edge_agent.mqtt import PACKET_OVERHEAD
+    from edge_agent.publishers.mqtt import encode
+
+    pub = create_publisher("mqtt", config={"broker": "mqtt://127.0.0.1:1", "max_payload_bytes": 4096},
+                           envelope=EnvelopeFactory("dev1", tmp_path), state_dir=tmp_path)
+    assert isinstance(pub, MqttPublisher)
+    topic = "edge/v1/dev1/evt/x"
+    body = pub.envelope.wrap({"pad": ""})
+    # Pad so that the payload alone is 10 bytes under the cap: still over once topic and header count.
+    body["pad"] = "x" * (4096 - 10 - len(encode(body)))
+    assert len(encode(body)) == 4086
+    pub.publish("evt/x", body)
+    assert pub.stats()["outbox"]["refused_oversize"] == 1 and pub.outbox.depth == 0
+    small = pub.envelope.wrap({"pad": ""})
+    small["pad"] = "x" * (4096 - len(topic) - PACKET_OVERHEAD - len(encode(small)))
+    pub.publish("evt/x", small)
+    assert pub.outbox.depth == 1
+    pub.outbox.close()
+
+
+class _Control:
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+        self.config = {"version": 0, "threshold": 0.5}
+
+    def status_info(self) -> dict:
+        return {"config_version": self.config["version"]}
+
+    def apply_config(self, changes: dict) -> dict:
+        self.calls.append(dict(changes))
+        changes = dict(changes)
+        self.config["version"] = changes.pop("version", self.config["version"] + 1)
+        self.config.update(changes)
+        return dict(self.config)
+
+    def reported_config(self) -> dict:
+        return dict(self.config)
+
+    def reload(self) -> None:
+        pass
+
+    def snapshot_jpeg(self, max_bytes: int) -> None:
+        return None
+
+    def health_extra(self) -> dict:
+        return {}
+
+
+def _reported(pub: MqttPublisher) -> list[dict]:
+    import json
+
+    return [json.loads(d.payload) for d in pub._direct if d.topic.endswith("/config/reported")]
+
+
+def test_desired_version_is_passed_on_and_stale_versions_are_reported(tmp_path: Path) -> None:
+    import json
+
+    control = _Control()
+    pub = _publisher(tmp_path, control=control)
+    pub._apply_desired(json.dumps({"version": 7, "config": {"threshold": 0.3}}).encode())
+    assert control.calls == [{"threshold": 0.3, "version": 7}]
+    rep = _reported(pub)[-1]
+    assert {k: rep[k] for k in ("version", "status", "source")} == {"version": 7, "status": "applied",
+                                                                   "source": "desired"}
+    assert rep["config"]["version"] == 7 and "reason" not in rep
+    assert all(d.retain for d in pub._direct if d.topic.endswith("/config/reported"))
+    # The same version again (retained, after a reconnect): nothing.
+    pub._apply_desired(json.dumps({"version": 7, "config": {"threshold": 0.9}}).encode())
+    assert len(_reported(pub)) == 1 and len(control.calls) == 1
+    # A lower version: refused, and said so.
+    pub._apply_desired(json.dumps({"version": 5, "config": {"threshold": 0.9}}).encode())
+    rep = _reported(pub)[-1]
+    assert (rep["version"], rep["status"], rep["reason"]) == (5, "rejected", "stale version 5 <= 7")
+    assert rep["config"]["version"] == 7 and rep["source"] == "desired"
+    assert len(control.calls) == 1
+    pub.outbox.close()
+
+
+def test_busy_acks_are_counted_and_desired_config_is_deferred_not_dropped(tmp_path: Path) -> None:
+    import json
+
+    from edge_agent.mqtt import InboundMessage
+    from edge_agent.publishers.mqtt import COMMAND_QUEUE_MAX
+
+    control = _Control()
+    pub = _publisher(tmp_path, control=control)
+    root = "edge/v1/dev1"
+    for _ in range(COMMAND_QUEUE_MAX):
+        pub._on_message(InboundMessage(f"{root}/cmd/ping", b"{}", 1, False))
+    pub._on_message(InboundMessage(f"{root}/cmd/ping", b"{}", 1, False))  # queue full
+    assert pub.stats()["commands_rejected"] == 1
+    assert pub.stats()["commands"]["rejected_reasons"] == {"busy": 1}
+    desired = json.dumps({"version": 3, "config": {"threshold": 0.2}}).encode()
+    pub._on_message(InboundMessage(f"{root}/config/desired", desired, 1, True))
+    assert pub._pending_desired is not None
+    assert control.calls == []
+    # The command worker applies it with the next message it takes off the queue.
+    pub._cmd_queue.get_nowait()
+    pub._cmd_queue.put_nowait(None)
+    pub._threads = []
+    pub._command_worker()  # processes the queued pings, then the deferred desired, then stops
+    assert control.calls == [{"threshold": 0.2, "version": 3}]
+    pub.outbox.close()
+
+
+def test_agent_passes_command_rate_and_burst(tmp_path: Path) -> None:
+    from edge_agent.config import AgentConfig
+    from edge_agent.pipeline import Agent
+
+    cfg = AgentConfig.model_validate({"state_dir": str(tmp_path),
+                                      "mqtt": {"broker": "mqtt://127.0.0.1:1", "command_rate": 2,
+                                               "command_burst": 3}})
+    agent = Agent(cfg)
+    agent.envelope = EnvelopeFactory("dev1", tmp_path)
+    pub = agent._make_publisher()
+    assert isinstance(pub, MqttPublisher)
+    assert (pub.commands.bucket.rate, pub.commands.bucket.burst) == (2, 3)
+    pub.outbox.close()

@@ -144,3 +144,77 @@ def test_write_failure_is_counted_not_raised(tmp_path: Path) -> None:
     box.close()
     assert not box.put("t/evt/x", _msg(1), "result")
     assert box.stats()["write_errors"] == 1
+
+
+def test_health_never_evicts_results(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db", max_bytes=5_000)
+    for n in range(7):
+        assert box.put("t/evt/x", _msg(n, 600), "result")
+    results_before = box.stats()["bytes"]
+    # No health queued: a new health row finds no room and is itself dropped, counted.
+    assert not box.put("t/health", _msg(100, 600), "health")
+    stats = box.stats()
+    assert stats["evicted_results"] == 0 and stats["evicted_health"] == 1
+    assert stats["bytes"] == results_before and box.depth == 7
+    assert [json.loads(r.payload)["seq"] for r in box.take(100)] == list(range(7))
+    box.close()
+
+
+def test_health_evicts_only_older_health(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db", max_bytes=5_000)
+    for n in range(6):
+        assert box.put("t/evt/x", _msg(n, 600), "result")
+    assert box.put("t/health", _msg(100, 600), "health")
+    # The next health row replaces the older one; results stay.
+    assert box.put("t/health", _msg(101, 600), "health")
+    stats = box.stats()
+    assert stats["evicted_health"] == 1 and stats["evicted_results"] == 0
+    assert [json.loads(r.payload)["seq"] for r in box.take(100)] == [0, 1, 2, 3, 4, 5, 101]
+    box.close()
+
+
+def test_results_evict_health_first_then_oldest_results(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db", max_bytes=4_000)
+    for n in range(5):
+        assert box.put("t/evt/x", _msg(n, 600), "result")
+    assert box.put("t/health", _msg(100, 600), "health")
+    assert box.put("t/evt/x", _msg(5, 600), "result")  # evicts the health row
+    stats = box.stats()
+    assert (stats["evicted_health"], stats["evicted_results"]) == (1, 0)
+    assert box.put("t/evt/x", _msg(6, 600), "result")  # no health left: the oldest result
+    stats = box.stats()
+    assert (stats["evicted_health"], stats["evicted_results"]) == (1, 1)
+    assert [json.loads(r.payload)["seq"] for r in box.take(100)] == [1, 2, 3, 4, 5, 6]
+    box.close()
+
+
+def test_drop_oversize_row_counts_and_keeps_order(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db")
+    for n in range(3):
+        box.put("t/evt/x", _msg(n), "result")
+    first = box.take(1)[0]
+    box.drop_oversize(first.id, 100)
+    box.refuse_oversize("t/evt/x", 10_000, 100)
+    assert box.stats()["refused_oversize"] == 2 and box.depth == 2
+    assert [json.loads(r.payload)["seq"] for r in box.take(10)] == [1, 2]
+    box.close()
+
+
+def test_refused_row_does_not_block_the_others(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr("edge_agent.outbox.RETRY_DELAY_S", 0.0)
+    box = Outbox(tmp_path / "o.db", max_attempts=3)
+    for n in range(4):
+        box.put("t/evt/x", _msg(n), "result")
+    delivered: list[int] = []
+    for _ in range(10):
+        for row in box.take(10):
+            seq = json.loads(row.payload)["seq"]
+            if seq == 1:
+                box.nack(row.id, "0x97 quota exceeded")  # the broker always refuses this one
+            else:
+                delivered.append(seq)
+                box.ack([row.id])
+        if box.depth == 0:
+            break
+    assert box.depth == 0 and box.counters.undeliverable == 1
+    assert delivered == [0, 2, 3]
