@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.bundle import generate_keypair, load_private_key, read_bundle, sign_bundle
+from edge_agent.cli import dispatch
 from edge_agent.errors import EdgeError
 
 DEFAULT_AGENT_PATH = "/opt/edge-agent/venv/bin/edge-agent"
@@ -40,7 +41,6 @@ DEFAULT_UNIT_FILE = REPO_ROOT / "systemd" / "edge-agent.service"
 DEFAULT_CONFIG_FILE = Path(__file__).resolve().parent / "agent-config.toml"
 SERVICE_MARKER = "--edge-deploy-service--"
 EXIT_FAILED = 1
-EXIT_USAGE = 2
 
 
 class DeployError(EdgeError):
@@ -529,14 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        code: int = args.handler(args)
-    except EdgeError as exc:
-        print(f"edge-deploy: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        return 130
-    return code
+    return dispatch("edge-deploy", args)
 
 
 if __name__ == "__main__":

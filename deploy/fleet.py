@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_agent.cli import dispatch
 from edge_agent.commands import sign_command
 from edge_agent.envelope import TOPIC_ROOT
 from edge_agent.errors import EdgeError
@@ -459,14 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="edge-fleet: %(message)s", stream=sys.stderr)
-    try:
-        code: int = args.handler(args)
-    except EdgeError as exc:
-        print(f"edge-fleet: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        return 130
-    return code
+    return dispatch("edge-fleet", args)
 
 
 if __name__ == "__main__":

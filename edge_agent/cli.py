@@ -49,10 +49,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    return dispatch("edge-agent", args)
+
+
+def dispatch(prog: str, args: argparse.Namespace) -> int:
+    """Run the parsed subcommand's handler; a user error becomes one line and exit code 2.
+
+    Shared by edge-agent, edge-fleet and edge-deploy.
+    """
     try:
         code: int = args.handler(args)
     except EdgeError as exc:
-        print(f"edge-agent: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130

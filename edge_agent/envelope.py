@@ -6,12 +6,13 @@ drop duplicates by ``(device_id, boot_id, seq)`` across restarts.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+from edge_agent.bundle import atomic_write
 
 SCHEMA = "edge/v1"
 TOPIC_ROOT = "edge/v1"
@@ -56,12 +57,7 @@ class SequenceCounter:
         self._reserved = base + _BLOCK
         if self._path is None:
             return
-        tmp = self._path.with_suffix(".tmp")
-        with tmp.open("w") as handle:
-            handle.write(str(self._reserved))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self._path)
+        atomic_write(self._path, str(self._reserved).encode())
 
     def next(self) -> int:
         with self._lock:

@@ -56,6 +56,7 @@ from edge_agent.bundle import (
     fsync_dir,
     load_public_key,
     read_bundle,
+    sha256_file,
 )
 from edge_agent.errors import BundleError, EdgeError
 
@@ -179,7 +180,7 @@ def load_model_dir(directory: Path, deep: bool = True) -> InstalledModel:
         raise BundleError(f"{directory}: model.tflite has the wrong size (altered or corrupt)")
     if not (directory / BUNDLE_FILE).is_file():
         raise BundleError(f"{directory}: {BUNDLE_FILE} missing")
-    if deep and _sha256_path(model) != manifest.model.sha256:
+    if deep and sha256_file(model) != manifest.model.sha256:
         raise BundleError(f"{directory}: model.tflite does not match the manifest sha256")
     return InstalledModel(sha256=sha, directory=directory, manifest=manifest)
 
@@ -644,14 +645,6 @@ def _adopt(path: Path, state_dir: Path, recursive: bool = False) -> None:
     for p in paths:
         with contextlib.suppress(OSError):
             os.lchown(p, st.st_uid, st.st_gid)
-
-
-def _sha256_path(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- running agent
