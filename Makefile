@@ -11,7 +11,7 @@ all: test
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[converter,dev]'
+	$(PY) -m pip install -q -e '.[converter,dev]' --config-settings editable_mode=compat
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -21,7 +21,7 @@ sysdeps:
 
 lint: install
 	$(PY) -m ruff check edge_agent converter deploy tests bench
-	$(PY) -m mypy edge_agent converter deploy
+	$(PY) -m mypy edge_agent converter deploy bench
 
 test: install sysdeps lint
 	$(PY) -m pytest -q

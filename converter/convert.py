@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 import numpy as np
-from pydantic import ValidationError
 
 import edge_agent
 from converter import ops as ops_mod
@@ -66,6 +65,7 @@ from edge_agent.manifest import (
 )
 from edge_agent.preprocess import audio_feature_shape
 from edge_agent.runtimes.litert import LiteRTRuntime, backend_version
+from edge_agent.schema import ValidationError
 from edge_agent.smoke import run_smoke_test
 
 log = logging.getLogger(__name__)
@@ -318,10 +318,10 @@ def build_preprocess(opts: ConvertOptions, task: Task, input_shape: list[int]
         color = opts.color or ("gray" if channels == 1 else "rgb")
         if (color == "gray") != (channels == 1):
             raise DataError(f"--color {color} does not fit the model input with {channels} channel(s)")
-        return ImagePreprocess(
-            width=input_shape[2], height=input_shape[1], channels=channels, resize=opts.resize,
-            color=color, mean=opts.mean, std=opts.std, invert=opts.invert,
-        )
+        return ImagePreprocess.model_validate({
+            "width": input_shape[2], "height": input_shape[1], "channels": channels, "resize": opts.resize,
+            "color": color, "mean": opts.mean, "std": opts.std, "invert": opts.invert,
+        })
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])

@@ -27,10 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydantic import ValidationError
-
 from edge_agent.errors import BundleError, SignatureError
 from edge_agent.manifest import Manifest
+from edge_agent.schema import ValidationError
 
 if TYPE_CHECKING:  # cryptography costs ~8 MB RSS: imported only where keys are used
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey

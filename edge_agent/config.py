@@ -23,9 +23,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
 from edge_agent.errors import ConfigError
+from edge_agent.schema import Field, FieldError, Schema, ValidationError
 
 ENV_PREFIX = "EDGE_AGENT_"
 OVERRIDES_FILE = "config-overrides.json"
@@ -49,8 +48,8 @@ def default_state_dir(*, environ: Mapping[str, str] | None = None) -> Path:
     return Path.home() / ".local" / "state" / "edge-agent"
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+class _Section(Schema):
+    """A config section: unknown keys are errors (see :mod:`edge_agent.schema`)."""
 
 
 def parse_event_policy(value: str) -> tuple[str, float]:
@@ -70,17 +69,17 @@ class ModelSection(_Section):
     """Which model to run and how."""
 
     bundle: Path | None = Field(
-        None,
+        default=None,
         description="Bundle file, installed model directory (manifest.json + model.tflite) "
         "or plain .tflite (then `sidecar` is required). Default: <state_dir>/models/current.",
     )
-    sidecar: Path | None = Field(None, description="TOML/JSON describing a plain .tflite model.")
+    sidecar: Path | None = Field(default=None, description="TOML/JSON describing a plain .tflite model.")
     public_key: Path | None = Field(
-        None, description="Pinned Ed25519 public key (PEM); when set, bundles must be signed by it."
+        default=None, description="Pinned Ed25519 public key (PEM); when set, bundles must be signed by it."
     )
     runtime: Literal["litert"] = "litert"
-    threads: int = Field(1, ge=1, le=64, description="Interpreter threads.")
-    delegate: str | None = Field(None, description="External delegate library (e.g. libedgetpu.so.1).")
+    threads: int = Field(default=1, ge=1, le=64, description="Interpreter threads.")
+    delegate: str | None = Field(default=None, description="External delegate library (e.g. libedgetpu.so.1).")
     delegate_options: dict[str, str] = Field(default_factory=dict)
 
 
@@ -91,101 +90,94 @@ class SourceSection(_Section):
     """Where frames or audio come from."""
 
     uri: str | None = Field(
-        None,
+        default=None,
         description="Camera index or /dev/videoN, file, folder, rtsp:// or http(s):// URL, "
         "*.wav, '-' / 'stdin' for raw PCM, 'mic' for the microphone.",
     )
     type: SourceType = "auto"
-    fps: float | None = Field(None, gt=0, le=1000, description="Cap (live) or pace (files) the rate.")
-    queue_size: int = Field(4, ge=1, le=1024, description="Frames waiting for inference.")
-    live: bool | None = Field(None, description="Drop oldest when full; default depends on the type.")
-    loop: bool = Field(False, description="Restart file sources at the end (demos).")
+    fps: float | None = Field(default=None, gt=0, le=1000, description="Cap (live) or pace (files) the rate.")
+    queue_size: int = Field(default=4, ge=1, le=1024, description="Frames waiting for inference.")
+    live: bool | None = Field(default=None, description="Drop oldest when full; default depends on the type.")
+    loop: bool = Field(default=False, description="Restart file sources at the end (demos).")
     sample_rate: int | None = Field(
-        None, gt=0, le=192000, description="Rate of raw PCM on stdin / microphone (default: model's)."
+        default=None, gt=0, le=192000, description="Rate of raw PCM on stdin / microphone (default: model's)."
     )
-    width: int | None = Field(None, gt=0, le=8192, description="Requested camera width.")
-    height: int | None = Field(None, gt=0, le=8192, description="Requested camera height.")
-    reconnect_min_s: float = Field(0.5, gt=0, le=60)
-    reconnect_max_s: float = Field(10.0, gt=0, le=600)
-    read_timeout_s: float = Field(5.0, gt=0, le=600, description="Live source silence before reconnect.")
+    width: int | None = Field(default=None, gt=0, le=8192, description="Requested camera width.")
+    height: int | None = Field(default=None, gt=0, le=8192, description="Requested camera height.")
+    reconnect_min_s: float = Field(default=0.5, gt=0, le=60)
+    reconnect_max_s: float = Field(default=10.0, gt=0, le=600)
+    read_timeout_s: float = Field(default=5.0, gt=0, le=600, description="Live source silence before reconnect.")
 
-    @model_validator(mode="after")
-    def _check(self) -> SourceSection:
+    def _check(self) -> None:
         if self.reconnect_max_s < self.reconnect_min_s:
-            raise ValueError("reconnect_max_s must be >= reconnect_min_s")
-        return self
+            raise FieldError("reconnect_max_s", "must be >= reconnect_min_s")
 
 
 class EventsSection(_Section):
     """When results are published and which ones."""
 
-    policy: str = Field("change", description="'every', 'change' or 'interval:SECONDS'.")
+    policy: str = Field(default="change", description="'every', 'change' or 'interval:SECONDS'.")
     score_threshold: float | None = Field(
-        None, ge=0.0, le=1.0, description="Override the manifest's score threshold."
+        default=None, ge=0.0, le=1.0, description="Override the manifest's score threshold."
     )
-    top_k: int | None = Field(None, ge=1, le=100, description="Override the manifest's top-k.")
+    top_k: int | None = Field(default=None, ge=1, le=100, description="Override the manifest's top-k.")
 
-    @field_validator("policy")
-    @classmethod
-    def _policy(cls, value: str) -> str:
-        parse_event_policy(value)
-        return value.strip()
+    def _check(self) -> None:
+        try:
+            parse_event_policy(self.policy)
+        except ValueError as exc:
+            raise FieldError("policy", str(exc)) from None
+        object.__setattr__(self, "policy", self.policy.strip())
 
 
 class HealthSection(_Section):
-    interval_s: float = Field(30.0, ge=0.05, le=86400, description="Seconds between health messages.")
+    interval_s: float = Field(default=30.0, ge=0.05, le=86400, description="Seconds between health messages.")
 
 
 class MqttSection(_Section):
     """Broker connection (used when `broker` is set)."""
 
-    broker: str | None = Field(None, description="mqtt://host:port or mqtts://host:port")
+    broker: str | None = Field(default=None, description="mqtt://host:port or mqtts://host:port")
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
     username: str | None = None
     password_file: Path | None = Field(
-        None, description="File holding the password; relative names look in $CREDENTIALS_DIRECTORY."
+        default=None, description="File holding the password; relative names look in $CREDENTIALS_DIRECTORY."
     )
     protocol: Literal["5", "3.1.1"] = "5"
-    keepalive: int = Field(30, ge=5, le=3600)
-    will_delay: int = Field(10, ge=0, le=3600, description="MQTT v5 will delay interval (s).")
-    client_id: str | None = Field(None, description="Default: the device id.")
-    reconnect_min_s: float = Field(1.0, gt=0, le=600)
-    reconnect_max_s: float = Field(60.0, gt=0, le=3600)
-    max_inflight: int = Field(10, ge=1, le=1000)
+    keepalive: int = Field(default=30, ge=5, le=3600)
+    will_delay: int = Field(default=10, ge=0, le=3600, description="MQTT v5 will delay interval (s).")
+    client_id: str | None = Field(default=None, description="Default: the device id.")
+    reconnect_min_s: float = Field(default=1.0, gt=0, le=600)
+    reconnect_max_s: float = Field(default=60.0, gt=0, le=3600)
+    max_inflight: int = Field(default=10, ge=1, le=1000)
     command_public_key: Path | None = Field(
-        None, description="Pinned Ed25519 key for privileged commands (default: model.public_key)."
+        default=None, description="Pinned Ed25519 key for privileged commands (default: model.public_key)."
     )
     # QoS is not configurable: QoS 1 is the contract for everything the agent sends.
     max_payload_bytes: int = Field(
-        128 * 1024, ge=1024, le=256 * 1024,
+        default=128 * 1024, ge=1024, le=256 * 1024,
         description="Cap on a whole PUBLISH packet (payload + topic + header); at most the broker's "
                     "max_packet_size (256 KiB in deploy/mosquitto).",
     )
-    command_rate: float = Field(5.0, gt=0, le=1000, description="Commands per second (token bucket rate).")
-    command_burst: float = Field(20.0, ge=1, le=10000, description="Command burst (token bucket size).")
+    command_rate: float = Field(default=5.0, gt=0, le=1000, description="Commands per second (token bucket rate).")
+    command_burst: float = Field(default=20.0, ge=1, le=10000, description="Command burst (token bucket size).")
     homeassistant: bool = False
 
-    @field_validator("protocol", mode="before")
     @classmethod
-    def _protocol(cls, value: Any) -> Any:
-        return str(value) if isinstance(value, int | float) else value
+    def _prepare(cls, data: dict[str, Any]) -> dict[str, Any]:
+        if isinstance(data.get("protocol"), int | float) and not isinstance(data.get("protocol"), bool):
+            data["protocol"] = str(data["protocol"])  # `protocol = 5` in TOML means "5"
+        return data
 
-    @field_validator("broker")
-    @classmethod
-    def _broker(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^(mqtts?|tcp|ssl)://[^/\s]+$", value):
-            raise ValueError("broker must look like mqtt://host:port or mqtts://host:port")
-        return value
-
-    @model_validator(mode="after")
-    def _check(self) -> MqttSection:
+    def _check(self) -> None:
+        if self.broker is not None and not re.match(r"^(mqtts?|tcp|ssl)://[^/\s]+$", self.broker):
+            raise FieldError("broker", "must look like mqtt://host:port or mqtts://host:port")
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file must be given together (mutual TLS)")
         if self.reconnect_max_s < self.reconnect_min_s:
-            raise ValueError("reconnect_max_s must be >= reconnect_min_s")
-        return self
+            raise FieldError("reconnect_max_s", "must be >= reconnect_min_s")
 
     def password_path(self) -> Path | None:
         """The password file, resolved against ``$CREDENTIALS_DIRECTORY`` when relative."""
@@ -200,16 +192,16 @@ class MqttSection(_Section):
 
 
 class OutboxSection(_Section):
-    path: Path | None = Field(None, description="SQLite file; default <state_dir>/outbox.db")
-    max_bytes: int = Field(64 * 1024 * 1024, ge=64 * 1024)
-    max_age_s: float = Field(7 * 86400.0, gt=0)
+    path: Path | None = Field(default=None, description="SQLite file; default <state_dir>/outbox.db")
+    max_bytes: int = Field(default=64 * 1024 * 1024, ge=64 * 1024)
+    max_age_s: float = Field(default=7 * 86400.0, gt=0)
 
 
 class AgentConfig(_Section):
     """The whole agent configuration."""
 
     device_id: str = Field(
-        "dev1", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        default="dev1", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
         description="One MQTT topic level: letters, digits, '_', '.', '-'.",
     )
     state_dir: Path = Field(
@@ -217,8 +209,8 @@ class AgentConfig(_Section):
         description="Default: $STATE_DIRECTORY (systemd StateDirectory=), else "
         "$XDG_STATE_HOME/edge-agent (~/.local/state/edge-agent).",
     )
-    max_frames: int | None = Field(None, ge=1, description="Stop after this many inferences.")
-    duration_s: float | None = Field(None, gt=0, description="Stop after this many seconds.")
+    max_frames: int | None = Field(default=None, ge=1, description="Stop after this many inferences.")
+    duration_s: float | None = Field(default=None, gt=0, description="Stop after this many seconds.")
     publisher: Literal["auto", "stdout", "mqtt"] = "auto"
     model: ModelSection = Field(default_factory=ModelSection)
     source: SourceSection = Field(default_factory=SourceSection)
@@ -227,10 +219,11 @@ class AgentConfig(_Section):
     mqtt: MqttSection = Field(default_factory=MqttSection)
     outbox: OutboxSection = Field(default_factory=OutboxSection)
 
-    @field_validator("state_dir", mode="before")
     @classmethod
-    def _state_dir(cls, value: Any) -> Any:
-        return value if value not in (None, "") else default_state_dir()
+    def _prepare(cls, data: dict[str, Any]) -> dict[str, Any]:
+        if data.get("state_dir", 0) in (None, ""):
+            del data["state_dir"]  # empty means "the default"
+        return data
 
     @property
     def publisher_kind(self) -> str:
@@ -252,9 +245,9 @@ def _format_error(exc: ValidationError, origin: str) -> str:
     kind = first["type"]
     if kind == "extra_forbidden":
         return f"{origin}: unknown setting '{where}' (check the spelling; see the config reference)"
-    msg = str(first["msg"]).removeprefix("Value error, ")
+    msg = str(first["msg"])
     value = first.get("input")
-    shown = "" if isinstance(value, dict) else f" (got {value!r})"
+    shown = "" if value is None or isinstance(value, dict | list) else f" (got {value!r})"
     more = f" and {exc.error_count() - 1} more problem(s)" if exc.error_count() > 1 else ""
     return f"{origin}: invalid '{where}': {msg}{shown}{more}"
 
@@ -339,19 +332,19 @@ class RuntimeSettings(_Section):
     """Settings a remote ``set_config`` may change on a running agent."""
 
     events: str | None = None
-    score_threshold: float | None = Field(None, ge=0.0, le=1.0)
-    top_k: int | None = Field(None, ge=1, le=100)
-    fps: float | None = Field(None, gt=0, le=1000)
-    health_interval_s: float | None = Field(None, ge=0.05, le=86400)
-    version: int | None = Field(None, ge=0, description="Config version from config/desired.")
+    score_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=1, le=100)
+    fps: float | None = Field(default=None, gt=0, le=1000)
+    health_interval_s: float | None = Field(default=None, ge=0.05, le=86400)
+    version: int | None = Field(default=None, ge=0, description="Config version from config/desired.")
 
-    @field_validator("events")
-    @classmethod
-    def _events(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_event_policy(value)
-            return value.strip()
-        return value
+    def _check(self) -> None:
+        if self.events is not None:
+            try:
+                parse_event_policy(self.events)
+            except ValueError as exc:
+                raise FieldError("events", str(exc)) from None
+            object.__setattr__(self, "events", self.events.strip())
 
 
 def validate_settings(changes: Mapping[str, Any]) -> RuntimeSettings:

@@ -10,10 +10,11 @@ sidecar file (see :func:`edge_agent.bundle.load_model_source`).
 from __future__ import annotations
 
 import base64
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from edge_agent.schema import Field, Schema, validate_as
 
 SCHEMA_VERSION = 1
 
@@ -21,22 +22,18 @@ DType = Literal["int8", "uint8", "float32", "int16", "int32"]
 Task = Literal["classify", "detect", "audio_classify"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class TensorSpec(_Strict):
+class TensorSpec(Schema, frozen=True):
     """One input or output tensor as the interpreter reports it."""
 
     name: str = ""
     shape: list[int] = Field(description="Tensor shape including the batch dimension.")
     dtype: DType
-    scale: float = Field(0.0, description="Quantisation scale; 0 for float tensors.")
-    zero_point: int = Field(0, description="Quantisation zero point.")
-    layout: str = Field("", description="NHWC for images, NTF (time x features) for audio.")
+    scale: float = Field(default=0.0, description="Quantisation scale; 0 for float tensors.")
+    zero_point: int = Field(default=0, description="Quantisation zero point.")
+    layout: str = Field(default="", description="NHWC for images, NTF (time x features) for audio.")
 
 
-class ImagePreprocess(_Strict):
+class ImagePreprocess(Schema, frozen=True):
     """How a camera frame becomes the model input (before quantisation)."""
 
     kind: Literal["image"] = "image"
@@ -47,10 +44,9 @@ class ImagePreprocess(_Strict):
     color: Literal["rgb", "bgr", "gray"] = "rgb"
     mean: list[float] = Field(default_factory=lambda: [0.0])
     std: list[float] = Field(default_factory=lambda: [1.0])
-    invert: bool = Field(False, description="Use 255 - pixel (dark strokes on light paper).")
+    invert: bool = Field(default=False, description="Use 255 - pixel (dark strokes on light paper).")
 
-    @model_validator(mode="after")
-    def _check(self) -> ImagePreprocess:
+    def _check(self) -> None:
         for name, values in (("mean", self.mean), ("std", self.std)):
             if len(values) not in (1, self.channels):
                 raise ValueError(f"{name} needs 1 or {self.channels} values, got {len(values)}")
@@ -60,28 +56,26 @@ class ImagePreprocess(_Strict):
             raise ValueError("color 'gray' needs channels = 1")
         if self.color != "gray" and self.channels != 3:
             raise ValueError("channels = 1 needs color 'gray'")
-        return self
 
 
-class AudioPreprocess(_Strict):
+class AudioPreprocess(Schema, frozen=True):
     """How a window of audio samples becomes the model input (before quantisation)."""
 
     kind: Literal["audio"] = "audio"
-    sample_rate: int = Field(16000, gt=0, le=192000)
-    window_s: float = Field(1.0, gt=0, le=60, description="Length of one model input in seconds.")
-    hop_s: float = Field(0.25, gt=0, le=60, description="Step between windows on the device.")
+    sample_rate: int = Field(default=16000, gt=0, le=192000)
+    window_s: float = Field(default=1.0, gt=0, le=60, description="Length of one model input in seconds.")
+    hop_s: float = Field(default=0.25, gt=0, le=60, description="Step between windows on the device.")
     feature: Literal["waveform", "logmel", "mfcc"] = "logmel"
-    frame_length: int = Field(480, gt=0, description="STFT window length in samples.")
-    frame_step: int = Field(320, gt=0, description="STFT hop in samples.")
-    fft_length: int = Field(512, gt=0)
-    n_mels: int = Field(40, gt=0, le=512)
-    n_mfcc: int = Field(13, gt=0, le=512)
-    fmin: float = Field(20.0, ge=0)
-    fmax: float = Field(7600.0, gt=0)
-    log_offset: float = Field(1e-6, gt=0)
+    frame_length: int = Field(default=480, gt=0, description="STFT window length in samples.")
+    frame_step: int = Field(default=320, gt=0, description="STFT hop in samples.")
+    fft_length: int = Field(default=512, gt=0)
+    n_mels: int = Field(default=40, gt=0, le=512)
+    n_mfcc: int = Field(default=13, gt=0, le=512)
+    fmin: float = Field(default=20.0, ge=0)
+    fmax: float = Field(default=7600.0, gt=0)
+    log_offset: float = Field(default=1e-6, gt=0)
 
-    @model_validator(mode="after")
-    def _check(self) -> AudioPreprocess:
+    def _check(self) -> None:
         if self.fft_length < self.frame_length:
             raise ValueError("fft_length must be >= frame_length")
         if self.fmax > self.sample_rate / 2:
@@ -90,7 +84,6 @@ class AudioPreprocess(_Strict):
             raise ValueError("fmin must be below fmax")
         if self.feature == "mfcc" and self.n_mfcc > self.n_mels:
             raise ValueError("n_mfcc must be <= n_mels")
-        return self
 
     @property
     def window_samples(self) -> int:
@@ -101,29 +94,35 @@ class AudioPreprocess(_Strict):
         return max(1, round(self.hop_s * self.sample_rate))
 
 
-Preprocess = Annotated[ImagePreprocess | AudioPreprocess, Field(discriminator="kind")]
+Preprocess = ImagePreprocess | AudioPreprocess  # tagged by `kind`
 
 
-class OutputSpec(_Strict):
+def parse_preprocess(data: Any) -> Preprocess:
+    """A preprocess section (``kind = "image"`` or ``"audio"``); raises :class:`ValidationError`."""
+    result: Preprocess = validate_as(Preprocess, data)
+    return result
+
+
+class OutputSpec(Schema, frozen=True):
     """How raw output tensors become results."""
 
     labels: list[str] = Field(default_factory=list)
-    score_threshold: float = Field(0.0, ge=0.0, le=1.0)
-    top_k: int = Field(3, ge=1, le=1000)
-    apply_softmax: bool = Field(False, description="Outputs are logits: apply softmax.")
+    score_threshold: float = Field(default=0.0, ge=0.0, le=1.0)
+    top_k: int = Field(default=3, ge=1, le=1000)
+    apply_softmax: bool = Field(default=False, description="Outputs are logits: apply softmax.")
     detection_format: Literal["tflite_postprocess", "raw_boxes"] | None = None
     box_format: Literal["yxyx", "xyxy", "cxcywh"] = "yxyx"
-    iou_threshold: float = Field(0.5, gt=0.0, le=1.0)
-    max_detections: int = Field(25, ge=1, le=1000)
+    iou_threshold: float = Field(default=0.5, gt=0.0, le=1.0)
+    max_detections: int = Field(default=25, ge=1, le=1000)
     # audio_classify: smoothing over consecutive windows and a refractory period
-    smoothing_windows: int = Field(3, ge=1, le=100)
-    refractory_s: float = Field(0.75, ge=0.0, le=60)
+    smoothing_windows: int = Field(default=3, ge=1, le=100)
+    refractory_s: float = Field(default=0.75, ge=0.0, le=60)
     background_labels: list[str] = Field(
         default_factory=list, description="Labels never reported as events (silence, noise)."
     )
 
 
-class GoldenVector(_Strict):
+class GoldenVector(Schema, frozen=True):
     """A model input with the output it must produce, for the on-device smoke test.
 
     Tensors are stored as base64 of their raw little-endian bytes to keep the
@@ -159,13 +158,13 @@ def _default_output() -> OutputSpec:
     return OutputSpec()
 
 
-class ModelInfo(_Strict):
+class ModelInfo(Schema, frozen=True):
     file: str = "model.tflite"
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     size_bytes: int = Field(ge=0)
 
 
-class Manifest(_Strict):
+class Manifest(Schema, frozen=True):
     """The bundle manifest (``manifest.json``)."""
 
     schema_version: int = SCHEMA_VERSION
@@ -184,7 +183,7 @@ class Manifest(_Strict):
     min_runtime_version: str = "0.1.0"
     golden: list[GoldenVector] = Field(default_factory=list)
     latency_budget_ms: float = Field(
-        0.0, ge=0, description="Smoke-test budget per inference; 0 disables the check."
+        default=0.0, ge=0, description="Smoke-test budget per inference; 0 disables the check."
     )
     converter: dict[str, str] = Field(
         default_factory=dict, description="Converter, TensorFlow and LiteRT versions."
@@ -193,8 +192,7 @@ class Manifest(_Strict):
         default_factory=dict, description="Headline validation figures (full report in report.json)."
     )
 
-    @model_validator(mode="after")
-    def _check(self) -> Manifest:
+    def _check(self) -> None:
         if self.schema_version != SCHEMA_VERSION:
             raise ValueError(
                 f"schema_version {self.schema_version} is not supported (this agent reads "
@@ -206,7 +204,6 @@ class Manifest(_Strict):
             raise ValueError(f"task {self.task} needs an image preprocess section")
         if self.task == "detect" and self.output.detection_format is None:
             raise ValueError("task detect needs output.detection_format")
-        return self
 
     @property
     def short_sha(self) -> str:

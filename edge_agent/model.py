@@ -29,12 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import TypeAdapter, ValidationError
-
 from edge_agent import bundle as bundle_mod
 from edge_agent.errors import BundleError
-from edge_agent.manifest import AudioPreprocess, ImagePreprocess, Manifest, Preprocess, TensorSpec
+from edge_agent.manifest import AudioPreprocess, ImagePreprocess, Manifest, TensorSpec, parse_preprocess
 from edge_agent.runtimes import Runtime, create_runtime
+from edge_agent.schema import ValidationError
 
 SIDECAR_SUFFIXES = (".toml", ".json")
 
@@ -135,7 +134,7 @@ def sidecar_manifest(
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "sidecar"
-        msg = str(first["msg"]).removeprefix("Value error, ")
+        msg = str(first["msg"])
         if first["type"] == "extra_forbidden":
             msg = "unknown field"
         raise BundleError(f"sidecar {sidecar_path}: invalid '{where}': {msg}") from exc
@@ -162,14 +161,11 @@ class ModelFile:
             return self.manifest.preprocess
         assert self.sidecar is not None
         try:
-            return _PREPROCESS.validate_python(self.sidecar.get("preprocess"))
+            return parse_preprocess(self.sidecar.get("preprocess"))
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "preprocess"
             raise BundleError(f"sidecar {self.sidecar_path}: invalid 'preprocess' ({where}): {first['msg']}") from exc
-
-
-_PREPROCESS: TypeAdapter[ImagePreprocess | AudioPreprocess] = TypeAdapter(Preprocess)
 
 
 def verify_model(path: Path, sidecar: Path | None = None, public_key: Path | None = None) -> ModelFile:

@@ -45,8 +45,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
 from edge_agent.bundle import (
     MANIFEST,
     MODEL,
@@ -63,6 +61,7 @@ from edge_agent.errors import BundleError, EdgeError
 if TYPE_CHECKING:  # cryptography costs ~8 MB RSS: import it only where a key is used
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from edge_agent.manifest import Manifest
+from edge_agent.schema import ValidationError
 
 log = logging.getLogger(__name__)
 

@@ -91,7 +91,7 @@ class MqttSettings:
     @classmethod
     def from_any(cls, value: MqttSettings | Any | None = None, **overrides: Any) -> MqttSettings:
         """Build from an MqttSettings, any object with the same attribute names
-        (e.g. the pydantic ``mqtt`` config section), a dict, or keyword arguments."""
+        (e.g. the ``mqtt`` config section), a dict, or keyword arguments."""
         data: dict[str, Any] = {}
         names = cls.__dataclass_fields__.keys()
         if isinstance(value, dict):

@@ -144,7 +144,7 @@ def quantize(values: np.ndarray, spec: TensorSpec) -> np.ndarray:
         return values.astype(np.float32, copy=False)
     if spec.scale <= 0:
         raise PreprocessError(f"tensor {spec.name!r} is {spec.dtype} but has no quantisation scale")
-    info = np.iinfo(dtype)
+    info = np.iinfo(dtype.type)  # type: ignore[type-var]  # an integer dtype here
     q = np.round(values / spec.scale + spec.zero_point)
     clipped: np.ndarray = np.clip(q, info.min, info.max).astype(dtype)
     return clipped

@@ -216,13 +216,15 @@ def test_clear_errors(models: Path, colour_folder: Path, tmp_path: Path, problem
     assert not events(messages, "evt/classification")
 
 
-def test_running_the_agent_never_imports_tensorflow(models: Path, colour_folder: Path, tmp_path: Path) -> None:
+def test_running_the_agent_never_imports_tensorflow_or_pydantic(
+    models: Path, colour_folder: Path, tmp_path: Path
+) -> None:
     script = (
         "import sys\n"
         "from edge_agent.cli import main\n"
         f"code = main(['run', '--bundle', {str(models / 'colours_int8.tflite')!r}, '--source', "
         f"{str(colour_folder)!r}, '--state-dir', {str(tmp_path)!r}])\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'converter'))\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'converter', 'pydantic'))\n"
         "print('IMPORTED', bad, file=sys.stderr)\n"
         "sys.exit(code or (1 if bad else 0))\n"
     )
