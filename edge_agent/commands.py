@@ -35,13 +35,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING, Any, Literal
 
 from edge_agent.errors import ConfigError, EdgeError
+
+if TYPE_CHECKING:  # cryptography costs ~6 MB RSS: loaded only when a command key is pinned or used
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +149,9 @@ def sign_command(key: Ed25519PrivateKey, device_id: str, name: str, body: dict[s
 
 def load_public_key(path: Path) -> Ed25519PublicKey:
     """A pinned Ed25519 public key: PEM, OpenSSH, or 32 raw/base64 bytes."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -478,6 +480,8 @@ class CommandHandler:
             raise _RejectError("signature_required: no command key pinned on this device", cmd_id)
         if sig is None:
             raise _RejectError("signature_required", cmd_id)
+        from cryptography.exceptions import InvalidSignature  # loaded with the pinned key already
+
         try:
             raw = base64.b64decode(sig, validate=True)
             self.public_key.verify(raw, signing_bytes(self.device_id, name, body))

@@ -33,22 +33,20 @@ import re
 import ssl
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from typing import TYPE_CHECKING, Any, Protocol
 
 from edge_agent import modelstore
 from edge_agent.bundle import read_bundle
 from edge_agent.commands import Ack, CommandContext, CommandError, register_command
 from edge_agent.errors import EdgeError
+
+if TYPE_CHECKING:  # cryptography (~6 MB RSS) and urllib.request load only when an update needs them
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +173,7 @@ def download(url: str, target: Path, size: int, sha256: str, timeout_s: float = 
     except OtaError:
         target.unlink(missing_ok=True)
         raise
-    except (OSError, urllib.error.URLError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # urllib's URLError and HTTPError are OSErrors
         target.unlink(missing_ok=True)
         reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
         raise OtaError(f"download failed: {reason}") from exc
@@ -196,9 +194,11 @@ def _open_url(url: str, timeout_s: float) -> Any:
         with path.open("rb") as handle:
             yield handle, path.stat().st_size
         return
+    from urllib.request import Request, urlopen
+
     context = ssl.create_default_context() if parts.scheme == "https" else None
-    request = urllib.request.Request(url, headers={"User-Agent": "edge-agent-ota"})
-    with urllib.request.urlopen(request, timeout=timeout_s, context=context) as response:
+    request = Request(url, headers={"User-Agent": "edge-agent-ota"})
+    with urlopen(request, timeout=timeout_s, context=context) as response:
         length = response.headers.get("Content-Length")
         yield response, int(length) if length and length.isdigit() else None
 
@@ -369,6 +369,8 @@ class OtaUpdater:
 def _verify_detached(bundle_path: Path, signature: bytes, key: Ed25519PublicKey | None) -> None:
     if key is None:
         raise OtaError("the command carries a bundle signature but no bundle key is pinned")
+    from cryptography.exceptions import InvalidSignature
+
     manifest_bytes = read_bundle(bundle_path, require_signature=False).manifest_bytes
     try:
         key.verify(signature, manifest_bytes)
