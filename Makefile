@@ -11,7 +11,7 @@ all: test
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[converter,dev]' --config-settings editable_mode=compat
+	$(PY) -m pip install -q -e '.[converter,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -21,7 +21,7 @@ from bench.common import CACHE, BenchResult, RssWatcher, evict_shared_libraries,
 from bench.models import ensure_models
 
 FRAMES = 600
-ROUNDS = 3
+ROUNDS = 5
 
 
 def _imread(path: Path) -> np.ndarray:
@@ -144,9 +144,12 @@ def main() -> BenchResult:
             agents.append(run_agent(paths["digits_big_bundle"], video_big, threads, FRAMES)["fps"])
         raw, agent_fps = max(raws), max(agents)
         ratio = agent_fps / raw
+        paired = sorted(a / r for a, r in zip(agents, raws, strict=True))
+        median = paired[len(paired) // 2]
         rows.append(f"| digits_big int8 | {threads} | {1000 / raw:.2f} | {raw:.0f} | {agent_fps:.0f} | "
-                    f"**{ratio:.2f}** |")
+                    f"**{ratio:.2f}** | {median:.2f} ({paired[0]:.2f}–{paired[-1]:.2f}) |")
         figures[f"throughput_ratio_t{threads}"] = round(ratio, 3)
+        figures[f"throughput_ratio_median_t{threads}"] = round(median, 3)
         figures[f"raw_fps_t{threads}"] = round(raw, 1)
         figures[f"agent_fps_t{threads}"] = round(agent_fps, 1)
     as_found = run_agent(paths["digits_bundle"], video32, 1, 300)  # page cache as it happens to be
@@ -165,8 +168,9 @@ def main() -> BenchResult:
         "`set_tensor`/`invoke`/`get_tensor` loop on the same int8 model and thread count; best of "
         f"{ROUNDS} alternating rounds each. `digits_big` is a CNN of ~880 M multiply-adds on 192x192 RGB "
         "digits (see `bench/models.py`).\n\n"
-        "| model | threads | raw ms/inference | raw fps | agent fps | agent ÷ raw |\n"
-        "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
+        "| model | threads | raw ms/inference | raw fps | agent fps | agent ÷ raw (best ÷ best) "
+        "| median (range) of the per-round ratios |\n"
+        "|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
         f"Digits bundle (32x32 grey), 300 frames, cold start: peak RSS **{small['peak_rss_mb']:.1f} MB** "
         f"(target ≤ 80 MB; at the peak {small['rss_anon_mb']:.1f} MB private, {small['rss_file_mb']:.1f} MB "
         f"mapped shared libraries), process start to first result **{small['first_result_s']:.2f} s** "
@@ -177,7 +181,11 @@ def main() -> BenchResult:
         "host's kernel (large page-cache folios on ext4), libraries just written by `pip install` are mapped "
         "in pieces of up to 2 MB, which can add tens of MB of shared, clean library pages that are not agent "
         f"memory. With the page cache as found, the same run measured **{as_found['peak_rss_mb']:.1f} MB**.\n\n"
-        "Target: agent ÷ raw ≥ 0.9 for a model of at least 2 ms per inference.\n\n"
+        "Target: agent ÷ raw ≥ 0.9 for a model of at least 2 ms per inference. With one interpreter thread "
+        "on this 2-core host, decoding and preprocessing run on the other core while the interpreter works, "
+        "so the agent keeps up with the bare loop; a ratio slightly above 1 is run-to-run noise of this "
+        "shared host (compare the raw ms/inference between runs), not a faster interpreter. With 2 "
+        "interpreter threads both cores are taken by `invoke`, and capture competes with it.\n\n"
         "Where the resident memory goes (RSS added by each import, cold, cumulative order):\n\n"
         "| step | MB |\n|---|---|\n" + cost_rows + "\n\n"
         "The manifest and configuration are validated by `edge_agent.schema` (strict typed records, "

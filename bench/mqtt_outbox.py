@@ -175,7 +175,7 @@ Local Mosquitto 2 on loopback, QoS 1, {WINDOW} messages in flight, one ~300-byte
 | enqueue rate into the outbox (caller side) | {f['enqueue_msgs_per_s']:.0f}/s |
 | time to drain 10,000 results queued during an outage (from broker start) | {f['drain_10k_s']} s |
 | outbox size on disk for 10,000 results | {f['outbox_mb_10k']} MB |
-| `edge-agent run --broker` RSS (cold start) during a {f['outage_s']:.0f} s outage at 50 results/s: start → end (max) | \
+| `edge-agent run --broker` RSS (cold start), {f['outage_s']:.0f} s outage at 50 results/s: start → end (max) | \
 {f['rss_start_mb']} → {f['rss_end_mb']} MB ({f['rss_max_mb']} MB) |
 | results queued on disk at the end of the outage | {f['queued_after_outage']} |
 

@@ -160,17 +160,26 @@ def _broker_hostile() -> st.SearchStrategy[tuple[str, bytes, bool, str]]:
     return st.one_of(base, base, base, duplicate, retained)
 
 
+def _agent_with_command_limit(mqtt_broker, start_agent, collector_factory, unique_id: str, tmp_path: Path,
+                              rate: float, burst: float) -> tuple[Any, Any]:
+    """An operator subscribed to the device's topics and a real agent with this command rate limit,
+    already publishing results."""
+    operator = collector_factory(MqttSettings(broker=mqtt_broker.url, keepalive=5), f"edge/v1/{unique_id}/#")
+    config = tmp_path / "agent-commands.toml"
+    config.write_text(f"[mqtt]\nreconnect_min_s = 1\nreconnect_max_s = 2\ncommand_rate = {rate}\n"
+                      f"command_burst = {burst}\n")
+    agent = start_agent(mqtt_broker, unique_id, tmp_path / "state", "--config", str(config))
+    assert operator.wait(lambda: len(operator.json("evt/classification")) >= FPS, 60), agent.log()
+    return operator, agent
+
+
 def test_hostile_commands_to_the_real_agent(mqtt_broker, start_agent, collector_factory, unique_id,
                                             tmp_path: Path):
     """A thousand hostile commands through the broker to the real ``edge-agent run``: one ack each,
     exactly the verdict of the command checks (no crash, no rate limiting), and inference goes on."""
     root = f"edge/v1/{unique_id}"
-    operator = collector_factory(MqttSettings(broker=mqtt_broker.url, keepalive=5), f"{root}/#")
-    config = tmp_path / "agent-commands.toml"
-    config.write_text(f"[mqtt]\nreconnect_min_s = 1\nreconnect_max_s = 2\ncommand_rate = {AGENT_COMMAND_RATE}\n"
-                      f"command_burst = {AGENT_COMMAND_BURST}\n")
-    agent = start_agent(mqtt_broker, unique_id, tmp_path / "state", "--config", str(config))
-    assert operator.wait(lambda: len(operator.json("evt/classification")) >= FPS, 60), agent.log()
+    operator, agent = _agent_with_command_limit(mqtt_broker, start_agent, collector_factory, unique_id, tmp_path,
+                                                AGENT_COMMAND_RATE, AGENT_COMMAND_BURST)
     # The same checks in process, as the oracle for each verdict (same order, so same replay cache).
     oracle_acks: list[Ack] = []
     oracle = CommandHandler(unique_id, reply=lambda ack, route: oracle_acks.append(ack), rate=1e9, burst=1e9)
@@ -249,12 +258,8 @@ def test_command_flood_is_rate_limited_and_answered(mqtt_broker, start_agent, co
     how fast the machine handles the flood."""
     rate, burst = 0.2, 5
     root = f"edge/v1/{unique_id}"
-    operator = collector_factory(MqttSettings(broker=mqtt_broker.url, keepalive=5), f"{root}/#")
-    config = tmp_path / "agent-flood.toml"
-    config.write_text(f"[mqtt]\nreconnect_min_s = 1\nreconnect_max_s = 2\ncommand_rate = {rate}\n"
-                      f"command_burst = {burst}\n")
-    agent = start_agent(mqtt_broker, unique_id, tmp_path / "state", "--config", str(config))
-    assert operator.wait(lambda: len(operator.json("evt/classification")) >= FPS, 60), agent.log()
+    operator, agent = _agent_with_command_limit(mqtt_broker, start_agent, collector_factory, unique_id, tmp_path,
+                                                rate, burst)
     started = time.monotonic()
     for i in range(FLOOD):
         operator.link.publish(f"{root}/cmd/ping", _cmd(f"flood{i}"))
