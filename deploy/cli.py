@@ -28,6 +28,7 @@ from typing import Any
 
 from edge_agent.bundle import generate_keypair, load_private_key, read_bundle, sign_bundle
 from edge_agent.cli import dispatch
+from edge_agent.config import SERVICE_STATE_DIR
 from edge_agent.errors import EdgeError
 
 DEFAULT_AGENT_PATH = "/opt/edge-agent/venv/bin/edge-agent"
@@ -469,8 +470,10 @@ def _host_args(parser: argparse.ArgumentParser, with_agent: bool = True) -> None
     parser.add_argument("--parallel", type=int, default=8, help="hosts handled at once")
     parser.add_argument("--json", action="store_true", help="print results as JSON")
     if with_agent:
-        parser.add_argument("--state-dir", default=None,
-                            help="device model store (default the agent's, /var/lib/edge-agent)")
+        parser.add_argument("--state-dir", default=str(SERVICE_STATE_DIR),
+                            help=f"device model store (default the service's, {SERVICE_STATE_DIR}; given "
+                                 "explicitly so an unprivileged SSH user gets a permission error instead of "
+                                 "a private store the service never reads)")
         parser.add_argument("--agent-path", default=DEFAULT_AGENT_PATH,
                             help=f"edge-agent on the device (default {DEFAULT_AGENT_PATH})")
 

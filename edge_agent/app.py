@@ -32,7 +32,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--delegate", help="external delegate library (e.g. libedgetpu.so.1)")
     parser.add_argument("--config", type=Path, help="TOML configuration file")
     parser.add_argument("--state-dir", type=Path, help="state directory (default $STATE_DIRECTORY, else "
-                        "$XDG_STATE_HOME/edge-agent or ~/.local/state/edge-agent)")
+                        "/var/lib/edge-agent for root or when writable, else $XDG_STATE_HOME/edge-agent or "
+                        "~/.local/state/edge-agent)")
 
 
 def register(subparsers: Any) -> None:

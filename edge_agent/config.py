@@ -28,20 +28,30 @@ from edge_agent.schema import Field, FieldError, Schema, ValidationError
 
 ENV_PREFIX = "EDGE_AGENT_"
 OVERRIDES_FILE = "config-overrides.json"
+SERVICE_STATE_DIR = Path("/var/lib/edge-agent")  # StateDirectory=edge-agent in the shipped unit
 _POLICY_RE = re.compile(r"^(every|change|interval:(\d+(\.\d+)?))$")
 
 
-def default_state_dir(*, environ: Mapping[str, str] | None = None) -> Path:
-    """The agent's state directory when none is configured.
+def default_state_dir(*, environ: Mapping[str, str] | None = None, service_dir: Path | None = None,
+                      is_root: bool | None = None) -> Path:
+    """The agent's state directory when none is configured; ``run``, ``install-model``, ``models``
+    and ``rollback`` all use it, so they find the same store.
 
     ``$STATE_DIRECTORY`` (set by systemd's ``StateDirectory=``; the first entry
-    when it lists several), else ``$XDG_STATE_HOME/edge-agent``, else
-    ``~/.local/state/edge-agent``. Never a path relative to the working directory.
+    when it lists several); else the service's store ``/var/lib/edge-agent``
+    when running as root or when it exists and is writable (so ``sudo edge-agent
+    install-model`` provisions the store the service will use); else
+    ``$XDG_STATE_HOME/edge-agent``, else ``~/.local/state/edge-agent``. Never a
+    path relative to the working directory.
     """
     environ = os.environ if environ is None else environ
     systemd = environ.get("STATE_DIRECTORY", "").split(":")[0]
     if systemd:
         return Path(systemd)
+    service = SERVICE_STATE_DIR if service_dir is None else service_dir
+    root = os.geteuid() == 0 if is_root is None else is_root
+    if root or (service.is_dir() and os.access(service, os.W_OK | os.X_OK)):
+        return service
     xdg = environ.get("XDG_STATE_HOME", "")
     if xdg and Path(xdg).is_absolute():  # the XDG spec says to ignore relative values
         return Path(xdg) / "edge-agent"
@@ -206,8 +216,8 @@ class AgentConfig(_Section):
     )
     state_dir: Path = Field(
         default_factory=default_state_dir,
-        description="Default: $STATE_DIRECTORY (systemd StateDirectory=), else "
-        "$XDG_STATE_HOME/edge-agent (~/.local/state/edge-agent).",
+        description="Default: $STATE_DIRECTORY (systemd StateDirectory=), else /var/lib/edge-agent for "
+        "root or when writable, else $XDG_STATE_HOME/edge-agent (~/.local/state/edge-agent).",
     )
     max_frames: int | None = Field(default=None, ge=1, description="Stop after this many inferences.")
     duration_s: float | None = Field(default=None, gt=0, description="Stop after this many seconds.")

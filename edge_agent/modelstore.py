@@ -56,6 +56,7 @@ from edge_agent.bundle import (
     read_bundle,
     sha256_file,
 )
+from edge_agent.config import default_state_dir
 from edge_agent.errors import BundleError, EdgeError
 
 if TYPE_CHECKING:  # cryptography costs ~8 MB RSS: import it only where a key is used
@@ -65,7 +66,6 @@ from edge_agent.schema import ValidationError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STATE_DIR = Path("/var/lib/edge-agent")
 SYSTEM_TRUSTED_KEY = Path("/etc/edge-agent/trusted.pub")
 MODELS = "models"
 CURRENT = "current"
@@ -145,12 +145,6 @@ class InstallResult:
 
 
 # --------------------------------------------------------------------------- reading the store
-
-
-def default_state_dir() -> Path:
-    """``$STATE_DIRECTORY`` (set by systemd's StateDirectory=) or /var/lib/edge-agent."""
-    env = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
-    return Path(env) if env else DEFAULT_STATE_DIR
 
 
 def load_model_dir(directory: Path, deep: bool = True) -> InstalledModel:
@@ -272,7 +266,7 @@ def install_model(
 
     Args:
         bundle_path: the bundle file (left untouched).
-        state_dir: the store; default ``$STATE_DIRECTORY`` or /var/lib/edge-agent.
+        state_dir: the store; default :func:`edge_agent.config.default_state_dir`.
         public_key: key to verify with; default the pinned key. With a key, an
             unsigned or wrongly signed bundle is refused.
         expected_sha256, expected_size: checked while copying (OTA passes these).
@@ -812,7 +806,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _state_dir_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state-dir", type=Path, default=None,
-                        help=f"model store (default $STATE_DIRECTORY or {DEFAULT_STATE_DIR})")
+                        help="model store (default: the agent's, see edge-agent run --help)")
 
 
 def _line(model: dict[str, Any] | None) -> str:

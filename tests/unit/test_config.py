@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -146,6 +147,8 @@ def test_remote_settings_validation() -> None:
 
 def test_state_dir_default_is_never_relative_to_cwd(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    monkeypatch.setattr("edge_agent.config.SERVICE_STATE_DIR", tmp_path / "no-service-store")
+    monkeypatch.setattr("edge_agent.config.os.geteuid", lambda: 1000)  # an unprivileged developer
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
     assert AgentConfig().state_dir == tmp_path / "xdg" / "edge-agent"
     assert load_config(None, {}, environ={}).state_dir == tmp_path / "xdg" / "edge-agent"
@@ -157,3 +160,24 @@ def test_state_dir_default_is_never_relative_to_cwd(monkeypatch: pytest.MonkeyPa
     several = {"STATE_DIRECTORY": "/var/lib/edge-agent:/var/lib/other"}
     assert default_state_dir(environ=several) == Path("/var/lib/edge-agent")
     assert default_state_dir(environ={"XDG_STATE_HOME": "/x"}) == Path("/x/edge-agent")
+
+
+def test_state_dir_default_is_the_service_store_for_root_or_when_writable(tmp_path: Path) -> None:
+    service, xdg = tmp_path / "var-lib-edge-agent", {"XDG_STATE_HOME": str(tmp_path / "xdg")}
+    assert default_state_dir(environ=xdg, service_dir=service, is_root=True) == service  # created on install
+    assert default_state_dir(environ=xdg, service_dir=service, is_root=False) == tmp_path / "xdg" / "edge-agent"
+    service.mkdir()
+    assert default_state_dir(environ=xdg, service_dir=service, is_root=False) == service
+    service.chmod(0o500)
+    try:
+        if not os.access(service, os.W_OK):  # root ignores permissions
+            assert default_state_dir(environ=xdg, service_dir=service, is_root=False) == tmp_path / "xdg" / "edge-agent"
+    finally:
+        service.chmod(0o700)
+    assert default_state_dir(environ={"STATE_DIRECTORY": "/s"}, service_dir=service, is_root=True) == Path("/s")
+
+
+def test_model_store_commands_share_the_agent_default() -> None:
+    from edge_agent import modelstore
+
+    assert modelstore.default_state_dir is default_state_dir  # install-model/models/rollback find `run`'s store

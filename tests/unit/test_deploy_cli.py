@@ -121,3 +121,10 @@ def test_ota_commands_registered_with_the_mqtt_publisher() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_device_commands_name_the_service_store_unless_told_otherwise() -> None:
+    args = cli.build_parser().parse_args(["status", "--host", "pi@dev1"])
+    assert cli._agent_command(args, "models", "--json").endswith("models --json --state-dir /var/lib/edge-agent")
+    args = cli.build_parser().parse_args(["status", "--host", "pi@dev1", "--state-dir", "/srv/edge store"])
+    assert cli._agent_command(args, "models").endswith("models --state-dir '/srv/edge store'")
