@@ -323,10 +323,9 @@ def build_preprocess(opts: ConvertOptions, task: Task, input_shape: list[int]
             "color": color, "mean": opts.mean, "std": opts.std, "invert": opts.invert,
         })
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
+        where = exc.where()
         raise ConvertError(f"invalid preprocessing options{' (' + where + ')' if where else ''}: "
-                           f"{first['msg']}") from exc
+                           f"{exc.first['msg']}") from exc
 
 
 # --------------------------------------------------------------------------- main entry

@@ -338,9 +338,7 @@ def read_bundle_bytes(
     try:
         manifest = Manifest.model_validate_json(manifest_bytes)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "manifest"
-        raise BundleError(f"{path}: invalid manifest at {where}: {first['msg']}") from exc
+        raise BundleError(f"{path}: invalid manifest at {exc.where('manifest')}: {exc.first['msg']}") from exc
 
     model = members[MODEL]
     if len(model) != manifest.model.size_bytes or sha256_bytes(model) != manifest.model.sha256:

@@ -250,10 +250,8 @@ class AgentConfig(_Section):
 
 
 def _format_error(exc: ValidationError, origin: str) -> str:
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "config"
-    kind = first["type"]
-    if kind == "extra_forbidden":
+    first, where = exc.first, exc.where("config")
+    if first["type"] == "extra_forbidden":
         return f"{origin}: unknown setting '{where}' (check the spelling; see the config reference)"
     msg = str(first["msg"])
     value = first.get("input")

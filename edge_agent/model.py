@@ -132,12 +132,8 @@ def sidecar_manifest(
     try:
         return Manifest.model_validate(manifest_data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "sidecar"
-        msg = str(first["msg"])
-        if first["type"] == "extra_forbidden":
-            msg = "unknown field"
-        raise BundleError(f"sidecar {sidecar_path}: invalid '{where}': {msg}") from exc
+        msg = "unknown field" if exc.first["type"] == "extra_forbidden" else str(exc.first["msg"])
+        raise BundleError(f"sidecar {sidecar_path}: invalid '{exc.where('sidecar')}': {msg}") from exc
 
 
 @dataclass(frozen=True)
@@ -163,9 +159,8 @@ class ModelFile:
         try:
             return parse_preprocess(self.sidecar.get("preprocess"))
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "preprocess"
-            raise BundleError(f"sidecar {self.sidecar_path}: invalid 'preprocess' ({where}): {first['msg']}") from exc
+            raise BundleError(f"sidecar {self.sidecar_path}: invalid 'preprocess' ({exc.where('preprocess')}): "
+                              f"{exc.first['msg']}") from exc
 
 
 def verify_model(path: Path, sidecar: Path | None = None, public_key: Path | None = None) -> ModelFile:

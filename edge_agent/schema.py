@@ -33,23 +33,29 @@ import types
 import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Self, TypeVar, Union, dataclass_transform, get_args, get_origin
+from typing import Any, ClassVar, Literal, Self, Union, dataclass_transform, get_args, get_origin
 
 __all__ = ["Field", "FieldError", "Schema", "ValidationError"]
 
 Loc = tuple[str | int, ...]
-_T = TypeVar("_T")
 
 
 class ValidationError(ValueError):
     """One or more problems with a value, each with its location (``loc``), ``type``, ``msg`` and ``input``."""
 
     def __init__(self, errors: list[dict[str, Any]]) -> None:
-        self._errors = errors
-        first = errors[0] if errors else {"loc": (), "msg": "invalid value"}
-        where = ".".join(str(p) for p in first["loc"]) or "value"
+        self._errors = errors or [{"loc": (), "type": "value_error", "msg": "invalid value", "input": None}]
         more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-        super().__init__(f"{where}: {first['msg']}{more}")
+        super().__init__(f"{self.where('value')}: {self.first['msg']}{more}")
+
+    @property
+    def first(self) -> dict[str, Any]:
+        """The first problem (the one a one-line error message shows)."""
+        return self._errors[0]
+
+    def where(self, default: str = "") -> str:
+        """The first problem's location, dotted (``model.threads``), or ``default`` for the whole value."""
+        return ".".join(str(p) for p in self.first["loc"]) or default
 
     def errors(self) -> list[dict[str, Any]]:
         return list(self._errors)
@@ -330,7 +336,7 @@ class Schema:
         return copy
 
 
-def validate_as(tp: type[_T] | Any, value: Any) -> Any:
+def validate_as(tp: Any, value: Any) -> Any:
     """Validate ``value`` against a field type (e.g. a union of records); raises :class:`ValidationError`."""
     errors: list[dict[str, Any]] = []
     result = _convert(tp, value, (), errors)
