@@ -75,6 +75,15 @@ def parse_event_policy(value: str) -> tuple[str, float]:
     return match.group(1), 0.0
 
 
+def _checked_policy(field: str, value: str) -> str:
+    """An event policy setting, stripped; a bad one blames ``field``."""
+    try:
+        parse_event_policy(value)
+    except ValueError as exc:
+        raise FieldError(field, str(exc)) from None
+    return value.strip()
+
+
 class ModelSection(_Section):
     """Which model to run and how."""
 
@@ -133,11 +142,7 @@ class EventsSection(_Section):
     top_k: int | None = Field(default=None, ge=1, le=100, description="Override the manifest's top-k.")
 
     def _check(self) -> None:
-        try:
-            parse_event_policy(self.policy)
-        except ValueError as exc:
-            raise FieldError("policy", str(exc)) from None
-        object.__setattr__(self, "policy", self.policy.strip())
+        self.policy = _checked_policy("policy", self.policy)
 
 
 class HealthSection(_Section):
@@ -348,11 +353,7 @@ class RuntimeSettings(_Section):
 
     def _check(self) -> None:
         if self.events is not None:
-            try:
-                parse_event_policy(self.events)
-            except ValueError as exc:
-                raise FieldError("events", str(exc)) from None
-            object.__setattr__(self, "events", self.events.strip())
+            self.events = _checked_policy("events", self.events)
 
 
 def validate_settings(changes: Mapping[str, Any]) -> RuntimeSettings:
