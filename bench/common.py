@@ -37,17 +37,6 @@ def run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
     return proc
 
 
-def peak_rss_mb(pid: int) -> float:
-    """VmHWM (peak resident set) of a live process in MB, 0 when unavailable."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return 0.0
-
-
 def _status_mb(pid: int, keys: tuple[str, ...]) -> dict[str, float]:
     """Fields of /proc/PID/status in MB (missing when the process is gone)."""
     try:
@@ -101,15 +90,13 @@ class RssWatcher:
     def _loop(self) -> None:
         start = time.monotonic()
         while not self._stop.wait(self._interval):
-            value = peak_rss_mb(self.pid)
-            if not value:
+            status = _status_mb(self.pid, ("VmHWM", "VmRSS", "RssAnon", "RssFile"))
+            if "VmRSS" not in status:
                 continue
-            self.peak_mb = max(self.peak_mb, value)
-            status = _status_mb(self.pid, ("VmRSS", "RssAnon", "RssFile"))
-            if "VmRSS" in status:
-                self.samples.append((time.monotonic() - start, status["VmRSS"]))
-                if status["VmRSS"] >= self.peak_sample.get("VmRSS", 0.0):
-                    self.peak_sample = status
+            self.peak_mb = max(self.peak_mb, status["VmHWM"])
+            self.samples.append((time.monotonic() - start, status["VmRSS"]))
+            if status["VmRSS"] >= self.peak_sample.get("VmRSS", 0.0):
+                self.peak_sample = status
 
     def stop(self) -> None:
         self._stop.set()
