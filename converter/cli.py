@@ -170,7 +170,7 @@ def run_inspect(argv: Sequence[str]) -> int:
     shown = ", ".join(labels[:20]) + (f", ... ({len(labels)} in all)" if len(labels) > 20 else "")
     lines.append(f"labels      {shown or '(none)'}")
     out = m.output
-    lines.append(f"decoding    top_k={out.top_k} softmax={out.apply_softmax} "
+    lines.append(f"decoding    top_k={out.top_k} activation={out.activation} "
                  f"threshold={out.score_threshold}"
                  + (f" background={','.join(out.background_labels)}" if out.background_labels else "")
                  + (f" detection={out.detection_format}" if out.detection_format else ""))

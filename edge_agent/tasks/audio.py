@@ -1,9 +1,13 @@
-"""Audio classification over sliding windows: smoothing, refractory period, events.
+"""Audio classification over sliding windows, in one of two event modes.
 
-One spoken word spans several overlapping windows; scores are averaged over the
-last ``smoothing_windows`` windows, and an event fires when a non-background
-label becomes the top label above the threshold, at most once per activation
-and never within ``refractory_s`` of the previous event.
+``keyword`` (spoken words): one word spans several overlapping windows; scores
+are averaged over the last ``smoothing_windows`` windows, and an event fires when
+a non-background label becomes the top label above the threshold, at most once
+per activation and never within ``refractory_s`` of the previous event.
+
+``window`` (multi-label species and sound-event models, BirdNET and YAMNet style):
+every window with at least one label at or above the threshold is one event
+listing those labels, best first.
 """
 
 from __future__ import annotations
@@ -16,7 +20,16 @@ import numpy as np
 from edge_agent.manifest import AudioPreprocess, Manifest, TensorSpec
 from edge_agent.preprocess import audio_feature_shape, audio_features, fit_to_tensor, quantize
 from edge_agent.sources.base import AudioWindow, Item
-from edge_agent.tasks.base import ClassScore, Result, Task, _check_input_size, get_scores, label_of
+from edge_agent.tasks.base import (
+    ClassScore,
+    Result,
+    Task,
+    _check_input_size,
+    default_labels,
+    get_scores,
+    label_of,
+    score_shape,
+)
 
 
 class ScoreSmoother:
@@ -69,7 +82,10 @@ class AudioTask(Task):
             raise TypeError("audio task needs an audio preprocess spec")
         self.preprocess_spec: AudioPreprocess = manifest.preprocess
         _check_input_size(audio_feature_shape(self.preprocess_spec), self.input_spec)
+        self.num_classes = score_shape(outputs[0], len(labels), "audio classification")
+        self.labels = labels = default_labels(labels, self.num_classes)
         spec = manifest.output
+        self.mode = spec.audio_events
         background = {i for i, name in enumerate(labels) if name in set(spec.background_labels)}
         self.smoother = ScoreSmoother(spec.smoothing_windows)
         self.spotter = KeywordSpotter(self.threshold, spec.refractory_s, background)
@@ -87,7 +103,9 @@ class AudioTask(Task):
 
     def decode(self, outputs: list[np.ndarray], item: Item, context: Any) -> Result | None:
         assert isinstance(item, AudioWindow)
-        scores = get_scores(outputs[0], self.output_specs[0], self.manifest.output.apply_softmax)
+        scores = get_scores(outputs[0], self.output_specs[0], self.activation, self.num_classes)
+        if self.mode == "window":
+            return self._window_event(scores, item)
         smoothed = self.smoother.update(scores)
         fired = self.spotter.update(item.t_start_s, smoothed)
         if fired is None:
@@ -105,3 +123,21 @@ class AudioTask(Task):
             "classes": [c.as_dict() for c in ranked],
         }
         return Result(self.event_type, body, (body["label"],), always=True)
+
+    def _window_event(self, scores: np.ndarray, item: AudioWindow) -> Result | None:
+        """One event for this window: every non-background label at or above the threshold."""
+        background = self.spotter.background
+        order = np.argsort(-scores, kind="stable")
+        classes = [
+            ClassScore(self.labels[int(i)], float(scores[i]))
+            for i in order if int(i) not in background and scores[i] >= self.threshold
+        ][: self.top_k]
+        if not classes:
+            return None
+        body = {
+            "window": item.index,
+            "t_start_s": round(item.t_start_s, 3),
+            "t_end_s": round(item.t_start_s + self.preprocess_spec.window_s, 3),
+            "classes": [c.as_dict() for c in classes],
+        }
+        return Result(self.event_type, body, tuple(c.label for c in classes), always=True)

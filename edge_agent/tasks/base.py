@@ -38,17 +38,55 @@ class Result:
     always: bool = False
 
 
-def softmax(values: np.ndarray) -> np.ndarray:
-    shifted = values - np.max(values)
+def softmax(values: np.ndarray, axis: int = -1) -> np.ndarray:
+    shifted = values - np.max(values, axis=axis, keepdims=True)
     exp = np.exp(shifted)
-    result: np.ndarray = exp / np.sum(exp)
+    result: np.ndarray = exp / np.sum(exp, axis=axis, keepdims=True)
     return result
 
 
-def get_scores(raw: np.ndarray, spec: TensorSpec, apply_softmax: bool = False) -> np.ndarray:
-    """Float class scores of one output tensor (dequantised with the interpreter's params)."""
-    scores = dequantize(raw, spec).reshape(-1)
-    return softmax(scores) if apply_softmax else scores
+def sigmoid(values: np.ndarray) -> np.ndarray:
+    # Clipped so that very negative logits do not overflow exp() (and warn).
+    result: np.ndarray = 1.0 / (1.0 + np.exp(-np.clip(values, -80.0, 80.0)))
+    return result.astype(np.float32, copy=False)
+
+
+def activate(values: np.ndarray, activation: str) -> np.ndarray:
+    """Scores from raw outputs: ``softmax`` over the last axis, ``sigmoid`` per value, or ``none``."""
+    if activation == "softmax":
+        return softmax(values)
+    if activation == "sigmoid":
+        return sigmoid(values)
+    return values
+
+
+def get_scores(raw: np.ndarray, spec: TensorSpec, activation: str = "none", num_classes: int = 0) -> np.ndarray:
+    """Float class scores of one output tensor (dequantised with the interpreter's params).
+
+    An output with one score vector per frame (``[1, frames, classes]``, YAMNet style)
+    is activated per frame and averaged over the frames.
+    """
+    values = dequantize(raw, spec)
+    classes = num_classes or (int(values.shape[-1]) if values.ndim else 1)
+    rows = activate(values.reshape(-1, classes), activation)
+    result: np.ndarray = rows[0] if rows.shape[0] == 1 else rows.mean(axis=0)
+    return result
+
+
+def score_shape(spec: TensorSpec, n_labels: int, what: str) -> int:
+    """Number of classes of a score output ``[1, C]`` or ``[1, frames, C]``; ValueError when it
+    cannot hold one score per label."""
+    shape = list(spec.shape)
+    dims = shape[1:] if len(shape) > 1 else shape
+    dims = [d for d in dims[:-1] if d != 1] + dims[-1:]  # [1, 1, 1, C] is [1, C]
+    classes = int(dims[-1]) if dims else 1
+    if not dims or len(dims) > 2 or classes < 1:
+        raise ValueError(f"output {spec.name or 0!r} has shape {shape}; {what} expects [1, classes] "
+                         "or [1, frames, classes]")
+    if n_labels and classes != n_labels:
+        raise ValueError(f"output {spec.name or 0!r} has shape {shape} ({classes} classes) but {n_labels} "
+                         f"labels are given; fix the labels (one per class) or the model")
+    return classes
 
 
 def top_classes(scores: np.ndarray, labels: list[str], k: int, threshold: float) -> list[ClassScore]:
@@ -67,6 +105,11 @@ def label_of(labels: list[str], index: int) -> str:
     return labels[index] if 0 <= index < len(labels) else str(index)
 
 
+def default_labels(labels: list[str], n_classes: int) -> list[str]:
+    """The label list, or class numbers as labels when the model came without one."""
+    return list(labels) if labels else [str(i) for i in range(n_classes)]
+
+
 class Task(ABC):
     """One model task. ``prepare`` and ``decode`` run in the inference thread."""
 
@@ -80,6 +123,7 @@ class Task(ABC):
         self.output_specs = outputs
         self.threshold = manifest.output.score_threshold
         self.top_k = manifest.output.top_k
+        self.activation = manifest.output.activation
 
     def configure(self, threshold: float | None = None, top_k: int | None = None) -> None:
         """Apply runtime overrides (None keeps the manifest's value)."""

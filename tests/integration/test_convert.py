@@ -82,7 +82,7 @@ def test_keras_file_bundle(digits_bundle: Path, digits_report: dict[str, Any], d
     assert bundle.labels == [str(i) for i in range(10)]
     assert m.preprocess.kind == "image" and (m.preprocess.width, m.preprocess.height) == (32, 32)
     assert m.preprocess.color == "gray" and m.preprocess.mean == [0.0] and m.preprocess.std == [1.0]
-    assert not m.output.apply_softmax  # the model ends in a softmax
+    assert m.output.activation == "none"  # the model ends in a softmax
     assert 3 <= len(m.golden) <= 5 and m.latency_budget_ms > 0
     assert bundle.report == digits_report
     assert m.validation["top1_agreement"] == digits_report["top1_agreement"]

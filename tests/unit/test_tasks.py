@@ -17,7 +17,7 @@ from edge_agent.tasks.detect import (
     decode_postprocess,
     decode_raw,
     nms,
-    split_postprocess_outputs,
+    match_postprocess_outputs,
     to_xyxy,
 )
 
@@ -126,7 +126,7 @@ def test_decode_postprocess_uses_count_and_threshold() -> None:
     ]
 
 
-def test_split_postprocess_outputs_by_name_then_by_shape() -> None:
+def test_match_postprocess_outputs_by_shape_then_name() -> None:
     boxes = np.zeros((1, 10, 4), np.float32)
     classes = np.ones((1, 10), np.float32)
     scores = np.full((1, 10), 0.5, np.float32)
@@ -134,11 +134,13 @@ def test_split_postprocess_outputs_by_name_then_by_shape() -> None:
     specs = [TensorSpec(name=n, shape=list(a.shape), dtype="float32") for n, a in
              (("StatefulPartitionedCall:scores", scores), ("detection_boxes", boxes),
               ("num_detections", count), ("detection_classes", classes))]
-    got = split_postprocess_outputs([scores, boxes, count, classes], specs)
-    assert got[0] is boxes and got[1] is classes and got[2] is scores and got[3] is count
+    # boxes, classes, scores, count
+    assert match_postprocess_outputs(specs) == (1, 3, 0, 2)
     unnamed = [TensorSpec(shape=list(a.shape), dtype="float32") for a in (boxes, classes, scores, count)]
-    got = split_postprocess_outputs([boxes, classes, scores, count], unnamed)
-    assert got[0] is boxes and got[3] is count
+    assert match_postprocess_outputs(unnamed) == (0, 1, 2, 3)
+    wrong = [*unnamed[:3], TensorSpec(shape=[1, 2], dtype="float32")]
+    with pytest.raises(ValueError, match=r"\[1, 10, 4\]"):
+        match_postprocess_outputs(wrong)
 
 
 def test_boxes_to_source_undoes_letterbox() -> None:
