@@ -1,4 +1,5 @@
-"""``edge-convert``: trained model -> verified int8 bundle, and ``edge-convert inspect``.
+"""``edge-convert``: trained model -> verified int8 bundle; ``edge-convert wrap`` (an existing
+``.tflite`` + sidecar -> bundle, no TensorFlow) and ``edge-convert inspect``.
 
 Exit codes: 0 success, 2 bad input (one ``edge-convert: error: ...`` line saying
 what to fix), 3 accuracy drop above ``--max-accuracy-drop`` (report printed).
@@ -15,6 +16,7 @@ from typing import Any, NoReturn
 
 from converter.convert import ConvertOptions, convert, print_report
 from converter.errors import EXIT_USAGE, AccuracyError, ConvertError
+from converter.wrap import MAX_GOLDEN, WrapOptions, wrap
 from edge_agent.bundle import read_bundle
 from edge_agent.errors import EdgeError, SignatureError
 
@@ -52,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
         description="Convert a trained TensorFlow/Keras model into a verified, full-integer int8 "
-                    "TFLite bundle. Use `edge-convert inspect BUNDLE` to check a bundle.",
+                    "TFLite bundle. Use `edge-convert wrap MODEL.tflite --sidecar S.toml -o BUNDLE` to "
+                    "bundle an existing TFLite model, `edge-convert inspect BUNDLE` to check a bundle.",
         epilog="Exit codes: 0 ok, 2 bad input, 3 accuracy drop above --max-accuracy-drop.",
     )
     parser.add_argument("model", type=Path, help="SavedModel folder, Keras 3 .keras file or legacy .h5 file")
@@ -96,7 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="use at most N calibration samples (default 500)")
     quant.add_argument("--latency-budget-ms", type=float, metavar="MS",
                        help="smoke-test budget per inference (default 20x measured int8 + 5 ms)")
-    quant.add_argument("--detection-format", choices=["tflite_postprocess", "raw_boxes"],
+    quant.add_argument("--activation", choices=["none", "softmax", "sigmoid"],
+                       help="activation the device applies to the scores (default: softmax when the "
+                            "outputs are not probabilities already, else none; sigmoid for multi-label)")
+    quant.add_argument("--detection-format", choices=["tflite_postprocess", "raw_boxes", "yolo"],
                        default="tflite_postprocess", help="for --task detect")
     out = parser.add_argument_group("output")
     out.add_argument("--sign-key", type=Path, metavar="KEY", help="Ed25519 private key (PEM) to sign the bundle")
@@ -118,6 +124,68 @@ def build_inspect_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _golden_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes a whole number, got {text!r}") from None
+    if not 1 <= value <= MAX_GOLDEN:
+        raise argparse.ArgumentTypeError(f"takes 1 to {MAX_GOLDEN} vectors, got {value}")
+    return value
+
+
+def _milliseconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes milliseconds, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (0 disables the check), got {text}")
+    return value
+
+
+def build_wrap_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=f"{PROG} wrap",
+        description="Make a bundle from an existing TFLite model (float or already quantised) and its "
+                    "sidecar, without TensorFlow: manifest from the sidecar and the interpreter, golden "
+                    "vectors from this model's own outputs here, then the same verify-and-rename step "
+                    "as a conversion. The bundle installs, updates and deploys like a converted one.",
+    )
+    parser.add_argument("model", type=Path, help=".tflite model file")
+    parser.add_argument("--sidecar", type=Path, required=True, metavar="FILE",
+                        help="sidecar TOML/JSON with task, labels, preprocess and output (as for edge-agent run)")
+    parser.add_argument("--calibration", type=Path, metavar="DIR",
+                        help="image or WAV folder (class subfolders allowed) for the golden inputs "
+                             "(default: seeded random inputs)")
+    parser.add_argument("--output", "-o", type=Path, required=True, metavar="BUNDLE", help="bundle file to write")
+    parser.add_argument("--sign-key", type=Path, metavar="KEY", help="Ed25519 private key (PEM) to sign the bundle")
+    parser.add_argument("--name", help="model name in the manifest (default: the sidecar's, else the file name)")
+    parser.add_argument("--version", help="model version in the manifest (default: the sidecar's)")
+    parser.add_argument("--golden", type=_golden_count, default=4, metavar="N",
+                        help="golden vectors for the on-device smoke test (default 4)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random golden inputs (default 0)")
+    parser.add_argument("--latency-budget-ms", type=_milliseconds, metavar="MS",
+                        help="smoke-test budget per inference (default 20x measured + 5 ms)")
+    return parser
+
+
+def run_wrap(argv: Sequence[str]) -> int:
+    args = build_wrap_parser().parse_args(list(argv))
+    result = wrap(WrapOptions(
+        model=args.model, sidecar=args.sidecar, output=args.output, calibration=args.calibration,
+        sign_key=args.sign_key, name=args.name, version=args.version, golden=args.golden, seed=args.seed,
+        latency_budget_ms=args.latency_budget_ms,
+    ))
+    m, report = result.manifest, result.report
+    print(f"wrapped {args.model} ({m.task}, {len(m.inputs)} input(s), {len(m.outputs)} output(s)); "
+          f"{report['golden_vectors']} golden vector(s) from {report['golden_source']}; "
+          f"{report['latency_ms']['1']:.3f} ms per inference here, budget {m.latency_budget_ms:g} ms")
+    print(f"wrote {result.output} ({m.name} {m.version}, sha256 {m.short_sha}"
+          f"{', signed' if args.sign_key else ''}); smoke test {result.smoke_summary}")
+    return 0
+
+
 def options_from_args(args: argparse.Namespace) -> ConvertOptions:
     audio: dict[str, Any] = {
         field: getattr(args, option) for option, field in _AUDIO_OPTIONS.items()
@@ -133,6 +201,7 @@ def options_from_args(args: argparse.Namespace) -> ConvertOptions:
         sign_key=args.sign_key, report=args.report, save_float=args.save_float,
         calibration_samples=args.calibration_samples,
         latency_budget_ms=args.latency_budget_ms, detection_format=args.detection_format,
+        activation=args.activation,
     )
 
 
@@ -195,6 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args_list and args_list[0] == "inspect":
             return run_inspect(args_list[1:])
+        if args_list and args_list[0] == "wrap":
+            return run_wrap(args_list[1:])
         args = build_parser().parse_args(args_list)
         if args.verbose:
             logging.getLogger().setLevel(logging.DEBUG)

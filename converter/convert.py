@@ -106,7 +106,8 @@ class ConvertOptions:
     save_float: Path | None = None
     calibration_samples: int = 500
     latency_budget_ms: float | None = None
-    detection_format: Literal["tflite_postprocess", "raw_boxes"] = "tflite_postprocess"
+    detection_format: Literal["tflite_postprocess", "raw_boxes", "yolo"] = "tflite_postprocess"
+    activation: Literal["none", "softmax", "sigmoid"] | None = None  # None: softmax unless already probabilities
     seed: int = 0
 
 
@@ -610,10 +611,11 @@ def _resolve_labels(names: Sequence[str] | None, n_outputs: int, task: Task) -> 
 def _output_spec(task: Task, labels: list[str], float_outputs: np.ndarray, opts: ConvertOptions
                  ) -> OutputSpec:
     if task == "detect":
-        return OutputSpec(labels=labels, detection_format=opts.detection_format, score_threshold=0.5)
-    softmax = not validate.outputs_are_probabilities(float_outputs)
+        return OutputSpec(labels=labels, detection_format=opts.detection_format, score_threshold=0.5,
+                          activation=opts.activation or "none")
+    activation = opts.activation or ("none" if validate.outputs_are_probabilities(float_outputs) else "softmax")
     background = [label for label in labels if label.startswith("_")] if task == "audio_classify" else []
-    return OutputSpec(labels=labels, activation="softmax" if softmax else "none", background_labels=background,
+    return OutputSpec(labels=labels, activation=activation, background_labels=background,
                       top_k=min(3, max(1, len(labels))))
 
 

@@ -74,7 +74,7 @@ def resize_image(frame: np.ndarray, spec: ImagePreprocess) -> tuple[np.ndarray, 
         image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) if spec.color == "rgb" else bgr
 
     src_h, src_w = image.shape[:2]
-    return _resize(image, spec.width, spec.height, spec.resize, src_w, src_h)
+    return _resize(image, spec.width, spec.height, spec.resize, src_w, src_h, spec.pad_value)
 
 
 def normalize_image(resized: np.ndarray, spec: ImagePreprocess) -> np.ndarray:
@@ -111,7 +111,7 @@ def _interp(src_w: int, src_h: int, dst_w: int, dst_h: int) -> int:
 
 
 def _resize(
-    image: np.ndarray, width: int, height: int, mode: str, src_w: int, src_h: int
+    image: np.ndarray, width: int, height: int, mode: str, src_w: int, src_h: int, pad_value: int = 0
 ) -> tuple[np.ndarray, ImageTransform]:
     if mode == "stretch":
         sx, sy = width / src_w, height / src_h
@@ -121,7 +121,8 @@ def _resize(
         scale = min(width / src_w, height / src_h)
         new_w, new_h = max(1, round(src_w * scale)), max(1, round(src_h * scale))
         scaled = cv2.resize(image, (new_w, new_h), interpolation=_interp(src_w, src_h, new_w, new_h))
-        canvas = np.zeros((height, width, *image.shape[2:]), dtype=image.dtype)
+        canvas = np.full((height, width, *image.shape[2:]), pad_value, dtype=image.dtype)
+        # Centred, as Ultralytics' LetterBox does: round(d / 2 - 0.1) is floor(d / 2) for integer d.
         off_x, off_y = (width - new_w) // 2, (height - new_h) // 2
         canvas[off_y : off_y + new_h, off_x : off_x + new_w] = scaled
         return canvas, ImageTransform(new_w / src_w, new_h / src_h, off_x, off_y, src_w, src_h)

@@ -59,7 +59,7 @@ def yolo_layout(shape: list[int], n_labels: int, name: str = "") -> YoloLayout:
     expect = (f"[1, 4 + {n_labels}, N] (YOLOv8/11) or [1, N, 5 + {n_labels}] (YOLOv5) for {n_labels} labels"
               if n_labels else "[1, 4 + C, N] (YOLOv8/11) or [1, N, 5 + C] (YOLOv5)")
     problem = f"output {name or 0!r} has shape {list(shape)}; the yolo format expects {expect}"
-    if len(dims) != 2 or min(dims) < 5:
+    if len(dims) != 2 or max(dims) < 5:
         raise ValueError(problem)
     a, b = dims
     candidates: list[YoloLayout] = []
@@ -69,9 +69,9 @@ def yolo_layout(shape: list[int], n_labels: int, name: str = "") -> YoloLayout:
                 candidates.append(YoloLayout(version, n_labels, b, True))  # type: ignore[arg-type]
             if b == extra + n_labels:
                 candidates.append(YoloLayout(version, n_labels, a, False))  # type: ignore[arg-type]
-    elif a < b:
+    elif a < b and a >= 5:
         candidates.append(YoloLayout("v8", a - 4, b, True))
-    else:
+    elif b <= a and b >= 6:
         candidates.append(YoloLayout("v5", b - 5, a, False))
     if not candidates:
         raise ValueError(problem)
