@@ -340,7 +340,7 @@ def test_classifier_without_labels_uses_class_numbers() -> None:
     m = manifest("classify", {"kind": "image", "width": 4, "height": 4}, {"top_k": 1}, [spec([1, 3])])
     task = create_task(m, [], m.inputs, m.outputs)
     frame = Frame(0, 0.0, np.zeros((4, 4, 3), np.uint8), 0.0)
-    tensor, ctx = task.prepare(frame)
+    _tensor, ctx = task.prepare(frame)
     result = task.decode([np.array([[0.1, 0.7, 0.2]], np.float32)], frame, ctx)
     assert result is not None and result.body["classes"] == [{"label": "1", "score": 0.7}]
 
