@@ -294,7 +294,8 @@ def audio_feature_shape(spec: AudioPreprocess) -> tuple[int, ...]:
 
 def fit_to_tensor(features: np.ndarray, shape: list[int]) -> np.ndarray:
     """Reshape preprocessed features to the model's input shape (adds batch/channel dims)."""
-    target = [1, *shape[1:]] if shape else list(features.shape)
+    # [1, ...] with batch; a 1-D input (YAMNet's [15600]) has no batch dimension
+    target = [1, *shape[1:]] if len(shape) > 1 else list(shape) or list(features.shape)
     if int(np.prod(target)) != features.size:
         raise PreprocessError(
             f"preprocessed input has shape {features.shape} ({features.size} values) but the "
