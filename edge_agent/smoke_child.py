@@ -1,8 +1,9 @@
 """Smoke test of one bundle, run as a child process by model installs.
 
 ``python -m edge_agent.smoke_child BUNDLE [--threads N]`` loads the bundle
-(checksums verified again), allocates the interpreter, runs the golden vectors
-and the latency budget, and prints one JSON line. Exit 0 only when it passes.
+(checksums verified again), allocates the interpreter, checks that the
+preprocessing and the outputs fit the model as the agent will at load, runs the
+golden vectors and the latency budget, and prints one JSON line. Exit 0 only when it passes.
 Running this in a child means a model that crashes or hangs the interpreter
 cannot take the installer or the agent with it.
 """
@@ -19,6 +20,7 @@ from edge_agent.bundle import read_bundle
 from edge_agent.errors import EdgeError
 from edge_agent.runtimes import create_runtime
 from edge_agent.smoke import run_smoke_test
+from edge_agent.tasks import create_task
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -31,10 +33,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         bundle = read_bundle(args.bundle, require_signature=False)
         runtime = create_runtime(args.runtime, bundle.model_bytes, threads=args.threads)
         try:
+            # The agent's own load-time checks: preprocessing and outputs must fit the model.
+            create_task(bundle.manifest, bundle.labels, runtime.inputs, runtime.outputs)
             result = run_smoke_test(bundle.manifest, runtime)
         finally:
             runtime.close()
-    except (EdgeError, ValueError) as exc:
+    except (EdgeError, ValueError, TypeError) as exc:
         print(json.dumps({"passed": False, "error": str(exc)}))
         return 1
     print(json.dumps({

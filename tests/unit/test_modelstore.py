@@ -223,3 +223,24 @@ def test_smoke_child_timeout_and_time(store: Path, test_bundles: BundleSet) -> N
     with pytest.raises(modelstore.InstallError, match="did not finish"):
         modelstore.run_smoke_child(test_bundles.good, timeout_s=0.01)
 
+
+
+def test_signed_bundle_whose_outputs_do_not_fit_is_refused_at_install(
+    store: Path, test_bundles: BundleSet, deploy_keys: DeployKeys, tmp_path: Path
+) -> None:
+    """A correctly signed bundle the agent could not load (labels that do not fit the model's
+    output) fails the install's smoke step instead of becoming the active model."""
+    from edge_agent.manifest import OutputSpec
+    from tests.deploy_helpers import private_key, repack
+
+    modelstore.install_model(test_bundles.good, store)
+    before = _active_sha(store)
+    manifest = read_bundle(test_bundles.good, require_signature=False).manifest
+    labels = list(manifest.output.labels)[:-1] or ["a", "b", "c"]
+    bad = repack(test_bundles.good, tmp_path / "labels.bundle", private_key(deploy_keys.private),
+                 output=OutputSpec(labels=labels))
+    with pytest.raises(modelstore.InstallError) as info:
+        modelstore.install_model(bad, store)
+    assert info.value.step == "smoke"
+    assert f"{list(manifest.outputs[0].shape)}" in str(info.value) and "labels" in str(info.value)
+    assert _active_sha(store) == before
