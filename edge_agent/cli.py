@@ -20,6 +20,7 @@ from edge_agent.errors import EdgeError
 COMMAND_MODULES = (
     "edge_agent.app",
     "edge_agent.modelstore",
+    "edge_agent.inspect_model",
 )
 
 EXIT_ERROR = 2

@@ -1,5 +1,5 @@
 """Open a model for the agent: a bundle file, an installed model directory, or a
-plain ``.tflite`` with a sidecar file.
+plain ``.tflite`` with a sidecar file or TFLite Model Metadata.
 
 Everything is verified before the interpreter sees a byte: bundle and installed
 directory go through :func:`edge_agent.bundle.read_bundle_bytes` (checksums,
@@ -17,6 +17,10 @@ hand and the tensor specs come from the interpreter::
     height = 16
     [output]
     score_threshold = 0.3
+
+A plain ``.tflite`` without a sidecar runs from its TFLite Model Metadata when it has
+some (:func:`edge_agent.tflite_file.metadata_sidecar` derives the same fields);
+``edge-agent inspect MODEL --write-sidecar FILE`` writes a starting sidecar for any model.
 """
 
 from __future__ import annotations
@@ -104,8 +108,13 @@ def sidecar_manifest(
     outputs: list[TensorSpec],
     sidecar_path: Path,
     default_name: str,
+    source: str | None = None,
 ) -> Manifest:
-    """Build a Manifest from sidecar fields plus the interpreter's tensor specs."""
+    """Build a Manifest from sidecar fields plus the interpreter's tensor specs.
+
+    ``source`` names where the fields came from in error messages (default: the sidecar path).
+    """
+    source = source or f"sidecar {sidecar_path}"
     data = dict(data)
     labels = data.pop("labels", None)
     labels_file = data.pop("labels_file", None)
@@ -133,7 +142,7 @@ def sidecar_manifest(
         return Manifest.model_validate(manifest_data)
     except ValidationError as exc:
         msg = "unknown field" if exc.first["type"] == "extra_forbidden" else str(exc.first["msg"])
-        raise BundleError(f"sidecar {sidecar_path}: invalid '{exc.where('sidecar')}': {msg}") from exc
+        raise BundleError(f"{source}: invalid '{exc.where('sidecar')}': {msg}") from exc
 
 
 @dataclass(frozen=True)
@@ -149,6 +158,12 @@ class ModelFile:
     labels: list[str] = field(default_factory=list)
     signature_verified: bool = False
     report: dict[str, Any] = field(default_factory=dict)
+    sidecar_from_metadata: bool = False  # the sidecar fields come from the model's TFLite metadata
+
+    @property
+    def sidecar_source(self) -> str:
+        """Where the sidecar fields came from, for error messages."""
+        return f"{self.path} (TFLite metadata)" if self.sidecar_from_metadata else f"sidecar {self.sidecar_path}"
 
     @property
     def preprocess(self) -> ImagePreprocess | AudioPreprocess:
@@ -159,7 +174,7 @@ class ModelFile:
         try:
             return parse_preprocess(self.sidecar.get("preprocess"))
         except ValidationError as exc:
-            raise BundleError(f"sidecar {self.sidecar_path}: invalid 'preprocess' ({exc.where('preprocess')}): "
+            raise BundleError(f"{self.sidecar_source}: invalid 'preprocess' ({exc.where('preprocess')}): "
                               f"{exc.first['msg']}") from exc
 
 
@@ -181,16 +196,13 @@ def verify_model(path: Path, sidecar: Path | None = None, public_key: Path | Non
                 "configured, so use a signed bundle"
             )
         sidecar = sidecar or find_sidecar(path)
-        if sidecar is None:
-            raise BundleError(
-                f"{path} is a plain .tflite: give a sidecar (--sidecar FILE.toml) with task, "
-                "preprocess and output"
-            )
-        data = read_sidecar(Path(sidecar))
+        data = read_sidecar(Path(sidecar)) if sidecar is not None else None
         try:
             model_bytes = path.read_bytes()
         except OSError as exc:
             raise BundleError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        if sidecar is None:
+            return _metadata_model(path, model_bytes)
         return ModelFile(path, "tflite", model_bytes, None, data, Path(sidecar))
     if path.is_dir():
         if not (path / bundle_mod.MANIFEST).is_file():
@@ -204,6 +216,28 @@ def verify_model(path: Path, sidecar: Path | None = None, public_key: Path | Non
         path, kind, verified.model_bytes, verified.manifest, labels=verified.labels,
         signature_verified=verified.signature_verified, report=verified.report,
     )
+
+
+def _metadata_model(path: Path, model_bytes: bytes) -> ModelFile:
+    """A plain .tflite without a sidecar, described by its TFLite Model Metadata.
+
+    Tensor specs are read from the file here (the pipeline needs the preprocessing before
+    the interpreter exists); the manifest is still built from the interpreter's own specs
+    in :func:`open_model`.
+    """
+    from edge_agent import tflite_file
+
+    model = tflite_file.read_model(model_bytes, str(path))
+    data = None
+    if tflite_file.METADATA_NAME in model.metadata:
+        data = tflite_file.metadata_sidecar(model_bytes, model.input_specs(), model.output_specs(), str(path))
+    if data is None:
+        raise BundleError(
+            f"{path} is a plain .tflite without TFLite metadata: give a sidecar (--sidecar FILE.toml) with "
+            f"task, preprocess and output; `edge-agent inspect {path} --write-sidecar "
+            f"{path.with_suffix('.toml')}` writes a starting one that is then found automatically"
+        )
+    return ModelFile(path, "tflite", model_bytes, None, data, path, sidecar_from_metadata=True)
 
 
 def open_model(
@@ -225,7 +259,8 @@ def open_model(
     if model.manifest is None:
         assert model.sidecar is not None and model.sidecar_path is not None
         manifest = sidecar_manifest(
-            model.sidecar, model.model_bytes, runtime.inputs, runtime.outputs, model.sidecar_path, model.path.stem
+            model.sidecar, model.model_bytes, runtime.inputs, runtime.outputs, model.sidecar_path, model.path.stem,
+            source=model.sidecar_source,
         )
         return LoadedModel(model.path, model.kind, manifest, runtime, list(manifest.output.labels))
     return LoadedModel(

@@ -16,8 +16,8 @@ from edge_agent.tasks.detect import (
     boxes_to_source,
     decode_postprocess,
     decode_raw,
-    nms,
     match_postprocess_outputs,
+    nms,
     to_xyxy,
 )
 
