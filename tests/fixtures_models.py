@@ -18,6 +18,17 @@ Names other components rely on:
 * ``keyword_bundle`` -> Path of the int8 audio bundle (task audio_classify,
   ``_background`` listed in ``output.background_labels``).
 * ``signing_keys`` -> ``(private_key_path, public_key_path)`` (Ed25519 PEM).
+* ``agent_models_dir`` -> folder of the hand-built agent models with their sidecars
+  (``colours.tflite``, ``colours_int8.tflite``, ``squares.tflite`` + ``.toml``; see
+  ``tests/integration/agent_models.py``).
+* ``multilabel_audio`` -> dict with ``model`` (int8 ``.tflite``), ``sidecar`` (window audio
+  events, sigmoid), ``scene`` (WAV), ``scene_truth`` (JSON labels per window), ``labels`` and
+  ``info`` (held-out metrics; see ``tests/integration/multilabel_audio.py``).
+* ``shapes_models`` -> dict with ``models`` (name -> ``{"model", "sidecar"}`` Paths plus the
+  builder's own metrics) for the shapes detector in YOLOv8/YOLOv5/pixel-box/MediaPipe-SSD
+  layouts, float and int8; ``test_images`` (folder of 160x120 PNGs), ``truth`` (file name ->
+  ``[{label, box}]`` in source pixels), ``labels``, ``info``, ``dir``; see
+  ``tests/integration/shapes_models.py``.
 """
 
 from __future__ import annotations
@@ -159,3 +170,31 @@ def signing_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     private, public = out / "signing.pem", out / "signing.pub.pem"
     generate_keypair(private, public)
     return private, public
+
+
+@pytest.fixture(scope="session")
+def agent_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("agent_models")
+    run_python(["-m", "tests.integration.agent_models", str(out)], timeout=300)
+    return out
+
+
+@pytest.fixture(scope="session")
+def multilabel_audio(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("multilabel_audio")
+    run_python(["-m", "tests.integration.multilabel_audio", str(out)])
+    info: dict[str, Any] = json.loads((out / "info.json").read_text())
+    return {"model": Path(info["model"]), "sidecar": Path(info["sidecar"]), "scene": Path(info["scene"]),
+            "scene_truth": Path(info["scene_truth"]), "labels": info["labels"], "info": info, "dir": out}
+
+
+@pytest.fixture(scope="session")
+def shapes_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("shapes")
+    run_python(["-m", "tests.integration.shapes_models", str(out)])
+    info: dict[str, Any] = json.loads((out / "info.json").read_text())
+    models = {name: {**entry, "model": Path(entry["model"]), "sidecar": Path(entry["sidecar"])}
+              for name, entry in info["models"].items()}
+    return {"models": models, "test_images": Path(info["test_images"]),
+            "truth": json.loads(Path(info["truth"]).read_text()), "labels": info["labels"], "info": info,
+            "dir": out}

@@ -391,6 +391,8 @@ class DetectTask(ImageTask):
         known = len(self.labels)
         dets = [d for d in dets if 0 <= d.class_id < known or not known]
         dets = boxes_to_source(dets, context, self.preprocess_spec.width, self.preprocess_spec.height, False)
+        # A box that lay wholly in the letterbox border is clipped flat: nothing of it is in the image.
+        dets = [d for d in dets if d.box[2] > d.box[0] and d.box[3] > d.box[1]]
         body = {
             "frame": item.index,
             "detections": [d.as_dict(self.labels) for d in dets],

@@ -391,3 +391,16 @@ def test_recognise_outputs(shapes: list[list[int]], labels: int, fmt: str | None
     guess = recognise_outputs([spec(s) for s in shapes], labels)
     assert guess.detection_format == fmt
     assert guess.task == ("detect" if fmt else "classify")
+
+
+def test_box_wholly_in_the_letterbox_border_is_not_published() -> None:
+    m = manifest("detect", {"kind": "image", "width": 64, "height": 64, "resize": "letterbox"},
+                 {"labels": ["a"], "detection_format": "yolo", "score_threshold": 0.5}, [spec([1, 5, 2])])
+    task = create_task(m, ["a"], m.inputs, m.outputs)
+    frame = Frame(0, 0.0, np.zeros((32, 64, 3), np.uint8), 0.0)  # bands: rows 0-15 and 48-63
+    _, ctx = task.prepare(frame)
+    # box 0 lies in the top band (y 2..10 px), box 1 in the picture
+    raw = _v8_table([(0.5, 6 / 64, 0.2, 8 / 64), (0.25, 0.5, 0.2, 0.2)], [[0.9], [0.8]])
+    result = task.decode([raw], frame, ctx)
+    assert result is not None
+    assert [d["score"] for d in result.body["detections"]] == [0.8]
