@@ -32,7 +32,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse with the project's one-line error and exit code 2."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{PROG}: error: {message} (see {PROG} --help)\n")
+        self.exit(EXIT_USAGE, f"{PROG}: error: {message} (see {self.prog} --help)\n")
 
 
 def _floats(values: list[str] | None, option: str) -> list[float] | None:

@@ -1,4 +1,4 @@
-"""The agent end to end with small real TFLite models (built once per module in a child process)."""
+"""The agent end to end with small real TFLite models (built once per session in a child process)."""
 
 from __future__ import annotations
 
@@ -28,14 +28,9 @@ COLOURS_BGR = {"red": (0, 0, 255), "green": (0, 255, 0), "blue": (255, 0, 0)}
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("agent_models")
-    env = agent_env()
-    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    env["CUDA_VISIBLE_DEVICES"] = ""
-    subprocess.run([sys.executable, "-m", "tests.integration.agent_models", str(out)], check=True,
-                   capture_output=True, env=env, cwd=str(ROOT), timeout=300)
-    return out
+def models(agent_models_dir: Path) -> Path:
+    """The hand-built agent models (built once per session, see tests/fixtures_models.py)."""
+    return agent_models_dir
 
 
 def make_bundle(models: Path, out: Path, version: str = "1", sign_key: Path | None = None) -> Path:
