@@ -153,8 +153,9 @@ def build_wrap_parser() -> argparse.ArgumentParser:
                     "as a conversion. The bundle installs, updates and deploys like a converted one.",
     )
     parser.add_argument("model", type=Path, help=".tflite model file")
-    parser.add_argument("--sidecar", type=Path, required=True, metavar="FILE",
-                        help="sidecar TOML/JSON with task, labels, preprocess and output (as for edge-agent run)")
+    parser.add_argument("--sidecar", type=Path, metavar="FILE",
+                        help="sidecar TOML/JSON with task, labels, preprocess and output (as for edge-agent run); "
+                             "default: the model's own TFLite metadata")
     parser.add_argument("--calibration", type=Path, metavar="DIR",
                         help="image or WAV folder (class subfolders allowed) for the golden inputs "
                              "(default: seeded random inputs)")

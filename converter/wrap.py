@@ -34,6 +34,7 @@ from edge_agent.runtimes.litert import backend_version
 from edge_agent.schema import ValidationError
 from edge_agent.sources.base import AudioWindow, Frame, Item
 from edge_agent.tasks import Task, create_task
+from edge_agent.tflite_file import metadata_sidecar
 
 # Inputs tried per golden vector wanted: the clearest top-1 margins are kept (see pick_golden).
 CANDIDATES_PER_VECTOR = 8
@@ -46,7 +47,7 @@ class WrapOptions:
     """Everything ``edge-convert wrap`` accepts (see ``edge-convert wrap --help``)."""
 
     model: Path
-    sidecar: Path
+    sidecar: Path | None  # None: the model's own TFLite metadata
     output: Path
     calibration: Path | None = None
     sign_key: Path | None = None
@@ -85,7 +86,7 @@ def wrap(opts: WrapOptions) -> WrapResult:
     check_output_writable(output)
     sign_key = load_private_key(Path(opts.sign_key)) if opts.sign_key is not None else None
     model_bytes = _read_model(Path(opts.model))
-    sidecar = read_sidecar(Path(opts.sidecar))
+    sidecar = read_sidecar(Path(opts.sidecar)) if opts.sidecar is not None else None
     kind = data_kind(Path(opts.calibration)) if opts.calibration is not None else None
     if kind == "array":
         raise DataError(f"--calibration {opts.calibration}: wrap takes a folder of images or WAV files "
@@ -93,6 +94,11 @@ def wrap(opts: WrapOptions) -> WrapResult:
 
     runtime = _open_runtime(model_bytes, Path(opts.model))
     try:
+        if sidecar is None:
+            sidecar = metadata_sidecar(model_bytes, runtime.inputs, runtime.outputs, str(opts.model))
+            if sidecar is None:
+                raise ConvertError(f"{opts.model} carries no TFLite metadata: give --sidecar FILE.toml (start one "
+                                   f"with `edge-agent inspect {opts.model} --write-sidecar FILE.toml`)")
         manifest = _manifest(sidecar, model_bytes, runtime, opts)
         task = _fitting_task(manifest, runtime, opts)
         if opts.calibration is not None:
@@ -117,7 +123,7 @@ def wrap(opts: WrapOptions) -> WrapResult:
         "model": str(opts.model),
         "source_model_sha256": sha256_bytes(model_bytes),
         "size_bytes": len(model_bytes),
-        "sidecar": str(opts.sidecar),
+        "sidecar": str(opts.sidecar) if opts.sidecar is not None else "TFLite metadata",
         "task": manifest.task,
         "golden_vectors": len(golden),
         "golden_source": source,
@@ -182,8 +188,10 @@ def _open_runtime(model_bytes: bytes, path: Path) -> Runtime:
 
 def _manifest(sidecar: dict[str, Any], model_bytes: bytes, runtime: Runtime, opts: WrapOptions) -> Manifest:
     """The sidecar's manifest with the interpreter's tensor specs, options applied, layout set."""
-    manifest = sidecar_manifest(sidecar, model_bytes, runtime.inputs, runtime.outputs, Path(opts.sidecar),
-                                default_model_name(Path(opts.model)))
+    where = Path(opts.sidecar) if opts.sidecar is not None else Path(opts.model)
+    manifest = sidecar_manifest(sidecar, model_bytes, runtime.inputs, runtime.outputs, where,
+                                default_model_name(Path(opts.model)),
+                                None if opts.sidecar is not None else f"{opts.model} (TFLite metadata)")
     data = manifest.model_dump()
     for option, value in (("name", opts.name), ("version", opts.version)):
         if value is not None:

@@ -134,3 +134,25 @@ def test_inspect_command_output(tf_models: Path, tmp_path: Path) -> None:
     assert "output format: classification (3 class scores, shape [1, 3])" in out
     assert "runs without a sidecar: yes" in out
     assert proc.stderr == ""
+
+
+def test_wrap_takes_the_metadata_when_no_sidecar_is_given(colour_folder: Path, tmp_path: Path) -> None:
+    """Third-party models with metadata get the flashing path with no hand-written sidecar."""
+    from edge_agent.bundle import read_bundle
+    from tests.fixtures_models import run_convert
+
+    model = tmp_path / "colours.tflite"
+    model.write_bytes(tb.image_classifier("int8"))
+    bundle = tmp_path / "colours.bundle"
+    run_convert("wrap", model, "--output", bundle)
+    verified = read_bundle(bundle)
+    assert verified.labels == ["red", "green", "blue"]
+    assert verified.report["sidecar"] == "TFLite metadata"
+    labels, _ = classify(bundle, colour_folder, tmp_path / "state")
+    assert labels == SEQUENCE
+    # Without metadata and without a sidecar: one line naming what to do, nothing written.
+    bare = tmp_path / "bare.tflite"
+    bare.write_bytes(tb.colours_model("int8"))
+    proc = run_convert("wrap", bare, "--output", tmp_path / "bare.bundle", check=False)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (tmp_path / "bare.bundle").exists()
