@@ -7,7 +7,8 @@ file of its own. The device side is ``edge-agent install-model/rollback/models
 --json``; this tool only uploads files and reads their JSON answers.
 
 Several hosts (``--host`` repeated or ``--hosts-file``) are handled in parallel
-and summarised in a per-host table; the exit code is non-zero if any failed.
+and summarised in a per-host table. Exit code 0 when every host succeeded, 1 when
+one failed, 2 on an operator error or when a host's key does not match the pinned one.
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_UNIT_FILE = REPO_ROOT / "systemd" / "edge-agent.service"
 DEFAULT_CONFIG_FILE = Path(__file__).resolve().parent / "agent-config.toml"
 SERVICE_MARKER = "--edge-deploy-service--"
+DEFAULT_UPLOAD_DIR = "/tmp"
 EXIT_FAILED = 1
+EXIT_REFUSED = 2  # like an operator error: a host key that is not the pinned one
 
 
 class DeployError(EdgeError):
@@ -64,8 +67,9 @@ class HostResult:
     target: Target
     ok: bool
     summary: str
-    detail: str = ""
+    detail: str = ""  # one line
     data: dict[str, Any] = field(default_factory=dict)
+    host_key_mismatch: bool = False
 
 
 @dataclass(frozen=True)
@@ -96,16 +100,17 @@ class Ssh:
         return ["scp", "-q", *self._options(), "-P", str(self.target.port), str(local),
                 f"{self.target.host}:{remote}"]
 
-    def check_connection(self) -> str | None:
-        """Log in and run ``true``; None when that works, else one line saying why not.
+    def check_connection(self) -> HostResult | None:
+        """Log in and run ``true``; None when that works, else a failed result saying why not.
 
-        scp hides the reason (``scp: Connection closed``), so the commands that
-        start with an upload check first and report ``cannot connect to HOST:PORT: …``.
+        Every command checks first: scp hides the reason (``scp: Connection closed``), and a
+        refused login or a changed host key should read as such, not as a failed install.
         """
         proc = self.run("true", timeout=self.connect_timeout + 30)
         if proc.returncode == 0:
             return None
-        return _connect_failure(self.target, proc) or _ssh_failure(proc)
+        return _connection_failure(self, proc) or HostResult(self.target, False, "unreachable",
+                                                              _ssh_failure(proc))
 
     def run(self, remote_command: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         return _run(self.ssh_argv(remote_command), timeout)
@@ -137,12 +142,42 @@ def _last_json(text: str) -> dict[str, Any] | None:
 
 
 def _ssh_failure(proc: subprocess.CompletedProcess[str]) -> str:
-    text = (proc.stderr or proc.stdout).strip().splitlines()
+    text = [line for line in (proc.stderr or proc.stdout).strip().splitlines()
+            if not line.startswith("scp: failed to upload")]  # scp's summary after the reason
     return text[-1] if text else f"exit code {proc.returncode}"
 
 
 _CONNECT_RE = re.compile(r"connect to host \S+ port \d+: (?P<reason>.+)")
 _RESOLVE_RE = re.compile(r"Could not resolve hostname \S+?: (?P<reason>.+)")
+
+
+def _connection_failure(ssh: Ssh, proc: subprocess.CompletedProcess[str]) -> HostResult | None:
+    """A failed result when ssh itself failed: changed host key, refused login, no connection."""
+    target = ssh.target
+    detail = _connect_failure(target, proc)
+    if detail is None:
+        return None
+    stderr = proc.stderr or ""
+    host = target.host.rpartition("@")[2]
+    where = f"{host}:{target.port}"
+    if "REMOTE HOST IDENTIFICATION HAS CHANGED" in stderr or "Host key verification failed" in stderr:
+        pattern = host if target.port == 22 else f"[{host}]:{target.port}"
+        return HostResult(
+            target, False, "host key mismatch",
+            f"refused: the host key of {where} is not the one pinned in {ssh.known_hosts} (a reinstalled "
+            "device, or someone in between); if the device was reinstalled, forget the old key with "
+            f"ssh-keygen -f {shlex.quote(str(ssh.known_hosts))} -R {shlex.quote(pattern)}",
+            host_key_mismatch=True,
+        )
+    if match := re.search(r"Permission denied \((?P<methods>[^)]*)\)", stderr):
+        user = target.host.rpartition("@")[0] or "your user name"
+        key = f"the key {ssh.identity}" if ssh.identity else "your SSH keys"
+        return HostResult(
+            target, False, "login refused",
+            f"{where} refused the login as {user} with {key} ({match.group('methods')}); "
+            "check --identity and the device's authorized_keys",
+        )
+    return HostResult(target, False, "unreachable", detail)
 
 
 def _connect_failure(target: Target, proc: subprocess.CompletedProcess[str]) -> str | None:
@@ -214,14 +249,42 @@ def _agent_command(args: argparse.Namespace, *words: str) -> str:
 # --------------------------------------------------------------------------- per-host actions
 
 
+def _upload_dir(args: argparse.Namespace) -> str:
+    return str(args.upload_dir).rstrip("/") or "/"
+
+
+def _upload_failure(ssh: Ssh, local: Path, remote: str, proc: subprocess.CompletedProcess[str]) -> str:
+    """Remove what the failed upload left on the device; one line saying why it failed.
+
+    scp (SFTP) reports a full or read-only disk only as ``Failure``, so the device is asked.
+    """
+    directory = remote.rpartition("/")[0] or "/"
+    q = shlex.quote(directory)
+    probe = ssh.run(f"rm -f {shlex.quote(remote)}; if [ ! -d {q} ]; then echo missing; "
+                    f"elif [ ! -w {q} ]; then echo read-only; else df -Pk {q} | awk 'NR == 2 {{print $4}}'; fi",
+                    timeout=ssh.connect_timeout + 30)
+    answer = probe.stdout.strip().splitlines()[-1] if probe.returncode == 0 and probe.stdout.strip() else ""
+    where = f"cannot upload to {directory} on the device"
+    need_kib = -(-local.stat().st_size // 1024)
+    if answer == "missing":
+        return f"{where}: no such directory (see --upload-dir)"
+    if answer == "read-only":
+        return f"{where}: not writable (a read-only filesystem or no permission; see --upload-dir)"
+    if answer.isdigit() and int(answer) < need_kib:
+        return f"{where}: {answer} KiB free, {need_kib} KiB needed (see --upload-dir)"
+    if probe.returncode != 0:
+        return f"{_ssh_failure(proc)} (a partial upload may be left at {remote})"
+    return _ssh_failure(proc)
+
+
 def push_one(ssh: Ssh, bundle: Path, args: argparse.Namespace) -> HostResult:
-    unreachable = ssh.check_connection()
-    if unreachable is not None:
-        return HostResult(ssh.target, False, "unreachable", unreachable)
-    remote = f"/tmp/edge-deploy-{uuid.uuid4().hex}.bundle"
+    refused = ssh.check_connection()
+    if refused is not None:
+        return refused
+    remote = f"{_upload_dir(args)}/edge-deploy-{uuid.uuid4().hex}.bundle"
     copied = ssh.copy(bundle, remote)
     if copied.returncode != 0:
-        return HostResult(ssh.target, False, "upload failed", _ssh_failure(copied))
+        return HostResult(ssh.target, False, "upload failed", _upload_failure(ssh, bundle, remote, copied))
     extra = ["--allow-new-input"] if args.allow_new_input else []
     install = _agent_command(args, "install-model", remote, "--json", *extra)
     command = f"{install}; rc=$?; rm -f {shlex.quote(remote)}; exit $rc"
@@ -239,6 +302,9 @@ def push_one(ssh: Ssh, bundle: Path, args: argparse.Namespace) -> HostResult:
 
 
 def rollback_one(ssh: Ssh, args: argparse.Namespace) -> HostResult:
+    refused = ssh.check_connection()
+    if refused is not None:
+        return refused
     proc = ssh.run(_agent_command(args, "rollback", "--json"))
     answer = _last_json(proc.stdout)
     if answer is None:
@@ -258,6 +324,9 @@ _SERVICE_PROBE = (
 
 
 def status_one(ssh: Ssh, args: argparse.Namespace) -> HostResult:
+    refused = ssh.check_connection()
+    if refused is not None:
+        return refused
     command = f"{_agent_command(args, 'models', '--json')}; echo {SERVICE_MARKER}; {_SERVICE_PROBE}"
     proc = ssh.run(command)
     models_part, _, service_part = proc.stdout.partition(SERVICE_MARKER)
@@ -284,28 +353,42 @@ class Step:
 
 
 def install_agent_steps(args: argparse.Namespace) -> list[Step]:
-    """Everything ``install-agent`` does, in order (``--dry-run`` prints exactly these)."""
+    """Everything ``install-agent`` does, in order (``--dry-run`` prints exactly these).
+
+    Uploaded files go to ``--upload-dir`` under random names and are removed by the step
+    that installs them, whether it succeeds or not. With ``--root`` every path on the
+    device is below that directory and the service is only enabled there, not started.
+    """
     sudo = "sudo -n " if args.sudo else ""
-    venv = args.venv
+    root = str(args.root).rstrip("/") if args.root else ""
+    venv = shlex.quote(f"{root}{args.venv}")
+    unit_path = f"{root}{UNIT_PATH}"
+    config_dir = f"{root}{CONFIG_DIR}"
+    q_config = shlex.quote(config_dir)
+    upload_dir = _upload_dir(args)
     steps = [
         Step("create the virtualenv",
              f"{sudo}sh -c {shlex.quote(f'test -x {venv}/bin/python || python3 -m venv {venv}')}"),
     ]
     package = args.package
+    pip = f"{sudo}{venv}/bin/pip --disable-pip-version-check install --upgrade"
     if Path(package).is_file():
-        remote_pkg = f"/tmp/{Path(package).name}"
-        steps.append(Step(f"upload {Path(package).name}", upload=Path(package), destination=remote_pkg))
-        package = remote_pkg
-    steps.append(Step("install the agent (base profile, no TensorFlow)",
-                      f"{sudo}{venv}/bin/pip install --upgrade {shlex.quote(package)}"))
-    tmp_unit = f"/tmp/edge-agent.service.{uuid.uuid4().hex[:8]}"
+        remote_pkg = f"{upload_dir}/{Path(package).name}"  # pip needs the wheel's own file name
+        steps += [
+            Step(f"upload {Path(package).name}", upload=Path(package), destination=remote_pkg),
+            Step("install the agent (base profile, no TensorFlow)",
+                 _then_remove(f"{pip} {shlex.quote(remote_pkg)}", remote_pkg)),
+        ]
+    else:
+        steps.append(Step("install the agent (base profile, no TensorFlow)", f"{pip} {shlex.quote(package)}"))
+    tmp_unit = f"{upload_dir}/edge-agent.service.{uuid.uuid4().hex[:8]}"
     steps += [
         Step("upload the unit file", upload=args.unit_file, destination=tmp_unit),
-        Step(f"install the unit file as {UNIT_PATH}",
-             f"{sudo}install -m 0644 {tmp_unit} {UNIT_PATH} && rm -f {tmp_unit}"),
-        Step(f"create {CONFIG_DIR} and its credentials directory",
-             f"{sudo}install -d -m 0755 {CONFIG_DIR} && {sudo}install -d -m 0700 {CONFIG_DIR}/credentials"
-             + "".join(f" && {sudo}sh -c {shlex.quote(_touch_private(f'{CONFIG_DIR}/credentials/{c}'))}"
+        Step(f"install the unit file as {unit_path}",
+             _then_remove(f"{sudo}install -D -m 0644 {shlex.quote(tmp_unit)} {shlex.quote(unit_path)}", tmp_unit)),
+        Step(f"create {config_dir} and its credentials directory",
+             f"{sudo}install -d -m 0755 {q_config} && {sudo}install -d -m 0700 {q_config}/credentials"
+             + "".join(f" && {sudo}sh -c {shlex.quote(_touch_private(f'{q_config}/credentials/{c}'))}"
                        for c in CREDENTIALS)),
     ]
     if args.credentials_dir is not None:
@@ -313,33 +396,42 @@ def install_agent_steps(args: argparse.Namespace) -> list[Step]:
             local = Path(args.credentials_dir) / name
             if not local.is_file():
                 continue
-            tmp_cred = f"/tmp/edge-agent-cred.{uuid.uuid4().hex[:8]}"
+            tmp_cred = f"{upload_dir}/edge-agent-cred.{uuid.uuid4().hex[:8]}"
             steps += [
                 Step(f"upload credential {name}", upload=local, destination=tmp_cred),
-                Step(f"install it as {CONFIG_DIR}/credentials/{name} (mode 0600)",
-                     f"{sudo}install -m 0600 {tmp_cred} {CONFIG_DIR}/credentials/{name}"
-                     f" && rm -f {tmp_cred}"),
+                Step(f"install it as {config_dir}/credentials/{name} (mode 0600)",
+                     _then_remove(f"{sudo}install -m 0600 {shlex.quote(tmp_cred)} {q_config}/credentials/{name}",
+                                  tmp_cred)),
             ]
-    tmp_config = f"/tmp/edge-agent-config.{uuid.uuid4().hex[:8]}.toml"
-    keep = "" if args.force_config else f"test -e {CONFIG_DIR}/config.toml || "
+    tmp_config = f"{upload_dir}/edge-agent-config.{uuid.uuid4().hex[:8]}.toml"
+    keep = "" if args.force_config else f"test -e {q_config}/config.toml || "
+    install_config = f"{keep}install -m 0644 {shlex.quote(tmp_config)} {q_config}/config.toml"
     steps += [
         Step("upload the agent configuration", upload=args.config, destination=tmp_config),
-        Step(f"install the configuration as {CONFIG_DIR}/config.toml"
+        Step(f"install the configuration as {config_dir}/config.toml"
              + ("" if args.force_config else " (kept if present)"),
-             f"{sudo}sh -c {shlex.quote(f'{keep}install -m 0644 {tmp_config} {CONFIG_DIR}/config.toml')}"
-             f"; rm -f {tmp_config}"),
+             _then_remove(f"{sudo}sh -c {shlex.quote(install_config)}", tmp_config)),
     ]
     if args.public_key is not None:
-        tmp_key = f"/tmp/edge-agent-trusted.{uuid.uuid4().hex[:8]}.pub"
+        tmp_key = f"{upload_dir}/edge-agent-trusted.{uuid.uuid4().hex[:8]}.pub"
         steps += [
             Step("upload the model signing public key", upload=args.public_key, destination=tmp_key),
-            Step(f"pin it as {CONFIG_DIR}/trusted.pub",
-                 f"{sudo}install -m 0644 {tmp_key} {CONFIG_DIR}/trusted.pub && rm -f {tmp_key}"),
+            Step(f"pin it as {config_dir}/trusted.pub",
+                 _then_remove(f"{sudo}install -m 0644 {shlex.quote(tmp_key)} {q_config}/trusted.pub", tmp_key)),
         ]
-    steps.append(Step("enable and start the service",
-                      f"{sudo}systemctl daemon-reload && {sudo}systemctl enable --now edge-agent"
-                      f" && systemctl is-active edge-agent"))
+    if root:
+        steps.append(Step(f"enable the service in {root} (not started)",
+                          f"{sudo}systemctl --root={shlex.quote(root)} enable edge-agent"))
+    else:
+        steps.append(Step("enable and start the service",
+                          f"{sudo}systemctl daemon-reload && {sudo}systemctl enable --now edge-agent"
+                          f" && systemctl is-active edge-agent"))
     return steps
+
+
+def _then_remove(command: str, uploaded: str) -> str:
+    """``command``, then remove the uploaded file whatever happened; the exit code is the command's."""
+    return f"{command}; rc=$?; rm -f {shlex.quote(uploaded)}; exit $rc"
 
 
 def _touch_private(path: str) -> str:
@@ -347,6 +439,10 @@ def _touch_private(path: str) -> str:
 
 
 def install_agent_one(ssh: Ssh, args: argparse.Namespace, out: Callable[[str], None]) -> HostResult:
+    if not args.dry_run:
+        refused = ssh.check_connection()
+        if refused is not None:
+            return refused
     steps = install_agent_steps(args)
     for number, step in enumerate(steps, 1):
         argv = ssh.scp_argv(step.upload, step.destination) if step.upload else ssh.ssh_argv(step.command)
@@ -356,10 +452,13 @@ def install_agent_one(ssh: Ssh, args: argparse.Namespace, out: Callable[[str], N
             continue
         proc = _run(argv, timeout=900)
         if proc.returncode != 0:
-            return HostResult(ssh.target, False, f"failed at step {number}: {step.description}",
-                              _ssh_failure(proc))
+            detail = (_upload_failure(ssh, step.upload, step.destination, proc) if step.upload
+                      else _ssh_failure(proc))
+            return HostResult(ssh.target, False, f"failed at step {number}: {step.description}", detail)
     if args.dry_run:
         return HostResult(ssh.target, True, f"dry run: {len(steps)} steps shown")
+    if args.root:
+        return HostResult(ssh.target, True, f"agent installed under {args.root}; service enabled there, not started")
     return HostResult(ssh.target, True, "agent installed and started")
 
 
@@ -393,6 +492,8 @@ def _for_each_host(args: argparse.Namespace, action: Callable[[Ssh], HostResult]
                            "detail": r.detail, "data": r.data} for r in results]))
     else:
         print_table(results)
+    if any(r.host_key_mismatch for r in results):
+        return EXIT_REFUSED
     return 0 if all(r.ok for r in results) else EXIT_FAILED
 
 
@@ -430,6 +531,7 @@ def cmd_sign(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
+    _check_device_path("--upload-dir", args.upload_dir)
     if not args.bundle.is_file():
         raise DeployError(f"bundle {args.bundle} not found")
     if args.skip_local_check:
@@ -449,6 +551,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_install_agent(args: argparse.Namespace) -> int:
+    _check_device_path("--upload-dir", args.upload_dir)
+    _check_device_path("--root", args.root)
+    _check_device_path("--venv", args.venv)
     if args.credentials_dir is not None and not Path(args.credentials_dir).is_dir():
         raise DeployError(f"{args.credentials_dir} is not a directory")
     for path in (args.unit_file, args.config, args.public_key):
@@ -478,6 +583,17 @@ def _host_args(parser: argparse.ArgumentParser, with_agent: bool = True) -> None
                             help=f"edge-agent on the device (default {DEFAULT_AGENT_PATH})")
 
 
+def _upload_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--upload-dir", default=DEFAULT_UPLOAD_DIR, metavar="DIR",
+                        help=f"absolute directory on the device for uploaded files, each removed after use "
+                             f"(default {DEFAULT_UPLOAD_DIR})")
+
+
+def _check_device_path(flag: str, value: str | None) -> None:
+    if value is not None and (not str(value).startswith("/") or any(c.isspace() for c in str(value))):
+        raise DeployError(f"{flag} must be an absolute path on the device without spaces, not {value!r}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-deploy", description="Sign and flash model bundles.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -503,6 +619,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accept a model whose input differs from the active one")
     p.add_argument("--skip-local-check", action="store_true",
                    help="upload without checking the bundle locally first (the device always checks)")
+    _upload_arg(p)
     p.set_defaults(handler=cmd_push)
 
     p = sub.add_parser("rollback", help="re-activate the previous model on devices")
@@ -526,6 +643,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--credentials-dir", type=Path, default=None,
                    help=f"local directory with any of {', '.join(CREDENTIALS)} (LoadCredential= files)")
     p.add_argument("--sudo", action="store_true", help="run privileged steps with sudo -n")
+    p.add_argument("--root", default=None, metavar="DIR",
+                   help="install every file below DIR on the device instead of / and only enable the "
+                        "service there (systemctl --root), never start it: a staging tree to inspect or test")
+    _upload_arg(p)
     p.set_defaults(handler=cmd_install_agent)
     return parser
 

@@ -79,9 +79,6 @@ LOCK_FILE = "store.lock"
 MAX_BUNDLE_BYTES = 512 * 1024 * 1024
 FREE_SPACE_MARGIN = 16 * 1024 * 1024
 SMOKE_TIMEOUT_S = 120.0
-# Test hook: the installer exits with 137 (as if SIGKILLed) right after the named step.
-CRASH_ENV = "EDGE_AGENT_TEST_CRASH_AT"
-INSTALL_STEPS = ("copied", "verified", "smoked", "extracted", "previous_linked", "swapped", "cleaned")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -289,14 +286,12 @@ def install_model(
         temp, sha, _size = _copy_in(bundle_path, state_dir, expected_sha256, expected_size)
         try:
             timings["copy"] = _ms_since(t0)
-            _crash_point("copied")
 
             t0 = time.perf_counter()
             bundle = _step("verify", lambda: read_bundle(temp, key, require_signature=key is not None))
             current = active_model(state_dir)
             _check_compatible(bundle.manifest, current, allow_new_input, allow_downgrade)
             timings["verify"] = _ms_since(t0)
-            _crash_point("verified")
 
             if current is not None and current.sha256 == sha:
                 return InstallResult(
@@ -307,14 +302,11 @@ def install_model(
             t0 = time.perf_counter()
             smoke = run_smoke_child(temp, threads=threads, timeout_s=smoke_timeout_s)
             timings["smoke"] = _ms_since(t0)
-            _crash_point("smoked")
 
             t0 = time.perf_counter()
             new = _materialise(state_dir, sha, temp, bundle)
-            _crash_point("extracted")
             _swap_links(state_dir, new_target=new, new_previous=current)
             timings["swap"] = _ms_since(t0)
-            _crash_point("swapped")
         except EdgeError as exc:
             renamed = _name_given_bundle(exc, temp, bundle_path)
             if renamed is exc:
@@ -325,7 +317,6 @@ def install_model(
                 temp.unlink()
         clear_probation(state_dir)
         _collect_garbage(state_dir)
-        _crash_point("cleaned")
     result = InstallResult(
         status="installed", active=new, previous=current, smoke=smoke, timings_ms=timings
     )
@@ -352,7 +343,7 @@ def rollback(state_dir: Path | None = None, signal_agent: bool = True) -> Instal
             raise InstallError("there is no previous model to roll back to", step="rollback")
         if current is not None and current.sha256 == previous.sha256:
             raise InstallError("the previous model is the active one already", step="rollback")
-        _swap_links(state_dir, new_target=previous, new_previous=current)
+        _swap_links(state_dir, new_target=previous, new_previous=current, current_first=True)
         clear_probation(state_dir)
     result = InstallResult(
         status="rolled_back", active=previous, previous=current,
@@ -370,13 +361,10 @@ def rollback(state_dir: Path | None = None, signal_agent: bool = True) -> Instal
 def run_smoke_child(bundle: Path, threads: int = 1, timeout_s: float = SMOKE_TIMEOUT_S) -> dict[str, Any]:
     """Run the smoke test of ``bundle`` in a child process; raise InstallError unless it passes."""
     cmd = [sys.executable, "-m", "edge_agent.smoke_child", str(bundle), "--threads", str(threads)]
-    env = {k: v for k, v in os.environ.items() if k != CRASH_ENV}
     try:
-        proc = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=timeout_s, env=env, check=False
-        )
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired as exc:
-        raise InstallError(f"smoke test did not finish within {timeout_s:.0f} s", step="smoke") from exc
+        raise InstallError(f"smoke test did not finish within {timeout_s:g} s", step="smoke") from exc
     report: dict[str, Any] = {}
     for line in reversed(proc.stdout.splitlines()):
         with contextlib.suppress(ValueError):
@@ -421,12 +409,6 @@ def _ms_since(t0: float) -> float:
     return (time.perf_counter() - t0) * 1000.0
 
 
-def _crash_point(step: str) -> None:
-    if os.environ.get(CRASH_ENV) == step:
-        log.error("test hook %s=%s: exiting like a SIGKILL", CRASH_ENV, step)
-        os._exit(137)
-
-
 def _ensure_layout(state_dir: Path) -> None:
     try:
         for directory in (state_dir, state_dir / MODELS, state_dir / TMP):
@@ -459,7 +441,8 @@ def _copy_in(
     if expected_size is not None and size != expected_size:
         raise InstallError(f"bundle is {size} bytes, expected {expected_size}", step="copy")
     if size > MAX_BUNDLE_BYTES:
-        raise InstallError(f"bundle is larger than {MAX_BUNDLE_BYTES} bytes", step="copy")
+        raise InstallError(f"bundle is {size} bytes, more than the store accepts ({MAX_BUNDLE_BYTES} bytes)",
+                           step="copy")
     check_free_space(state_dir, 3 * size)
     fd, name = tempfile.mkstemp(prefix="incoming-", suffix=".part", dir=state_dir / TMP)
     temp = Path(name)
@@ -574,13 +557,24 @@ def _materialise(state_dir: Path, sha: str, temp: Path, bundle: Bundle) -> Insta
     return load_model_dir(final)
 
 
-def _swap_links(state_dir: Path, new_target: InstalledModel, new_previous: InstalledModel | None) -> None:
-    """Point ``previous`` at the old model, then ``current`` at the new one, each atomically."""
+def _swap_links(
+    state_dir: Path, new_target: InstalledModel, new_previous: InstalledModel | None,
+    current_first: bool = False,
+) -> None:
+    """Point ``current`` at ``new_target`` and ``previous`` at ``new_previous``, each atomically.
+
+    An install links ``previous`` first: killed in between, both links name the old model
+    and the install can simply be repeated. A rollback links ``current`` first: its target
+    is ``previous`` itself, so linking ``previous`` first and being killed would leave both
+    links on the model rolled back from and the rollback target unreachable.
+    """
     try:
+        if current_first:
+            _replace_link(state_dir, CURRENT, new_target.sha256)
         if new_previous is not None:
             _replace_link(state_dir, PREVIOUS, new_previous.sha256)
-            _crash_point("previous_linked")
-        _replace_link(state_dir, CURRENT, new_target.sha256)
+        if not current_first:
+            _replace_link(state_dir, CURRENT, new_target.sha256)
     except OSError as exc:
         raise InstallError(f"cannot switch the model: {exc.strerror or exc}", step="swap") from exc
 
@@ -595,7 +589,10 @@ def _replace_link(state_dir: Path, name: str, sha: str) -> None:
 
 
 def _cleanup_leftovers(state_dir: Path) -> None:
-    """Remove what a killed install left in tmp/ (never anything a link points at)."""
+    """Remove what a killed install or rollback left: tmp/ entries, link temps, unlinked models.
+
+    Never anything ``current`` or ``previous`` points at. Called under the store lock.
+    """
     tmp = state_dir / TMP
     if not tmp.is_dir():
         return
@@ -608,6 +605,7 @@ def _cleanup_leftovers(state_dir: Path) -> None:
                 shutil.rmtree(entry)
             else:
                 entry.unlink()
+    _collect_garbage(state_dir)  # a kill between the swap and the collection leaves old models
 
 
 def _collect_garbage(state_dir: Path) -> None:

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import io
 import json
+import os
 import re
 import shutil
 import socket
+import stat
 import subprocess
 import sys
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from deploy import cli
 from edge_agent import modelstore
 from edge_agent.bundle import sha256_file
 from tests.fixtures_ssh import BundleSet, DeployKeys, SshDevice
@@ -140,7 +148,7 @@ def test_install_agent_dry_run_shows_every_step(sshd_device: SshDevice, deploy_k
                    str(tmp_path / "kh"), "--public-key", str(deploy_keys.public), "--dry-run")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    for needle in ("python3 -m venv /opt/edge-agent/venv", "pip install --upgrade edge-infer",
+    for needle in ("python3 -m venv /opt/edge-agent/venv", "install --upgrade edge-infer",
                    "/etc/systemd/system/edge-agent.service", "/etc/edge-agent/config.toml",
                    "/etc/edge-agent/trusted.pub", "credentials/mqtt-password",
                    "systemctl enable --now edge-agent"):
@@ -149,3 +157,212 @@ def test_install_agent_dry_run_shows_every_step(sshd_device: SshDevice, deploy_k
     assert "dry run" in out
     assert not (tmp_path / "kh").exists() or (tmp_path / "kh").read_text() == ""
     assert not Path("/etc/systemd/system/edge-agent.service").exists()
+
+
+# --------------------------------------------------------------------------- install-agent for real
+
+
+def _probe_wheel(directory: Path) -> Path:
+    """A tiny pure-Python wheel without dependencies, so pip installs it with no index."""
+    name, version = "edge_deploy_probe", "1.0"
+    info = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}/__init__.py": b"INSTALLED_BY = 'edge-deploy install-agent'\n",
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: edge-deploy-probe\nVersion: {version}\n".encode(),
+        f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = "".join(
+        f"{path},sha256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()},"
+        f"{len(data)}\n" for path, data in files.items()
+    ) + f"{info}/RECORD,,\n"
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path, data in {**files, f"{info}/RECORD": record.encode()}.items():
+            archive.writestr(path, data)
+    wheel = directory / f"{name}-{version}-py3-none-any.whl"
+    wheel.write_bytes(buffer.getvalue())
+    return wheel
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_install_agent_for_real_under_a_root(sshd_device: SshDevice, deploy_keys: DeployKeys,
+                                             tmp_path: Path) -> None:
+    """install-agent run for real over SSH, every device path below --root, and what it installed."""
+    if shutil.which("python3") is None or shutil.which("systemctl") is None:
+        pytest.skip("the device side needs python3 (with venv) and systemctl")
+    root, uploads, creds = tmp_path / "device-root", tmp_path / "uploads", tmp_path / "creds"
+    uploads.mkdir()
+    creds.mkdir()
+    (creds / "mqtt-password").write_text("s3cret\n")
+    argv = ["install-agent", "--host", sshd_device.host, "--port", str(sshd_device.port),
+            "--identity", str(sshd_device.identity), "--known-hosts", str(sshd_device.known_hosts),
+            "--root", str(root), "--upload-dir", str(uploads), "--package", str(_probe_wheel(tmp_path)),
+            "--public-key", str(deploy_keys.public), "--credentials-dir", str(creds)]
+    proc = _deploy(*argv)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"agent installed under {root}" in proc.stdout
+
+    python = root / "opt/edge-agent/venv/bin/python"
+    probe = subprocess.run([str(python), "-c", "import edge_deploy_probe as p; print(p.INSTALLED_BY)"],
+                           capture_output=True, text=True, check=False)
+    assert probe.stdout.strip() == "edge-deploy install-agent", probe.stderr
+    unit = root / "etc/systemd/system/edge-agent.service"
+    assert unit.read_bytes() == cli.DEFAULT_UNIT_FILE.read_bytes() and _mode(unit) == 0o644
+    wants = root / "etc/systemd/system/multi-user.target.wants/edge-agent.service"
+    assert wants.is_symlink() and os.readlink(wants).endswith("/edge-agent.service")  # enabled
+    etc = root / "etc/edge-agent"
+    assert (etc / "config.toml").read_bytes() == cli.DEFAULT_CONFIG_FILE.read_bytes()
+    assert _mode(etc / "config.toml") == 0o644
+    assert (etc / "trusted.pub").read_bytes() == deploy_keys.public.read_bytes()
+    assert _mode(etc / "credentials") == 0o700
+    assert (etc / "credentials/mqtt-password").read_text() == "s3cret\n"
+    for name in cli.CREDENTIALS:
+        assert _mode(etc / "credentials" / name) == 0o600, name
+    assert (etc / "credentials/mqtt-client.key").read_bytes() == b""  # placeholder for LoadCredential=
+    assert list(uploads.iterdir()) == []  # every uploaded file removed, the wheel too
+    assert not Path("/etc/systemd/system/edge-agent.service").exists()
+
+    # again: the device's own configuration is kept, and still nothing is left behind
+    (etc / "config.toml").write_text('device_id = "set-on-the-device"\n')
+    proc = _deploy(*argv)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (etc / "config.toml").read_text() == 'device_id = "set-on-the-device"\n'
+    assert list(uploads.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- SSH failures
+# Each: one line per host, a non-zero exit, and nothing half-done on the device.
+
+
+def _rows(proc: subprocess.CompletedProcess[str]) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = json.loads(proc.stdout)
+    for row in rows:
+        assert "\n" not in str(row["detail"]) and "\n" not in str(row["summary"]), row
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return rows
+
+
+def _store_tree(state: Path) -> dict[str, str]:
+    return {str(p.relative_to(state)): os.readlink(p) if p.is_symlink() else ("dir" if p.is_dir() else
+            sha256_file(p)) for p in sorted(state.rglob("*")) if p.name != modelstore.LOCK_FILE}
+
+
+def test_login_refused_with_a_wrong_key(sshd_device: SshDevice, device_state: Path, test_bundles: BundleSet,
+                                        tmp_path: Path) -> None:
+    wrong = tmp_path / "wrong_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(wrong)], check=True)
+    device = SshDevice(sshd_device.host, sshd_device.port, wrong, sshd_device.known_hosts,
+                       sshd_device.agent_path)
+    before = _store_tree(device_state)
+    for argv in (["push", str(test_bundles.good)], ["rollback"], ["status"]):
+        proc = _deploy(*argv, *device.ssh_args(), "--state-dir", str(device_state), "--json")
+        assert proc.returncode == 1, (argv, proc.stdout, proc.stderr)
+        [row] = _rows(proc)
+        assert row["summary"] == "login refused", row
+        user = sshd_device.host.partition("@")[0]
+        assert row["detail"] == (f"127.0.0.1:{sshd_device.port} refused the login as {user} with the key "
+                                 f"{wrong} (publickey); check --identity and the device's authorized_keys")
+    assert _store_tree(device_state) == before
+
+
+def test_changed_host_key_refused(sshd_device: SshDevice, device_state: Path, test_bundles: BundleSet,
+                                  tmp_path: Path) -> None:
+    """A device answering with another host key than the pinned one: refused, exit 2, one line."""
+    impostor = tmp_path / "impostor_host_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(impostor)], check=True)
+    known_hosts = tmp_path / "known_hosts"
+    pattern = f"[127.0.0.1]:{sshd_device.port}"
+    known_hosts.write_text(f"{pattern} {' '.join(Path(f'{impostor}.pub').read_text().split()[:2])}\n")
+    pinned = known_hosts.read_text()
+    device = SshDevice(sshd_device.host, sshd_device.port, sshd_device.identity, known_hosts,
+                       sshd_device.agent_path)
+    before = _store_tree(device_state)
+    for argv in (["push", str(test_bundles.good)], ["rollback"], ["status"]):
+        proc = _deploy(*argv, *device.ssh_args(), "--state-dir", str(device_state), "--json")
+        assert proc.returncode == 2, (argv, proc.stdout, proc.stderr)
+        [row] = _rows(proc)
+        assert row["summary"] == "host key mismatch", row
+        assert str(row["detail"]).startswith(f"refused: the host key of 127.0.0.1:{sshd_device.port} is not "
+                                             f"the one pinned in {known_hosts}"), row
+        assert str(row["detail"]).endswith(f"ssh-keygen -f {known_hosts} -R '{pattern}'"), row
+    # the table says the same in one row
+    proc = _deploy("rollback", *device.ssh_args(), "--state-dir", str(device_state))
+    assert proc.returncode == 2
+    [_header, row_line] = proc.stdout.splitlines()
+    assert "FAILED" in row_line and "host key mismatch" in row_line and "@@@" not in proc.stdout + proc.stderr
+    assert known_hosts.read_text() == pinned  # never re-pinned behind the operator's back
+    assert _store_tree(device_state) == before
+
+
+@pytest.fixture(params=["missing", "read-only", "full"])
+def bad_upload_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A directory on the device uploads cannot go to: absent, read-only, or too small."""
+    kind: str = request.param
+    path = tmp_path / "uploads"
+    if kind == "missing":
+        yield kind, path
+        return
+    path.mkdir()
+    if os.geteuid() != 0:
+        if kind == "full":
+            pytest.skip("a full filesystem needs a small tmpfs mount (root)")
+        path.chmod(0o555)
+        yield kind, path
+        path.chmod(0o755)
+        return
+    options = "ro,size=64k" if kind == "read-only" else "size=8k"
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True,
+                      check=False).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        yield kind, path
+    finally:
+        subprocess.run(["umount", str(path)], check=False)
+
+
+def test_failed_upload_leaves_nothing_on_the_device(
+    sshd_device: SshDevice, device_state: Path, test_bundles: BundleSet, bad_upload_dir: tuple[str, Path]
+) -> None:
+    kind, uploads = bad_upload_dir
+    assert _push(sshd_device, device_state, test_bundles.good).returncode == 0
+    before = _store_tree(device_state)
+    proc = _push(sshd_device, device_state, test_bundles.good_v2, "--upload-dir", str(uploads), "--json")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    [row] = _rows(proc)
+    assert row["summary"] == "upload failed", row
+    size_kib = -(-test_bundles.good_v2.stat().st_size // 1024)
+    expected = {
+        "missing": f"cannot upload to {uploads} on the device: no such directory (see --upload-dir)",
+        "read-only": f"cannot upload to {uploads} on the device: not writable (a read-only filesystem "
+                     "or no permission; see --upload-dir)",
+        "full": f"cannot upload to {uploads} on the device: 8 KiB free, {size_kib} KiB needed (see --upload-dir)",
+    }[kind]
+    assert row["detail"] == expected, row
+    if uploads.is_dir():
+        # mutation guarded: without the clean-up a partial bundle stays on the full disk
+        assert list(uploads.iterdir()) == []
+    assert _store_tree(device_state) == before
+
+
+def test_rollback_refused_by_the_device(sshd_device: SshDevice, device_state: Path,
+                                        test_bundles: BundleSet, tmp_path: Path) -> None:
+    assert _push(sshd_device, device_state, test_bundles.good).returncode == 0
+    before = _store_tree(device_state)
+    proc = _deploy("rollback", *sshd_device.ssh_args(), "--state-dir", str(device_state), "--json")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    [row] = _rows(proc)
+    short = modelstore.active_model(device_state).manifest.short_sha  # type: ignore[union-attr]
+    assert str(row["summary"]).startswith("rollback refused; active") and short in str(row["summary"])
+    assert row["detail"] == "there is no previous model to roll back to"
+    # a device whose agent cannot run at all answers with its shell's error, still one line
+    missing = tmp_path / "no-such-agent"
+    proc = _deploy("rollback", *sshd_device.ssh_args(), "--agent-path", str(missing),
+                   "--state-dir", str(device_state), "--json")
+    assert proc.returncode == 1
+    [row] = _rows(proc)
+    assert row["summary"] == "rollback failed" and str(missing) in str(row["detail"]), row
+    assert "not found" in str(row["detail"]) or "No such file" in str(row["detail"]), row
+    assert _store_tree(device_state) == before

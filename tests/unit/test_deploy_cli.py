@@ -128,3 +128,48 @@ def test_device_commands_name_the_service_store_unless_told_otherwise() -> None:
     assert cli._agent_command(args, "models", "--json").endswith("models --json --state-dir /var/lib/edge-agent")
     args = cli.build_parser().parse_args(["status", "--host", "pi@dev1", "--state-dir", "/srv/edge store"])
     assert cli._agent_command(args, "models").endswith("models --state-dir '/srv/edge store'")
+
+
+def test_install_agent_steps_under_a_root_remove_every_upload(tmp_path: Path) -> None:
+    wheel = tmp_path / "edge_infer-0.1.0-py3-none-any.whl"
+    wheel.write_bytes(b"")
+    (tmp_path / "mqtt-password").write_text("secret")
+    key = tmp_path / "signing.pub"
+    key.write_text("key")
+    args = cli.build_parser().parse_args([
+        "install-agent", "--host", "pi@a", "--root", "/srv/image", "--upload-dir", "/var/tmp/up",
+        "--package", str(wheel), "--credentials-dir", str(tmp_path), "--public-key", str(key)])
+    steps = cli.install_agent_steps(args)
+    for number, step in enumerate(steps):
+        if step.upload is not None:
+            # the step after an upload installs the file and removes it, whether it worked or not
+            assert step.destination.startswith("/var/tmp/up/")
+            assert steps[number + 1].command.endswith(f"; rc=$?; rm -f {step.destination}; exit $rc")
+    assert sum(s.upload is not None for s in steps) == 5  # wheel, unit, credential, config, key
+    commands = "\n".join(s.command for s in steps if s.command)
+    for path in ("/srv/image/opt/edge-agent/venv/bin/pip", "/srv/image/etc/systemd/system/edge-agent.service",
+                 "/srv/image/etc/edge-agent/config.toml", "/srv/image/etc/edge-agent/credentials/mqtt-password",
+                 "/srv/image/etc/edge-agent/trusted.pub"):
+        assert path in commands, path
+    assert " /etc/" not in commands and " /opt/" not in commands
+    # enabled inside the root, never started on the machine it runs on
+    assert steps[-1].command == "systemctl --root=/srv/image enable edge-agent"
+    assert "--now" not in commands and "daemon-reload" not in commands
+
+
+def test_install_agent_default_paths_unchanged() -> None:
+    args = cli.build_parser().parse_args(["install-agent", "--host", "pi@a"])
+    commands = "\n".join(s.command for s in cli.install_agent_steps(args) if s.command)
+    assert f" {cli.UNIT_PATH};" in commands and f"{cli.CONFIG_DIR}/config.toml" in commands
+    assert "python3 -m venv /opt/edge-agent/venv" in commands
+    assert all(s.destination.startswith("/tmp/") for s in cli.install_agent_steps(args) if s.upload)
+    assert cli.install_agent_steps(args)[-1].command.endswith(
+        "systemctl enable --now edge-agent && systemctl is-active edge-agent")
+
+
+@pytest.mark.parametrize("flag", ["--root", "--upload-dir", "--venv"])
+def test_device_paths_must_be_absolute(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["install-agent", "--host", "pi@a", "--dry-run", flag, "relative/dir"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"edge-deploy: error: {flag} must be an absolute path on the device without spaces, "
+                   "not 'relative/dir'\n")

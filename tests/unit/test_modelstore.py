@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +24,8 @@ from edge_agent.bundle import read_bundle, sha256_file
 from edge_agent.cli import main as agent_main
 from tests.fixtures_ssh import BundleSet, DeployKeys
 
+CRASHING_RUNTIME = Path(__file__).resolve().parents[1] / "crashing_runtime"
+
 
 @pytest.fixture
 def store(tmp_path: Path, deploy_keys: DeployKeys) -> Path:
@@ -24,6 +33,48 @@ def store(tmp_path: Path, deploy_keys: DeployKeys) -> Path:
     state.mkdir()
     shutil.copy(deploy_keys.public, state / modelstore.TRUSTED_KEY)  # pinned key
     return state
+
+
+@pytest.fixture
+def copies_into_store(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Path]]:
+    """Every temp file the store creates for an incoming copy, in order."""
+    made: list[Path] = []
+    real = tempfile.mkstemp
+
+    def spy(*args: Any, **kwargs: Any) -> tuple[int, str]:
+        fd, name = real(*args, **kwargs)
+        made.append(Path(name))
+        return fd, name
+
+    monkeypatch.setattr(tempfile, "mkstemp", spy)
+    yield made
+
+
+def _tree(state: Path) -> dict[str, str]:
+    """Everything in the store but its lock file: link targets, file hashes, directories."""
+    tree = {}
+    for path in sorted(state.rglob("*")):
+        rel = str(path.relative_to(state))
+        if path.is_symlink():
+            tree[rel] = "-> " + os.readlink(path)
+        elif path.is_dir():
+            tree[rel] = "dir"
+        elif path.name != modelstore.LOCK_FILE:
+            tree[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return tree
+
+
+def _flock_waiters(path: Path) -> set[int]:
+    """Pids blocked in flock() on ``path``: /proc/locks lines ``N: -> FLOCK ADVISORY WRITE PID MAJ:MIN:INODE``."""
+    inode = path.stat().st_ino
+    waiters = set()
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if "->" in fields:
+            i = fields.index("->")
+            if fields[i + 1] == "FLOCK" and int(fields[i + 5].rsplit(":", 1)[1]) == inode:
+                waiters.add(int(fields[i + 4]))
+    return waiters
 
 
 def _active_sha(state: Path) -> str | None:
@@ -49,7 +100,6 @@ def test_install_then_upgrade_then_rollback(store: Path, test_bundles: BundleSet
     assert back.active.sha256 == first.active.sha256
     assert _active_sha(store) == first.active.sha256
     assert modelstore.previous_model(store).sha256 == second.active.sha256  # type: ignore[union-attr]
-    assert back.timings_ms["rollback"] < 1000
 
     again = modelstore.install_model(test_bundles.good, store)
     assert again.status == "already_active"
@@ -104,13 +154,75 @@ def test_downgrade_refused_when_asked(store: Path, test_bundles: BundleSet) -> N
         modelstore.install_model(test_bundles.good, store, allow_downgrade=False)
 
 
-def test_expected_hash_and_size_checked(store: Path, test_bundles: BundleSet) -> None:
+def test_expected_hash_and_size_checked(
+    store: Path, test_bundles: BundleSet, copies_into_store: list[Path]
+) -> None:
     with pytest.raises(modelstore.InstallError, match="sha256 mismatch"):
         modelstore.install_model(test_bundles.good, store, expected_sha256="0" * 64)
+    assert not list((store / "tmp").iterdir())
     size = test_bundles.good.stat().st_size
-    with pytest.raises(modelstore.InstallError, match="expected"):
-        modelstore.install_model(test_bundles.good, store, expected_size=size + 1)
+    copies_into_store.clear()
+    for wrong in (size + 1, size - 1):
+        with pytest.raises(modelstore.InstallError) as info:
+            modelstore.install_model(test_bundles.good, store, expected_size=wrong)
+        assert info.value.step == "copy" and f"bundle is {size} bytes, expected {wrong}" in str(info.value)
+    # refused on its size before a byte was copied into the store
+    assert copies_into_store == []
     assert modelstore.active_model(store) is None
+    assert modelstore.install_model(test_bundles.good, store, expected_size=size).status == "installed"
+
+
+def test_bundle_over_the_size_limit_refused_before_any_copy(
+    store: Path, test_bundles: BundleSet, monkeypatch: pytest.MonkeyPatch, copies_into_store: list[Path]
+) -> None:
+    modelstore.install_model(test_bundles.good, store)
+    before = _tree(store)
+    size = test_bundles.good_v2.stat().st_size
+    monkeypatch.setattr(modelstore, "MAX_BUNDLE_BYTES", size - 1)
+    copies_into_store.clear()
+    with pytest.raises(modelstore.InstallError) as info:
+        modelstore.install_model(test_bundles.good_v2, store)
+    assert info.value.step == "copy"
+    assert f"bundle is {size} bytes, more than the store accepts ({size - 1} bytes)" in str(info.value)
+    # mutation guarded: without the check on the file's size first, the bundle is copied
+    # into tmp/ before the copy loop notices the limit
+    assert copies_into_store == []
+    assert _tree(store) == before
+    monkeypatch.setattr(modelstore, "MAX_BUNDLE_BYTES", size)  # exactly the limit is accepted
+    assert modelstore.install_model(test_bundles.good_v2, store).status == "installed"
+
+
+def test_source_growing_past_its_size_is_not_copied_whole(
+    store: Path, test_bundles: BundleSet, tmp_path: Path
+) -> None:
+    """A bundle still being written (a FIFO stands in: its size reads 0) is refused as soon as
+    the copy passes the size it had, not after the store copied all of it."""
+    modelstore.install_model(test_bundles.good, store)
+    before = _tree(store)
+    fifo = tmp_path / "growing.bundle"
+    os.mkfifo(fifo)
+    total = 16 << 20
+    sent = [0]
+
+    def feed() -> None:
+        with contextlib.suppress(BrokenPipeError), fifo.open("wb") as pipe:
+            block = test_bundles.good_v2.read_bytes()[:65536].ljust(65536, b"\0")
+            while sent[0] < total:
+                sent[0] += pipe.write(block)
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    try:
+        with pytest.raises(modelstore.InstallError) as info:
+            modelstore.install_model(fifo, store)
+    finally:
+        with contextlib.suppress(OSError):  # let the writer's open() return if the store never read
+            os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+        writer.join(timeout=60)
+    assert info.value.step == "copy" and "grew while it was copied" in str(info.value)
+    # mutation guarded: without the check against the size, all 16 MiB are copied first
+    assert sent[0] < total // 4, sent[0]
+    assert _tree(store) == before
 
 
 def test_rollback_without_previous(store: Path, test_bundles: BundleSet) -> None:
@@ -215,13 +327,74 @@ def test_cli_install_models_rollback_json(
     assert err.startswith("edge-agent: error:") and err.count("\n") == 1
 
 
-def test_smoke_child_timeout_and_time(store: Path, test_bundles: BundleSet) -> None:
-    t0 = time.perf_counter()
+def test_smoke_child_passes_and_times_out(store: Path, test_bundles: BundleSet) -> None:
     report = modelstore.run_smoke_child(test_bundles.good)
     assert report["passed"] and report["vectors"] >= 1
-    assert time.perf_counter() - t0 < 30
-    with pytest.raises(modelstore.InstallError, match="did not finish"):
+    with pytest.raises(modelstore.InstallError, match=r"did not finish within 0\.01 s"):
         modelstore.run_smoke_child(test_bundles.good, timeout_s=0.01)
+
+
+@pytest.mark.parametrize("signame", ["SIGSEGV", "SIGABRT", "SIGKILL"])
+def test_smoke_child_killed_by_a_signal_refuses_the_install(
+    store: Path, test_bundles: BundleSet, monkeypatch: pytest.MonkeyPatch, signame: str
+) -> None:
+    """The unmodified smoke child, on a runtime that kills its process at the first inference
+    (tests/crashing_runtime/sitecustomize.py patches the runtime registry in the child)."""
+    modelstore.install_model(test_bundles.good, store)
+    before = _tree(store)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(CRASHING_RUNTIME),
+                                                                     os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("EDGE_TEST_RUNTIME_SIGNAL", signame)
+    with pytest.raises(modelstore.InstallError) as info:
+        modelstore.install_model(test_bundles.good_v2, store)
+    assert info.value.step == "smoke"
+    assert str(info.value) == f"smoke test crashed the interpreter ({signame})"
+    assert _tree(store) == before
+
+
+def test_two_installs_at_once_are_serialised(
+    store: Path, test_bundles: BundleSet, deploy_keys: DeployKeys, tmp_path: Path
+) -> None:
+    """While one install holds the store lock, others wait for it without touching the store;
+    then they run one after the other and both succeed."""
+    from tests.deploy_helpers import private_key, repack
+
+    modelstore.install_model(test_bundles.good, store)
+    version = read_bundle(test_bundles.good, require_signature=False).manifest.version
+    v3 = repack(test_bundles.good, tmp_path / "v3.bundle", private_key(deploy_keys.private),
+                version=f"{version}.3")
+    lock = store / modelstore.LOCK_FILE
+    held = os.open(lock, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(held, fcntl.LOCK_EX)  # this test is the install in progress
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        leftover = store / "tmp" / "incoming-in-progress.part"  # the holder's copy in progress
+        leftover.write_bytes(b"partial")
+        before = _tree(store)
+        procs = [subprocess.Popen([sys.executable, "-m", "edge_agent", "install-model", str(bundle),
+                                   "--state-dir", str(store)], stderr=subprocess.PIPE)
+                 for bundle in (test_bundles.good_v2, v3)]
+        deadline = time.monotonic() + 60
+        while {p.pid for p in procs} - _flock_waiters(lock):
+            exited = [p for p in procs if p.poll() is not None]
+            assert not exited, f"an install did not wait for the lock: {exited[0].stderr.read()!r}"  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "the installs never blocked on the store lock"
+            time.sleep(0.005)
+        # mutation guarded: cleaning tmp/ before taking the lock deletes the holder's copy
+        assert _tree(store) == before
+    finally:
+        os.close(held)
+        for proc in procs:
+            if proc.wait(timeout=120) != 0:
+                pytest.fail(proc.stderr.read().decode())  # type: ignore[union-attr]
+    status = modelstore.store_status(store)
+    both = {sha256_file(test_bundles.good_v2), sha256_file(v3)}
+    assert {status["active"]["bundle_sha256"], status["previous"]["bundle_sha256"]} == both
+    assert {p.name for p in (store / "models").iterdir()} == both | {"current", "previous"}
+    assert not list((store / "tmp").iterdir())
+    active = modelstore.active_model(store)
+    assert active is not None
+    read_bundle(active.bundle_path, store / modelstore.TRUSTED_KEY)
 
 
 
