@@ -172,8 +172,10 @@ class SlidingWindower:
 class ReconnectingSource(Source):
     """A live video source that reconnects with backoff after any failure.
 
-    Subclasses implement ``_connect`` (raise SourceError on failure),
-    ``_grab`` (an image, or None when the connection failed) and ``_disconnect``.
+    Subclasses implement ``_connect`` (raise SourceError on failure), ``_grab``
+    (an image; None or SourceError with the reason when the connection failed)
+    and ``_disconnect``. Failures never escape ``read()``: they are counted in
+    ``state()`` (``errors``, ``last_error``, ``reconnects``) and retried.
     """
 
     live = True
@@ -206,12 +208,16 @@ class ReconnectingSource(Source):
                 self._connected_since = time.time()
                 self._set_state("connected")
             start = time.perf_counter()
-            image = self._grab()
+            reason = "stream interrupted"
+            try:
+                image = self._grab()
+            except SourceError as exc:
+                image, reason = None, str(exc)
             if image is None:
                 self._disconnect()
                 self._connected = False
                 self._reconnects += 1
-                self._set_state("reconnecting", "stream interrupted")
+                self._set_state("reconnecting", reason)
                 self._stop.wait(self._backoff.next_delay())
                 continue
             self._backoff.reset()

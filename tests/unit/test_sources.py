@@ -17,7 +17,7 @@ from edge_agent.manifest import AudioPreprocess
 from edge_agent.sources import AudioWindow, Frame, create_source, detect_source_type
 from edge_agent.sources.base import Backoff, SlidingWindower
 from edge_agent.sources.stdin import StdinPcmSource
-from edge_agent.sources.stream import parse_boundary, read_mjpeg_part
+from edge_agent.sources.stream import MjpegReader, parse_boundary
 from tests.integration.mjpeg import MjpegServer
 
 AUDIO = AudioPreprocess(sample_rate=16000, window_s=1.0, hop_s=0.5)
@@ -181,13 +181,15 @@ def test_missing_camera_device_errors() -> None:
 
 def test_mjpeg_part_parser_with_and_without_length() -> None:
     assert parse_boundary('multipart/x-mixed-replace; boundary="--myb"') == b"myb"
+    assert parse_boundary("multipart/x-mixed-replace; boundary=--") is None
+    assert parse_boundary("multipart/x-mixed-replace") is None
     jpeg = b"\xff\xd8hello\xff\xd9"
     with_len = b"--myb\r\nContent-Type: image/jpeg\r\nContent-Length: 9\r\n\r\n" + jpeg + b"\r\n"
     no_len = b"--myb\r\nContent-Type: image/jpeg\r\n\r\n" + jpeg + b"\r\n"
-    stream = io.BytesIO(with_len + no_len)
-    assert read_mjpeg_part(stream, b"myb") == jpeg
-    assert read_mjpeg_part(stream, b"myb") == jpeg
-    assert read_mjpeg_part(stream, b"myb") is None
+    reader = MjpegReader(io.BytesIO(with_len + no_len), b"myb")
+    assert reader.read_part() == jpeg
+    assert reader.read_part() == jpeg
+    assert reader.read_part() is None
 
 
 @pytest.mark.parametrize("with_length", [True, False])
