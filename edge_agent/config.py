@@ -125,7 +125,9 @@ class SourceSection(_Section):
     height: int | None = Field(default=None, gt=0, le=8192, description="Requested camera height.")
     reconnect_min_s: float = Field(default=0.5, gt=0, le=60)
     reconnect_max_s: float = Field(default=10.0, gt=0, le=600)
-    read_timeout_s: float = Field(default=5.0, gt=0, le=600, description="Live source silence before reconnect.")
+    read_timeout_s: float = Field(
+        default=5.0, gt=0, le=600,
+        description="Live source silence before reconnect; one stream frame must also arrive within 3x this.")
 
     def _check(self) -> None:
         if self.reconnect_max_s < self.reconnect_min_s:
