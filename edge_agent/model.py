@@ -21,6 +21,10 @@ hand and the tensor specs come from the interpreter::
 A plain ``.tflite`` without a sidecar runs from its TFLite Model Metadata when it has
 some (:func:`edge_agent.tflite_file.metadata_sidecar` derives the same fields);
 ``edge-agent inspect MODEL --write-sidecar FILE`` writes a starting sidecar for any model.
+
+A running model is identified by :func:`bundle_identity` (``manifest_sha256``), not only by
+the sha256 of its weights: a manifest-only update (labels, thresholds, preprocessing) is a
+different model to the device and to anyone reading its results.
 """
 
 from __future__ import annotations
@@ -42,6 +46,18 @@ from edge_agent.schema import ValidationError
 SIDECAR_SUFFIXES = (".toml", ".json")
 
 
+def bundle_identity(manifest_bytes: bytes) -> str:
+    """The identity of a whole model bundle: the sha256 of its ``manifest.json`` bytes.
+
+    The manifest holds the sha256 of the model and of every other member (labels, report) next
+    to the labels, thresholds and preprocessing, so any change to what the device would run
+    changes this hash; a re-signed or re-zipped bundle keeps it. A plain ``.tflite`` gets the
+    hash of its derived manifest in canonical JSON (see :func:`open_model`), which includes the
+    model's sha256 and every sidecar field.
+    """
+    return bundle_mod.sha256_bytes(manifest_bytes)
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     """A verified model, its runtime, and what the pipeline needs to decode it."""
@@ -51,15 +67,19 @@ class LoadedModel:
     manifest: Manifest
     runtime: Runtime
     labels: list[str]
+    manifest_sha256: str  # bundle_identity() of the manifest the agent verified
     signature_verified: bool = False
     report: dict[str, Any] = field(default_factory=dict)
 
     @property
     def sha256(self) -> str:
+        """The sha256 of the model weights (``model.tflite``) only."""
         return self.manifest.model.sha256
 
     def info(self) -> dict[str, str]:
-        return {"name": self.manifest.name, "version": self.manifest.version, "sha256": self.sha256}
+        """Name, version, weights sha256 and bundle identity: status, results, OTA checks."""
+        return {"name": self.manifest.name, "version": self.manifest.version, "sha256": self.sha256,
+                "manifest_sha256": self.manifest_sha256}
 
 
 def _directory_bytes(directory: Path) -> bytes:
@@ -159,6 +179,7 @@ class ModelFile:
     signature_verified: bool = False
     report: dict[str, Any] = field(default_factory=dict)
     sidecar_from_metadata: bool = False  # the sidecar fields come from the model's TFLite metadata
+    manifest_sha256: str | None = None  # bundle_identity(); a plain .tflite gets it in open_model
 
     @property
     def sidecar_source(self) -> str:
@@ -215,6 +236,7 @@ def verify_model(path: Path, sidecar: Path | None = None, public_key: Path | Non
     return ModelFile(
         path, kind, verified.model_bytes, verified.manifest, labels=verified.labels,
         signature_verified=verified.signature_verified, report=verified.report,
+        manifest_sha256=bundle_identity(verified.manifest_bytes),
     )
 
 
@@ -262,10 +284,13 @@ def open_model(
             model.sidecar, model.model_bytes, runtime.inputs, runtime.outputs, model.sidecar_path, model.path.stem,
             source=model.sidecar_source,
         )
-        return LoadedModel(model.path, model.kind, manifest, runtime, list(manifest.output.labels))
+        return LoadedModel(model.path, model.kind, manifest, runtime, list(manifest.output.labels),
+                           bundle_identity(bundle_mod.manifest_to_bytes(manifest)))
+    assert model.manifest_sha256 is not None  # set by verify_model for bundles and directories
     return LoadedModel(
         path=model.path, kind=model.kind, manifest=model.manifest, runtime=runtime, labels=model.labels,
-        signature_verified=model.signature_verified, report=model.report,
+        manifest_sha256=model.manifest_sha256, signature_verified=model.signature_verified,
+        report=model.report,
     )
 
 

@@ -19,6 +19,13 @@ rolls back to the previous model by itself. Acks: ``in_progress``
 (downloading, installed/on probation), then ``succeeded`` or ``failed`` with a
 reason (including "rolled back to …"). Installing an older version of the
 same model is refused: downgrades need the signed ``rollback`` command.
+
+After every reload the agent must report the bundle identity
+(:func:`edge_agent.model.bundle_identity`, ``manifest_sha256``) of the model it
+installed; a manifest-only update (same weights, new labels or thresholds) is a
+swap like any other. ``https://`` downloads verify the server certificate and
+host name against the system trust store; a private CA is trusted through
+OpenSSL's ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` environment variables.
 """
 
 from __future__ import annotations
@@ -41,9 +48,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from edge_agent import modelstore
-from edge_agent.bundle import read_bundle
+from edge_agent.bundle import MANIFEST, read_bundle
 from edge_agent.commands import Ack, CommandContext, CommandError, register_command
 from edge_agent.errors import EdgeError
+from edge_agent.model import bundle_identity
 
 if TYPE_CHECKING:  # cryptography (~6 MB RSS) and urllib.request load only when an update needs them
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -99,7 +107,9 @@ class ModelHost(Protocol):
     @property
     def bundle_key(self) -> Path | None: ...
 
-    def reload_model(self) -> dict[str, str]: ...
+    def reload_model(self) -> dict[str, str]:
+        """Load the store's active model; returns its info with ``manifest_sha256`` (raises EdgeError)."""
+        ...
 
     def probe(self) -> ProbeSample: ...
 
@@ -194,13 +204,18 @@ def _open_url(url: str, timeout_s: float) -> Any:
         with path.open("rb") as handle:
             yield handle, path.stat().st_size
         return
+    import http.client
     from urllib.request import Request, urlopen
 
     context = ssl.create_default_context() if parts.scheme == "https" else None
     request = Request(url, headers={"User-Agent": "edge-agent-ota"})
-    with urlopen(request, timeout=timeout_s, context=context) as response:
-        length = response.headers.get("Content-Length")
-        yield response, int(length) if length and length.isdigit() else None
+    try:
+        with urlopen(request, timeout=timeout_s, context=context) as response:
+            length = response.headers.get("Content-Length")
+            yield response, int(length) if length and length.isdigit() else None
+    except http.client.HTTPException as exc:
+        # Not an OSError: a body cut inside a chunk (IncompleteRead), a bad status line …
+        raise OSError(f"the server broke off the transfer ({type(exc).__name__})") from exc
 
 
 # --------------------------------------------------------------------------- the updater
@@ -277,17 +292,17 @@ class OtaUpdater:
             return Ack(cmd_id, "failed", _reason(exc), {"active": _active(state_dir)})
         timings["install_s"] = time.monotonic() - t0
         if result.status == "already_active":
-            return Ack(cmd_id, "succeeded", "already active", {"active": result.active.describe()})
+            return Ack(cmd_id, "succeeded", "already active", {"active": describe(result.active)})
 
-        new = result.active.describe()
+        new = describe(result.active)
         try:
             loaded = self.host.reload_model()
         except EdgeError as exc:
             back = self._roll_back(f"the running agent cannot load the new model: {exc}")
             return Ack(cmd_id, "failed", back, {"active": _active(state_dir)})
-        running = loaded.get("sha256") if isinstance(loaded, dict) else None
-        if running and running not in (new["sha256"], new["bundle_sha256"]):
-            back = self._roll_back(f"the running agent loaded {running[:12]}, not the installed model")
+        problem = _not_running(loaded, new["manifest_sha256"])
+        if problem is not None:
+            back = self._roll_back(problem)
             return Ack(cmd_id, "failed", back, {"active": _active(state_dir)})
         timings["swapped_s"] = time.monotonic() - t0
         reply(Ack(cmd_id, "in_progress",
@@ -302,7 +317,7 @@ class OtaUpdater:
         modelstore.clear_probation(state_dir)
         timings["succeeded_s"] = time.monotonic() - t0
         return Ack(cmd_id, "succeeded", f"{new['name']} {new['version']} active, probation passed",
-                   {"active": new, "previous": result.previous.describe() if result.previous else None,
+                   {"active": new, "previous": describe(result.previous) if result.previous else None,
                     "timings": _round(timings)})
 
     def watch_probation(self, model: modelstore.InstalledModel, duration_s: float, cmd_id: str = "") -> str | None:
@@ -336,12 +351,16 @@ class OtaUpdater:
             result = modelstore.rollback(state_dir, signal_agent=False)
         except EdgeError as exc:
             return f"{why}; rollback impossible: {exc}"
+        old = describe(result.active)
         try:
-            self.host.reload_model()
+            loaded = self.host.reload_model()
         except EdgeError as exc:
             log.error("reloading the previous model failed: %s", exc)
             return f"{why}; rolled back on disk but the agent failed to reload: {exc}"
-        old = result.active.describe()
+        problem = _not_running(loaded, old["manifest_sha256"])
+        if problem is not None:
+            log.error("after the rollback %s", problem)
+            return f"{why}; rolled back on disk but {problem}"
         log.warning("%s; rolled back to %s %s", why, old["name"], old["version"])
         return f"{why}; rolled back to {old['name']} {old['version']} ({old['short_sha']})"
 
@@ -355,14 +374,16 @@ class OtaUpdater:
         try:
             t0 = time.monotonic()
             result = modelstore.rollback(Path(self.host.state_dir), signal_agent=False)
-            self.host.reload_model()
+            active = describe(result.active)
+            problem = _not_running(self.host.reload_model(), active["manifest_sha256"])
         except EdgeError as exc:
             return Ack(cmd_id, "failed", _reason(exc), {"active": _active(Path(self.host.state_dir))})
         finally:
             self._busy.release()
+        if problem is not None:
+            return Ack(cmd_id, "failed", f"rolled back on disk but {problem}", {"active": active})
         return Ack(cmd_id, "succeeded", "rolled back",
-                   {"active": result.active.describe(),
-                    "previous": result.previous.describe() if result.previous else None,
+                   {"active": active, "previous": describe(result.previous) if result.previous else None,
                     "rollback_ms": round((time.monotonic() - t0) * 1000, 1)})
 
 
@@ -383,9 +404,31 @@ def _reason(exc: BaseException) -> str:
     return f"{step}: {exc}" if step else str(exc)
 
 
+def describe(model: modelstore.InstalledModel) -> dict[str, Any]:
+    """The store's description of an installed model plus its bundle identity (``manifest_sha256``,
+    None when the manifest cannot be read), so acks and the agent's ``status`` can be compared."""
+    try:
+        identity: str | None = bundle_identity((model.directory / MANIFEST).read_bytes())
+    except OSError as exc:
+        log.error("cannot read the manifest of %s: %s", model.directory, exc)
+        identity = None
+    return {**model.describe(), "manifest_sha256": identity}
+
+
+def _not_running(loaded: dict[str, str], expected: str | None) -> str | None:
+    """Why the agent's reload did not bring up the bundle with identity ``expected``, or None."""
+    if expected is None:
+        return "the installed model's manifest cannot be read"
+    running = loaded.get("manifest_sha256") if isinstance(loaded, dict) else None
+    if running == expected:
+        return None
+    what = f"bundle {running[:12]}" if isinstance(running, str) and running else "a bundle it does not identify"
+    return f"the running agent reports {what}, not the installed bundle {expected[:12]} (manifest sha256)"
+
+
 def _active(state_dir: Path) -> dict[str, Any] | None:
     model = modelstore.active_model(state_dir, deep=False)
-    return model.describe() if model else None
+    return describe(model) if model else None
 
 
 def _round(timings: dict[str, float]) -> dict[str, float]:

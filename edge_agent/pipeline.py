@@ -247,9 +247,9 @@ class Agent:
             raise BundleError(f"{model.path}: {exc}") from exc
         self._configure_task(task)
         log.info(
-            "model %s %s (%s, sha256 %s) on %s, %d thread(s)",
+            "model %s %s (%s, sha256 %s, manifest %s) on %s, %d thread(s)",
             model.manifest.name, model.manifest.version, model.manifest.task, model.sha256[:12],
-            model.runtime.backend, cfg.threads,
+            model.manifest_sha256[:12], model.runtime.backend, cfg.threads,
         )
         return Engine(model, task)
 
@@ -341,6 +341,9 @@ class Agent:
         """Load the configured model again (e.g. a new ``current``) and swap it in
         between two inferences. The old model keeps running if the new one fails.
 
+        Returns:
+            :meth:`LoadedModel.info` of the model now running (OTA checks its ``manifest_sha256``).
+
         Raises:
             EdgeError: the new model cannot be loaded or needs a different source.
         """
@@ -370,6 +373,7 @@ class Agent:
         snap["source"] = self.source.state() if self.source is not None else None
         model = self._engine.model if self._engine is not None else None
         snap["model_sha256"] = model.sha256 if model else None
+        snap["manifest_sha256"] = model.manifest_sha256 if model else None
         snap["config_version"] = self._config_version
         return snap
 
@@ -631,6 +635,7 @@ class Agent:
                     body["ts_frame_ms"] = int(item.ts * 1000)
                     body["latency_ms"] = round((t3 - t1 + prep_s + item.capture_s) * 1000.0, 3)
                     body["model_sha256"] = engine.model.sha256
+                    body["manifest_sha256"] = engine.model.manifest_sha256  # the whole bundle
                     publisher.publish(f"evt/{result.event_type}", envelope.wrap(body))
                     stats.results_published += 1
                     add("publish", perf() - t3)

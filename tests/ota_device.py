@@ -4,8 +4,11 @@ inference.
 :class:`InferenceHost` runs the store's active model in an inference thread
 (like the agent's pipeline, with inputs shaped for the model it started with,
 as a camera configured for it would deliver) and implements
-:class:`edge_agent.ota.ModelHost`. The MQTT end-to-end tests
-(tests/integration/test_ota_mqtt.py) drive the real ``edge-agent run`` instead.
+:class:`edge_agent.ota.ModelHost`: ``reload_model`` reports the bundle identity
+(``manifest_sha256``) of the bundle it actually loaded, as the agent does.
+:class:`StuckHost` is one whose reload silently keeps the old model. The MQTT
+end-to-end tests (tests/integration/test_ota_mqtt.py) drive the real
+``edge-agent run`` instead.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import numpy as np
 from edge_agent import modelstore
 from edge_agent.bundle import read_bundle
 from edge_agent.errors import EdgeError
+from edge_agent.model import bundle_identity
 from edge_agent.ota import ProbeSample
 from edge_agent.runtimes import Runtime, create_runtime
 
@@ -33,19 +37,23 @@ class InferenceHost:
         self.latencies: list[float] = []
         self.reloads = 0
         self.max_gap_s = 0.0  # longest pause between two inferences around a swap
-        self._runtime: Runtime = self._load()
+        self._runtime, self.info = self._load()
         spec = self._runtime.inputs[0]
         self._input = np.zeros(spec.shape, dtype=np.dtype(spec.dtype))
         self._stop = threading.Event()
         self._swap_at: float | None = None
         self._thread = threading.Thread(target=self._loop, name="inference", daemon=True)
 
-    def _load(self) -> Runtime:
+    def _load(self) -> tuple[Runtime, dict[str, str]]:
+        """The store's active model, verified: its runtime and what the agent's reload reports
+        (:meth:`edge_agent.model.LoadedModel.info`: weights sha256 and bundle identity)."""
         model = modelstore.active_model(self.state_dir)
         if model is None:
             raise EdgeError("no model installed")
         bundle = read_bundle(model.bundle_path, self.bundle_key)
-        return create_runtime("litert", bundle.model_bytes)
+        info = {"name": bundle.manifest.name, "version": bundle.manifest.version,
+                "sha256": bundle.manifest.model.sha256, "manifest_sha256": bundle_identity(bundle.manifest_bytes)}
+        return create_runtime("litert", bundle.model_bytes), info
 
     def start(self) -> InferenceHost:
         self._thread.start()
@@ -73,14 +81,27 @@ class InferenceHost:
             self.inferences += 1
 
     def reload_model(self) -> dict[str, str]:
-        runtime = self._load()  # load fully, then swap one reference between two inferences
+        runtime, info = self._load()  # load fully, then swap one reference between two inferences
         self._swap_at = time.perf_counter()
-        self._runtime = runtime
+        self._runtime, self.info = runtime, info
         self.reloads += 1
-        model = modelstore.active_model(self.state_dir)
-        return {"sha256": model.sha256 if model else ""}
+        return dict(info)
+
+    @property
+    def identity(self) -> str:
+        """The bundle identity (``manifest_sha256``) of the model running now."""
+        return self.info["manifest_sha256"]
 
     def probe(self) -> ProbeSample:
         lat = self.latencies
         p95 = float(np.percentile(lat, 95)) if lat else None
         return ProbeSample(self.inferences, self.errors, p95)
+
+
+class StuckHost(InferenceHost):
+    """A host whose reload answers without swapping: it keeps running (and reporting) the model
+    it started with, like an agent that reloaded some other file than the store's ``current``."""
+
+    def reload_model(self) -> dict[str, str]:
+        self.reloads += 1
+        return dict(self.info)

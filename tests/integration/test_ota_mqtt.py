@@ -3,8 +3,11 @@
 127.0.0.1, and signed ``update_model``/``rollback`` commands sent with the operator's tool
 (``deploy.fleet.send_command``, the code behind ``edge-fleet send --sign-key``).
 
-What the agent serves is read from what it publishes: ``model_sha256`` in its results and its
-retained ``status`` (a fresh subscriber gets it from the broker).
+What the agent serves is read from what it publishes: ``model_sha256`` (the weights) and
+``manifest_sha256`` (the whole bundle) in its results, and its retained ``status`` (a fresh
+subscriber gets it from the broker). The test bundles differ in their weights
+(``deploy_helpers.repack``), except the manifest-only update, which only the bundle identity
+tells apart.
 """
 
 from __future__ import annotations
@@ -28,8 +31,10 @@ import pytest
 
 from deploy.broker import Mosquitto
 from deploy.fleet import send_command
-from edge_agent import modelstore
+from edge_agent import modelstore, ota
 from edge_agent.bundle import generate_keypair, load_private_key, read_bundle, sha256_file
+from edge_agent.manifest import AudioPreprocess
+from edge_agent.model import bundle_identity
 from edge_agent.mqtt import MqttSettings
 from tests import deploy_helpers
 from tests.fixtures_mqtt import Collector
@@ -38,24 +43,45 @@ from tests.integration.agent_helpers import LiveAgent, run_agent
 
 pytestmark = pytest.mark.integration
 
-# A float 16x16x1 classifier that runs its golden vectors (random inputs in [0, 1)) fine but whose
-# GATHER index, floor(10 * max(input)), is out of bounds for a white frame (1.0): every live
-# inference fails with an interpreter error. It passes install and smoke test, fails probation.
-_POISON_SCRIPT = r"""
+# Two float 16x16x1 classifiers that run their golden vectors (random inputs in [0, 1), mean
+# about 0.5) fine and fast, so they pass install and smoke test, but misbehave on a white frame
+# (every input 1.0), which is what the agent's source gives:
+# - poison: the GATHER index floor(10 * max(input)) is out of bounds: every live inference fails;
+# - slow: a WHILE loop runs 5 * SLOW_STEPS * relu(|mean - 0.5| - 0.3) times, 0 for the golden
+#   vectors and SLOW_STEPS (hundreds of milliseconds) for a white frame, far over the 3 x 10 ms
+#   latency budget the probation allows.
+SLOW_STEPS = 6000
+SLOW_BUDGET_MS = 10.0
+_MODELS_SCRIPT = r"""
 import sys
 import numpy as np
 import tensorflow as tf
+poison_path, slow_path, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
 rng = np.random.default_rng(7)
 w = tf.constant(rng.normal(size=(256, 10)).astype(np.float32) / 16)
 table = tf.constant(rng.normal(size=(10, 10)).astype(np.float32))
 @tf.function(input_signature=[tf.TensorSpec([1, 16, 16, 1], tf.float32)])
-def f(x):
+def poison(x):
     flat = tf.reshape(x, [1, 256])
     idx = tf.cast(tf.reduce_max(flat) * 10.0, tf.int32)
     return tf.nn.softmax(tf.matmul(flat, w) + tf.gather(table, tf.reshape(idx, [1])))
-conv = tf.lite.TFLiteConverter.from_concrete_functions([f.get_concrete_function()], f)
-open(sys.argv[1], "wb").write(conv.convert())
+w_in = tf.constant(rng.normal(size=(256, 512)).astype(np.float32) / 16)
+w_loop = tf.constant(rng.normal(size=(512, 512)).astype(np.float32) / 23)
+w_out = tf.constant(rng.normal(size=(512, 10)).astype(np.float32) / 23)
+@tf.function(input_signature=[tf.TensorSpec([1, 16, 16, 1], tf.float32)])
+def slow(x):
+    flat = tf.reshape(x, [1, 256])
+    n = tf.cast(tf.nn.relu(tf.abs(tf.reduce_mean(flat) - 0.5) - 0.3) * 5.0 * steps, tf.int32)
+    h = tf.tile(tf.matmul(flat, w_in), [8, 1])
+    _, h = tf.while_loop(lambda i, h: i < n, lambda i, h: (i + 1, tf.tanh(tf.matmul(h, w_loop))),
+                         [tf.constant(0), h])
+    return tf.nn.softmax(tf.matmul(h[:1], w_out))
+for fn, path in ((poison, poison_path), (slow, slow_path)):
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], fn)
+    open(path, "wb").write(conv.convert())
 """
+
+HANG_S = 60  # bounds a hang only
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -75,18 +101,24 @@ def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
 
 
 @pytest.fixture(scope="module")
-def poison_bundle(tmp_path_factory: pytest.TempPathFactory, deploy_keys: DeployKeys) -> Path:
-    base = tmp_path_factory.mktemp("poison")
-    model = base / "poison.tflite"
-    subprocess.run([sys.executable, "-c", _POISON_SCRIPT, str(model)], check=True, capture_output=True,
-                   timeout=300)
-    return deploy_helpers.bundle_from_model(base / "poison.bundle", model.read_bytes(), name="poison",
-                                            version="1.0.0", sign_key=load_private_key(deploy_keys.private))
+def ota_bundles(tmp_path_factory: pytest.TempPathFactory, deploy_keys: DeployKeys) -> dict[str, Path]:
+    """``poison`` and ``slow`` (see above), signed with the deploy key."""
+    base = tmp_path_factory.mktemp("ota-models")
+    poison, slow = base / "poison.tflite", base / "slow.tflite"
+    subprocess.run([sys.executable, "-c", _MODELS_SCRIPT, str(poison), str(slow), str(SLOW_STEPS)],
+                   check=True, capture_output=True, timeout=300)
+    key = load_private_key(deploy_keys.private)
+    return {
+        "poison": deploy_helpers.bundle_from_model(base / "poison.bundle", poison.read_bytes(), name="poison",
+                                                   version="1.0.0", sign_key=key),
+        "slow": deploy_helpers.bundle_from_model(base / "slow.bundle", slow.read_bytes(), name="slow",
+                                                 version="1.0.0", sign_key=key, latency_budget_ms=SLOW_BUDGET_MS),
+    }
 
 
 @pytest.fixture(scope="module")
 def frames(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """White frames: the poison model cannot run them; any real model can."""
+    """White frames: the poison and slow models cannot run them well; any real model can."""
     folder = tmp_path_factory.mktemp("ota-frames")
     for i in range(2):
         cv2.imwrite(str(folder / f"{i}.png"), np.full((32, 32, 3), 255, np.uint8))
@@ -102,6 +134,11 @@ def _offer(web: tuple[Path, str], bundle: Path, **extra: Any) -> dict[str, Any]:
 def model_sha(bundle: Path) -> str:
     """The sha256 of the model inside a bundle (what results carry as ``model_sha256``)."""
     return read_bundle(bundle, require_signature=False).manifest.model.sha256
+
+
+def identity(bundle: Path) -> str:
+    """The bundle identity (what status and results carry as ``manifest_sha256``)."""
+    return bundle_identity(read_bundle(bundle, require_signature=False).manifest_bytes)
 
 
 class Device:
@@ -144,12 +181,19 @@ class Device:
                              sign_key=sign_key, on_ack=progress.append)
         return progress, final, time.monotonic() - t0
 
-    def serving(self, sha: str, n: int = 5, timeout: float = 15) -> None:
-        """The next ``n`` results come from the model with this sha256, and the agent still runs."""
+    def serving(self, bundle: Path, n: int = 5, timeout: float = 15) -> list[dict[str, Any]]:
+        """The next ``n`` results come from this bundle (its weights and its manifest), the agent
+        still runs, and the retained status names the same bundle. Returns those results."""
         start = len(self.results())
-        self.wait(lambda: len(self.results()) >= start + n + 2, timeout, f"no new results for {sha[:12]}")
-        shas = {r["model_sha256"] for r in self.results()[start + 2:]}  # +2: in flight before a swap
-        assert shas == {sha}, shas
+        self.wait(lambda: len(self.results()) >= start + n + 2, timeout, f"no new results from {bundle.name}")
+        fresh = self.results()[start + 2:]  # +2: in flight before a swap
+        assert {r["model_sha256"] for r in fresh} == {model_sha(bundle)}, fresh[-1]
+        assert {r["manifest_sha256"] for r in fresh} == {identity(bundle)}, fresh[-1]
+        status = self.retained_status()
+        assert status["state"] == "online", status
+        assert status["model"]["sha256"] == model_sha(bundle), status
+        assert status["model"]["manifest_sha256"] == identity(bundle), status
+        return fresh
 
     def retained_status(self) -> dict[str, Any]:
         """What a fresh subscriber gets: the broker's retained ``status`` of this device."""
@@ -162,6 +206,12 @@ class Device:
             return body
         finally:
             col.stop()
+
+    def health(self) -> dict[str, Any]:
+        """The next health message."""
+        start = len(self.col.json("/health"))
+        self.wait(lambda: len(self.col.json("/health")) > start, 15, "no health message")
+        return self.col.json("/health")[start]
 
     def store_active(self) -> str | None:
         model = modelstore.active_model(self.state)
@@ -190,28 +240,27 @@ def device(mqtt_broker: Mosquitto, tmp_path: Path, deploy_keys: DeployKeys, test
 def test_update_success_downgrade_refused_signed_rollback(device: Device, web: tuple[Path, str],
                                                          test_bundles: BundleSet,
                                                          deploy_keys: DeployKeys) -> None:
-    old, new = model_sha(test_bundles.good), model_sha(test_bundles.good_v2)
+    old, new = test_bundles.good, test_bundles.good_v2
+    assert model_sha(old) != model_sha(new)  # else serving() could not tell them apart
     device.serving(old)
-    progress, final, elapsed = device.send("update_model", _offer(web, test_bundles.good_v2, probation_s=1.0),
+    progress, final, elapsed = device.send("update_model", _offer(web, new, probation_s=1.0),
                                            deploy_keys.private, timeout=30)
     assert final is not None and final["status"] == "succeeded", (progress, final, device.stderr_tail())
     assert [a["status"] for a in progress] == ["in_progress", "in_progress", "succeeded"], progress
     assert "probation" in progress[1]["reason"]
-    assert final["result"]["active"]["sha256"] == new
-    assert device.store_active() == sha256_file(test_bundles.good_v2)
+    assert final["result"]["active"]["sha256"] == model_sha(new)
+    assert final["result"]["active"]["manifest_sha256"] == identity(new)
+    assert device.store_active() == sha256_file(new)
     device.serving(new)
-    status = device.retained_status()
-    assert status["state"] == "online" and status["model"]["sha256"] == new, status
     print(f"\nreal agent: update_model -> succeeded {elapsed:.2f} s (1 s probation), "
           f"device timings {final['result']['timings']}")
 
     # the same model again is a no-op
-    _, final, _ = device.send("update_model", _offer(web, test_bundles.good_v2, probation_s=0),
-                              deploy_keys.private)
+    _, final, _ = device.send("update_model", _offer(web, new, probation_s=0), deploy_keys.private)
     assert final is not None and final["status"] == "succeeded" and final["reason"] == "already active"
 
     # a downgrade by update_model is refused; only the signed rollback command does it
-    _, final, _ = device.send("update_model", _offer(web, test_bundles.good, probation_s=0), deploy_keys.private)
+    _, final, _ = device.send("update_model", _offer(web, old, probation_s=0), deploy_keys.private)
     assert final is not None and final["status"] == "failed", final
     assert "downgrades need a signed rollback" in final["reason"]
     device.serving(new)
@@ -219,14 +268,13 @@ def test_update_success_downgrade_refused_signed_rollback(device: Device, web: t
     assert final is not None and final["status"] == "rejected" and "signature" in final["reason"], final
     _, final, elapsed = device.send("rollback", {}, deploy_keys.private, timeout=20)
     assert final is not None and final["status"] == "succeeded", final
-    assert final["result"]["active"]["sha256"] == old
-    assert device.store_active() == sha256_file(test_bundles.good)
+    assert final["result"]["active"]["manifest_sha256"] == identity(old)
+    assert device.store_active() == sha256_file(old)
     device.serving(old)
-    assert device.retained_status()["model"]["sha256"] == old
     print(f"real agent: rollback {elapsed:.2f} s round trip, store {final['result']['rollback_ms']} ms")
 
     # forward again without probation: the bare download + install + smoke test + swap time
-    progress, final, elapsed = device.send("update_model", _offer(web, test_bundles.good_v2, probation_s=0),
+    progress, final, elapsed = device.send("update_model", _offer(web, new, probation_s=0),
                                            deploy_keys.private, timeout=30)
     assert final is not None and final["status"] == "succeeded", (progress, final)
     device.serving(new)
@@ -235,10 +283,30 @@ def test_update_success_downgrade_refused_signed_rollback(device: Device, web: t
     device.stop()
 
 
+def test_manifest_only_update_is_reported_as_a_swap(device: Device, web: tuple[Path, str],
+                                                    test_bundles: BundleSet, deploy_keys: DeployKeys,
+                                                    tmp_path: Path) -> None:
+    """Same weights, new labels: the agent swaps, and status, results and health name the new
+    bundle. Guards against identifying a running model by its weights only (results and status
+    would not change) and against a post-reload check that cannot see this swap."""
+    new = deploy_helpers.relabelled(test_bundles.good, tmp_path / "relabelled.bundle",
+                                    load_private_key(deploy_keys.private), prefix="new-")
+    assert model_sha(new) == model_sha(test_bundles.good) and identity(new) != identity(test_bundles.good)
+    device.serving(test_bundles.good)
+    progress, final, _ = device.send("update_model", _offer(web, new, probation_s=0), deploy_keys.private)
+    assert final is not None and final["status"] == "succeeded", (progress, final, device.stderr_tail())
+    assert final["result"]["active"]["manifest_sha256"] == identity(new)
+    results = device.serving(new)
+    labels = {c["label"] for r in results for c in r["classes"]}
+    assert labels and all(label.startswith("new-") for label in labels), labels
+    health = device.health()
+    assert health["model_sha256"] == model_sha(new) and health["manifest_sha256"] == identity(new), health
+    device.stop()
+
+
 def test_rejected_and_failed_updates_keep_the_old_model(device: Device, web: tuple[Path, str],
                                                         test_bundles: BundleSet, deploy_keys: DeployKeys,
                                                         tmp_path: Path) -> None:
-    old = model_sha(test_bundles.good)
     offer = _offer(web, test_bundles.good_v2)
     # unsigned command
     _, final, _ = device.send("update_model", offer, None, timeout=10)
@@ -254,32 +322,78 @@ def test_rejected_and_failed_updates_keep_the_old_model(device: Device, web: tup
     # bundle signed by another key
     _, final, _ = device.send("update_model", _offer(web, test_bundles.wrong_signature), deploy_keys.private)
     assert final is not None and final["status"] == "failed" and "does not verify" in final["reason"], final
-    assert final["result"]["active"]["sha256"] == old
+    assert final["result"]["active"]["manifest_sha256"] == identity(test_bundles.good)
     # detached signature in the command that does not match the bundle
     bad_sig = {**offer, "signature": "A" * 86 + "=="}
     _, final, _ = device.send("update_model", bad_sig, deploy_keys.private)
     assert final is not None and final["status"] == "failed" and "bad signature" in final["reason"], final
     assert device.store_active() == sha256_file(test_bundles.good)
-    device.serving(old)
-    assert device.retained_status()["model"]["sha256"] == old
+    device.serving(test_bundles.good)
     device.stop()
 
 
 def test_probation_failure_rolls_back_automatically(device: Device, web: tuple[Path, str],
                                                     test_bundles: BundleSet, deploy_keys: DeployKeys,
-                                                    poison_bundle: Path) -> None:
-    old = model_sha(test_bundles.good)
-    device.serving(old)
-    args = _offer(web, poison_bundle, allow_new_input=True, probation_s=20)
-    progress, final, elapsed = device.send("update_model", args, deploy_keys.private, timeout=30)
+                                                    ota_bundles: dict[str, Path]) -> None:
+    """Every inference of the new model fails. The probation is the longest allowed: the final
+    ack only arrives within the command's timeout when the failure is detected early."""
+    device.serving(test_bundles.good)
+    args = _offer(web, ota_bundles["poison"], allow_new_input=True, probation_s=ota.MAX_PROBATION_S)
+    progress, final, elapsed = device.send("update_model", args, deploy_keys.private, timeout=HANG_S)
     assert final is not None and final["status"] == "failed", (progress, final, device.stderr_tail())
     assert [a["status"] for a in progress] == ["in_progress", "in_progress", "failed"], progress
     assert "probation failed: error rate" in final["reason"] and "rolled back to" in final["reason"], final
-    assert final["result"]["active"]["sha256"] == old
-    assert elapsed < 20  # detected well before the probation period ends
+    assert final["result"]["active"]["manifest_sha256"] == identity(test_bundles.good)
     assert device.store_active() == sha256_file(test_bundles.good)
-    device.serving(old)
-    assert device.retained_status()["model"]["sha256"] == old
+    device.serving(test_bundles.good)
     print(f"\nreal agent: update_model -> probation failure -> rolled back {elapsed:.2f} s, "
           f"device timings {final['result']['timings']}")
+    device.stop()
+
+
+def test_too_slow_in_probation_rolls_back(device: Device, web: tuple[Path, str], test_bundles: BundleSet,
+                                          deploy_keys: DeployKeys, ota_bundles: dict[str, Path]) -> None:
+    """The slow model passes install (its smoke test is fast) but each live inference takes
+    hundreds of milliseconds against a 10 ms budget: the agent's own latency figures fail the
+    probation, and the agent rolls back and reports it. With the latency check gone the
+    probation (the longest allowed) would outlast the command's timeout."""
+    device.serving(test_bundles.good)
+    args = _offer(web, ota_bundles["slow"], allow_new_input=True, probation_s=ota.MAX_PROBATION_S)
+    progress, final, _ = device.send("update_model", args, deploy_keys.private, timeout=HANG_S)
+    assert final is not None and final["status"] == "failed", (progress, final, device.stderr_tail())
+    assert [a["status"] for a in progress] == ["in_progress", "in_progress", "failed"], progress
+    reason = final["reason"]
+    assert reason.startswith("probation failed: p95 inference latency "), reason
+    assert f"above 3 x the {SLOW_BUDGET_MS:g} ms budget; rolled back to " in reason, reason
+    assert final["result"]["active"]["manifest_sha256"] == identity(test_bundles.good)
+    assert device.store_active() == sha256_file(test_bundles.good)
+    device.serving(test_bundles.good)
+    device.stop()
+
+
+def test_reload_failure_rolls_back(device: Device, web: tuple[Path, str], test_bundles: BundleSet,
+                                   deploy_keys: DeployKeys, tmp_path: Path) -> None:
+    """A signed audio model (the same weights, a waveform window of the same size) installs and
+    passes its smoke test, but the running agent cannot swap it in: its source gives images. The
+    store must go back to the old model, the agent keep serving it, and the ack say so."""
+    manifest = read_bundle(test_bundles.good, require_signature=False).manifest
+    samples = int(np.prod(manifest.inputs[0].shape[1:]))
+    audio = deploy_helpers.repack(
+        test_bundles.good, tmp_path / "audio.bundle", load_private_key(deploy_keys.private),
+        same_weights=True, version=f"{manifest.version}.5", task="audio_classify",
+        preprocess=AudioPreprocess(feature="waveform", sample_rate=16000, window_s=samples / 16000,
+                                   hop_s=samples / 16000),
+    )
+    device.serving(test_bundles.good)
+    args = _offer(web, audio, allow_new_input=True, probation_s=0)
+    progress, final, _ = device.send("update_model", args, deploy_keys.private, timeout=HANG_S)
+    assert final is not None and final["status"] == "failed", (progress, final, device.stderr_tail())
+    assert [a["status"] for a in progress] == ["in_progress", "failed"], progress
+    reason = final["reason"]
+    assert reason.startswith("the running agent cannot load the new model: the new model takes audio "
+                             "input, the source gives image"), reason
+    assert f"rolled back to {manifest.name} {manifest.version}" in reason, reason
+    assert final["result"]["active"]["manifest_sha256"] == identity(test_bundles.good)
+    assert device.store_active() == sha256_file(test_bundles.good)
+    device.serving(test_bundles.good)
     device.stop()

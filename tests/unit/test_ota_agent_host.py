@@ -15,7 +15,7 @@ def _agent(tmp_path: Path, bundle: Path | None) -> Any:
     stats = SimpleNamespace(snapshot=lambda: {"frames_inferred": 7, "errors": 1,
                                               "latency_ms": {"invoke": {"p95": 2.5}}})
     return SimpleNamespace(config=SimpleNamespace(state_dir=tmp_path / "state", model=model), stats=stats,
-                           reload_model=lambda: {"sha256": "0" * 64})
+                           reload_model=lambda: {"sha256": "0" * 64, "manifest_sha256": "1" * 64})
 
 
 def test_agent_host_adapts_the_agent(tmp_path: Path) -> None:
