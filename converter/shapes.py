@@ -1,6 +1,6 @@
-"""A tiny shapes detector exported in the output layouts people deploy, built for integration tests.
+"""A tiny shapes detector exported in the output layouts people deploy (demo and integration tests).
 
-``python -m tests.integration.shapes_models OUT`` (a child process: it imports
+``python -m converter.shapes OUT`` (a child process: it imports
 TensorFlow) trains a small grid detector on synthetic OpenCV-drawn squares and
 circles and writes:
 

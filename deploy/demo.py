@@ -11,6 +11,10 @@
    accuracy is compared with the converter's int8 figure.
 5. ``edge-fleet status`` and ``edge-fleet send demo-pi ping``, then a clean stop
    that leaves the retained status ``offline``.
+6. A model from elsewhere: a small detector exported in Ultralytics' YOLOv8 int8
+   layout (``[1, 4 + C, N]``) is recognised by ``edge-agent inspect``, given a
+   starting sidecar, wrapped into a signed bundle with ``edge-convert wrap``,
+   installed, and run on frames whose drawn boxes are known.
 
 Everything runs on 127.0.0.1; outputs land in ``demo-out/``.
 """
@@ -151,8 +155,69 @@ def run_demo(out: Path = DEMO_DIR) -> int:
                 proc.terminate()
                 proc.wait(10)
         broker.stop()
+    run_detector_demo(out, private, public)
     print(f"\ndemo done in {time.perf_counter() - started:.0f} s; outputs in {out}/")
     return 0
+
+
+def _box_iou(a: list[float], b: list[float]) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+    return w * h / union if union > 0 else 0.0
+
+
+def run_detector_demo(out: Path, private: Path, public: Path) -> None:
+    """Stage 9: a third-party-layout detector through inspect, wrap, install and run."""
+    _banner("9 a model from elsewhere: a detector in Ultralytics' YOLOv8 int8 layout")
+    shapes = out / "shapes"
+    shutil.rmtree(shapes, ignore_errors=True)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    print("$ python -m converter.shapes (train a small shapes detector, export YOLO/SSD layouts)", flush=True)
+    proc = subprocess.run([sys.executable, "-m", "converter.shapes", str(shapes)], capture_output=True,
+                          text=True, env=env, check=False)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-3000:])
+        raise SystemExit(f"demo: the shapes detector failed to build (exit code {proc.returncode})")
+    model = shapes / "shapes_v8_int8.tflite"
+    (shapes / "shapes_v8_int8.toml").unlink()  # as it would arrive: a bare .tflite
+    sidecar = shapes / "starter.toml"
+    _run([_tool("edge-agent"), "inspect", str(model), "--write-sidecar", str(sidecar)])
+    # The shapes tell the layout; the labels and the preprocessing are the user's to give.
+    sidecar.write_text(
+        'name = "shapes"\nversion = "1"\ntask = "detect"\nlabels = ["square", "circle"]\n'
+        '[preprocess]\nkind = "image"\nwidth = 64\nheight = 64\ncolor = "rgb"\nresize = "letterbox"\n'
+        'pad_value = 114\nstd = [255.0]\n[output]\ndetection_format = "yolo"\nscore_threshold = 0.5\n'
+        'iou_threshold = 0.5\nmax_detections = 10\n')
+    bundle = shapes / "shapes.bundle"
+    _run([_tool("edge-convert"), "wrap", str(model), "--sidecar", str(sidecar), "--calibration",
+          str(shapes / "test_images"), "--output", str(bundle), "--sign-key", str(private)])
+    state = out / "device-detector"
+    shutil.rmtree(state, ignore_errors=True)
+    _run([_tool("edge-agent"), "install-model", str(bundle), "--state-dir", str(state), "--public-key", str(public)])
+    cmd = [_tool("edge-agent"), "run", "--state-dir", str(state), "--public-key", str(public),
+           "--source", str(shapes / "test_images"), "--events", "every", "--health-interval", "3600"]
+    print("$ edge-agent " + " ".join(cmd[1:]), flush=True)
+    run = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if run.returncode != 0:
+        sys.stderr.write(run.stderr[-3000:])
+        raise SystemExit(f"demo: edge-agent failed with exit code {run.returncode}")
+    shown = 0
+    truth = json.loads((shapes / "truth.json").read_text())
+    files = sorted(truth)
+    hits = 0
+    for line in run.stdout.splitlines():
+        message = json.loads(line)
+        if not message["topic"].endswith("/evt/detection"):
+            continue
+        payload = message["payload"]
+        if shown < 2:
+            print(json.dumps(payload))
+            shown += 1
+        expected = truth[files[payload["frame"]]][0]
+        best = payload["detections"][0] if payload["detections"] else None
+        hits += bool(best and best["label"] == expected["label"] and _box_iou(best["box"], expected["box"]) >= 0.5)
+    print(f"detections matching the drawn shape (label and IoU >= 0.5): {hits} of {len(files)} frames")
 
 
 def main() -> int:

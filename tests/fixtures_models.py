@@ -28,7 +28,7 @@ Names other components rely on:
   builder's own metrics) for the shapes detector in YOLOv8/YOLOv5/pixel-box/MediaPipe-SSD
   layouts, float and int8; ``test_images`` (folder of 160x120 PNGs), ``truth`` (file name ->
   ``[{label, box}]`` in source pixels), ``labels``, ``info``, ``dir``; see
-  ``tests/integration/shapes_models.py``.
+  ``converter.shapes.py``.
 """
 
 from __future__ import annotations
@@ -191,7 +191,7 @@ def multilabel_audio(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]
 @pytest.fixture(scope="session")
 def shapes_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("shapes")
-    run_python(["-m", "tests.integration.shapes_models", str(out)])
+    run_python(["-m", "converter.shapes", str(out)])
     info: dict[str, Any] = json.loads((out / "info.json").read_text())
     models = {name: {**entry, "model": Path(entry["model"]), "sidecar": Path(entry["sidecar"])}
               for name, entry in info["models"].items()}

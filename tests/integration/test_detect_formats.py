@@ -1,6 +1,6 @@
 """The real agent on a shapes detector in the output layouts people deploy (issue 9).
 
-One tiny detector (``tests/integration/shapes_models.py``) is exported as YOLOv8/YOLO11
+One tiny detector (``converter.shapes.py``) is exported as YOLOv8/YOLO11
 (``[1, 4 + C, N]``), YOLOv5 (``[1, N, 5 + C]``), YOLOv8 with boxes in input pixels and a
 MediaPipe SSD head (score logits + box/keypoint regressions against anchors), float and
 int8, each as a plain ``.tflite`` with a sidecar. The agent letterboxes 160x120 PNGs
