@@ -104,15 +104,16 @@ def decode_yolo(
     classes = rows[first_class:first_class + layout.num_classes]
     floor = _quantised_floor(threshold, spec, activation)
     if layout.version == "v8":
-        class_ids = np.argmax(classes, axis=0)
-        best_raw = np.take_along_axis(classes, class_ids[None, :], axis=0)[0]
+        # max along the class axis is a fast pairwise reduction; argmax along it is not,
+        # so it runs only on the few candidates that pass.
+        best_raw = classes.max(axis=0)
         keep = np.flatnonzero(best_raw >= floor)
         if keep.size == 0:
             return []
+        class_ids = np.argmax(classes[:, keep], axis=0)
         scores = dequantize(best_raw[keep], spec)
         if activation == "sigmoid":
             scores = sigmoid(scores)
-        class_ids = class_ids[keep]
     else:
         # objectness x class <= objectness: the objectness row alone rules most candidates out
         keep = np.flatnonzero(rows[4] >= floor)
