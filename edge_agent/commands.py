@@ -2,13 +2,15 @@
 
 Checks, in order, before anything runs: retained messages are refused, a rate
 limit (token bucket), a size cap before parsing, UTF-8, JSON (no NaN, no
-duplicate keys, bounded nesting), the strict schema ``{id, ts?, expires, args?,
-sig?}`` (no other keys, right types), the allow-listed name, expiry (not
-expired, not too far ahead, ``ts`` not in the future), replayed ids, a valid
+duplicate keys), a JSON object with bounded nesting, the strict schema ``{id,
+ts?, expires, args?, sig?}`` (no other keys, right types), the allow-listed
+name, expiry (not expired, not too far ahead, ``ts`` not in the future),
+replayed ids, a bounded number of live ids (``busy`` beyond it), a valid
 Ed25519 signature for privileged commands, then the command's own argument
 check. Every message gets an ack ``{id, status, reason}``; no exception escapes.
+``tests/unit/test_commands_fuzz.py`` holds an independent model of these rules.
 
-``ts`` and ``expires`` are Unix times in seconds (int or float).
+``ts`` and ``expires`` are Unix times in seconds (finite int or float).
 
 Commands live in a registry so other modules can add theirs::
 
@@ -26,8 +28,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import heapq
 import json
 import logging
+import math
 import os
 import re
 import threading
@@ -50,8 +54,10 @@ MAX_COMMAND_BYTES = 8 * 1024
 MAX_DEPTH = 8
 MAX_EXPIRY_HORIZON_S = 3600.0
 CLOCK_SKEW_S = 300.0
-NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
-ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+# Used with fullmatch: with match, "$" would also accept a trailing newline.
+NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
+ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+MAX_LIVE_IDS = 20000
 ALLOWED_KEYS = frozenset({"id", "ts", "expires", "args", "sig"})
 SNAPSHOT_MAX_BYTES = 96 * 1024
 
@@ -123,7 +129,7 @@ COMMANDS: dict[str, CommandSpec] = {}
 
 def register_command(name: str, run: CommandFn, *, privileged: bool = False, description: str = "") -> None:
     """Add (or replace) an allow-listed command. Privileged ones need a valid signature."""
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise ValueError(f"invalid command name {name!r}")
     COMMANDS[name] = CommandSpec(name, run, privileged, description)
 
@@ -211,6 +217,16 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _is_time(value: Any) -> bool:
+    """A finite number of seconds (``1e999`` parses as infinity, a 400-digit int overflows a float)."""
+    if not _is_number(value):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
 class TokenBucket:
     def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.rate = rate
@@ -232,10 +248,16 @@ class TokenBucket:
 
 
 class ReplayCache:
-    """Ids seen until their expiry; optionally persisted (append-only file) across restarts."""
+    """Ids seen until their expiry; optionally persisted (append-only file) across restarts.
 
-    def __init__(self, path: Path | None = None, max_entries: int = 20000) -> None:
+    Bounded: :meth:`full` says when ``max_entries`` ids are live, and the handler then refuses
+    new commands (``busy``) rather than forget an id that could still be replayed.
+    :meth:`prune` forgets expired ids, oldest expiry first, in O(log n) each.
+    """
+
+    def __init__(self, path: Path | None = None, max_entries: int = MAX_LIVE_IDS) -> None:
         self._seen: dict[str, float] = {}
+        self._expiries: list[tuple[float, str]] = []  # heap of (expires, id), one per id in _seen
         self._path = path
         self.max_entries = max_entries
         if path is not None:
@@ -254,7 +276,9 @@ class ReplayCache:
             except ValueError:
                 continue
             if expires > now:
-                self._seen[cmd_id] = expires
+                self._seen[cmd_id] = max(expires, self._seen.get(cmd_id, expires))
+        self._expiries = [(exp, key) for key, exp in self._seen.items()]
+        heapq.heapify(self._expiries)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
@@ -270,8 +294,13 @@ class ReplayCache:
     def full(self) -> bool:
         return len(self._seen) >= self.max_entries
 
+    def __len__(self) -> int:
+        return len(self._seen)
+
     def add(self, cmd_id: str, expires: float) -> None:
+        expires = max(expires, self._seen.get(cmd_id, expires))
         self._seen[cmd_id] = expires
+        heapq.heappush(self._expiries, (expires, cmd_id))
         if self._path is not None:
             try:
                 with self._path.open("a") as handle:
@@ -280,10 +309,11 @@ class ReplayCache:
                 log.warning("cannot persist command id: %s", exc)
 
     def prune(self, now: float) -> None:
-        if len(self._seen) < 256:
-            return
-        for key in [k for k, exp in self._seen.items() if exp <= now]:
-            del self._seen[key]
+        """Forget the ids whose expiry is at or before ``now`` (a replay of them is refused as expired)."""
+        while self._expiries and self._expiries[0][0] <= now:
+            expires, key = heapq.heappop(self._expiries)
+            if self._seen.get(key) == expires:  # not a stale entry of an id added again later
+                del self._seen[key]
 
 
 @dataclass
@@ -321,6 +351,7 @@ class CommandHandler:
         burst: float = 20.0,
         max_horizon_s: float = MAX_EXPIRY_HORIZON_S,
         replay_path: Path | None = None,
+        max_live_ids: int = MAX_LIVE_IDS,
         clock: Callable[[], float] = time.time,
         registry: dict[str, CommandSpec] | None = None,
     ) -> None:
@@ -332,7 +363,7 @@ class CommandHandler:
         self.max_bytes = max_bytes
         self.max_horizon_s = max_horizon_s
         self.bucket = TokenBucket(rate, burst)
-        self.replay = ReplayCache(replay_path)
+        self.replay = ReplayCache(replay_path, max_live_ids)
         self.clock = clock
         self.registry = registry if registry is not None else COMMANDS
         self.stats = CommandStats()
@@ -413,15 +444,15 @@ class CommandHandler:
         if _depth(body, MAX_DEPTH) > MAX_DEPTH:
             raise _RejectError("too_deep")
         raw_id = body.get("id")
-        cmd_id = raw_id if isinstance(raw_id, str) and ID_RE.match(raw_id) else None
+        cmd_id = raw_id if isinstance(raw_id, str) and ID_RE.fullmatch(raw_id) else None
         extra = set(body) - ALLOWED_KEYS
         if extra:
             raise _RejectError(f"bad_schema: unknown field(s) {sorted(extra)[:5]}", cmd_id)
         if cmd_id is None:
             raise _RejectError("bad_schema: id must be a string of 1-64 characters [A-Za-z0-9._:-]")
-        if "expires" not in body or not _is_number(body["expires"]):
+        if "expires" not in body or not _is_time(body["expires"]):
             raise _RejectError("bad_schema: expires (Unix seconds) is required", cmd_id)
-        if "ts" in body and not _is_number(body["ts"]):
+        if "ts" in body and not _is_time(body["ts"]):
             raise _RejectError("bad_schema: ts must be a number (Unix seconds)", cmd_id)
         args = body.get("args", {})
         if not isinstance(args, dict):
@@ -429,7 +460,7 @@ class CommandHandler:
         sig = body.get("sig")
         if "sig" in body and not isinstance(sig, str):
             raise _RejectError("bad_schema: sig must be a base64 string", cmd_id)
-        if not isinstance(name, str) or not NAME_RE.match(name) or name not in self.registry:
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name) or name not in self.registry:
             raise _RejectError("unknown_command", cmd_id)
         spec = self.registry[name]
         now = self.clock()
@@ -473,7 +504,7 @@ class CommandHandler:
         except (UnicodeDecodeError, ValueError, RecursionError, _RejectError):
             return None
         raw = body.get("id") if isinstance(body, dict) else None
-        return raw if isinstance(raw, str) and ID_RE.match(raw) else None
+        return raw if isinstance(raw, str) and ID_RE.fullmatch(raw) else None
 
     def _verify(self, name: str, body: dict[str, Any], sig: str | None, cmd_id: str) -> None:
         if self.public_key is None:

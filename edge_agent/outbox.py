@@ -223,7 +223,11 @@ class Outbox:
             return out
 
     def ack(self, ids: list[int]) -> None:
-        """The broker acknowledged these rows: delete them."""
+        """The broker acknowledged these rows: delete them.
+
+        ``delivered`` counts the rows found and deleted, not the ids passed: an id that is
+        not in flight, or whose row is gone, changes nothing.
+        """
         if not ids:
             return
         with self._lock:
@@ -233,13 +237,16 @@ class Outbox:
             if not present:
                 return
             marks = ",".join("?" * len(present))
-            got = self._db.execute(f"SELECT COALESCE(SUM(size), 0) FROM outbox WHERE id IN ({marks})",
-                                   present).fetchone()
+            found = self._db.execute(f"SELECT id, size FROM outbox WHERE id IN ({marks})", present).fetchall()
+            if len(found) != len(present):
+                log.error("outbox: %d acknowledged row(s) were no longer queued", len(present) - len(found))
+            if not found:
+                return
             self._db.execute("BEGIN")
-            self._delete(present)
+            self._delete([rid for rid, _ in found])
             self._db.execute("COMMIT")
-            self._bytes -= int(got[0])
-            self.counters.delivered += len(present)
+            self._bytes -= sum(int(size) for _, size in found)
+            self.counters.delivered += len(found)
 
     def nack(self, row_id: int, reason: str) -> None:
         """The broker refused the row (or paho could not take it): retry later, or drop after max_attempts."""

@@ -173,7 +173,7 @@ class Collector:
             self.suback.append(codes)
             self._cond.notify_all()
 
-    def start(self, timeout: float = 10.0) -> Collector:
+    def start(self, timeout: float = 60.0) -> Collector:  # a bound on a hang; returns when subscribed
         self.link.start()
         assert self.link.wait_connected(timeout), "collector could not connect"
         self.wait(lambda: bool(self.suback), timeout)

@@ -47,7 +47,7 @@ class RealAgent:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
 
-    def terminate(self, timeout: float = 20.0) -> int:
+    def terminate(self, timeout: float = 60.0) -> int:
         """SIGTERM: a clean stop (flush the outbox, publish ``offline``); the exit code."""
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout)
@@ -70,24 +70,40 @@ class RealAgent:
 
 
 def outbox_rows(state_dir: Path) -> list[dict[str, Any]]:
-    """The rows still queued in a (stopped) agent's outbox, oldest first: id, topic, seq, kind of topic."""
+    """The rows still queued in an agent's outbox, oldest first: id, topic, seq and the payload.
+
+    Raises FileNotFoundError when there is no database (an empty list would let "the outbox
+    was flushed" pass for an outbox that moved or was never written) and sqlite3.Error when
+    it holds no outbox table yet. Opened read-only, so looking never creates a database.
+    """
     path = state_dir / "outbox.db"
-    if not path.exists():
-        return []
-    db = sqlite3.connect(str(path), timeout=5)
+    if not path.is_file():
+        raise FileNotFoundError(f"no outbox database at {path}")
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
     try:
         rows = db.execute("SELECT id, topic, payload FROM outbox ORDER BY id").fetchall()
-    except sqlite3.OperationalError:  # created but the table not yet there
-        return []
     finally:
         db.close()
-    return [{"id": rid, "topic": topic, "seq": json.loads(bytes(payload))["seq"]} for rid, topic, payload in rows]
+    out = []
+    for rid, topic, payload in rows:
+        body = json.loads(bytes(payload))
+        out.append({"id": rid, "topic": topic, "seq": body["seq"], "payload": body})
+    return out
+
+
+def connected_with(broker_log: str, client_id: str, protocol: str, keepalive: int) -> bool:
+    """Mosquitto logs each CONNECT as ``as <id> (p<protocol>, c<clean>, k<keepalive>…)``. The keepalive
+    bounds how late the broker notices a dead client and sends its will: checking what the broker
+    was told replaces timing the will with a stopwatch (which a loaded machine fails)."""
+    pattern = rf"as {re.escape(client_id)} \(p{protocol}, c\d, k{keepalive}\b"
+    return re.search(pattern, broker_log) is not None
 
 
 def wait_until(predicate: Any, timeout: float, step: float = 0.1) -> bool:
+    """Poll ``predicate`` until true or ``timeout``; a database not there yet counts as not yet."""
     deadline = time.monotonic() + timeout
     while True:
-        with contextlib.suppress(sqlite3.Error):
+        with contextlib.suppress(sqlite3.Error, FileNotFoundError):
             if predicate():
                 return True
         if time.monotonic() >= deadline:

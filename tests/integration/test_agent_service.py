@@ -21,7 +21,7 @@ from edge_agent import modelstore
 from tests.fixtures_ssh import BundleSet, DeployKeys
 from tests.integration.agent_helpers import agent_env
 from tests.integration.mjpeg import MjpegServer
-from tests.unit.test_sdnotify import FakeSystemd
+from tests.unit.test_sdnotify import HANG, FakeSystemd, wait_for_true
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,7 +64,7 @@ class Agent:
     def topic(self, suffix: str) -> list[tuple[float, dict[str, Any]]]:
         return [(t, m["payload"]) for t, m in list(self.lines) if m.get("topic", "").endswith(suffix)]
 
-    def wait(self, predicate: Any, timeout: float = 20) -> None:
+    def wait(self, predicate: Any, timeout: float = HANG) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if predicate():
@@ -81,28 +81,48 @@ class Agent:
         return err.decode()
 
 
+QUIET_RUN = 4  # health STATUS lines in a row with no WATCHDOG=1 between them: the pings stopped
+
+
+def _quiet_run(lines: list[str], run: int) -> bool:
+    """``run`` consecutive health STATUS lines (sent every --health-interval by the agent's health
+    thread, whatever the camera does) with no WATCHDOG=1 among them. The window is bounded by the
+    agent's own messages, in the order the socket queued them: no clock, no sleep."""
+    quiet = 0
+    for line in lines:
+        if line == "WATCHDOG=1":
+            quiet = 0
+        elif line.startswith("STATUS=") and "fps inferred" in line:
+            quiet += 1
+            if quiet >= run:
+                return True
+    return False
+
+
 def test_real_agent_notifies_systemd(state: Path, stream: MjpegServer, tmp_path: Path) -> None:
     fake = FakeSystemd(str(tmp_path / "notify.sock"))
-    env = {**agent_env(), "NOTIFY_SOCKET": fake.address, "WATCHDOG_USEC": "400000"}
+    env = {**agent_env(), "NOTIFY_SOCKET": fake.address, "WATCHDOG_USEC": "400000"}  # a tick every 0.2 s
     agent = Agent("--state-dir", str(state), "--source", stream.url, "--events", "every",
                   "--health-interval", "0.3", env=env)
     try:
-        fake.wait_for("READY=1", timeout=30)
-        fake.wait_for("STATUS=", timeout=5)
-        fake.wait_for("STATUS=", timeout=5, since=time.monotonic())  # periodic, with fps
+        fake.wait_for("READY=1")
+        fake.wait_for("STATUS=")
+        fake.wait_for("STATUS=", after=fake.mark())  # periodic, with fps
         assert any("fps" in line for line in fake.lines() if line.startswith("STATUS="))
-        mark = time.monotonic()
-        time.sleep(1.0)
-        assert fake.lines(since=mark).count("WATCHDOG=1") >= 3  # every 0.2 s while inferring
+        fake.wait_count("WATCHDOG=1", 3, after=fake.mark())  # fed while inferring
+        stall = fake.mark()
         stream.stop()  # the camera stalls: no frames, no inference progress
-        time.sleep(0.6)
-        mark = time.monotonic()
-        time.sleep(1.2)
-        assert "WATCHDOG=1" not in fake.lines(since=mark)
+        # The pings stop (a watchdog fed regardless of progress never leaves 0.9 s without one) …
+        wait_for_true(lambda: _quiet_run(fake.lines(after=stall), QUIET_RUN), what="pause in WATCHDOG=1")
+        # … and the agent stays up, just not feeding the watchdog, for another quiet run.
+        quiet = fake.mark()
+        wait_for_true(lambda: sum(line.startswith("STATUS=") for line in fake.lines(after=quiet)) >= QUIET_RUN,
+                      what="more health STATUS lines")
+        assert "WATCHDOG=1" not in fake.lines(after=quiet)
         assert agent.proc.poll() is None  # alive, just not feeding the watchdog
         agent.proc.send_signal(signal.SIGTERM)
-        assert agent.proc.wait(timeout=20) == 0
-        fake.wait_for("STOPPING=1", timeout=2)
+        assert agent.proc.wait(timeout=HANG) == 0
+        fake.wait_for("STOPPING=1")
     finally:
         agent.close()
         fake.close()
@@ -113,7 +133,7 @@ def test_running_agent_picks_up_installed_model(state: Path, stream: MjpegServer
     agent = Agent("--state-dir", str(state), "--source", stream.url, "--events", "every",
                   env=agent_env())
     try:
-        agent.wait(lambda: len(agent.topic("/evt/classification")) >= 10, timeout=30)
+        agent.wait(lambda: len(agent.topic("/evt/classification")) >= 10)
         # the agent announces itself for install-model (pipeline -> modelstore.write_pid_file)
         assert (state / modelstore.PID_FILE).read_text().strip() == str(agent.proc.pid)
         proc = subprocess.run([sys.executable, "-m", "edge_agent", "install-model",
@@ -126,9 +146,9 @@ def test_running_agent_picks_up_installed_model(state: Path, stream: MjpegServer
         t_swap = time.monotonic()
         version, new_sha = answer["active"]["version"], answer["active"]["sha256"]
         agent.wait(lambda: any(p.get("model", {}).get("version") == version
-                               for _, p in agent.topic("/status")), timeout=20)
+                               for _, p in agent.topic("/status")))
         before = len(agent.topic("/evt/classification"))
-        agent.wait(lambda: len(agent.topic("/evt/classification")) >= before + 10, timeout=20)
+        agent.wait(lambda: len(agent.topic("/evt/classification")) >= before + 10)
         assert agent.topic("/evt/classification")[-1][1]["model_sha256"] == new_sha
         times = [t for t, _ in agent.topic("/evt/classification")]
         gaps = [b - a for a, b in itertools.pairwise(times) if abs(a - t_swap) < 3]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pytest
 from deploy.broker import Mosquitto
 from tests.integration.agent_helpers import ROOT, agent_env
 from tests.integration.test_agent import colour_folder, models  # noqa: F401 - fixtures
-from tests.unit.test_sdnotify import FakeSystemd
+from tests.unit.test_sdnotify import HANG, FakeSystemd, wait_for_true
 
 pytestmark = pytest.mark.integration
 
@@ -33,12 +32,6 @@ def fake_systemd(tmp_path: Path) -> Iterator[FakeSystemd]:
     server.close()
 
 
-def _pings(fake: FakeSystemd, seconds: float) -> int:
-    mark = time.monotonic()
-    time.sleep(seconds)
-    return fake.lines(since=mark).count("WATCHDOG=1")
-
-
 def test_real_agent_feeds_the_watchdog_with_a_broker_and_through_an_outage(
     mqtt_broker_fn: Mosquitto, fake_systemd: FakeSystemd, models: Path, colour_folder: Path,  # noqa: F811
     tmp_path: Path,
@@ -47,19 +40,24 @@ def test_real_agent_feeds_the_watchdog_with_a_broker_and_through_an_outage(
     proc = subprocess.Popen(
         [sys.executable, "-m", "edge_agent", "run", "--bundle", str(models / "colours.tflite"),
          "--source", str(colour_folder), "--loop", "--fps", "30", "--broker", mqtt_broker_fn.url,
-         "--keepalive", "5", "--device-id", "wd-1", "--state-dir", str(tmp_path / "state")],
+         "--keepalive", "5", "--device-id", "wd-1", "--state-dir", str(tmp_path / "state"),
+         "--health-interval", "0.3"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=ROOT,
     )
     try:
-        fake_systemd.wait_for("READY=1", timeout=30)
-        assert _pings(fake_systemd, 1.0) >= 3
+        fake_systemd.wait_for("READY=1")
+        fake_systemd.wait_for("STATUS=", after=fake_systemd.mark())  # health STATUS lines flow
+        fake_systemd.wait_count("WATCHDOG=1", 3, after=fake_systemd.mark())
         mqtt_broker_fn.stop()  # a broker outage is no reason for systemd to restart the agent
-        time.sleep(0.5)
-        assert _pings(fake_systemd, 1.0) >= 3
+        # Once the agent itself reports the outage, the pings still come.
+        stopped = fake_systemd.mark()
+        wait_for_true(lambda: any(line.startswith("STATUS=") and line.endswith("publisher disconnected")
+                                  for line in fake_systemd.lines(after=stopped)), what="the outage in STATUS")
+        fake_systemd.wait_count("WATCHDOG=1", 3, after=fake_systemd.mark())
         assert proc.poll() is None
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=20) == 0
-        fake_systemd.wait_for("STOPPING=1", timeout=2)
+        assert proc.wait(timeout=HANG) == 0
+        fake_systemd.wait_for("STOPPING=1")
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -87,23 +85,26 @@ def test_dead_mqtt_network_thread_stops_the_watchdog(
     publisher = agent.publisher
     try:
         assert isinstance(publisher, MqttPublisher)
-        fake_systemd.wait_for("READY=1", timeout=10)
-        deadline = time.monotonic() + 10
-        while not publisher.connected:
-            assert time.monotonic() < deadline, "agent never connected to the broker"
-            time.sleep(0.05)
+        fake_systemd.wait_for("READY=1")
+        wait_for_true(lambda: publisher.connected, what="connection to the broker")
         assert agent.is_healthy() and publisher.thread_alive()
-        assert _pings(fake_systemd, 1.0) >= 3
+        fake_systemd.wait_count("WATCHDOG=1", 3, after=fake_systemd.mark())
 
         # paho's network thread ends (as it does when an exception escapes into it):
         # nothing would ever be published again, so systemd must be allowed to restart us.
         publisher.link._client.loop_stop()
         assert not publisher.link.network_thread_alive
         assert not publisher.thread_alive() and not agent.is_healthy()
-        time.sleep(0.3)  # a tick already under way may still ping
-        inferred = agent.progress_counter
-        assert _pings(fake_systemd, 1.2) == 0
-        assert agent.progress_counter > inferred  # inference goes on: it is the MQTT check that gates
+        # A tick under way may still ping; the one after the next miss we see started after the
+        # thread died. From then on nothing may ping (test_sdnotify explains the bracketing).
+        dog = agent._watchdog
+        base = dog.missed
+        wait_for_true(lambda: dog.missed >= base + 2, what="two missed ticks")
+        quiet_from, inferred = fake_systemd.mark(), agent.progress_counter
+        wait_for_true(lambda: dog.missed >= base + 6, what="four more missed ticks")
+        assert "WATCHDOG=1" not in fake_systemd.lines(after=quiet_from, until=fake_systemd.mark())
+        # Inference goes on: it is the MQTT check that gates.
+        wait_for_true(lambda: agent.progress_counter > inferred, what="inference progress")
     finally:
         agent.request_stop("test over")
         agent.stop(timeout=2)

@@ -13,12 +13,26 @@ from tests.integration.mqtt_helpers import fleet_cli
 
 pytestmark = pytest.mark.integration
 
+HANG = 60.0  # deadline of a wait: only there so that a hang fails instead of blocking the run
 
-def _refused(settings: MqttSettings, wait: float = 2.5) -> bool:
+
+def _refused(broker, settings: MqttSettings) -> bool:
+    """True when the client never got connected although it tried at least twice.
+
+    Mosquitto logs every TCP connection it accepts ("New connection from …"); the client only
+    tries again after an attempt failed. So two attempts seen in the broker's log, and no
+    connection, is a refusal, however slow the machine: no waiting a fixed time for a
+    connection that might have come later.
+    """
+    offset = len(broker.log.read_text())
     link = MqttLink(settings, f"probe-{time.monotonic_ns()}")
     link.start()
     try:
-        return not link.wait_connected(wait) and link.stats.connects == 0
+        deadline = time.monotonic() + HANG
+        while not link.connected and broker.log.read_text()[offset:].count("New connection from") < 2:
+            assert time.monotonic() < deadline, "neither connected nor tried again"
+            time.sleep(0.05)
+        return not link.connected and link.stats.connects == 0
     finally:
         link.stop()
 
@@ -34,20 +48,24 @@ def test_device_confined_to_its_own_topics(tls_broker, pki, collector_factory):
     # Mosquitto grants the SUBACK for filters the ACL denies but never delivers through them;
     # either way dev-a must receive nothing of dev-b (checked below).
 
-    # dev-a writes its own topic (control) and tries dev-b's telemetry and commands.
-    dev_a.link.publish("edge/v1/dev-a/evt/x", b'{"own": true}')
+    # dev-a tries dev-b's telemetry and commands and its own command topic, then writes its own
+    # topic last. The broker handles one connection's packets in order and queues to each
+    # subscriber in order, so once that last message is in, anything forged that got through is
+    # in too; the operator's commands, sent after it, arrive after anything forged for the same
+    # device. No sleeping to give forged messages "time to arrive".
     dev_a.link.publish("edge/v1/dev-b/evt/x", b'{"forged": true}')
     dev_a.link.publish("edge/v1/dev-b/status", b'{"state": "offline"}', retain=True)
     dev_a.link.publish("edge/v1/dev-b/cmd/ping", b'{"forged": "command"}')
     dev_a.link.publish("edge/v1/dev-a/cmd/ping", b'{"self": "command"}')
-    # dev-b's real telemetry and the operator's commands to both devices.
+    dev_a.link.publish("edge/v1/dev-a/evt/x", b'{"own": true}')
+    # dev-b's real telemetry.
     dev_b.link.publish("edge/v1/dev-b/evt/x", b'{"real": "b"}')
+    assert fleet.wait(lambda: bool(fleet.on("dev-a/evt/x")) and bool(fleet.on("dev-b/evt/x")), HANG)
+    # The operator's commands to both devices.
     fleet.link.publish("edge/v1/dev-b/cmd/ping", b'{"for": "b"}')
     fleet.link.publish("edge/v1/dev-a/cmd/ping", b'{"for": "a"}')
-    assert fleet.wait(lambda: bool(fleet.on("dev-a/evt/x")) and bool(fleet.on("dev-b/evt/x")), 5)
-    assert dev_a.wait(lambda: bool(dev_a.on("dev-a/cmd/ping")), 5)
-    assert dev_b.wait(lambda: bool(dev_b.on("dev-b/cmd/ping")), 5)
-    time.sleep(0.5)
+    assert dev_a.wait(lambda: bool(dev_a.on("dev-a/cmd/ping")), HANG)
+    assert dev_b.wait(lambda: bool(dev_b.on("dev-b/cmd/ping")), HANG)
     assert [json.loads(m.payload) for m in fleet.on("dev-b/evt/x")] == [{"real": "b"}], "forged dev-b telemetry"
     assert not fleet.on("dev-b/status"), "dev-a forged dev-b's status"
     assert [json.loads(m.payload) for m in dev_b.on("cmd/ping")] == [{"for": "b"}], "dev-a commanded dev-b"
@@ -63,16 +81,16 @@ def test_bad_client_certificates_are_refused(tls_broker, pki, which: str):
         settings = pki.client(pki.expired, tls_broker.url)
     else:
         settings = MqttSettings(broker=tls_broker.url, ca_file=pki.ca.cert, keepalive=5, reconnect_max_s=1)
-    assert _refused(settings)
+    assert _refused(tls_broker, settings)
     # Control: the same broker accepts a good certificate.
-    assert not _refused(pki.client(pki.dev_a, tls_broker.url), wait=5)
+    assert not _refused(tls_broker, pki.client(pki.dev_a, tls_broker.url))
 
 
 def test_server_certificate_is_verified(tls_broker, pki):
     # The broker's certificate does not chain to this CA: the client refuses the broker.
     settings = MqttSettings(broker=tls_broker.url, ca_file=pki.foreign_ca.cert, cert_file=pki.dev_a.cert,
                             key_file=pki.dev_a.key, keepalive=5, reconnect_max_s=1)
-    assert _refused(settings)
+    assert _refused(tls_broker, settings)
 
 
 def test_no_way_to_skip_verification():
@@ -92,15 +110,16 @@ def test_agent_and_fleet_over_mutual_tls(tls_broker, pki, start_agent, tmp_path:
     fleet.callbacks.on_message = lambda m: results.append(m.payload)
     fleet.start()
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + HANG
         while len(results) < 10 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert len(results) >= 10, agent.log()
-        status = fleet_cli("status", *tls, "--json", "--wait", "4")
+        # --wait bounds the wait; status returns as soon as every online device has sent health.
+        status = fleet_cli("status", *tls, "--json", "--wait", "30")
         assert status.returncode == 0, status.stderr
         devices = {d["device_id"]: d for d in json.loads(status.stdout)["devices"]}
         assert devices["dev-a"]["state"] == "online"
-        sent = fleet_cli("send", "dev-a", "ping", *tls, "--timeout", "10")
+        sent = fleet_cli("send", "dev-a", "ping", *tls, "--timeout", "30")
         assert sent.returncode == 0, sent.stderr
         assert json.loads(sent.stdout.strip().splitlines()[-1])["status"] == "succeeded"
     finally:
@@ -122,6 +141,6 @@ def test_hostname_is_checked(pki, tmp_path: Path):
     broker = Mosquitto(tmp_path, conf, port, tls=True)
     broker.start()
     try:
-        assert _refused(pki.client(pki.dev_a, broker.url))
+        assert _refused(broker, pki.client(pki.dev_a, broker.url))
     finally:
         broker.stop()

@@ -265,3 +265,116 @@ def test_record_counts_acks_made_outside_handle() -> None:
     h = Harness()
     h.handler.record(Ack(None, "rejected", "busy"))
     assert h.handler.stats.rejected == 1 and h.handler.snapshot()["rejected_reasons"] == {"busy": 1}
+
+
+class Clock:
+    """A settable wall clock for the handler's expiry checks."""
+
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _at(clock: Clock, cmd_id: str, ttl: float = 60.0) -> dict[str, Any]:
+    return {"id": cmd_id, "ts": clock.now, "expires": clock.now + ttl}
+
+
+def test_live_id_bound_refuses_with_busy_then_prune_frees_room() -> None:
+    """Guards ``ReplayCache.full`` (always False: the cache grows without bound and ``busy`` is
+    never sent) and ``ReplayCache.prune`` (a no-op: once full, the device refuses commands forever)."""
+    clock = Clock()
+    h = Harness(clock=clock, max_live_ids=5)
+    for n in range(5):  # lives end at +60, +61, ... +64
+        assert h.send("ping", _at(clock, f"live{n}", 60 + n)).status == "succeeded"
+    ack = h.send("ping", _at(clock, "one-too-many"))
+    assert (ack.id, ack.status, ack.reason) == ("one-too-many", "rejected", "busy: too many live command ids")
+    assert h.handler.snapshot()["rejected_reasons"] == {"busy": 1}
+    # A replay of a live id is still named a replay, not busy.
+    assert h.send("ping", _at(clock, "live0")).reason == "duplicate_id"
+    # The busy command was not recorded: once there is room it is accepted.
+    clock.now += 60.5  # live0 expired (at +60), live1..live4 still live
+    assert h.send("ping", _at(clock, "one-too-many")).status == "succeeded"
+    assert h.send("ping", _at(clock, "next")).reason.startswith("busy")
+    clock.now += 55  # live1..live4 expired; one-too-many (until +120.5) still live
+    for n in range(4):
+        assert h.send("ping", _at(clock, f"later{n}")).status == "succeeded"
+    assert h.send("ping", _at(clock, "later4")).reason.startswith("busy")
+    clock.now += 200  # everything expired
+    for n in range(5):
+        assert h.send("ping", _at(clock, f"later{n}")).status == "succeeded"
+    assert h.send("ping", _at(clock, "later5")).reason.startswith("busy")
+
+
+def test_replay_cache_prunes_by_expiry_only() -> None:
+    from edge_agent.commands import ReplayCache
+
+    cache = ReplayCache(max_entries=3)
+    cache.add("a", 10.0)
+    cache.add("b", 30.0)
+    cache.add("c", 20.0)
+    assert cache.full()
+    cache.prune(9.0)
+    assert len(cache) == 3 and cache.full()
+    cache.prune(20.0)  # expiry at or before now: forgotten
+    assert not cache.seen("a") and not cache.seen("c") and cache.seen("b")
+    assert len(cache) == 1 and not cache.full()
+    cache.add("b", 50.0)  # the same id again: the later expiry counts
+    cache.prune(40.0)
+    assert cache.seen("b")
+    cache.prune(50.0)
+    assert len(cache) == 0
+
+
+def test_replay_cache_file_keeps_only_live_ids(tmp_path: Path) -> None:
+    from edge_agent.commands import ReplayCache
+
+    path = tmp_path / "ids"
+    now = time.time()
+    first = ReplayCache(path)
+    first.add("old", now - 1)
+    first.add("live", now + 600)
+    again = ReplayCache(path)
+    assert again.seen("live") and not again.seen("old")
+    assert path.read_text().split() == ["live", str(now + 600)]
+
+
+@pytest.mark.parametrize("cmd_id", ["a\n", "ok\r", " a", "a" * 65, ""])
+def test_ids_must_match_entirely(cmd_id: str) -> None:
+    """An id with a trailing newline once passed (``re.match`` with ``$``) and broke the
+    one-id-per-line replay file."""
+    ack = Harness().send("ping", cmd(cmd_id))
+    assert ack.status == "rejected" and ack.reason.startswith("bad_schema") and ack.id is None
+
+
+def test_command_names_must_match_entirely() -> None:
+    with pytest.raises(ValueError, match="invalid command name"):
+        register_command("ping\n", lambda ctx: Ack(ctx.id, "succeeded"))
+    assert "ping\n" not in COMMANDS
+
+
+@pytest.mark.parametrize("field", ["expires", "ts"])
+@pytest.mark.parametrize("raw", ["1e999", "-1e999", "1" + "0" * 400])
+def test_times_must_be_finite(field: str, raw: str) -> None:
+    """1e999 parses as infinity and a 400-digit integer overflows float(): rejected as a bad
+    schema, never an internal error."""
+    now = time.time()
+    body = {"id": "t1", "ts": now, "expires": now + 60}
+    text = json.dumps(body).replace(json.dumps(body[field]), raw, 1)
+    ack = Harness().send("ping", text.encode())
+    assert (ack.id, ack.status) == ("t1", "rejected") and ack.reason.startswith("bad_schema"), ack
+
+
+def test_token_bucket_refills_at_its_rate() -> None:
+    from edge_agent.commands import TokenBucket
+
+    now = [0.0]
+    bucket = TokenBucket(rate=2.0, burst=3, clock=lambda: now[0])
+    assert [bucket.take() for _ in range(4)] == [True, True, True, False]
+    now[0] += 0.4  # 0.8 token
+    assert not bucket.take()
+    now[0] += 0.1  # 1.0 token
+    assert bucket.take() and not bucket.take()
+    now[0] += 100  # capped at the burst
+    assert [bucket.take() for _ in range(4)] == [True, True, True, False]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import time
+import socket
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -11,31 +13,62 @@ from edge_agent.envelope import EnvelopeFactory
 from edge_agent.publishers import create_publisher
 from edge_agent.publishers.mqtt import MqttPublisher, homeassistant_discovery
 
+HANG = 60.0  # only bounds a hang: a call that blocks on the network never returns at all here
 
-def _publisher(tmp_path: Path, **kw) -> MqttPublisher:
-    pub = create_publisher("mqtt", config={"broker": "mqtt://127.0.0.1:1", "reconnect_max_s": 1},
+
+def _publisher(tmp_path: Path, broker: str = "mqtt://127.0.0.1:1", **kw) -> MqttPublisher:
+    pub = create_publisher("mqtt", config={"broker": broker, "reconnect_max_s": 1},
                            envelope=EnvelopeFactory("dev1", tmp_path), state_dir=tmp_path, **kw)
     assert isinstance(pub, MqttPublisher)
     return pub
 
 
-def test_starts_and_queues_while_broker_is_down(tmp_path: Path) -> None:
-    pub = _publisher(tmp_path)
+@pytest.fixture
+def silent_broker() -> Iterator[str]:
+    """A TCP port that accepts connections (the kernel does) and never answers: no CONNACK, ever.
+    Anything that waits for the broker waits forever here."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    yield f"mqtt://127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+
+
+def _returns(call: Callable[[], object]) -> bool:
+    """Runs ``call`` in a thread; False if it has not returned within HANG."""
+    done = threading.Event()
+
+    def run() -> None:
+        call()
+        done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    return done.wait(HANG)
+
+
+@pytest.mark.parametrize("down", ["refused", "silent"])
+def test_starts_and_queues_while_broker_is_down(tmp_path: Path, silent_broker: str, down: str) -> None:
+    """Publishing and stopping never wait for the broker: with a silent broker a blocking call would
+    never return (caught by the HANG deadline, not by timing)."""
+    pub = _publisher(tmp_path, "mqtt://127.0.0.1:1" if down == "refused" else silent_broker)
     pub.start()
-    t0 = time.monotonic()
-    for i in range(200):
-        pub.publish("evt/classification", pub.envelope.wrap({"n": i}))
-    pub.publish("health", {"fps_inferred": 1.0})  # wrapped by the publisher
-    assert time.monotonic() - t0 < 2.0
+
+    def produce() -> None:
+        for i in range(200):
+            pub.publish("evt/classification", pub.envelope.wrap({"n": i}))
+        pub.publish("health", {"fps_inferred": 1.0})  # wrapped by the publisher
+
+    assert _returns(produce), "publish() blocked while the broker is down"
     assert not pub.connected
     stats = pub.stats()
     assert stats["outbox"]["depth"] == 201 and stats["connected"] is False
-    t1 = time.monotonic()
-    pub.stop(timeout=0.5)
-    assert time.monotonic() - t1 < 5.0
-    # Still queued on disk for the next start.
+    assert stats["outbox"]["delivered"] == 0 and stats["connects"] == 0
+    assert _returns(lambda: pub.stop(timeout=0.5)), "stop() blocked while the broker is down"
+    # Still queued on disk for the next start, in order.
     again = _publisher(tmp_path)
     assert again.outbox.depth == 201
+    rows = again.outbox.take(300)
+    assert [r.topic.rsplit("/", 1)[-1] for r in rows] == ["classification"] * 200 + ["health"]
     again.outbox.close()
 
 

@@ -3,16 +3,31 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from edge_agent.outbox import Outbox
+import pytest
+
+from edge_agent.outbox import Kind, Outbox
 
 
 def _msg(n: int, size: int = 0) -> bytes:
     return json.dumps({"seq": n, "replayed": False, "pad": "x" * size}).encode()
+
+
+def _stored_seqs(path: Path) -> list[int]:
+    """The rows really in the database file, read through a connection of its own (not the outbox's
+    counters or in-flight set), oldest first."""
+    assert path.exists(), f"no outbox database at {path}"
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT payload FROM outbox ORDER BY id").fetchall()
+    finally:
+        db.close()
+    return [json.loads(bytes(payload))["seq"] for (payload,) in rows]
 
 
 def test_fifo_and_delete_only_on_ack(tmp_path: Path) -> None:
@@ -81,24 +96,92 @@ def test_evicts_health_before_results(tmp_path: Path) -> None:
     assert stats["evicted"] == stats["evicted_health"] + stats["evicted_results"]
 
 
-def test_inflight_rows_are_not_evicted(tmp_path: Path) -> None:
-    box = Outbox(tmp_path / "o.db", max_bytes=3000)
-    box.put("t/evt/x", _msg(0, 900), "result")
+@pytest.mark.parametrize("kind", ["result", "health"])
+def test_inflight_rows_are_not_evicted(tmp_path: Path, kind: Kind) -> None:
+    """Guards the in-flight check in ``_evict_for``: without it the row the sender holds is evicted
+    while the broker has it, and its PUBACK then deletes nothing (or double-counts the depth)."""
+    path = tmp_path / "o.db"
+    box = Outbox(path, max_bytes=3000)
+    box.put(f"t/{kind}", _msg(0, 900), kind)
     inflight = box.take(1)
+    assert [json.loads(r.payload)["seq"] for r in inflight] == [0]
     for n in range(1, 10):
+        assert box.put("t/evt/x", _msg(n, 900), "result")  # each one forces an eviction
+    stats = box.stats()
+    assert stats["evicted_health"] + stats["evicted_results"] == 7
+    # The in-flight row is still in the file, oldest first; the evicted ones are the next-oldest.
+    assert _stored_seqs(path) == [0, 8, 9]
+    assert box.depth == 3 and stats["bytes"] == sum(len(_msg(n, 900)) for n in (0, 8, 9))
+    box.ack([inflight[0].id])
+    assert _stored_seqs(path) == [8, 9]
+    assert box.counters.delivered == 1 and box.depth == 2
+    assert [json.loads(r.payload)["seq"] for r in box.take(10)] == [8, 9]
+    box.close()
+
+
+def test_eviction_spares_every_inflight_row_even_when_that_leaves_no_room(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    box = Outbox(path, max_bytes=3000)
+    for n in range(3):
         box.put("t/evt/x", _msg(n, 900), "result")
-    box.ack([inflight[0].id])  # still deletable: it was never evicted
+    taken = box.take(3)  # everything queued is in flight
+    assert box.put("t/evt/x", _msg(3, 900), "result")  # a result is kept even over the bound
+    assert box.stats()["evicted_results"] == 0
+    assert _stored_seqs(path) == [0, 1, 2, 3]
+    assert not box.put("t/health", _msg(100, 900), "health")  # health does not fit: dropped, counted
+    assert box.stats()["evicted_health"] == 1
+    box.ack([r.id for r in taken])
+    assert box.counters.delivered == 3
+    assert _stored_seqs(path) == [3] and box.depth == 1
+    box.close()
+
+
+def test_ack_counts_only_rows_really_deleted(tmp_path: Path) -> None:
+    """An ack for a row that is gone (dropped as oversize meanwhile) or never taken counts nothing."""
+    path = tmp_path / "o.db"
+    box = Outbox(path)
+    for n in range(3):
+        box.put("t/evt/x", _msg(n), "result")
+    rows = box.take(2)
+    box.drop_oversize(rows[1].id, 10)
+    box.ack([r.id for r in rows] + [999])
     assert box.counters.delivered == 1
+    assert _stored_seqs(path) == [2] and box.depth == 1 and box.stats()["bytes"] == len(_msg(2))
+    box.close()
 
 
 def test_age_bound(tmp_path: Path) -> None:
-    box = Outbox(tmp_path / "o.db", max_age_s=60)
+    path = tmp_path / "o.db"
+    box = Outbox(path, max_age_s=60)
     box.put("t/evt/x", _msg(1), "result")
     box.put("t/health", _msg(2), "health")
     assert box.expire(now=time.time() + 30) == 0
+    assert _stored_seqs(path) == [1, 2]
     assert box.expire(now=time.time() + 120) == 2
-    assert box.depth == 0
+    assert box.depth == 0 and _stored_seqs(path) == []
     assert box.stats()["evicted_age"] == 2
+
+
+def test_expiry_spares_inflight_rows_and_their_ack_deletes_them(tmp_path: Path) -> None:
+    """Guards the in-flight check in ``expire``: without it a row the broker is about to
+    acknowledge is evicted under the sender, so ``evicted_age`` and ``delivered`` count it twice."""
+    path = tmp_path / "o.db"
+    box = Outbox(path, max_age_s=60)
+    for n in range(4):
+        box.put("t/evt/x" if n % 2 else "t/health", _msg(n), "result" if n % 2 else "health")
+    taken = box.take(2)  # seq 0 (health) and 1 (result) in flight
+    assert box.expire(now=time.time() + 120) == 2
+    assert box.stats()["evicted_age"] == 2
+    assert _stored_seqs(path) == [0, 1] and box.depth == 2
+    box.ack([r.id for r in taken])
+    assert box.counters.delivered == 2
+    assert _stored_seqs(path) == [] and box.depth == 0 and box.stats()["bytes"] == 0
+    # A released in-flight row is old like the others: the next expiry takes it.
+    box.put("t/evt/x", _msg(4), "result")
+    box.take(1)
+    box.release_all()
+    assert box.expire(now=time.time() + 120) == 1 and _stored_seqs(path) == []
+    box.close()
 
 
 def test_reopen_marks_replayed_and_keeps_order(tmp_path: Path) -> None:
