@@ -131,12 +131,13 @@ class SsdAnchors(Schema, frozen=True):
     def _check(self) -> None:
         if self.feature_map_width or self.feature_map_height:
             if len(self.feature_map_width) != self.num_layers or len(self.feature_map_height) != self.num_layers:
-                raise ValueError("feature_map_width and feature_map_height need num_layers values each")
+                raise FieldError("feature_map_width",
+                                 "feature_map_width and feature_map_height need num_layers values each")
         elif len(self.strides) != self.num_layers:
             raise FieldError("strides", f"needs num_layers = {self.num_layers} values, got {len(self.strides)}")
         if any(s <= 0 for s in self.strides) or any(v <= 0 for v in (*self.feature_map_width,
                                                                      *self.feature_map_height)):
-            raise ValueError("strides and feature map sizes must be positive")
+            raise FieldError("strides", "strides and feature map sizes must be positive")
         if any(r <= 0 for r in self.aspect_ratios):
             raise FieldError("aspect_ratios", "values must be positive")
 
@@ -209,7 +210,8 @@ class OutputSpec(Schema, frozen=True):
             raise FieldError("anchors", "detection_format 'ssd_anchors' needs an [output.anchors] table "
                                         "(MediaPipe SsdAnchorsCalculator options)")
         if self.detection_format != "ssd_anchors" and (self.anchors or self.box_decoding):
-            raise ValueError("[output.anchors] and [output.box_decoding] need detection_format = 'ssd_anchors'")
+            raise FieldError("anchors" if self.anchors else "box_decoding",
+                             "[output.anchors] and [output.box_decoding] need detection_format = 'ssd_anchors'")
         if self.apply_softmax:
             raise FieldError("apply_softmax", f"conflicts with activation = {self.activation!r}; remove apply_softmax")
 
