@@ -86,6 +86,9 @@ class AudioPreprocess(Schema, frozen=True):
             raise ValueError("fmin must be below fmax")
         if self.feature == "mfcc" and self.n_mfcc > self.n_mels:
             raise ValueError("n_mfcc must be <= n_mels")
+        if self.feature != "waveform" and self.frame_length > self.window_samples:
+            raise FieldError("frame_length", f"frame_length {self.frame_length} is longer than the window "
+                                             f"({self.window_samples} samples); shorten it or lengthen window_s")
 
     @property
     def window_samples(self) -> int:

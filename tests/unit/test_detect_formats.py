@@ -404,3 +404,11 @@ def test_box_wholly_in_the_letterbox_border_is_not_published() -> None:
     result = task.decode([raw], frame, ctx)
     assert result is not None
     assert [d["score"] for d in result.body["detections"]] == [0.8]
+
+
+def test_audio_frame_longer_than_the_window_is_refused_by_the_schema() -> None:
+    from edge_agent.manifest import AudioPreprocess
+
+    with pytest.raises(ValueError, match="frame_length 480 is longer than the window"):
+        AudioPreprocess(sample_rate=16000, window_s=0.01, feature="logmel")
+    assert AudioPreprocess(sample_rate=16000, window_s=0.01, feature="waveform").window_samples == 160
