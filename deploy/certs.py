@@ -110,7 +110,7 @@ def issue(
     out_dir: Path | None = None,
 ) -> CertPair:
     """Issue a client (CN = ``name``, the device id) or server certificate signed by the CA in ``directory``."""
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise CertError(f"invalid name {name!r}: letters, digits, '.', '_' and '-' only (it is an MQTT topic level)")
     ca_cert, ca_key = _load_ca(directory)
     key = ec.generate_private_key(ec.SECP256R1())
