@@ -22,6 +22,7 @@ import os
 import stat
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -309,7 +310,7 @@ def read_bundle_bytes(
         for info in infos:
             try:
                 members[info.filename] = archive.read(info)
-            except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:  # zlib: a damaged deflate stream
                 raise BundleError(f"{path}: member {info.filename} is corrupt ({exc})") from exc
     for required in (MANIFEST, MODEL):
         if required not in members:

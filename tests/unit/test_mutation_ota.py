@@ -1,0 +1,605 @@
+"""OTA rules the mutation run (``make mutate``) found untested: argument checks, the download's
+size/hash/transport checks, and the updater's acks, probation and rollbacks, against a real model
+store (bundles from :mod:`tests.tiny_store`, the real smoke child) and a real local HTTP server."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.server
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from edge_agent import modelstore, ota
+from edge_agent.bundle import MANIFEST, generate_keypair, load_private_key, read_bundle, sha256_file
+from edge_agent.commands import Ack, CommandContext, CommandError, Route
+from edge_agent.errors import EdgeError
+from edge_agent.ota import OtaError, OtaUpdater, ProbationPolicy, ProbeSample, UpdateRequest, parse_update_args
+from tests.tiny_store import make_bundle, shared
+
+SHA = "a" * 64
+PROBATION_ERR = "probation_s must be a number in 0..3600"
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def test_valid_update_args() -> None:
+    sig = bytes(range(64))
+    request = parse_update_args({"url": "https://models.example/x.bundle", "sha256": "AB" * 32, "size": 10,
+                                 "signature": base64.b64encode(sig).decode(), "probation_s": 5,
+                                 "allow_new_input": True})
+    assert request == UpdateRequest("https://models.example/x.bundle", "ab" * 32, 10, sig, 5.0, True)
+    assert isinstance(request.probation_s, float)
+    plain = parse_update_args({"url": "file:///m.bundle", "sha256": SHA, "size": modelstore.MAX_BUNDLE_BYTES})
+    assert plain == UpdateRequest("file:///m.bundle", SHA, modelstore.MAX_BUNDLE_BYTES, None, 60.0, False)
+    assert parse_update_args({"url": "file://localhost/m", "sha256": SHA, "size": 1, "probation_s": 0}).probation_s == 0
+    assert parse_update_args({"url": "http://h/m", "sha256": SHA, "size": 1, "probation_s": 3600}).probation_s == 3600
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"url": "file:///m", "sha256": SHA, "size": 1, "shell": 1, "zz": 2},
+         "unknown update_model argument(s) ['shell', 'zz']"),
+        ({"url": 5, "sha256": SHA, "size": 1}, "url must be a string"),
+        ({"url": "http://h/" + "x" * 2048, "sha256": SHA, "size": 1}, "url must be a string"),
+        ({"url": "ftp://h/m", "sha256": SHA, "size": 1}, "url must be http://, https:// or file://"),
+        ({"url": "file://evil/m", "sha256": SHA, "size": 1}, "file:// URLs need an absolute local path"),
+        ({"url": "file:m", "sha256": SHA, "size": 1}, "file:// URLs need an absolute local path"),
+        ({"url": "http:///m", "sha256": SHA, "size": 1}, "url has no host"),
+        ({"url": "file:///m", "sha256": "g" * 64, "size": 1}, "sha256 must be 64 hex digits"),
+        ({"url": "file:///m", "sha256": SHA + "0", "size": 1}, "sha256 must be 64 hex digits"),
+        ({"url": "file:///m", "sha256": 7, "size": 1}, "sha256 must be 64 hex digits"),
+        ({"url": "file:///m", "sha256": SHA, "size": 0},
+         f"size must be an integer in 1..{modelstore.MAX_BUNDLE_BYTES}"),
+        ({"url": "file:///m", "sha256": SHA, "size": modelstore.MAX_BUNDLE_BYTES + 1},
+         f"size must be an integer in 1..{modelstore.MAX_BUNDLE_BYTES}"),
+        ({"url": "file:///m", "sha256": SHA, "size": True},
+         f"size must be an integer in 1..{modelstore.MAX_BUNDLE_BYTES}"),
+        ({"url": "file:///m", "sha256": SHA, "size": 1.0},
+         f"size must be an integer in 1..{modelstore.MAX_BUNDLE_BYTES}"),
+        ({"url": "file:///m", "sha256": SHA, "size": 1, "signature": "!!"},
+         "signature must be base64 of a 64-byte Ed25519 signature"),
+        ({"url": "file:///m", "sha256": SHA, "size": 1, "signature": base64.b64encode(b"x" * 63).decode()},
+         "signature must be base64 of a 64-byte Ed25519 signature"),
+        ({"url": "file:///m", "sha256": SHA, "size": 1, "signature": 64},
+         "signature must be base64 of a 64-byte Ed25519 signature"),
+        ({"url": "file:///m", "sha256": SHA, "size": 1, "probation_s": -1}, PROBATION_ERR),
+        ({"url": "file:///m", "sha256": SHA, "size": 1, "probation_s": 3601}, PROBATION_ERR),
+        ({"url": "file:///m", "sha256": SHA, "size": 1, "probation_s": True}, PROBATION_ERR),
+        ({"url": "file:///m", "sha256": SHA, "size": 1, "probation_s": "5"}, PROBATION_ERR),
+        ({"url": "file:///m", "sha256": SHA, "size": 1, "allow_new_input": 1}, "allow_new_input must be true or false"),
+    ],
+)
+def test_update_args_refused_with_the_reason(args: dict[str, Any], message: str) -> None:
+    with pytest.raises(CommandError) as info:
+        parse_update_args(args)
+    assert str(info.value) == message
+
+
+# --------------------------------------------------------------------------- download
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    routes: ClassVar[dict[str, tuple[int, bytes, str | None]]] = {}
+
+    def do_GET(self) -> None:  # the http.server API
+        status, body, length = self.routes.get(self.path, (404, b"", None))
+        self.send_response(status)
+        if length is not None:
+            self.send_header("Content-Length", length)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[str, dict[str, tuple[int, bytes, str | None]]]]:
+    """A real HTTP/1.0 server on loopback; ``routes[path] = (status, body, Content-Length or None)``."""
+    routes: ClassVar[dict[str, tuple[int, bytes, str | None]]] = {}
+    handler = type("Handler", (_Handler,), {"routes": routes})
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", routes
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join()
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _download_error(url: str, target: Path, size: int, sha: str) -> str:
+    with pytest.raises(OtaError) as info:
+        ota.download(url, target, size, sha)
+    assert not target.exists()  # a failed download leaves nothing behind
+    return str(info.value)
+
+
+def test_download_over_http_checks_size_and_hash(tmp_path: Path, server: Any) -> None:
+    base, routes = server
+    data = bytes(range(256)) * 300  # several reads
+    routes["/good"] = (200, data, str(len(data)))
+    routes["/unannounced"] = (200, data, None)
+    routes["/announced-wrong"] = (200, data, str(len(data) + 1))
+    routes["/bad-length-header"] = (200, data, "many")
+    target = tmp_path / "dl.bundle"
+    assert ota.download(f"{base}/good", target, len(data), _sha(data)) == target
+    assert target.read_bytes() == data
+    assert ota.download(f"{base}/unannounced", target, len(data), _sha(data)).read_bytes() == data
+    assert ota.download(f"{base}/bad-length-header", target, len(data), _sha(data)).read_bytes() == data
+    assert _download_error(f"{base}/announced-wrong", target, len(data), _sha(data)) == (
+        f"server announces {len(data) + 1} bytes, expected {len(data)}")
+    assert _download_error(f"{base}/unannounced", target, len(data) - 1, _sha(data)) == (
+        f"download is larger than the expected {len(data) - 1} bytes")
+    assert _download_error(f"{base}/unannounced", target, len(data) + 1, _sha(data)) == (
+        f"download truncated: {len(data)} of {len(data) + 1} bytes")
+    assert _download_error(f"{base}/good", target, len(data), SHA) == (
+        f"sha256 mismatch: got {_sha(data)}, expected {SHA}")
+    assert _download_error(f"{base}/missing", target, len(data), SHA) == "download failed: Not Found"
+
+
+def test_download_of_a_file_url(tmp_path: Path) -> None:
+    source = tmp_path / "my model.bundle"
+    source.write_bytes(b"bundle bytes")
+    target = tmp_path / "dl.bundle"
+    url = "file://" + str(source).replace(" ", "%20")
+    assert ota.download(url, target, 12, _sha(b"bundle bytes")).read_bytes() == b"bundle bytes"
+    assert _download_error(url, target, 13, _sha(b"bundle bytes")) == "server announces 12 bytes, expected 13"
+    missing = f"file://{tmp_path}/missing.bundle"
+    assert _download_error(missing, target, 12, SHA) == "download failed: No such file or directory"
+
+
+def test_download_checks_free_space_first(tmp_path: Path) -> None:
+    size = shutil.disk_usage(tmp_path).free  # three times this never fits
+    message = _download_error(f"file://{tmp_path}/x", tmp_path / "dl.bundle", size, SHA)
+    assert message.startswith(f"not enough free space in {tmp_path}: ")
+
+
+# --------------------------------------------------------------------------- the updater
+
+
+class Host:
+    """The running agent as OTA sees it: loads the store's active model; probes come from a script."""
+
+    def __init__(self, state_dir: Path, bundle_key: Path | None = None,
+                 probes: Callable[[int], ProbeSample] | None = None) -> None:
+        self.state_dir = state_dir
+        self.bundle_key = bundle_key
+        self.reloads = 0
+        self.fail_reload: EdgeError | None = None
+        self.report_identity: str | None = None  # what reload_model reports instead of the real identity
+        self.before_reload: Callable[[], None] = lambda: None
+        self._probes = probes or (lambda n: ProbeSample(10 * n, 0, 1.0))
+        self._probe_count = 0
+
+    def reload_model(self) -> dict[str, str]:
+        self.before_reload()
+        if self.fail_reload is not None:
+            raise self.fail_reload
+        self.reloads += 1
+        model = modelstore.active_model(self.state_dir)
+        assert model is not None
+        manifest = (model.directory / MANIFEST).read_bytes()
+        identity = self.report_identity or hashlib.sha256(manifest).hexdigest()
+        return {"sha256": model.manifest.model.sha256, "manifest_sha256": identity}
+
+    def probe(self) -> ProbeSample:
+        sample = self._probes(self._probe_count)
+        self._probe_count += 1
+        return sample
+
+
+class Env:
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.private, self.public = base / "k.pem", base / "k.pub"
+        generate_keypair(self.private, self.public)
+        key = load_private_key(self.private)
+        self.v1 = make_bundle(base / "v1.bundle", version="1.9", sign_key=key)
+        self.v2 = make_bundle(base / "v2.bundle", version="1.10", sign_key=key, latency_budget_ms=1.0)
+        self.older = make_bundle(base / "older.bundle", version="1.0", sign_key=key)
+        installed = base / "installed"
+        modelstore.install_model(self.v1, installed, self.public)
+        self.installed = installed
+
+    def store(self, tmp_path: Path) -> Path:
+        state = tmp_path / "state"
+        shutil.copytree(self.installed, state, symlinks=True)
+        return state
+
+    def request(self, bundle: Path, **kw: Any) -> UpdateRequest:
+        args = {"url": f"file://{bundle}", "sha256": sha256_file(bundle), "size": bundle.stat().st_size,
+                "probation_s": 0, **kw}
+        return parse_update_args(args)
+
+
+@pytest.fixture(scope="module")
+def env() -> Env:
+    return shared("ota-env", Env)
+
+
+def _active_sha(state: Path) -> str:
+    model = modelstore.active_model(state)
+    assert model is not None
+    return model.sha256
+
+
+def test_update_installs_swaps_and_passes_probation(env: Env, tmp_path: Path) -> None:
+    state = env.store(tmp_path)
+    (state / ota.DOWNLOADS).mkdir()
+    (state / ota.DOWNLOADS / "stale.bundle").write_bytes(b"left by a crash")
+    host = Host(state, env.public)
+    updater = OtaUpdater(host)
+    replies: list[Ack] = []
+    before = time.monotonic()
+    ack = updater.update(env.request(env.v2), "u1", replies.append)
+    elapsed = time.monotonic() - before
+    sha1, sha2 = sha256_file(env.v1), sha256_file(env.v2)
+    assert [(a.id, a.status, a.reason) for a in replies] == [
+        ("u1", "in_progress", "installed colours 1.10; probation 0 s")]
+    assert replies[0].result is not None and replies[0].result["active"]["bundle_sha256"] == sha2
+    assert (ack.id, ack.status, ack.reason) == ("u1", "succeeded", "colours 1.10 active, probation passed")
+    assert ack.result is not None
+    assert ack.result["active"]["bundle_sha256"] == sha2 and ack.result["previous"]["bundle_sha256"] == sha1
+    assert set(ack.result["timings"]) == {"download_s", "install_s", "swapped_s", "succeeded_s"}
+    assert set(updater.last_timings) == set(ack.result["timings"])
+    assert all(isinstance(v, float) and round(v, 3) == v for v in ack.result["timings"].values())
+    assert all(0.0 <= v <= elapsed + 0.001 for v in ack.result["timings"].values())  # within the call
+    assert _active_sha(state) == sha2 and host.reloads == 1
+    assert modelstore.read_probation(state) is None
+    assert list((state / ota.DOWNLOADS).iterdir()) == []  # stale and new downloads removed
+
+    again = updater.update(env.request(env.v2), "u2", replies.append)
+    assert (again.status, again.reason) == ("succeeded", "already active")
+    assert again.result is not None and again.result["active"]["bundle_sha256"] == sha2
+
+
+def test_update_refusals_keep_the_running_model(env: Env, tmp_path: Path) -> None:
+    state = env.store(tmp_path)
+    host = Host(state, env.public)
+    updater = OtaUpdater(host)
+    sha1 = sha256_file(env.v1)
+    ack = updater.update(env.request(env.older), "u1", lambda a: None)
+    assert ack.status == "failed" and ack.reason.startswith("verify: colours 1.0 is older than the active 1.9")
+    assert ack.result is not None and ack.result["active"]["bundle_sha256"] == sha1
+    bad = parse_update_args({"url": f"file://{env.v2}", "sha256": SHA, "size": env.v2.stat().st_size})
+    ack = updater.update(bad, "u2", lambda a: None)
+    assert ack.status == "failed" and ack.reason.startswith("sha256 mismatch: got ")
+    assert _active_sha(state) == sha1 and host.reloads == 0
+    assert list((state / ota.DOWNLOADS).iterdir()) == []
+
+
+def test_bundle_signature_in_the_command(env: Env, tmp_path: Path) -> None:
+    manifest = read_bundle(env.v2, require_signature=False).manifest_bytes
+    good = base64.b64encode(load_private_key(env.private).sign(manifest)).decode()
+    wrong = base64.b64encode(load_private_key(env.private).sign(b"something else")).decode()
+    state = env.store(tmp_path)
+    ack = OtaUpdater(Host(state, None)).update(env.request(env.v2, signature=good), "u1", lambda a: None)
+    assert (ack.status, ack.reason) == ("failed", "the command carries a bundle signature but no bundle key is pinned")
+    ack = OtaUpdater(Host(state, env.public)).update(env.request(env.v2, signature=wrong), "u2", lambda a: None)
+    assert (ack.status, ack.reason) == (
+        "failed", "bad signature: the command's signature does not verify with the pinned key")
+    assert _active_sha(state) == sha256_file(env.v1)
+    ack = OtaUpdater(Host(state, env.public)).update(env.request(env.v2, signature=good), "u3", lambda a: None)
+    assert ack.status == "succeeded"
+
+
+def test_agent_that_cannot_load_the_new_model_is_rolled_back(env: Env, tmp_path: Path) -> None:
+    state = env.store(tmp_path)
+    host = Host(state, env.public)
+    host.fail_reload = EdgeError("interpreter said no")
+    ack = OtaUpdater(host).update(env.request(env.v2), "u1", lambda a: None)
+    short = read_bundle(env.v1, require_signature=False).manifest.short_sha
+    assert ack.status == "failed"
+    assert ack.reason == ("the running agent cannot load the new model: interpreter said no; rolled back on disk "
+                          "but the agent failed to reload: interpreter said no")
+    assert _active_sha(state) == sha256_file(env.v1)
+    host.fail_reload = None
+    calls = iter([EdgeError("first load fails"), None])
+
+    def first_fails() -> None:
+        host.fail_reload = next(calls)
+
+    host.before_reload = first_fails
+    ack = OtaUpdater(host).update(env.request(env.v2), "u2", lambda a: None)
+    assert ack.reason == (f"the running agent cannot load the new model: first load fails; rolled back to "
+                          f"colours 1.9 ({short})")
+    assert ack.result is not None and ack.result["active"]["bundle_sha256"] == sha256_file(env.v1)
+
+
+def _probation_failure(env: Env, tmp_path: Path, probes: Callable[[int], ProbeSample],
+                       policy: ProbationPolicy | None = None, probation_s: float = 600) -> Ack:
+    state = env.store(tmp_path)
+    host = Host(state, env.public, probes)
+    replies: list[Ack] = []
+    ack = OtaUpdater(host, policy).update(env.request(env.v2, probation_s=probation_s), "u1", replies.append)
+    assert [a.status for a in replies] == ["in_progress"]
+    assert _active_sha(state) == sha256_file(env.v1)  # rolled back by itself
+    assert host.reloads == 2  # the new model, then the previous one again
+    assert ack.status == "failed" and ack.result is not None
+    assert set(ack.result["timings"]) == {"download_s", "install_s", "swapped_s", "rolled_back_s"}
+    assert ack.result["active"]["bundle_sha256"] == sha256_file(env.v1)
+    return ack
+
+
+def test_probation_fails_on_the_error_rate(env: Env, tmp_path: Path) -> None:
+    ack = _probation_failure(env, tmp_path, lambda n: ProbeSample(3, 2 + 5 * n, None))
+    short = read_bundle(env.v1, require_signature=False).manifest.short_sha
+    assert ack.reason == f"probation failed: error rate 5/5 above 20%; rolled back to colours 1.9 ({short})"
+
+
+def test_probation_fails_on_latency_against_the_budget(env: Env, tmp_path: Path) -> None:
+    ack = _probation_failure(env, tmp_path, lambda n: ProbeSample(100 * n, 0, 3.5))
+    assert ack.reason.startswith("probation failed: p95 inference latency 3.50 ms above 3 x the 1 ms budget; ")
+
+
+def test_probation_policy_thresholds_are_inclusive_limits(env: Env, tmp_path: Path) -> None:
+    """At exactly the allowed error rate and latency the model passes; counts start at the swap."""
+    state = env.store(tmp_path)
+
+    def probes(n: int) -> ProbeSample:  # 50 inferences before the swap do not count
+        return ProbeSample(50 + 8 * n, 2 * n, 3.0)  # 20 % errors, p95 exactly 3 x the budget
+
+    host = Host(state, env.public, probes)
+    policy = ProbationPolicy(max_error_rate=0.2, min_samples=5, latency_factor=3.0)
+    ack = OtaUpdater(host, policy).update(env.request(env.v2, probation_s=0), "u1", lambda a: None)
+    assert ack.status == "succeeded", ack.reason
+
+
+def test_probation_fails_when_the_model_is_replaced(env: Env, tmp_path: Path) -> None:
+    state = env.store(tmp_path)
+    holder: dict[str, Any] = {}
+
+    def probes(n: int) -> ProbeSample:
+        if n == 1:
+            modelstore.rollback(holder["state"], signal_agent=False)
+        return ProbeSample(0, 0, None)
+
+    holder["state"] = state
+    host = Host(state, env.public, probes)
+    ack = OtaUpdater(host).update(env.request(env.v2, probation_s=600), "u1", lambda a: None)
+    assert ack.status == "failed"
+    assert ack.reason.startswith("probation failed: the model was replaced during probation; ")
+
+
+def test_watch_probation_records_the_probation_and_passes_at_the_deadline(env: Env, tmp_path: Path) -> None:
+    state = env.store(tmp_path)
+    model = modelstore.active_model(state)
+    assert model is not None
+    updater = OtaUpdater(Host(state, env.public), ProbationPolicy(max_crashes=4))
+    assert updater.watch_probation(model, 0.0, "c7") is None
+    probation = modelstore.read_probation(state)
+    assert probation is not None
+    assert (probation.sha256, probation.max_crashes, probation.command_id) == (model.sha256, 4, "c7")
+
+
+def test_rollback_command(env: Env, tmp_path: Path) -> None:
+    state = env.store(tmp_path)
+    host = Host(state, env.public)
+    updater = OtaUpdater(host)
+    ack = updater.rollback("r0")
+    assert (ack.status, ack.reason) == ("failed", "rollback: there is no previous model to roll back to")
+    assert ack.result is not None and ack.result["active"]["bundle_sha256"] == sha256_file(env.v1)
+    assert updater.update(env.request(env.v2), "u1", lambda a: None).status == "succeeded"
+    ack = updater.rollback("r1")
+    assert (ack.id, ack.status, ack.reason) == ("r1", "succeeded", "rolled back")
+    assert ack.result is not None
+    assert ack.result["active"]["bundle_sha256"] == sha256_file(env.v1)
+    assert ack.result["previous"]["bundle_sha256"] == sha256_file(env.v2)
+    assert isinstance(ack.result["rollback_ms"], float) and ack.result["rollback_ms"] >= 0
+    assert _active_sha(state) == sha256_file(env.v1) and not updater.busy
+
+
+def test_one_update_at_a_time_and_the_worker_always_answers(env: Env, tmp_path: Path) -> None:
+    state = env.store(tmp_path)
+    host = Host(state, env.public)
+    entered, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        entered.set()
+        assert release.wait(120)
+        raise RuntimeError("bug in the agent")
+
+    host.before_reload = hold
+    updater = OtaUpdater(host)
+    replies: list[Ack] = []
+    updater.start_update(env.request(env.v2), "u1", replies.append)
+    assert entered.wait(120)
+    assert updater.busy
+    with pytest.raises(OtaError, match=r"^busy: another model update is in progress$"):
+        updater.start_update(env.request(env.v2), "u2", replies.append)
+    assert updater.rollback("r1") == Ack("r1", "failed", "busy: a model update is in progress")
+    release.set()
+    updater.join(120)
+    assert not updater.busy
+    assert replies[-1] == Ack("u1", "failed", "internal_error: RuntimeError")
+
+
+# --------------------------------------------------------------------------- the commands
+
+
+class Control:
+    def __init__(self, updater: OtaUpdater | None = None) -> None:
+        if updater is not None:
+            self.ota_updater = updater
+
+
+def _ctx(control: Any, args: dict[str, Any], replies: list[Ack] | None = None) -> CommandContext:
+    sink = replies if replies is not None else []
+    return CommandContext("dev1", "update_model", "c1", args, control, lambda k, b: None, Route("update_model"),
+                          lambda ack, route: sink.append(ack))
+
+
+def test_update_and_rollback_commands(env: Env, tmp_path: Path) -> None:
+    assert ota._cmd_update_model(_ctx(None, {"url": "file:///m", "sha256": SHA, "size": 1})) == Ack(
+        "c1", "failed", "no running agent to update")
+    with pytest.raises(CommandError):
+        ota._cmd_update_model(_ctx(None, {"url": "ftp://x"}))
+    with pytest.raises(CommandError, match=r"^rollback takes no arguments$"):
+        ota._cmd_rollback(_ctx(None, {"x": 1}))
+    assert ota._cmd_rollback(_ctx(None, {})) == Ack("c1", "failed", "no running agent")
+
+    state = env.store(tmp_path)
+    updater = OtaUpdater(Host(state, env.public))
+    control = Control(updater)
+    assert ota.updater_for(control) is updater
+    replies: list[Ack] = []
+    size = env.v2.stat().st_size
+    ack = ota._cmd_update_model(_ctx(control, {"url": f"file://{env.v2}", "sha256": sha256_file(env.v2),
+                                               "size": size, "probation_s": 0}, replies))
+    assert ack == Ack("c1", "in_progress", f"downloading {size} bytes")
+    updater.join(120)
+    assert [(a.id, a.status) for a in replies] == [("c1", "in_progress"), ("c1", "succeeded")]
+    assert ota._cmd_rollback(_ctx(control, {})).reason == "rolled back"
+
+
+def test_one_updater_per_agent() -> None:
+    plain_a, plain_b = Control(), Control()
+    assert ota.updater_for(plain_a) is ota.updater_for(plain_a)
+    assert ota.updater_for(plain_a) is not ota.updater_for(plain_b)
+    assert isinstance(ota.updater_for(plain_a).host, ota.AgentHost)
+
+
+def test_commands_are_privileged() -> None:
+    from edge_agent.commands import COMMANDS
+
+    ota.register_commands()
+    assert COMMANDS["update_model"].privileged and COMMANDS["rollback"].privileged
+    assert COMMANDS["update_model"].run is ota._cmd_update_model and COMMANDS["rollback"].run is ota._cmd_rollback
+    assert COMMANDS["update_model"].description == "download, verify, smoke-test and activate a model bundle"
+    assert COMMANDS["rollback"].description == "re-activate the previous model (the only way to downgrade)"
+
+
+def test_probation_latency_counts_from_exactly_min_samples(env: Env, tmp_path: Path) -> None:
+    state = env.store(tmp_path)
+    host = Host(state, env.public, lambda n: ProbeSample(5 * n, 0, 3.5))  # 5 inferences after the swap
+    ack = OtaUpdater(host).update(env.request(env.v2, probation_s=0), "u1", lambda a: None)
+    assert ack.status == "failed" and "p95 inference latency 3.50 ms" in ack.reason
+
+
+def test_an_agent_reporting_another_bundle_is_rolled_back(env: Env, tmp_path: Path) -> None:
+    state = env.store(tmp_path)
+    host = Host(state, env.public)
+    host.report_identity = "f" * 64
+    ack = OtaUpdater(host).update(env.request(env.v2), "u1", lambda a: None)
+    assert ack.status == "failed"
+    assert ack.reason.startswith("the running agent reports bundle ffffffffffff, not the installed bundle ")
+    assert ack.result is not None and ack.result["active"]["bundle_sha256"] == sha256_file(env.v1)
+    assert _active_sha(state) == sha256_file(env.v1)
+    # the signed rollback command checks the same after its reload
+    host.report_identity = None
+    assert OtaUpdater(host).update(env.request(env.v2), "u2", lambda a: None).status == "succeeded"
+    host.report_identity = "e" * 64
+    back = OtaUpdater(host).rollback("r1")
+    assert back.status == "failed"
+    assert back.reason.startswith("rolled back on disk but the running agent reports bundle eeeeeeeeeeee, not the "
+                                  "installed bundle ")
+    assert back.reason.endswith(" (manifest sha256)")
+    assert back.result is not None and back.result["active"]["bundle_sha256"] == sha256_file(env.v1)
+
+
+def test_update_needs_the_pinned_bundle_key(env: Env, tmp_path: Path) -> None:
+    unsigned = make_bundle(tmp_path / "unsigned.bundle", version="9.0")
+    state = env.store(tmp_path)
+    ack = OtaUpdater(Host(state, env.public)).update(env.request(unsigned), "u1", lambda a: None)
+    assert ack.status == "failed" and ack.reason.startswith("verify: ") and "is not signed" in ack.reason
+
+
+def test_update_command_while_busy(env: Env, tmp_path: Path) -> None:
+    state = env.store(tmp_path)
+    host = Host(state, env.public)
+    entered, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        entered.set()
+        assert release.wait(120)
+
+    host.before_reload = hold
+    updater = OtaUpdater(host)
+    control = Control(updater)
+    args = {"url": f"file://{env.v2}", "sha256": sha256_file(env.v2), "size": env.v2.stat().st_size,
+            "probation_s": 0}
+    assert ota._cmd_update_model(_ctx(control, args)).status == "in_progress"
+    assert entered.wait(120)
+    busy = Ack("c1", "failed", "busy: another model update is in progress")
+    assert ota._cmd_update_model(_ctx(control, args)) == busy
+    release.set()
+    updater.join(120)
+
+
+def test_download_refused_before_anything_is_written(tmp_path: Path, server: Any) -> None:
+    base, routes = server
+    routes["/x"] = (200, b"12345", "6")
+    target = tmp_path / "fresh.bundle"  # never created: the refusal comes before the file is opened
+    assert _download_error(f"{base}/x", target, 5, _sha(b"12345")) == "server announces 6 bytes, expected 5"
+
+
+def test_download_from_a_server_that_never_answers_times_out(tmp_path: Path) -> None:
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)
+    try:
+        with pytest.raises(OtaError) as info:
+            ota.download(f"http://127.0.0.1:{silent.getsockname()[1]}/m", tmp_path / "m", 5, SHA, timeout_s=0.2)
+        assert str(info.value) == "download failed: timed out"
+    finally:
+        silent.close()
+
+
+def test_probation_records_the_command_id(env: Env, tmp_path: Path) -> None:
+    state = env.store(tmp_path)
+    seen: list[str] = []
+
+    def probes(n: int) -> ProbeSample:
+        probation = modelstore.read_probation(state)
+        seen.append(probation.command_id if probation else "")
+        return ProbeSample(0, 0, None)
+
+    ack = OtaUpdater(Host(state, env.public, probes)).update(env.request(env.v2), "u7", lambda a: None)
+    assert ack.status == "succeeded" and seen and set(seen) == {"u7"}
+
+
+def test_probation_failure_timings_lie_within_the_call(env: Env, tmp_path: Path) -> None:
+    state = env.store(tmp_path)
+    host = Host(state, env.public, lambda n: ProbeSample(3, 2 + 5 * n, None))
+    before = time.monotonic()
+    ack = OtaUpdater(host).update(env.request(env.v2, probation_s=600), "u1", lambda a: None)
+    elapsed = time.monotonic() - before
+    assert ack.result is not None
+    assert all(0.0 <= v <= elapsed + 0.001 for v in ack.result["timings"].values())
+
+
+def test_fixed_model_agent_refuses_with_the_active_model(env: Env, tmp_path: Path) -> None:
+    state = env.store(tmp_path)
+    host = Host(state, env.public)
+    host.fixed_model = tmp_path / "model.bundle"  # type: ignore[attr-defined]
+    ack = OtaUpdater(host).update(env.request(env.v2), "u1", lambda a: None)
+    assert ack.id == "u1" and ack.status == "failed"
+    assert ack.reason == (f"the agent runs the fixed model file {tmp_path / 'model.bundle'} (model.bundle / --bundle); "
+                          "over-the-air updates need the model store: unset it")
+    assert ack.result is not None and ack.result["active"]["bundle_sha256"] == sha256_file(env.v1)
+
+
+def test_agent_host_passes_the_agent_through() -> None:
+    from types import SimpleNamespace
+
+    info = {"sha256": "a", "manifest_sha256": "b"}
+    agent = SimpleNamespace(reload_model=lambda: info,
+                            stats=SimpleNamespace(snapshot=lambda: {"frames_inferred": 3}))
+    host = ota.AgentHost(agent)
+    assert host.reload_model() is info
+    assert host.probe() == ProbeSample(3, 0, None)  # no errors and no latency yet
