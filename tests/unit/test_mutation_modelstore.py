@@ -213,7 +213,7 @@ def test_rollback_refusals(store: Path, installed: Path, tmp_path: Path) -> None
     os.symlink(current, state / "models" / "previous")
     with pytest.raises(InstallError) as info:
         modelstore.rollback(state)
-    assert str(info.value) == "the previous model is the active one already"
+    assert (info.value.step, str(info.value)) == ("rollback", "the previous model is the active one already")
 
 
 def test_free_space_is_checked_with_a_margin(tmp_path: Path) -> None:
@@ -519,6 +519,7 @@ def test_unusable_state_dir_and_bad_pinned_key(tmp_path: Path, bundles: Bundles)
     with pytest.raises(InstallError) as info:
         modelstore.install_model(bundles.v1, blocker / "state")
     assert str(info.value) == f"cannot use state directory {blocker / 'state'}: Not a directory"
+    assert info.value.step == ""  # before any install step
     state = tmp_path / "state"
     state.mkdir()
     (state / modelstore.TRUSTED_KEY).write_text("not a key")
