@@ -8,7 +8,6 @@ import stat
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from edge_agent.bundle import (
@@ -25,47 +24,10 @@ from edge_agent.bundle import (
     write_bundle,
 )
 from edge_agent.errors import BundleError, SignatureError
-from edge_agent.manifest import GoldenVector, ImagePreprocess, Manifest, ModelInfo, TensorSpec
-
-MODEL_BYTES = b"TFL3" + bytes(range(256)) * 8
-
-
-def _manifest() -> Manifest:
-    spec_in = TensorSpec(shape=[1, 4, 4, 1], dtype="int8", scale=1.0, zero_point=-128, layout="NHWC")
-    spec_out = TensorSpec(shape=[1, 3], dtype="int8", scale=1 / 256, zero_point=-128)
-    golden = GoldenVector(
-        input_b64=GoldenVector.encode(np.zeros((1, 4, 4, 1), np.int8)),
-        expected_b64=GoldenVector.encode(np.array([[127, -128, -128]], np.int8)),
-        expected_top1=0, atol=3 / 256,
-    )
-    return Manifest(
-        name="unit", version="1", task="classify", model=ModelInfo(sha256="0" * 64, size_bytes=0),
-        inputs=[spec_in], outputs=[spec_out],
-        preprocess=ImagePreprocess(width=4, height=4, channels=1, color="gray"), golden=[golden],
-    )
-
-
-def _extra() -> dict[str, bytes]:
-    return {LABELS: b"a\nb\nc\n", REPORT: json.dumps({"size_ratio": 0.25}).encode()}
-
-
-@pytest.fixture()
-def bundle_path(tmp_path: Path) -> Path:
-    path = tmp_path / "unit.bundle"
-    write_bundle(path, _manifest(), MODEL_BYTES, _extra())
-    return path
-
-
-@pytest.fixture()
-def keys(tmp_path: Path) -> tuple[Path, Path]:
-    private, public = tmp_path / "k.pem", tmp_path / "k.pub"
-    generate_keypair(private, public)
-    return private, public
-
-
-def _members(path: Path) -> dict[str, bytes]:
-    with zipfile.ZipFile(path) as archive:
-        return {name: archive.read(name) for name in archive.namelist()}
+from tests.bundle_samples import MODEL_BYTES
+from tests.bundle_samples import sample_extra as _extra
+from tests.bundle_samples import sample_manifest as _manifest
+from tests.bundle_samples import zip_members as _members
 
 
 def _rezip(path: Path, members: dict[str, bytes], extra: list[zipfile.ZipInfo | tuple[str, bytes]] = ()
