@@ -202,6 +202,12 @@ class Decoder(ABC):
     def decode(self, outputs: list[np.ndarray], threshold: float) -> list[Detection]:
         """Detections (boxes in model-input pixels), best first."""
 
+    def _to_input_pixels(self, dets: list[Detection]) -> list[Detection]:
+        """Detections with boxes normalised to the input, scaled to input pixels."""
+        sx, sy = float(self.input_w), float(self.input_h)
+        return [Detection(d.class_id, d.score, (d.box[0] * sx, d.box[1] * sy, d.box[2] * sx, d.box[3] * sy))
+                for d in dets]
+
 
 class PostprocessDecoder(Decoder):
     """Outputs of the ``TFLite_Detection_PostProcess`` op: normalised yxyx boxes, class ids, scores."""
@@ -218,9 +224,7 @@ class PostprocessDecoder(Decoder):
         dets = decode_postprocess(b, c, s, n, threshold, self.spec.max_detections)
         if self.num_classes:  # a class id outside the label list is never published
             dets = [d for d in dets if 0 <= d.class_id < self.num_classes]
-        scale = (float(self.input_w), float(self.input_h)) * 2
-        return [Detection(d.class_id, d.score, tuple(v * k for v, k in zip(d.box, scale, strict=True)))  # type: ignore[arg-type]
-                for d in dets]
+        return self._to_input_pixels(dets)
 
 
 class RawBoxesDecoder(Decoder):
@@ -260,9 +264,7 @@ class RawBoxesDecoder(Decoder):
         # Normalised boxes stay within about [0, 1]; pixel boxes are larger.
         if boxes.size and float(np.max(np.abs(boxes))) > 1.5:
             return dets
-        scale = (float(self.input_w), float(self.input_h)) * 2
-        return [Detection(d.class_id, d.score, tuple(v * k for v, k in zip(d.box, scale, strict=True)))  # type: ignore[arg-type]
-                for d in dets]
+        return self._to_input_pixels(dets)
 
 
 class YoloDecoder(Decoder):
