@@ -18,7 +18,7 @@ install: $(STAMP)
 
 # Mutation testing of the modules that guard data and security (docs/testing.md); slow, so not
 # part of `test`. Writes docs/mutation-report.md and fails when a module scores under 85 %.
-# MUTANTS='edge_agent.outbox.*' re-runs only those mutants and keeps the other results.
+# MUTANTS='edge_agent.messaging.outbox.*' re-runs only those mutants and keeps the other results.
 MUTANTS ?=
 mutate: install
 	@if [ -z "$(MUTANTS)" ]; then rm -rf mutants; fi

@@ -61,7 +61,7 @@ def raw_loop_fps(bundle: Path, threads: int, iterations: int, min_seconds: float
     """
     from ai_edge_litert.interpreter import Interpreter
 
-    from edge_agent.bundle import read_bundle
+    from edge_agent.model.bundle import read_bundle
 
     model = read_bundle(bundle).model_bytes
     interp = Interpreter(model_content=model, num_threads=threads)
@@ -98,8 +98,8 @@ for name in sys.argv[1:]:
     out.append((name, rss()))
 print(json.dumps(out))
 """
-IMPORT_STEPS = ("numpy", "cv2", "ai_edge_litert.interpreter", "edge_agent.manifest", "edge_agent.config",
-                "edge_agent.pipeline", "edge_agent.app")
+IMPORT_STEPS = ("numpy", "cv2", "ai_edge_litert.interpreter", "edge_agent.model.manifest", "edge_agent.config",
+                "edge_agent.agent.agent", "edge_agent.cli.run")
 
 
 def import_costs() -> list[tuple[str, float]]:

@@ -34,7 +34,7 @@ from bench.models import (
     ensure_yolo_model,
     render_shapes,
 )
-from edge_agent.manifest import ImagePreprocess, Manifest, TensorSpec
+from edge_agent.model.manifest import ImagePreprocess, Manifest, TensorSpec
 from edge_agent.preprocess import ImageTransform, dequantize, preprocess_image, quantize, resize_image
 from edge_agent.sources.base import Frame
 from edge_agent.tasks import create_task

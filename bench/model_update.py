@@ -4,7 +4,7 @@
   pipe), a new bundle installed with ``modelstore.install_model`` (the function
   behind ``edge-agent install-model``) and picked up on SIGHUP; the largest interval
   between consecutive results around the swap against the median interval.
-- update_model → succeeded (component figure): :class:`edge_agent.ota.OtaUpdater`
+- update_model → succeeded (component figure): :class:`edge_agent.remote.ota.OtaUpdater`
   in this process (download over local HTTP, checks, smoke test in a child process,
   atomic swap, reload) driving an in-process stand-in host (``_Host``: an interpreter
   loop over the store's active model), not the agent over MQTT; probation 0 s,
@@ -32,8 +32,9 @@ from typing import Any
 from bench.agent_pipeline import render_video
 from bench.common import CACHE, BenchResult, tool
 from bench.models import ensure_models
-from edge_agent import modelstore, ota
-from edge_agent.bundle import read_bundle, sha256_file, write_bundle
+from edge_agent.model.bundle import read_bundle, sha256_file, write_bundle
+from edge_agent.remote import ota
+from edge_agent.store import modelstore
 
 UPDATES = 5
 
@@ -193,7 +194,7 @@ def main() -> BenchResult:
     size_kb = bundle.stat().st_size / 1024
     md = (
         f"digits_big int8 bundle ({size_kb:.0f} KiB), 1 thread. The first row is measured on the real "
-        "agent; the rows marked *component figure* are not: they drive `edge_agent.ota.OtaUpdater` in the "
+        "agent; the rows marked *component figure* are not: they drive `edge_agent.remote.ota.OtaUpdater` in the "
         "benchmark's own process against an in-process stand-in host (an interpreter loop over the store's "
         "active model, `bench/model_update.py::_Host`), with no MQTT, no command parsing and no agent "
         "around it. They time the update machinery itself (download, checks, child smoke test, swap, "

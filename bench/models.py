@@ -154,7 +154,7 @@ def _build_yolo(out: Path) -> None:
     """
     import tensorflow as tf
 
-    from edge_agent.manifest import ImagePreprocess
+    from edge_agent.model.manifest import ImagePreprocess
     from edge_agent.preprocess import preprocess_image
 
     rng = np.random.default_rng(0)

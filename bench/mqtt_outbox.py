@@ -30,9 +30,9 @@ from bench.agent_pipeline import render_video
 from bench.common import CACHE, BenchResult, RssWatcher, alternate, evict_shared_libraries, spread, tool
 from bench.models import ensure_models
 from deploy.broker import Mosquitto, free_port, plain_config
-from edge_agent.envelope import EnvelopeFactory
-from edge_agent.mqtt import MqttLink, MqttSettings
-from edge_agent.publishers.mqtt import MqttPublisher
+from edge_agent.messaging.envelope import EnvelopeFactory
+from edge_agent.messaging.link import MqttLink, MqttSettings
+from edge_agent.messaging.publishers.mqtt import MqttPublisher
 
 N_THROUGHPUT = 2000  # per round and side
 ROUNDS = 5

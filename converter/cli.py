@@ -17,8 +17,8 @@ from typing import Any, NoReturn
 from converter.convert import ConvertOptions, convert, print_report
 from converter.errors import EXIT_USAGE, AccuracyError, ConvertError
 from converter.wrap import MAX_GOLDEN, WrapOptions, wrap
-from edge_agent.bundle import read_bundle
 from edge_agent.errors import EdgeError, SignatureError
+from edge_agent.model.bundle import read_bundle
 
 PROG = "edge-convert"
 _AUDIO_OPTIONS = {

@@ -44,7 +44,8 @@ from converter import validate, worker
 from converter.data import Dataset, data_kind, load_dataset
 from converter.errors import AccuracyError, ConvertError, DataError, ModelLoadError, QuantizationError
 from converter.report import format_report, report_json
-from edge_agent.bundle import (
+from edge_agent.errors import BundleError
+from edge_agent.model.bundle import (
     LABELS,
     REPORT,
     atomic_write,
@@ -53,8 +54,7 @@ from edge_agent.bundle import (
     read_bundle,
     write_bundle,
 )
-from edge_agent.errors import BundleError
-from edge_agent.manifest import (
+from edge_agent.model.manifest import (
     AudioPreprocess,
     GoldenVector,
     ImagePreprocess,
@@ -63,10 +63,10 @@ from edge_agent.manifest import (
     OutputSpec,
     TensorSpec,
 )
+from edge_agent.model.smoke import run_smoke_test
 from edge_agent.preprocess import audio_feature_shape, dequantize
 from edge_agent.runtimes.litert import LiteRTRuntime, backend_version
 from edge_agent.schema import ValidationError
-from edge_agent.smoke import run_smoke_test
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ import numpy as np
 
 from converter.errors import DataError
 from edge_agent.errors import PreprocessError
-from edge_agent.manifest import AudioPreprocess, ImagePreprocess
+from edge_agent.model.manifest import AudioPreprocess, ImagePreprocess
 from edge_agent.preprocess import audio_features, preprocess_image, read_wav, resample
 
 log = logging.getLogger(__name__)

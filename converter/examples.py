@@ -32,7 +32,7 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
-from edge_agent.manifest import AudioPreprocess
+from edge_agent.model.manifest import AudioPreprocess
 from edge_agent.preprocess import audio_features, read_wav, resample
 
 log = logging.getLogger(__name__)

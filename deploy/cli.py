@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_agent.bundle import generate_keypair, load_private_key, read_bundle, sign_bundle
-from edge_agent.cli import dispatch
+from edge_agent.cli.main import dispatch
 from edge_agent.config import SERVICE_STATE_DIR
 from edge_agent.errors import EdgeError
+from edge_agent.model.bundle import generate_keypair, load_private_key, read_bundle, sign_bundle
 
 DEFAULT_AGENT_PATH = "/opt/edge-agent/venv/bin/edge-agent"
 DEFAULT_VENV = "/opt/edge-agent/venv"

@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_agent.cli import dispatch
-from edge_agent.commands import sign_command
-from edge_agent.envelope import TOPIC_ROOT
+from edge_agent.cli.main import dispatch
 from edge_agent.errors import EdgeError
-from edge_agent.mqtt import InboundMessage, MqttLink, MqttSettings
+from edge_agent.messaging.envelope import TOPIC_ROOT
+from edge_agent.messaging.link import InboundMessage, MqttLink, MqttSettings
+from edge_agent.remote.handler import sign_command
 
 EXIT_OK = 0
 EXIT_REJECTED = 1
@@ -289,7 +289,7 @@ def send_command(
     body: dict[str, Any] = {"id": cmd_id, "ts": round(now, 3),
                             "expires": round(now + (expires_in or max(timeout, 1.0) + 30.0), 3), "args": args}
     if sign_key is not None:
-        from edge_agent.bundle import load_private_key
+        from edge_agent.model.bundle import load_private_key
 
         body["sig"] = sign_command(load_private_key(sign_key), device, command, body)
     done = threading.Event()

@@ -2,7 +2,7 @@
 
 Precedence, lowest first: defaults < TOML file < ``EDGE_AGENT_*`` environment
 variables < command-line options < remote overrides (``config-overrides.json``
-in the state directory, written by :meth:`edge_agent.pipeline.Agent.apply_config`).
+in the state directory, written by :meth:`edge_agent.agent.agent.Agent.apply_config`).
 
 Environment variables name a top-level key (``EDGE_AGENT_DEVICE_ID``) or a key
 inside a section with a double underscore (``EDGE_AGENT_MQTT__BROKER``,

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from edge_agent.errors import PreprocessError
-from edge_agent.manifest import AudioPreprocess, ImagePreprocess, TensorSpec
+from edge_agent.model.manifest import AudioPreprocess, ImagePreprocess, TensorSpec
 
 
 @dataclass(frozen=True)

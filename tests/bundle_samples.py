@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent.bundle import LABELS, REPORT
-from edge_agent.manifest import GoldenVector, ImagePreprocess, Manifest, ModelInfo, TensorSpec
+from edge_agent.model.bundle import LABELS, REPORT
+from edge_agent.model.manifest import GoldenVector, ImagePreprocess, Manifest, ModelInfo, TensorSpec
 
 MODEL_BYTES = b"TFL3" + bytes(range(256)) * 8
 

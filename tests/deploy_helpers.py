@@ -1,7 +1,7 @@
 """Helpers for model-store, deploy and OTA tests: tiny real TFLite models and bad bundles.
 
 Tiny models are built with TensorFlow in a child process (tests only; the agent
-never imports TensorFlow) and packed with the real ``edge_agent.bundle`` code,
+never imports TensorFlow) and packed with the real ``edge_agent.model.bundle`` code,
 golden vectors computed by the real interpreter.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge_agent.bundle import (
+from edge_agent.model.bundle import (
     LABELS,
     MANIFEST,
     MODEL,
@@ -28,7 +28,7 @@ from edge_agent.bundle import (
     read_bundle,
     write_bundle,
 )
-from edge_agent.manifest import GoldenVector, ImagePreprocess, Manifest, ModelInfo, TensorSpec
+from edge_agent.model.manifest import GoldenVector, ImagePreprocess, Manifest, ModelInfo, TensorSpec
 from edge_agent.preprocess import dequantize
 from edge_agent.runtimes import create_runtime
 

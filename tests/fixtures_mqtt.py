@@ -10,7 +10,7 @@
 - ``start_agent``: starts the real ``edge-agent run --broker`` (:class:`RealAgent`).
 - ``unique_id``: a fresh device id / topic level per test.
 
-:class:`Collector` subscribes through :class:`edge_agent.mqtt.MqttLink` (tests too go
+:class:`Collector` subscribes through :class:`edge_agent.messaging.link.MqttLink` (tests too go
 through the one module that imports paho) and waits for messages.
 """
 
@@ -32,7 +32,7 @@ import pytest
 
 from deploy import certs
 from deploy.broker import Mosquitto, free_port, plain_config, tls_config
-from edge_agent.mqtt import InboundMessage, MqttLink, MqttSettings
+from edge_agent.messaging.link import InboundMessage, MqttLink, MqttSettings
 from tests.integration.mqtt_helpers import RealAgent
 
 REPO = Path(__file__).resolve().parents[1]

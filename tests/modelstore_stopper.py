@@ -1,7 +1,7 @@
 """Test-only installer: the real model store, stopped (SIGSTOP) right after one named step.
 
 ``python -m tests.modelstore_stopper install STEP BUNDLE STATE_DIR`` runs
-``edge_agent.modelstore.install_model`` (``rollback STEP STATE_DIR`` runs ``rollback``)
+``edge_agent.store.modelstore.install_model`` (``rollback STEP STATE_DIR`` runs ``rollback``)
 with the store's own step functions wrapped so that this process stops itself once
 STEP's artefact is on disk. The crash test sees the process stopped, checks the
 artefact (which proves the installer got that far) and SIGKILLs it there. The shipped
@@ -18,7 +18,7 @@ import types
 from pathlib import Path
 from typing import IO, Any
 
-from edge_agent import modelstore
+from edge_agent.store import modelstore
 
 INSTALL_STEPS = (
     "copy_partial",        # tmp/incoming-*.part holds part of the bundle

@@ -4,7 +4,7 @@ inference.
 :class:`InferenceHost` runs the store's active model in an inference thread
 (like the agent's pipeline, with inputs shaped for the model it started with,
 as a camera configured for it would deliver) and implements
-:class:`edge_agent.ota.ModelHost`: ``reload_model`` reports the bundle identity
+:class:`edge_agent.remote.ota.ModelHost`: ``reload_model`` reports the bundle identity
 (``manifest_sha256``) of the bundle it actually loaded, as the agent does.
 :class:`StuckHost` is one whose reload silently keeps the old model. The MQTT
 end-to-end tests (tests/integration/test_ota_mqtt.py) drive the real
@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent import modelstore
-from edge_agent.bundle import read_bundle
 from edge_agent.errors import EdgeError
-from edge_agent.model import bundle_identity
-from edge_agent.ota import ProbeSample
+from edge_agent.model.bundle import read_bundle
+from edge_agent.model.loader import bundle_identity
+from edge_agent.remote.ota import ProbeSample
 from edge_agent.runtimes import Runtime, create_runtime
+from edge_agent.store import modelstore
 
 
 class InferenceHost:
@@ -46,7 +46,7 @@ class InferenceHost:
 
     def _load(self) -> tuple[Runtime, dict[str, str]]:
         """The store's active model, verified: its runtime and what the agent's reload reports
-        (:meth:`edge_agent.model.LoadedModel.info`: weights sha256 and bundle identity)."""
+        (:meth:`edge_agent.model.loader.LoadedModel.info`: weights sha256 and bundle identity)."""
         model = modelstore.active_model(self.state_dir)
         if model is None:
             raise EdgeError("no model installed")

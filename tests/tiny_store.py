@@ -2,7 +2,7 @@
 
 For fast model-store and OTA unit tests (and the mutation run, which repeats them for every
 mutant): the model is :func:`tests.tflite_builders.colours_model`, its golden vectors come
-from the real interpreter, and the bundle is written by the real ``edge_agent.bundle`` code.
+from the real interpreter, and the bundle is written by the real ``edge_agent.model.bundle`` code.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge_agent.bundle import LABELS, REPORT, write_bundle
-from edge_agent.manifest import GoldenVector, ImagePreprocess, Manifest, ModelInfo, TensorSpec
+from edge_agent.model.bundle import LABELS, REPORT, write_bundle
+from edge_agent.model.manifest import GoldenVector, ImagePreprocess, Manifest, ModelInfo, TensorSpec
 from edge_agent.runtimes import create_runtime
 from tests.tflite_builders import colours_model
 

@@ -38,7 +38,7 @@ DETECTED = frozenset({"killed", "timeout", "caught by type check"})
 
 @dataclass(frozen=True)
 class Mutant:
-    name: str  # e.g. edge_agent.outbox.xǁOutboxǁtake__mutmut_12
+    name: str  # e.g. edge_agent.messaging.outbox.xǁOutboxǁtake__mutmut_12
     status: str
 
     @property

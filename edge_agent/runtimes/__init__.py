@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent.manifest import TensorSpec
+from edge_agent.model.manifest import TensorSpec
 
 
 class Runtime(ABC):

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.errors import RuntimeLoadError
-from edge_agent.manifest import TensorSpec
+from edge_agent.model.manifest import TensorSpec
 from edge_agent.runtimes import Runtime
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from edge_agent.config import SourceSection
 from edge_agent.errors import SourceError
-from edge_agent.manifest import AudioPreprocess
+from edge_agent.model.manifest import AudioPreprocess
 from edge_agent.sources.base import AudioWindow, Frame, Item, Source
 
 __all__ = ["SOURCES", "AudioWindow", "Frame", "Item", "Source", "create_source", "detect_source_type"]

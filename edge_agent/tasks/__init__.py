@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from edge_agent.manifest import Manifest, TensorSpec
+from edge_agent.model.manifest import Manifest, TensorSpec
 from edge_agent.tasks.base import Result, Task
 
 __all__ = ["TASKS", "Result", "Task", "create_task"]

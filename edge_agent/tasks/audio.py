@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.manifest import AudioPreprocess, Manifest, TensorSpec
+from edge_agent.model.manifest import AudioPreprocess, Manifest, TensorSpec
 from edge_agent.preprocess import audio_feature_shape, audio_features, fit_to_tensor, quantize
 from edge_agent.sources.base import AudioWindow, Item
 from edge_agent.tasks.base import (

@@ -13,7 +13,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edge_agent.manifest import ImagePreprocess, Manifest, TensorSpec
+from edge_agent.model.manifest import ImagePreprocess, Manifest, TensorSpec
 from edge_agent.preprocess import dequantize, fit_to_tensor, pixel_lookup_table, resize_image
 from edge_agent.sources.base import Frame, Item
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.manifest import Manifest, TensorSpec
+from edge_agent.model.manifest import Manifest, TensorSpec
 from edge_agent.sources.base import Item
 from edge_agent.tasks.base import ImageTask, Result, default_labels, get_scores, score_shape, top_classes
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.manifest import Manifest, OutputSpec, TensorSpec
+from edge_agent.model.manifest import Manifest, OutputSpec, TensorSpec
 from edge_agent.preprocess import ImageTransform, dequantize
 from edge_agent.sources.base import Item
 from edge_agent.tasks.base import ImageTask, Result, activate, default_labels, label_of
@@ -295,7 +295,7 @@ class SsdAnchorsDecoder(Decoder):
 
     def __init__(self, spec: OutputSpec, n_labels: int, outputs: list[TensorSpec], input_w: int,
                  input_h: int) -> None:
-        from edge_agent.manifest import BoxDecoding
+        from edge_agent.model.manifest import BoxDecoding
         from edge_agent.tasks.ssd import generate_anchors
 
         super().__init__(spec, n_labels, outputs, input_w, input_h)

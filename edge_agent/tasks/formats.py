@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from edge_agent.manifest import TensorSpec
+from edge_agent.model.manifest import TensorSpec
 
 
 @dataclass(frozen=True)

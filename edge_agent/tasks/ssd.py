@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from edge_agent.manifest import BoxDecoding, SsdAnchors
+from edge_agent.model.manifest import BoxDecoding, SsdAnchors
 
 MAX_ANCHORS = 1_000_000
 

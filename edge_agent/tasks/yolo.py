@@ -14,7 +14,7 @@ from typing import Literal
 
 import numpy as np
 
-from edge_agent.manifest import TensorSpec
+from edge_agent.model.manifest import TensorSpec
 from edge_agent.preprocess import dequantize
 from edge_agent.tasks.base import sigmoid
 from edge_agent.tasks.detect import Detection, class_aware_nms

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from converter.examples import ESPEAK_VOICES, _background, _seed_everything, _speak, _trim, _write_wav
-from edge_agent.manifest import AudioPreprocess
+from edge_agent.model.manifest import AudioPreprocess
 from edge_agent.preprocess import audio_features, resample
 
 VOCAB: tuple[str, ...] = ("red", "green", "blue", "stop")

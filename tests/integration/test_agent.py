@@ -17,8 +17,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_agent.bundle import extract_bundle, generate_keypair, load_private_key, read_bundle, write_bundle
-from edge_agent.model import load_model
+from edge_agent.model.bundle import extract_bundle, generate_keypair, load_private_key, read_bundle, write_bundle
+from edge_agent.model.loader import load_model
 from tests.integration.agent_helpers import ROOT, LiveAgent, agent_env, events, run_agent
 from tests.integration.mjpeg import MjpegServer
 
@@ -216,7 +216,7 @@ def test_running_the_agent_never_imports_tensorflow_or_pydantic(
 ) -> None:
     script = (
         "import sys\n"
-        "from edge_agent.cli import main\n"
+        "from edge_agent.cli.main import main\n"
         f"code = main(['run', '--bundle', {str(models / 'colours_int8.tflite')!r}, '--source', "
         f"{str(colour_folder)!r}, '--state-dir', {str(tmp_path)!r}])\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'converter', 'pydantic'))\n"
@@ -341,10 +341,10 @@ def wait_until(predicate: Any, timeout: float = 10.0) -> None:
 
 def test_agent_control_interface_in_process(models: Path, colour_folder: Path, tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    from edge_agent import publishers
+    from edge_agent.agent.agent import Agent
     from edge_agent.config import load_config
     from edge_agent.errors import ConfigError
-    from edge_agent.pipeline import Agent
+    from edge_agent.messaging import publishers
 
     monkeypatch.setitem(publishers.PUBLISHERS, "stdout", MemoryPublisher)
     cli = {"model": {"bundle": models / "colours.tflite"}, "state_dir": tmp_path / "state",
@@ -404,10 +404,10 @@ def test_agent_control_interface_in_process(models: Path, colour_folder: Path, t
 
 def test_reload_rereads_the_config_file(models: Path, colour_folder: Path, tmp_path: Path,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    from edge_agent import publishers
+    from edge_agent.agent.agent import Agent
     from edge_agent.config import load_config
     from edge_agent.errors import ConfigError
-    from edge_agent.pipeline import Agent
+    from edge_agent.messaging import publishers
 
     monkeypatch.setitem(publishers.PUBLISHERS, "stdout", MemoryPublisher)
     path = tmp_path / "agent.toml"
@@ -434,9 +434,10 @@ def test_reload_rereads_the_config_file(models: Path, colour_folder: Path, tmp_p
 
 def test_paced_file_drops_oldest_when_inference_is_slow(models: Path, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    from edge_agent import publishers, tasks
+    from edge_agent import tasks
+    from edge_agent.agent.agent import Agent
     from edge_agent.config import load_config
-    from edge_agent.pipeline import Agent
+    from edge_agent.messaging import publishers
     from edge_agent.tasks.classify import ClassifyTask
 
     class SlowClassify(ClassifyTask):

@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_agent.bundle import read_bundle, write_bundle
-from edge_agent.manifest import GoldenVector
+from edge_agent.model.bundle import read_bundle, write_bundle
+from edge_agent.model.manifest import GoldenVector
 from tests.integration.agent_helpers import events, run_agent
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_agent.mqtt import MqttSettings
+from edge_agent.messaging.link import MqttSettings
 from tests.integration.agent_helpers import LiveAgent
 from tests.integration.test_agent import COLOURS_BGR, models  # noqa: F401 - module fixture
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge_agent import modelstore
+from edge_agent.store import modelstore
 from tests.fixtures_ssh import BundleSet, DeployKeys
 from tests.integration.agent_helpers import agent_env
 from tests.integration.mjpeg import MjpegServer

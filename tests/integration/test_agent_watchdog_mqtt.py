@@ -70,9 +70,9 @@ def test_dead_mqtt_network_thread_stops_the_watchdog(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """In process, so the test can end paho's network thread; everything else is real."""
+    from edge_agent.agent.agent import Agent
     from edge_agent.config import load_config
-    from edge_agent.pipeline import Agent
-    from edge_agent.publishers.mqtt import MqttPublisher
+    from edge_agent.messaging.publishers.mqtt import MqttPublisher
 
     monkeypatch.setenv("NOTIFY_SOCKET", fake_systemd.address)
     monkeypatch.setenv("WATCHDOG_USEC", str(WATCHDOG_USEC))

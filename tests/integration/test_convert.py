@@ -17,10 +17,10 @@ import pytest
 
 from converter.cli import main as cli_main
 from converter.ops import int8_coverage, list_ops
-from edge_agent.bundle import MANIFEST, MODEL, generate_keypair, read_bundle
+from edge_agent.model.bundle import MANIFEST, MODEL, generate_keypair, read_bundle
+from edge_agent.model.smoke import run_smoke_test
 from edge_agent.preprocess import dequantize, preprocess_image, quantize
 from edge_agent.runtimes.litert import LiteRTRuntime
-from edge_agent.smoke import run_smoke_test
 from tests.fixtures_models import run_convert, run_python
 
 pytestmark = pytest.mark.integration

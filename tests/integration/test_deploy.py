@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from deploy import cli
-from edge_agent import modelstore
-from edge_agent.bundle import sha256_file
+from edge_agent.model.bundle import sha256_file
+from edge_agent.store import modelstore
 from tests.fixtures_ssh import BundleSet, DeployKeys, SshDevice
 
 pytestmark = pytest.mark.integration

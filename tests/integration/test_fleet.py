@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.mqtt import MqttSettings
+from edge_agent.messaging.link import MqttSettings
 from tests.integration.mqtt_helpers import fleet_cli
 
 pytestmark = pytest.mark.integration

@@ -22,8 +22,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_agent import modelstore
-from edge_agent.bundle import read_bundle, sha256_file
+from edge_agent.model.bundle import read_bundle, sha256_file
+from edge_agent.store import modelstore
 from tests.deploy_helpers import private_key, repack
 from tests.fixtures_ssh import BundleSet, DeployKeys
 from tests.modelstore_stopper import INSTALL_STEPS, NOT_REACHED, ROLLBACK_STEPS
@@ -146,7 +146,7 @@ def _copied(s: Store, pid: int) -> None:
 def _smoking(s: Store, pid: int) -> None:
     _copied(s, pid)
     [part] = _incoming(s.state)
-    smoke = [c for c in _children(pid) if "edge_agent.smoke_child" in _cmdline(c)]
+    smoke = [c for c in _children(pid) if "edge_agent.model.smoke_child" in _cmdline(c)]
     assert len(smoke) == 1 and str(part) in _cmdline(smoke[0])
 
 

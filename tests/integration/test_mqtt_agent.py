@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from deploy.broker import Mosquitto, free_port, plain_config
-from edge_agent.mqtt import MqttSettings
+from edge_agent.messaging.link import MqttSettings
 from tests.fixtures_mqtt import FPS, Collector
 from tests.integration.mqtt_helpers import connected_with, fleet_cli_bg, outbox_rows, wait_until
 

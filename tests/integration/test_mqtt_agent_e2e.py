@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent.mqtt import MqttSettings
+from edge_agent.messaging.link import MqttSettings
 from tests.fixtures_mqtt import REPO, agent_env
 from tests.integration.mqtt_helpers import connected_with, fleet_cli
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from deploy.broker import Mosquitto, free_port, plain_config
-from edge_agent.mqtt import MqttLink, MqttSettings
+from edge_agent.messaging.link import MqttLink, MqttSettings
 
 pytestmark = pytest.mark.integration
 
@@ -74,10 +74,10 @@ def test_password_from_credentials_directory(auth_broker, tmp_path: Path, monkey
 
 def test_v5_puback_failure_is_not_a_delivery(tmp_path: Path, monkeypatch, collector_factory):
     """PUBACK 0x87 (not authorized) keeps the row and retries it; it is never counted as delivered."""
-    from edge_agent.envelope import EnvelopeFactory
-    from edge_agent.publishers.mqtt import MqttPublisher
+    from edge_agent.messaging.envelope import EnvelopeFactory
+    from edge_agent.messaging.publishers.mqtt import MqttPublisher
 
-    monkeypatch.setattr("edge_agent.outbox.RETRY_DELAY_S", 0.2)
+    monkeypatch.setattr("edge_agent.messaging.outbox.RETRY_DELAY_S", 0.2)
     acl = tmp_path / "acl"
     acl.write_text("user dev9\ntopic write edge/v1/dev9/status\ntopic write edge/v1/dev9/evt/ok\n"
                    "topic read edge/v1/dev9/cmd/#\ntopic read edge/v1/dev9/config/desired\n"

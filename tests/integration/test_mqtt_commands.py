@@ -14,11 +14,11 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
-from edge_agent.envelope import EnvelopeFactory
 from edge_agent.errors import ConfigError
-from edge_agent.mqtt import MqttSettings
-from edge_agent.publishers import create_publisher
-from edge_agent.publishers.mqtt import MqttPublisher
+from edge_agent.messaging.envelope import EnvelopeFactory
+from edge_agent.messaging.link import MqttSettings
+from edge_agent.messaging.publishers import create_publisher
+from edge_agent.messaging.publishers.mqtt import MqttPublisher
 from tests.fixtures_mqtt import FPS
 from tests.unit.test_commands_fuzz import CommandModel, hostile, ping_outcome
 

@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 
 from deploy.broker import Mosquitto, free_port, plain_config, render_config
-from edge_agent.envelope import EnvelopeFactory
-from edge_agent.mqtt import MqttSettings
-from edge_agent.publishers import create_publisher
-from edge_agent.publishers.mqtt import MqttPublisher, encode
+from edge_agent.messaging.envelope import EnvelopeFactory
+from edge_agent.messaging.link import MqttSettings
+from edge_agent.messaging.publishers import create_publisher
+from edge_agent.messaging.publishers.mqtt import MqttPublisher, encode
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.mqtt import MqttError, MqttLink, MqttSettings
+from edge_agent.messaging.link import MqttError, MqttLink, MqttSettings
 from tests.integration.mqtt_helpers import fleet_cli
 
 pytestmark = pytest.mark.integration

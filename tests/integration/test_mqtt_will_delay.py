@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.envelope import EnvelopeFactory
-from edge_agent.mqtt import MqttLink, MqttSettings, Will
-from edge_agent.publishers import create_publisher
-from edge_agent.publishers.mqtt import MqttPublisher
+from edge_agent.messaging.envelope import EnvelopeFactory
+from edge_agent.messaging.link import MqttLink, MqttSettings, Will
+from edge_agent.messaging.publishers import create_publisher
+from edge_agent.messaging.publishers.mqtt import MqttPublisher
 
 pytestmark = pytest.mark.integration
 

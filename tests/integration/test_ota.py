@@ -21,10 +21,11 @@ from pathlib import Path
 import pytest
 
 from deploy import certs
-from edge_agent import modelstore, ota
-from edge_agent.bundle import load_private_key, read_bundle, sha256_file
-from edge_agent.commands import Ack, CommandError
-from edge_agent.model import bundle_identity
+from edge_agent.model.bundle import load_private_key, read_bundle, sha256_file
+from edge_agent.model.loader import bundle_identity
+from edge_agent.remote import ota
+from edge_agent.remote.handler import Ack, CommandError
+from edge_agent.store import modelstore
 from tests import deploy_helpers
 from tests.fixtures_mqtt import Pki
 from tests.fixtures_ssh import BundleSet, DeployKeys

@@ -31,11 +31,12 @@ import pytest
 
 from deploy.broker import Mosquitto
 from deploy.fleet import send_command
-from edge_agent import modelstore, ota
-from edge_agent.bundle import generate_keypair, load_private_key, read_bundle, sha256_file
-from edge_agent.manifest import AudioPreprocess
-from edge_agent.model import bundle_identity
-from edge_agent.mqtt import MqttSettings
+from edge_agent.messaging.link import MqttSettings
+from edge_agent.model.bundle import generate_keypair, load_private_key, read_bundle, sha256_file
+from edge_agent.model.loader import bundle_identity
+from edge_agent.model.manifest import AudioPreprocess
+from edge_agent.remote import ota
+from edge_agent.store import modelstore
 from tests import deploy_helpers
 from tests.fixtures_mqtt import Collector
 from tests.fixtures_ssh import BundleSet, DeployKeys

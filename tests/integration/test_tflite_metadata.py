@@ -138,7 +138,7 @@ def test_inspect_command_output(tf_models: Path, tmp_path: Path) -> None:
 
 def test_wrap_takes_the_metadata_when_no_sidecar_is_given(colour_folder: Path, tmp_path: Path) -> None:
     """Third-party models with metadata get the flashing path with no hand-written sidecar."""
-    from edge_agent.bundle import read_bundle
+    from edge_agent.model.bundle import read_bundle
     from tests.fixtures_models import run_convert
 
     model = tmp_path / "colours.tflite"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.bundle import generate_keypair, write_bundle
+from edge_agent.model.bundle import generate_keypair, write_bundle
 from tests.bundle_samples import MODEL_BYTES, sample_extra, sample_manifest
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.bundle import (
+from edge_agent.errors import BundleError, SignatureError
+from edge_agent.model.bundle import (
     LABELS,
     MANIFEST,
     MODEL,
@@ -23,7 +24,6 @@ from edge_agent.bundle import (
     sign_bundle,
     write_bundle,
 )
-from edge_agent.errors import BundleError, SignatureError
 from tests.bundle_samples import MODEL_BYTES
 from tests.bundle_samples import sample_extra as _extra
 from tests.bundle_samples import sample_manifest as _manifest

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge_agent.commands import (
+from edge_agent.errors import ConfigError
+from edge_agent.remote.handler import (
     COMMANDS,
     Ack,
     CommandContext,
@@ -23,7 +24,6 @@ from edge_agent.commands import (
     register_command,
     sign_command,
 )
-from edge_agent.errors import ConfigError
 
 
 class Control:
@@ -149,7 +149,7 @@ def test_oversize_refused_before_parsing(monkeypatch) -> None:
     def boom(*a: Any, **k: Any) -> None:
         raise AssertionError("parsed an oversize payload")
 
-    monkeypatch.setattr("edge_agent.commands.json.loads", boom)
+    monkeypatch.setattr("edge_agent.remote.handler.json.loads", boom)
     assert h.send("ping", b"{" + b" " * 200 + b"}").reason.startswith("too_large")
 
 
@@ -308,7 +308,7 @@ def test_live_id_bound_refuses_with_busy_then_prune_frees_room() -> None:
 
 
 def test_replay_cache_prunes_by_expiry_only() -> None:
-    from edge_agent.commands import ReplayCache
+    from edge_agent.remote.handler import ReplayCache
 
     cache = ReplayCache(max_entries=3)
     cache.add("a", 10.0)
@@ -328,7 +328,7 @@ def test_replay_cache_prunes_by_expiry_only() -> None:
 
 
 def test_replay_cache_file_keeps_only_live_ids(tmp_path: Path) -> None:
-    from edge_agent.commands import ReplayCache
+    from edge_agent.remote.handler import ReplayCache
 
     path = tmp_path / "ids"
     now = time.time()
@@ -367,7 +367,7 @@ def test_times_must_be_finite(field: str, raw: str) -> None:
 
 
 def test_token_bucket_refills_at_its_rate() -> None:
-    from edge_agent.commands import TokenBucket
+    from edge_agent.remote.handler import TokenBucket
 
     now = [0.0]
     bucket = TokenBucket(rate=2.0, burst=3, clock=lambda: now[0])

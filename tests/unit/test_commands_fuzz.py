@@ -1,10 +1,10 @@
 """Command payloads generated with hypothesis, each ack checked against an independent model.
 
 :class:`CommandModel` is a second, separately written statement of the command rules in
-``docs``/ARCHITECTURE ("Commands are hostile input") and the ``edge_agent.commands``
+``docs``/ARCHITECTURE ("Commands are hostile input") and the ``edge_agent.remote.handler``
 docstring: size cap, UTF-8, JSON, a JSON object with bounded nesting, strict schema,
 allow-listed names, expiry, replay protection with a bound on live ids, rate limit. It
-shares no code with :class:`~edge_agent.commands.CommandHandler` (own id/number/depth
+shares no code with :class:`~edge_agent.remote.handler.CommandHandler` (own id/number/depth
 checks, own replay set, own token count), so a handler that loses a rule disagrees with it.
 
 Shared strategies and the model are reused by the broker-level fuzz test in
@@ -26,7 +26,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge_agent.commands import COMMANDS, MAX_COMMAND_BYTES, Ack, CommandHandler, Route
+from edge_agent.remote.handler import COMMANDS, MAX_COMMAND_BYTES, Ack, CommandHandler, Route
 
 NOW = float(int(time.time()))
 

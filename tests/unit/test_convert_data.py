@@ -22,7 +22,7 @@ from converter.ops import OpInfo, float_compute_ops, float_ops, int8_coverage
 from converter.report import format_report
 from converter.validate import mean_cosine, outputs_are_probabilities, top1_agreement
 from converter.worker import failed_ops
-from edge_agent.manifest import AudioPreprocess, ImagePreprocess
+from edge_agent.model.manifest import AudioPreprocess, ImagePreprocess
 from edge_agent.preprocess import audio_features, preprocess_image
 
 GRAY8 = ImagePreprocess(width=8, height=8, channels=1, color="gray")

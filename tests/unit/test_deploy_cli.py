@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from deploy import cli
-from edge_agent.bundle import read_bundle
 from edge_agent.errors import SignatureError
+from edge_agent.model.bundle import read_bundle
 from tests import deploy_helpers
 from tests.fixtures_ssh import BundleSet
 
@@ -114,8 +114,8 @@ def test_table() -> None:
 def test_ota_commands_registered_with_the_mqtt_publisher() -> None:
     # In a fresh interpreter: registration must not depend on what other tests imported.
     code = (
-        "import edge_agent.publishers.mqtt\n"
-        "from edge_agent.commands import COMMANDS\n"
+        "import edge_agent.messaging.publishers.mqtt\n"
+        "from edge_agent.remote.handler import COMMANDS\n"
         "assert COMMANDS['update_model'].privileged and COMMANDS['rollback'].privileged\n"
         "assert not COMMANDS['ping'].privileged\n"
     )

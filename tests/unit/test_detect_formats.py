@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from edge_agent.manifest import BoxDecoding, Manifest, OutputSpec, SsdAnchors, TensorSpec
+from edge_agent.model.manifest import BoxDecoding, Manifest, OutputSpec, SsdAnchors, TensorSpec
 from edge_agent.preprocess import ImageTransform, quantize, resize_image
 from edge_agent.sources.base import AudioWindow, Frame
 from edge_agent.tasks import create_task
@@ -296,7 +296,7 @@ def test_yolo_task_letterbox_round_trip_to_source_pixels() -> None:
 
 
 def test_letterbox_pads_with_pad_value_and_centres() -> None:
-    from edge_agent.manifest import ImagePreprocess
+    from edge_agent.model.manifest import ImagePreprocess
 
     pre = ImagePreprocess(width=8, height=8, resize="letterbox", pad_value=114, color="bgr")
     image, transform = resize_image(np.full((5, 10, 3), 200, np.uint8), pre)
@@ -407,7 +407,7 @@ def test_box_wholly_in_the_letterbox_border_is_not_published() -> None:
 
 
 def test_audio_frame_longer_than_the_window_is_refused_by_the_schema() -> None:
-    from edge_agent.manifest import AudioPreprocess
+    from edge_agent.model.manifest import AudioPreprocess
 
     with pytest.raises(ValueError, match="frame_length 480 is longer than the window"):
         AudioPreprocess(sample_rate=16000, window_s=0.01, feature="logmel")

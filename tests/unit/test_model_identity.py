@@ -1,7 +1,7 @@
 """The identity of a running model is the whole bundle (``manifest_sha256``), not its weights only.
 
 Real models (built without TensorFlow by tests/tflite_builders.py), real bundles and the
-agent's own loader (:func:`edge_agent.model.load_model`).
+agent's own loader (:func:`edge_agent.model.loader.load_model`).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge_agent.bundle import LABELS, MANIFEST, extract_bundle, read_bundle, sign_bundle, write_bundle
-from edge_agent.model import LoadedModel, bundle_identity, load_model
+from edge_agent.model.bundle import LABELS, MANIFEST, extract_bundle, read_bundle, sign_bundle, write_bundle
+from edge_agent.model.loader import LoadedModel, bundle_identity, load_model
 from tests import tflite_builders as tb
 
 SIDECAR = """name = "colours"

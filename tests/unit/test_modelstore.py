@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from edge_agent import modelstore
-from edge_agent.bundle import read_bundle, sha256_file
-from edge_agent.cli import main as agent_main
+from edge_agent.cli.main import main as agent_main
+from edge_agent.model.bundle import read_bundle, sha256_file
+from edge_agent.store import modelstore
 from tests.fixtures_ssh import BundleSet, DeployKeys
 
 CRASHING_RUNTIME = Path(__file__).resolve().parents[1] / "crashing_runtime"
@@ -403,7 +403,7 @@ def test_signed_bundle_whose_outputs_do_not_fit_is_refused_at_install(
 ) -> None:
     """A correctly signed bundle the agent could not load (labels that do not fit the model's
     output) fails the install's smoke step instead of becoming the active model."""
-    from edge_agent.manifest import OutputSpec
+    from edge_agent.model.manifest import OutputSpec
     from tests.deploy_helpers import private_key, repack
 
     modelstore.install_model(test_bundles.good, store)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.outbox import Outbox
+from edge_agent.messaging.outbox import Outbox
 from tests.integration.mqtt_helpers import outbox_rows, wait_until
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.envelope import EnvelopeFactory
-from edge_agent.publishers import create_publisher
-from edge_agent.publishers.mqtt import MqttPublisher, homeassistant_discovery
+from edge_agent.messaging.envelope import EnvelopeFactory
+from edge_agent.messaging.publishers import create_publisher
+from edge_agent.messaging.publishers.mqtt import MqttPublisher, homeassistant_discovery
 
 HANG = 60.0  # only bounds a hang: a call that blocks on the network never returns at all here
 
@@ -97,8 +97,8 @@ def test_homeassistant_discovery_binds_availability() -> None:
 
 
 def test_payload_under_cap_but_packet_over_is_refused_and_counted(tmp_path: Path) -> None:
-    from edge_agent.mqtt import PACKET_OVERHEAD
-    from edge_agent.publishers.mqtt import encode
+    from edge_agent.messaging.link import PACKET_OVERHEAD
+    from edge_agent.messaging.publishers.mqtt import encode
 
     pub = create_publisher("mqtt", config={"broker": "mqtt://127.0.0.1:1", "max_payload_bytes": 4096},
                            envelope=EnvelopeFactory("dev1", tmp_path), state_dir=tmp_path)
@@ -178,8 +178,8 @@ def test_desired_version_is_passed_on_and_stale_versions_are_reported(tmp_path: 
 def test_busy_acks_are_counted_and_desired_config_is_deferred_not_dropped(tmp_path: Path) -> None:
     import json
 
-    from edge_agent.mqtt import InboundMessage
-    from edge_agent.publishers.mqtt import COMMAND_QUEUE_MAX
+    from edge_agent.messaging.link import InboundMessage
+    from edge_agent.messaging.publishers.mqtt import COMMAND_QUEUE_MAX
 
     control = _Control()
     pub = _publisher(tmp_path, control=control)
@@ -203,8 +203,8 @@ def test_busy_acks_are_counted_and_desired_config_is_deferred_not_dropped(tmp_pa
 
 
 def test_agent_passes_command_rate_and_burst(tmp_path: Path) -> None:
+    from edge_agent.agent.agent import Agent
     from edge_agent.config import AgentConfig
-    from edge_agent.pipeline import Agent
 
     cfg = AgentConfig.model_validate({"state_dir": str(tmp_path),
                                       "mqtt": {"broker": "mqtt://127.0.0.1:1", "command_rate": 2,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.mqtt import MqttError, MqttLink, MqttSettings, parse_broker_url, read_password
+from edge_agent.messaging.link import MqttError, MqttLink, MqttSettings, parse_broker_url, read_password
 
 
 def test_parse_broker_url() -> None:
@@ -54,7 +54,7 @@ def test_link_never_connected_before_start() -> None:
 def test_reconnect_delays_are_jittered_floats_within_a_growing_bound() -> None:
     import random
 
-    from edge_agent.mqtt import jittered_delay
+    from edge_agent.messaging.link import jittered_delay
 
     rng = random.Random(1234)
     low, cap = 1.0, 60.0
@@ -91,7 +91,7 @@ def test_link_hands_paho_float_delays() -> None:
 
 
 def test_packet_limit_counts_topic_and_header_and_honours_broker_maximum() -> None:
-    from edge_agent.mqtt import PACKET_OVERHEAD
+    from edge_agent.messaging.link import PACKET_OVERHEAD
 
     link = MqttLink(MqttSettings(broker="mqtt://127.0.0.1:1", max_payload_bytes=4096), "dev")
     topic = "edge/v1/dev/evt/x"

@@ -16,8 +16,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from edge_agent import bundle as bundle_mod
-from edge_agent.bundle import (
+from edge_agent.errors import BundleError, SignatureError
+from edge_agent.model import bundle as bundle_mod
+from edge_agent.model.bundle import (
     LABELS,
     MANIFEST,
     MODEL,
@@ -33,7 +34,6 @@ from edge_agent.bundle import (
     sign_bundle,
     write_bundle,
 )
-from edge_agent.errors import BundleError, SignatureError
 from tests.bundle_samples import MODEL_BYTES
 from tests.bundle_samples import sample_extra as _extra
 from tests.bundle_samples import sample_manifest as _manifest

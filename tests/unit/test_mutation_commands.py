@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge_agent.commands import (
+from edge_agent.errors import ConfigError
+from edge_agent.remote.handler import (
     COMMANDS,
     SET_CONFIG_MAX_KEYS,
     SNAPSHOT_MAX_BYTES,
@@ -30,7 +31,6 @@ from edge_agent.commands import (
     register_command,
     signing_bytes,
 )
-from edge_agent.errors import ConfigError
 
 JPEG = b"\xff\xd8jpeg\xff\xd9"
 
@@ -512,7 +512,7 @@ def test_stats_count_every_outcome_by_reason_prefix() -> None:
 
 
 def test_token_bucket_allows_exactly_one_whole_token() -> None:
-    from edge_agent.commands import TokenBucket
+    from edge_agent.remote.handler import TokenBucket
 
     bucket = TokenBucket(rate=0.0, burst=1.0, clock=lambda: 0.0)
     assert bucket.take() is True and bucket.take() is False

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.envelope import EnvelopeFactory, SequenceCounter, read_boot_id
+from edge_agent.messaging.envelope import EnvelopeFactory, SequenceCounter, read_boot_id
 
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 

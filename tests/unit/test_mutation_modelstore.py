@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge_agent import modelstore
-from edge_agent.bundle import MANIFEST, MODEL, generate_keypair, load_private_key, read_bundle, sha256_file
-from edge_agent.cli import main as agent_main
+from edge_agent.cli.main import main as agent_main
 from edge_agent.errors import BundleError
-from edge_agent.modelstore import InstallError, Probation
+from edge_agent.model.bundle import MANIFEST, MODEL, generate_keypair, load_private_key, read_bundle, sha256_file
+from edge_agent.store import modelstore
+from edge_agent.store.modelstore import InstallError, Probation
 from tests.tiny_store import make_bundle, shared
 
 
@@ -492,7 +492,7 @@ def test_cli_rollback_refusal(store: Path, capsys) -> None:
 
 
 def _audio_manifest(rate: int) -> Any:
-    from edge_agent.manifest import Manifest
+    from edge_agent.model.manifest import Manifest
 
     return Manifest.model_validate({
         "name": "kw", "version": "1", "task": "audio_classify", "model": {"sha256": "0" * 64, "size_bytes": 1},

@@ -16,11 +16,12 @@ from typing import Any, ClassVar
 
 import pytest
 
-from edge_agent import modelstore, ota
-from edge_agent.bundle import MANIFEST, generate_keypair, load_private_key, read_bundle, sha256_file
-from edge_agent.commands import Ack, CommandContext, CommandError, Route
 from edge_agent.errors import EdgeError
-from edge_agent.ota import OtaError, OtaUpdater, ProbationPolicy, ProbeSample, UpdateRequest, parse_update_args
+from edge_agent.model.bundle import MANIFEST, generate_keypair, load_private_key, read_bundle, sha256_file
+from edge_agent.remote import ota
+from edge_agent.remote.handler import Ack, CommandContext, CommandError, Route
+from edge_agent.remote.ota import OtaError, OtaUpdater, ProbationPolicy, ProbeSample, UpdateRequest, parse_update_args
+from edge_agent.store import modelstore
 from tests.tiny_store import make_bundle, shared
 
 SHA = "a" * 64
@@ -473,7 +474,7 @@ def test_one_updater_per_agent() -> None:
 
 
 def test_commands_are_privileged() -> None:
-    from edge_agent.commands import COMMANDS
+    from edge_agent.remote.handler import COMMANDS
 
     ota.register_commands()
     assert COMMANDS["update_model"].privileged and COMMANDS["rollback"].privileged

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.outbox import Outbox, _round
+from edge_agent.messaging.outbox import Outbox, _round
 
 _STATS_KEYS = {"depth", "bytes", "inflight", "oldest_age_s", "evicted", "evicted_health", "evicted_results",
                "evicted_age", "refused_oversize", "undeliverable", "write_errors", "delivered", "replayed"}
@@ -121,7 +121,7 @@ def test_evicted_health_counts_accumulate(tmp_path: Path) -> None:
 
 
 def test_take_zero_hands_out_nothing(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr("edge_agent.outbox.RETRY_DELAY_S", 0.0)
+    monkeypatch.setattr("edge_agent.messaging.outbox.RETRY_DELAY_S", 0.0)
     box = Outbox(tmp_path / "o.db")
     box.put("t/evt/x", _msg(0), "result")
     assert box.take(0) == []
@@ -133,7 +133,7 @@ def test_take_zero_hands_out_nothing(tmp_path: Path, monkeypatch) -> None:
 
 
 def test_take_returns_topic_kind_and_never_more_than_the_limit(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr("edge_agent.outbox.RETRY_DELAY_S", 0.0)
+    monkeypatch.setattr("edge_agent.messaging.outbox.RETRY_DELAY_S", 0.0)
     box = Outbox(tmp_path / "o.db")
     box.put("t/evt/a", _msg(0), "result")
     box.put("t/health", _msg(1), "health")
@@ -176,7 +176,7 @@ def test_ack_of_many_rows_at_once_deletes_them_all(tmp_path: Path) -> None:
 
 
 def test_nack_drops_after_the_default_ten_attempts(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr("edge_agent.outbox.RETRY_DELAY_S", 0.0)
+    monkeypatch.setattr("edge_agent.messaging.outbox.RETRY_DELAY_S", 0.0)
     path = tmp_path / "o.db"
     box = Outbox(path)
     box.put("t/evt/x", _msg(0, 50), "result")

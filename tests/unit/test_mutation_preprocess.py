@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edge_agent.errors import PreprocessError
-from edge_agent.manifest import AudioPreprocess, ImagePreprocess, TensorSpec
+from edge_agent.model.manifest import AudioPreprocess, ImagePreprocess, TensorSpec
 from edge_agent.preprocess import (
     _hz_to_mel,
     _mel_to_hz,

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_agent.manifest import BoxDecoding, Manifest, SsdAnchors, TensorSpec
+from edge_agent.model.manifest import BoxDecoding, Manifest, SsdAnchors, TensorSpec
 from edge_agent.preprocess import ImageTransform, normalize_image, quantize, resize_image
 from edge_agent.sources.base import AudioWindow, Frame
 from edge_agent.tasks import base as base_mod
@@ -526,7 +526,7 @@ def test_audio_threshold_override_reaches_the_spotter() -> None:
 
 
 def _out(**kw: Any) -> Any:
-    from edge_agent.manifest import OutputSpec
+    from edge_agent.model.manifest import OutputSpec
 
     return OutputSpec.model_validate(kw)
 

@@ -6,8 +6,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from edge_agent import ota
-from edge_agent.commands import Ack
+from edge_agent.remote import ota
+from edge_agent.remote.handler import Ack
 
 
 def _agent(tmp_path: Path, bundle: Path | None) -> Any:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.outbox import Kind, Outbox
+from edge_agent.messaging.outbox import Kind, Outbox
 
 
 def _msg(n: int, size: int = 0) -> bytes:
@@ -47,7 +47,7 @@ def test_fifo_and_delete_only_on_ack(tmp_path: Path) -> None:
 
 
 def test_nack_retries_later_then_drops_after_max_attempts(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr("edge_agent.outbox.RETRY_DELAY_S", 0.0)
+    monkeypatch.setattr("edge_agent.messaging.outbox.RETRY_DELAY_S", 0.0)
     box = Outbox(tmp_path / "o.db", max_attempts=3)
     box.put("t/evt/x", _msg(1), "result")
     for attempt in range(3):
@@ -204,7 +204,7 @@ def test_reopen_marks_replayed_and_keeps_order(tmp_path: Path) -> None:
 _WRITER = """
 import json, os, signal, sys
 from pathlib import Path
-from edge_agent.outbox import Outbox
+from edge_agent.messaging.outbox import Outbox
 box = Outbox(Path(sys.argv[1]))
 for n in range(500):
     box.put("t/evt/x", json.dumps({"seq": n, "replayed": False}).encode(), "result")
@@ -284,7 +284,7 @@ def test_drop_oversize_row_counts_and_keeps_order(tmp_path: Path) -> None:
 
 
 def test_refused_row_does_not_block_the_others(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr("edge_agent.outbox.RETRY_DELAY_S", 0.0)
+    monkeypatch.setattr("edge_agent.messaging.outbox.RETRY_DELAY_S", 0.0)
     box = Outbox(tmp_path / "o.db", max_attempts=3)
     for n in range(4):
         box.put("t/evt/x", _msg(n), "result")

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge_agent.errors import PreprocessError
-from edge_agent.manifest import AudioPreprocess, ImagePreprocess, TensorSpec
+from edge_agent.model.manifest import AudioPreprocess, ImagePreprocess, TensorSpec
 from edge_agent.preprocess import (
     audio_feature_shape,
     audio_features,

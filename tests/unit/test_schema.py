@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_agent.manifest import AudioPreprocess, ImagePreprocess, Manifest, OutputSpec, parse_preprocess
+from edge_agent.model.manifest import AudioPreprocess, ImagePreprocess, Manifest, OutputSpec, parse_preprocess
 from edge_agent.schema import Field, FieldError, Schema, ValidationError
 
 

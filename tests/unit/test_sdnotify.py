@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.sdnotify import Notifier, ProgressGate, Watchdog, watchdog_interval_s
+from edge_agent.agent.sdnotify import Notifier, ProgressGate, Watchdog, watchdog_interval_s
 
 HANG = 60.0  # deadline of a wait: only there so that a hang fails instead of blocking the run
 MARK = "X-TEST-MARK="
@@ -217,9 +217,9 @@ def test_watchdog_pings_only_on_progress(fake_systemd: FakeSystemd) -> None:
 _AGENT_LIKE = r"""
 import signal, sys, threading, time
 import numpy as np
-from edge_agent.bundle import read_bundle
+from edge_agent.model.bundle import read_bundle
 from edge_agent.runtimes import create_runtime
-from edge_agent.sdnotify import Notifier, ProgressGate, Watchdog
+from edge_agent.agent.sdnotify import Notifier, ProgressGate, Watchdog
 
 bundle = read_bundle(sys.argv[1])
 runtime = create_runtime("litert", bundle.model_bytes)

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent.manifest import GoldenVector, Manifest
-from edge_agent.model import LoadedModel, load_model
+from edge_agent.model.loader import LoadedModel, load_model
+from edge_agent.model.manifest import GoldenVector, Manifest
+from edge_agent.model.smoke import run_smoke_test
 from edge_agent.preprocess import dequantize, quantize
 from edge_agent.schema import ValidationError
-from edge_agent.smoke import run_smoke_test
 
 ATOL = 0.01
 

@@ -13,7 +13,7 @@ import pytest
 
 from edge_agent.config import SourceSection
 from edge_agent.errors import SourceError
-from edge_agent.manifest import AudioPreprocess
+from edge_agent.model.manifest import AudioPreprocess
 from edge_agent.sources import AudioWindow, Frame, create_source, detect_source_type
 from edge_agent.sources.base import Backoff, SlidingWindower
 from edge_agent.sources.stdin import StdinPcmSource

@@ -6,7 +6,7 @@ import threading
 
 import numpy as np
 
-from edge_agent.pipeline import _END, EventPolicy, FrameQueue, encode_jpeg
+from edge_agent.agent.agent import _END, EventPolicy, FrameQueue, encode_jpeg
 from edge_agent.tasks.base import Result
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent.health import HealthSampler, parse_throttled, read_cpu_temp
-from edge_agent.stats import LatencyWindow, PipelineStats, RateMeter
+from edge_agent.agent.health import HealthSampler, parse_throttled, read_cpu_temp
+from edge_agent.agent.stats import LatencyWindow, PipelineStats, RateMeter
 
 
 def test_latency_percentiles_in_ms() -> None:

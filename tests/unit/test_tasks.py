@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_agent.manifest import Manifest, TensorSpec
+from edge_agent.model.manifest import Manifest, TensorSpec
 from edge_agent.preprocess import ImageTransform
 from edge_agent.sources.base import AudioWindow, Frame
 from edge_agent.tasks import create_task

@@ -1,4 +1,4 @@
-"""Reading .tflite files and their TFLite Model Metadata (edge_agent.tflite_file), running a
+"""Reading .tflite files and their TFLite Model Metadata (edge_agent.model.tflite_file), running a
 model from its metadata alone, and ``edge-agent inspect``.
 
 The models and metadata are written in the test (tests/tflite_builders.py) with the
@@ -22,10 +22,12 @@ from ai_edge_litert import schema_py_generated as tfl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge_agent import cli, inspect_model, tflite_file
+from edge_agent.cli import main as cli
 from edge_agent.errors import BundleError
-from edge_agent.manifest import ImagePreprocess, TensorSpec
-from edge_agent.model import load_model, sidecar_manifest, verify_model
+from edge_agent.model import inspect as inspect_model
+from edge_agent.model import tflite_file
+from edge_agent.model.loader import load_model, sidecar_manifest, verify_model
+from edge_agent.model.manifest import ImagePreprocess, TensorSpec
 from edge_agent.preprocess import pixel_lookup_table
 from edge_agent.runtimes import create_runtime
 from tests import tflite_builders as tb

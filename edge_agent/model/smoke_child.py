@@ -1,6 +1,6 @@
 """Smoke test of one bundle, run as a child process by model installs.
 
-``python -m edge_agent.smoke_child BUNDLE [--threads N]`` loads the bundle
+``python -m edge_agent.model.smoke_child BUNDLE [--threads N]`` loads the bundle
 (checksums verified again), allocates the interpreter, checks that the
 preprocessing and the outputs fit the model as the agent will at load, runs the
 golden vectors and the latency budget, and prints one JSON line. Exit 0 only when it passes.
@@ -16,15 +16,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from edge_agent.bundle import read_bundle
 from edge_agent.errors import EdgeError
+from edge_agent.model.bundle import read_bundle
+from edge_agent.model.smoke import run_smoke_test
 from edge_agent.runtimes import create_runtime
-from edge_agent.smoke import run_smoke_test
 from edge_agent.tasks import create_task
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m edge_agent.smoke_child")
+    parser = argparse.ArgumentParser(prog="python -m edge_agent.model.smoke_child")
     parser.add_argument("bundle", type=Path)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--runtime", default="litert")

@@ -18,10 +18,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edge_agent import tflite_file
-from edge_agent.bundle import atomic_write, sha256_bytes
 from edge_agent.errors import BundleError, ConfigError, RuntimeLoadError
-from edge_agent.manifest import TensorSpec
+from edge_agent.model import tflite_file
+from edge_agent.model.bundle import atomic_write, sha256_bytes
+from edge_agent.model.manifest import TensorSpec
 from edge_agent.schema import ValidationError
 
 if TYPE_CHECKING:  # the tasks package imports OpenCV: only loaded when inspect runs
@@ -305,7 +305,7 @@ def _class_count(inspection: Inspection) -> int:
 
 def check_sidecar(text: str, inspection: Inspection) -> str | None:
     """Why the sidecar would not run as written (None when the agent accepts it)."""
-    from edge_agent.model import sidecar_manifest
+    from edge_agent.model.loader import sidecar_manifest
 
     fields = tomllib.loads(text)  # a failure here is a bug in the writer: let it show
     try:

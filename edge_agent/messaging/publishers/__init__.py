@@ -5,7 +5,7 @@ to a queue (or writes a line to stdout) and returns.
 
 ``kind`` is the topic suffix under ``edge/v1/{device_id}/``: ``status``,
 ``health``, ``evt/<type>``, ``ack``, ``config/reported``. ``payload`` is the full
-JSON payload, envelope included (see :mod:`edge_agent.envelope`).
+JSON payload, envelope included (see :mod:`edge_agent.messaging.envelope`).
 """
 
 from __future__ import annotations
@@ -83,6 +83,5 @@ def create_publisher(kind: str, **options: Any) -> Publisher:
 def _load_builtin(kind: str) -> None:
     import importlib
 
-    module = {"stdout": "edge_agent.publishers.stdout", "mqtt": "edge_agent.publishers.mqtt"}.get(kind)
-    if module:
-        importlib.import_module(module)
+    if kind in ("stdout", "mqtt"):
+        importlib.import_module(f"edge_agent.messaging.publishers.{kind}")

@@ -18,9 +18,9 @@ from edge_agent import __version__
 from edge_agent.errors import EdgeError
 
 COMMAND_MODULES = (
-    "edge_agent.app",
-    "edge_agent.modelstore",
-    "edge_agent.inspect_model",
+    "edge_agent.cli.run",
+    "edge_agent.store.modelstore",
+    "edge_agent.model.inspect",
 )
 
 EXIT_ERROR = 2

@@ -2,7 +2,7 @@
 
 Layout of a bundle (a zip archive, members at the top level only)::
 
-    manifest.json   the typed manifest (edge_agent.manifest.Manifest)
+    manifest.json   the typed manifest (edge_agent.model.manifest.Manifest)
     model.tflite    the model; its sha256 and size are in the manifest
     labels.txt      one label per line (sha256 in manifest.files)
     report.json     the converter's validation report (sha256 in manifest.files)
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edge_agent.errors import BundleError, SignatureError
-from edge_agent.manifest import Manifest
+from edge_agent.model.manifest import Manifest
 from edge_agent.schema import ValidationError
 
 if TYPE_CHECKING:  # cryptography costs ~8 MB RSS: imported only where keys are used

@@ -10,7 +10,7 @@ privileged command verified with the device's pinned command key)::
      "allow_new_input": <optional bool>}
 
 The device downloads into its state directory while checking size and sha256
-(and free space first), installs through :mod:`edge_agent.modelstore` (bundle
+(and free space first), installs through :mod:`edge_agent.store.modelstore` (bundle
 signature required when a bundle key is pinned, smoke test in a child
 process, atomic swap), swaps the model into the running pipeline, then keeps
 the new model on probation: inference errors, latency against the manifest
@@ -21,7 +21,7 @@ reason (including "rolled back to …"). Installing an older version of the
 same model is refused: downgrades need the signed ``rollback`` command.
 
 After every reload the agent must report the bundle identity
-(:func:`edge_agent.model.bundle_identity`, ``manifest_sha256``) of the model it
+(:func:`edge_agent.model.loader.bundle_identity`, ``manifest_sha256``) of the model it
 installed; a manifest-only update (same weights, new labels or thresholds) is a
 swap like any other. ``https://`` downloads verify the server certificate and
 host name against the system trust store; a private CA is trusted through
@@ -47,11 +47,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from edge_agent import modelstore
-from edge_agent.bundle import MANIFEST, read_bundle
-from edge_agent.commands import Ack, CommandContext, CommandError, register_command
 from edge_agent.errors import EdgeError
-from edge_agent.model import bundle_identity
+from edge_agent.model.bundle import MANIFEST, read_bundle
+from edge_agent.model.loader import bundle_identity
+from edge_agent.remote.handler import Ack, CommandContext, CommandError, register_command
+from edge_agent.store import modelstore
 
 if TYPE_CHECKING:  # cryptography (~6 MB RSS) and urllib.request load only when an update needs them
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -439,7 +439,7 @@ def _round(timings: dict[str, float]) -> dict[str, float]:
 
 
 class AgentHost:
-    """Adapts the pipeline's Agent (``edge_agent.pipeline.Agent``) to :class:`ModelHost`."""
+    """Adapts the pipeline's Agent (``edge_agent.agent.agent.Agent``) to :class:`ModelHost`."""
 
     def __init__(self, agent: Any) -> None:
         self.agent = agent

@@ -1,7 +1,7 @@
 """``edge-agent run`` and ``edge-agent check``.
 
 ``run`` builds the configuration (TOML file < ``EDGE_AGENT_*`` environment <
-command-line options), creates the :class:`edge_agent.pipeline.Agent` and runs it
+command-line options), creates the :class:`edge_agent.agent.agent.Agent` and runs it
 until the source ends, a limit is reached, or SIGINT/SIGTERM; SIGHUP reloads
 the configuration and the model without a restart. A one-line summary goes to
 stderr at the end; results go to the publisher (JSON lines on stdout by default).
@@ -100,8 +100,8 @@ def cli_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from edge_agent.agent.agent import Agent
     from edge_agent.config import load_config
-    from edge_agent.pipeline import Agent
 
     cli = cli_settings(args)
     config = load_config(args.config, cli)
@@ -132,8 +132,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from edge_agent.config import load_config
-    from edge_agent.model import load_model
-    from edge_agent.smoke import run_smoke_test
+    from edge_agent.model.loader import load_model
+    from edge_agent.model.smoke import run_smoke_test
 
     config = load_config(args.config, cli_settings(args))
     t0 = time.perf_counter()

@@ -45,7 +45,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edge_agent.bundle import (
+from edge_agent.config import default_state_dir
+from edge_agent.errors import BundleError, EdgeError
+from edge_agent.model.bundle import (
     MANIFEST,
     MODEL,
     Bundle,
@@ -56,12 +58,10 @@ from edge_agent.bundle import (
     read_bundle,
     sha256_file,
 )
-from edge_agent.config import default_state_dir
-from edge_agent.errors import BundleError, EdgeError
 
 if TYPE_CHECKING:  # cryptography costs ~8 MB RSS: import it only where a key is used
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from edge_agent.manifest import Manifest
+from edge_agent.model.manifest import Manifest
 from edge_agent.schema import ValidationError
 
 log = logging.getLogger(__name__)
@@ -360,7 +360,7 @@ def rollback(state_dir: Path | None = None, signal_agent: bool = True) -> Instal
 
 def run_smoke_child(bundle: Path, threads: int = 1, timeout_s: float = SMOKE_TIMEOUT_S) -> dict[str, Any]:
     """Run the smoke test of ``bundle`` in a child process; raise InstallError unless it passes."""
-    cmd = [sys.executable, "-m", "edge_agent.smoke_child", str(bundle), "--threads", str(threads)]
+    cmd = [sys.executable, "-m", "edge_agent.model.smoke_child", str(bundle), "--threads", str(threads)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired as exc:

@@ -13,7 +13,7 @@ problem as one :class:`~edge_agent.errors.BundleError`. Nothing here imports the
 generated schema module except :func:`op_name`, lazily, to name builtin operators.
 
 :func:`metadata_sidecar` turns the metadata into the same fields a sidecar file gives
-(see :mod:`edge_agent.model`), so a model with metadata runs without a sidecar.
+(see :mod:`edge_agent.model.loader`), so a model with metadata runs without a sidecar.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from edge_agent.errors import BundleError
-from edge_agent.manifest import TensorSpec
+from edge_agent.model.manifest import TensorSpec
 from edge_agent.schema import ValidationError
 
 MODEL_IDENTIFIER = b"TFL3"

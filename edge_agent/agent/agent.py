@@ -5,7 +5,7 @@ Capture never waits for inference: on live sources (and files paced by
 File sources otherwise block the capture thread instead, so every frame is
 inferred in order. Inference never waits for the network: publishers queue.
 
-:class:`Agent` also implements :class:`edge_agent.publishers.AgentControl`
+:class:`Agent` also implements :class:`edge_agent.messaging.publishers.AgentControl`
 (status, remote config, reload, snapshot, health) for the MQTT command handler.
 """
 
@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent import __version__
-from edge_agent.bundle import atomic_write
+from edge_agent.agent.health import HealthSampler
+from edge_agent.agent.stats import PipelineStats
 from edge_agent.config import (
     OVERRIDES_FILE,
     AgentConfig,
@@ -31,15 +32,14 @@ from edge_agent.config import (
     parse_event_policy,
     validate_settings,
 )
-from edge_agent.envelope import EnvelopeFactory
 from edge_agent.errors import BundleError, ConfigError, EdgeError
-from edge_agent.health import HealthSampler
-from edge_agent.manifest import AudioPreprocess
-from edge_agent.model import LoadedModel, ModelFile, open_model, verify_model
-from edge_agent.publishers import Publisher, create_publisher
+from edge_agent.messaging.envelope import EnvelopeFactory
+from edge_agent.messaging.publishers import Publisher, create_publisher
+from edge_agent.model.bundle import atomic_write
+from edge_agent.model.loader import LoadedModel, ModelFile, open_model, verify_model
+from edge_agent.model.manifest import AudioPreprocess
 from edge_agent.sources import Item, Source, create_source
 from edge_agent.sources.base import Frame
-from edge_agent.stats import PipelineStats
 from edge_agent.tasks import Result, Task, create_task
 
 log = logging.getLogger(__name__)
@@ -451,7 +451,7 @@ class Agent:
 
     def _start_systemd(self) -> None:
         try:
-            from edge_agent import sdnotify
+            from edge_agent.agent import sdnotify
         except ImportError:
             return
         self._notifier = sdnotify.Notifier()
@@ -676,7 +676,7 @@ class Agent:
 def _modelstore() -> Any:
     """The deploy engineer's model store module, when installed (optional)."""
     try:
-        from edge_agent import modelstore
+        from edge_agent.store import modelstore
     except ImportError:
         return None
     return modelstore

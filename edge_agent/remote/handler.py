@@ -331,7 +331,7 @@ class CommandHandler:
 
     Args:
         device_id: this device (part of the signed bytes).
-        control: the running agent (:class:`edge_agent.publishers.AgentControl`) or None.
+        control: the running agent (:class:`edge_agent.messaging.publishers.AgentControl`) or None.
         reply: sends an ack (the publisher puts it on ``…/ack`` and the response topic).
         publish: publishes a message kind/body (used by ``snapshot``).
         public_key: pinned key for privileged commands; without one they are refused.

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge_agent.manifest import Manifest
+from edge_agent.model.manifest import Manifest
 from edge_agent.preprocess import dequantize
 from edge_agent.runtimes import Runtime
 

@@ -2,7 +2,7 @@
 plain ``.tflite`` with a sidecar file or TFLite Model Metadata.
 
 Everything is verified before the interpreter sees a byte: bundle and installed
-directory go through :func:`edge_agent.bundle.read_bundle_bytes` (checksums,
+directory go through :func:`edge_agent.model.bundle.read_bundle_bytes` (checksums,
 member names, signature when a key is pinned). A plain ``.tflite`` has no
 checksums to verify; its sidecar (TOML or JSON) gives the manifest fields by
 hand and the tensor specs come from the interpreter::
@@ -19,7 +19,7 @@ hand and the tensor specs come from the interpreter::
     score_threshold = 0.3
 
 A plain ``.tflite`` without a sidecar runs from its TFLite Model Metadata when it has
-some (:func:`edge_agent.tflite_file.metadata_sidecar` derives the same fields);
+some (:func:`edge_agent.model.tflite_file.metadata_sidecar` derives the same fields);
 ``edge-agent inspect MODEL --write-sidecar FILE`` writes a starting sidecar for any model.
 
 A running model is identified by :func:`bundle_identity` (``manifest_sha256``), not only by
@@ -37,9 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_agent import bundle as bundle_mod
 from edge_agent.errors import BundleError
-from edge_agent.manifest import AudioPreprocess, ImagePreprocess, Manifest, TensorSpec, parse_preprocess
+from edge_agent.model import bundle as bundle_mod
+from edge_agent.model.manifest import AudioPreprocess, ImagePreprocess, Manifest, TensorSpec, parse_preprocess
 from edge_agent.runtimes import Runtime, create_runtime
 from edge_agent.schema import ValidationError
 
@@ -247,7 +247,7 @@ def _metadata_model(path: Path, model_bytes: bytes) -> ModelFile:
     the interpreter exists); the manifest is still built from the interpreter's own specs
     in :func:`open_model`.
     """
-    from edge_agent import tflite_file
+    from edge_agent.model import tflite_file
 
     model = tflite_file.read_model(model_bytes, str(path))
     data = None

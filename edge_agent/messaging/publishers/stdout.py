@@ -14,8 +14,8 @@ import sys
 import threading
 from typing import Any, TextIO
 
-from edge_agent.envelope import EnvelopeFactory, topic_root
-from edge_agent.publishers import AgentControl, Publisher, register_publisher
+from edge_agent.messaging.envelope import EnvelopeFactory, topic_root
+from edge_agent.messaging.publishers import AgentControl, Publisher, register_publisher
 
 QUEUE_SIZE = 10000
 _STOP = object()

@@ -2,9 +2,9 @@
 
 Created by ``create_publisher("mqtt", config=..., envelope=..., control=...)``:
 
-- ``config``: an :class:`~edge_agent.mqtt.MqttSettings`, the ``[mqtt]`` config
+- ``config``: an :class:`~edge_agent.messaging.link.MqttSettings`, the ``[mqtt]`` config
   section (any object or dict with the same field names), plus keyword overrides;
-- ``envelope``: the agent's :class:`~edge_agent.envelope.EnvelopeFactory`;
+- ``envelope``: the agent's :class:`~edge_agent.messaging.envelope.EnvelopeFactory`;
 - ``outbox``: object/dict with ``path``, ``max_bytes``, ``max_age_s`` (and
   optionally ``max_message_bytes``); default ``<state_dir>/outbox.db``;
 - ``state_dir``: where the outbox, the command replay cache and the last applied
@@ -30,14 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import edge_agent.ota  # noqa: F401 - registers the privileged update_model and rollback commands
+import edge_agent.remote.ota  # noqa: F401 - registers the privileged update_model and rollback commands
 from edge_agent import __version__
-from edge_agent.commands import Ack, CommandError, CommandHandler, Route, load_public_key, parse_desired
-from edge_agent.envelope import SCHEMA, TOPIC_ROOT, EnvelopeFactory, topic_root
 from edge_agent.errors import ConfigError, EdgeError
-from edge_agent.mqtt import InboundMessage, MqttLink, MqttSettings, Will
-from edge_agent.outbox import DEFAULT_MAX_AGE_S, DEFAULT_MAX_BYTES, DEFAULT_MAX_MESSAGE_BYTES, Outbox
-from edge_agent.publishers import AgentControl, Publisher, register_publisher
+from edge_agent.messaging.envelope import SCHEMA, TOPIC_ROOT, EnvelopeFactory, topic_root
+from edge_agent.messaging.link import InboundMessage, MqttLink, MqttSettings, Will
+from edge_agent.messaging.outbox import DEFAULT_MAX_AGE_S, DEFAULT_MAX_BYTES, DEFAULT_MAX_MESSAGE_BYTES, Outbox
+from edge_agent.messaging.publishers import AgentControl, Publisher, register_publisher
+from edge_agent.remote.handler import Ack, CommandError, CommandHandler, Route, load_public_key, parse_desired
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +251,7 @@ class MqttPublisher(Publisher):
     def thread_alive(self) -> bool:
         """paho's network thread and our sender and command threads all run.
 
-        :meth:`edge_agent.pipeline.Agent.is_healthy` (and so the systemd watchdog)
+        :meth:`edge_agent.agent.agent.Agent.is_healthy` (and so the systemd watchdog)
         uses this. A broker outage does not make it false; a dead thread does.
         """
         if not self._started:

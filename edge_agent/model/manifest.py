@@ -4,7 +4,7 @@ The manifest says everything the device needs to run a model without guessing:
 the input tensor and its quantisation, the preprocessing that produced the
 calibration data, how to decode the outputs, checksums, and golden test vectors
 for the on-device smoke test. The same model validates a plain ``.tflite``
-sidecar file (see :func:`edge_agent.bundle.load_model_source`).
+sidecar file (see :func:`edge_agent.model.bundle.load_model_source`).
 """
 
 from __future__ import annotations

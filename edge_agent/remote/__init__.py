@@ -1,0 +1,1 @@
+"""Acting on requests from afar: signed commands, desired configuration and over-the-air updates."""

@@ -1,0 +1,1 @@
+"""The on-device model store: installed bundles, the active/previous links, install, rollback, probation."""
