@@ -32,6 +32,7 @@ from typing import Any
 from bench.agent_pipeline import render_video
 from bench.common import CACHE, BenchResult, tool
 from bench.models import ensure_models
+from edge_agent.control import ProbeSample
 from edge_agent.model.bundle import read_bundle, sha256_file, write_bundle
 from edge_agent.remote import ota
 from edge_agent.store import modelstore
@@ -132,8 +133,8 @@ class _Host:
         assert model is not None
         return {k: v for k, v in ota.describe(model).items() if isinstance(v, str)}
 
-    def probe(self) -> ota.ProbeSample:
-        return ota.ProbeSample(self.inferences, 0, None)
+    def probe(self) -> ProbeSample:
+        return ProbeSample(self.inferences, 0, None)
 
     def stop(self) -> None:
         self._stop.set()

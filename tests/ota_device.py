@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_agent.control import ProbeSample
 from edge_agent.errors import EdgeError
 from edge_agent.model.bundle import read_bundle
 from edge_agent.model.loader import bundle_identity
-from edge_agent.remote.ota import ProbeSample
 from edge_agent.runtimes import Runtime, create_runtime
 from edge_agent.store import modelstore
 

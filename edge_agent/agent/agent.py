@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_agent import __version__
 from edge_agent.agent.health import HealthSampler
@@ -32,15 +32,20 @@ from edge_agent.config import (
     parse_event_policy,
     validate_settings,
 )
+from edge_agent.control import ProbeSample
 from edge_agent.errors import BundleError, ConfigError, EdgeError
 from edge_agent.messaging.envelope import EnvelopeFactory
 from edge_agent.messaging.publishers import Publisher, create_publisher
+from edge_agent.model import compat
 from edge_agent.model.bundle import atomic_write
 from edge_agent.model.loader import LoadedModel, ModelFile, open_model, verify_model
 from edge_agent.model.manifest import AudioPreprocess
 from edge_agent.sources import Item, Source, create_source
 from edge_agent.sources.base import Frame
 from edge_agent.tasks import Result, Task, create_task
+
+if TYPE_CHECKING:
+    from edge_agent.remote.ota import OtaUpdater
 
 log = logging.getLogger(__name__)
 
@@ -356,8 +361,8 @@ class Agent:
             self._policy = EventPolicy(self._policy.spec)
             # Probation judges the new model's latency: old timings must not linger in p95.
             self.stats.forget_model_latency()
-            if self.publisher is not None and self.envelope is not None:
-                self.publisher.publish("status", self.envelope.wrap({"state": "online", **self.status_info()}))
+            if self.publisher is not None:
+                self.publisher.publish("status", {"state": "online", **self.status_info()})
         log.info("model swapped to %s %s", new.model.manifest.name, new.model.manifest.version)
         return new.model.info()
 
@@ -376,6 +381,33 @@ class Agent:
         snap["manifest_sha256"] = model.manifest_sha256 if model else None
         snap["config_version"] = self._config_version
         return snap
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.config.state_dir)
+
+    @property
+    def bundle_key(self) -> Path | None:
+        key = self.config.model.public_key
+        return Path(key) if key else None
+
+    @property
+    def fixed_model(self) -> Path | None:
+        bundle = self.config.model.bundle
+        return Path(bundle) if bundle else None
+
+    def probe(self) -> ProbeSample:
+        snap = self.stats.snapshot()
+        invoke = snap.get("latency_ms", {}).get("invoke", {}) or {}
+        p95 = invoke.get("p95")
+        return ProbeSample(int(snap.get("frames_inferred", 0)), int(snap.get("errors", 0)),
+                           float(p95) if isinstance(p95, int | float) else None)
+
+    @property
+    def updater(self) -> OtaUpdater:
+        from edge_agent.remote import ota
+
+        return ota.updater_for(self)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -416,7 +448,7 @@ class Agent:
         self.envelope = EnvelopeFactory(self.config.device_id, state_dir)
         self.publisher = self._make_publisher()
         self.publisher.start(self)
-        self.publisher.publish("status", self.envelope.wrap({"state": "online", **self.status_info()}))
+        self.publisher.publish("status", {"state": "online", **self.status_info()})
         self._sampler = HealthSampler(state_dir)
         self._queue = FrameQueue(self.config.source.queue_size)
         self._threads = [
@@ -498,7 +530,7 @@ class Agent:
                 thread.join(timeout)
         if self._watchdog is not None:
             self._watchdog.stop()
-        if self.publisher is not None and self.envelope is not None:
+        if self.publisher is not None:
             self._publish_health()
             self.publisher.stop(timeout)
         store = _modelstore()
@@ -584,8 +616,8 @@ class Agent:
 
     def _inference_loop(self) -> None:
         queue, stats, stop = self._queue, self.stats, self._stop
-        assert queue is not None and self.publisher is not None and self.envelope is not None
-        publisher, envelope = self.publisher, self.envelope
+        assert queue is not None and self.publisher is not None
+        publisher = self.publisher
         perf = time.perf_counter
         add = stats.add
         max_frames = self.config.max_frames
@@ -636,7 +668,7 @@ class Agent:
                     body["latency_ms"] = round((t3 - t1 + prep_s + item.capture_s) * 1000.0, 3)
                     body["model_sha256"] = engine.model.sha256
                     body["manifest_sha256"] = engine.model.manifest_sha256  # the whole bundle
-                    publisher.publish(f"evt/{result.event_type}", envelope.wrap(body))
+                    publisher.publish(f"evt/{result.event_type}", body)
                     stats.results_published += 1
                     add("publish", perf() - t3)
                 if max_frames is not None and stats.frames_inferred >= max_frames:
@@ -649,11 +681,11 @@ class Agent:
             self._finished.set()
 
     def _publish_health(self) -> None:
-        assert self.publisher is not None and self.envelope is not None
+        assert self.publisher is not None
         body: dict[str, Any] = self._sampler.sample() if self._sampler is not None else {}
         body.update(self.health_extra())
         body.update(self.publisher.stats())
-        self.publisher.publish("health", self.envelope.wrap(body))
+        self.publisher.publish("health", body)
         if self._notifier is not None:
             broker = "connected" if self.publisher.connected else "disconnected"
             self._notifier.status(
@@ -684,12 +716,9 @@ def _modelstore() -> Any:
 
 def _check_compatible(old: LoadedModel, new: LoadedModel) -> None:
     """A hot swap keeps the source: the new model must take the same kind of input."""
-    a, b = old.manifest.preprocess, new.manifest.preprocess
-    if a.kind != b.kind:
-        raise BundleError(f"the new model takes {b.kind} input, the source gives {a.kind}; restart the agent")
-    if isinstance(a, AudioPreprocess) and isinstance(b, AudioPreprocess) and (
-        a.sample_rate, a.window_samples, a.hop_samples) != (b.sample_rate, b.window_samples, b.hop_samples):
-        raise BundleError("the new model uses a different audio rate/window/hop; restart the agent")
+    problems = compat.source_differences(old.manifest, new.manifest)
+    if problems:
+        raise BundleError(f"the new model does not fit the running source ({'; '.join(problems)}); restart the agent")
 
 
 def encode_jpeg(image: Any, max_bytes: int) -> bytes | None:

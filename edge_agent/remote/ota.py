@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from edge_agent.control import ProbeSample
 from edge_agent.errors import EdgeError
 from edge_agent.model.bundle import MANIFEST, read_bundle
 from edge_agent.model.loader import bundle_identity
@@ -79,15 +80,6 @@ class UpdateRequest:
     signature: bytes | None = None
     probation_s: float = DEFAULT_PROBATION_S
     allow_new_input: bool = False
-
-
-@dataclass(frozen=True)
-class ProbeSample:
-    """What the running pipeline reports to the probation monitor."""
-
-    inferences: int
-    errors: int
-    invoke_p95_ms: float | None
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,7 @@ from edge_agent.model.bundle import (
 
 if TYPE_CHECKING:  # cryptography costs ~8 MB RSS: import it only where a key is used
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from edge_agent.model import compat
 from edge_agent.model.manifest import Manifest
 from edge_agent.schema import ValidationError
 
@@ -485,11 +486,6 @@ def check_free_space(directory: Path, needed: int) -> None:
         )
 
 
-def _version_key(version: str) -> tuple[tuple[int, str], ...]:
-    parts = re.split(r"[.\-+]", version)
-    return tuple((int(p), "") if p.isdigit() else (-1, p) for p in parts)
-
-
 def _check_compatible(
     manifest: Manifest, current: InstalledModel | None, allow_new_input: bool, allow_downgrade: bool
 ) -> None:
@@ -497,23 +493,7 @@ def _check_compatible(
         return
     old = current.manifest
     if not allow_new_input:
-        problems = []
-        if list(manifest.inputs[0].shape) != list(old.inputs[0].shape):
-            problems.append(f"input shape {manifest.inputs[0].shape} != {old.inputs[0].shape}")
-        if manifest.preprocess.kind != old.preprocess.kind:
-            problems.append(f"{manifest.preprocess.kind} input instead of {old.preprocess.kind}")
-        elif manifest.preprocess.kind == "image" and old.preprocess.kind == "image":
-            new_p, old_p = manifest.preprocess, old.preprocess
-            if (new_p.width, new_p.height, new_p.channels) != (old_p.width, old_p.height, old_p.channels):
-                problems.append(
-                    f"image {new_p.width}x{new_p.height}x{new_p.channels} != "
-                    f"{old_p.width}x{old_p.height}x{old_p.channels}"
-                )
-        elif (
-            manifest.preprocess.kind == "audio" and old.preprocess.kind == "audio"
-            and manifest.preprocess.sample_rate != old.preprocess.sample_rate
-        ):
-            problems.append(f"sample rate {manifest.preprocess.sample_rate} != {old.preprocess.sample_rate}")
+        problems = compat.input_differences(old, manifest)
         if problems:
             raise InstallError(
                 "the new model does not fit the active model's input ("
@@ -521,11 +501,7 @@ def _check_compatible(
                 + "); use --allow-new-input if the agent's source and config fit it",
                 step="verify",
             )
-    if (
-        not allow_downgrade
-        and manifest.name == old.name
-        and _version_key(manifest.version) < _version_key(old.version)
-    ):
+    if not allow_downgrade and compat.is_downgrade(old, manifest):
         raise InstallError(
             f"{manifest.name} {manifest.version} is older than the active {old.version}; "
             "downgrades need a signed rollback command",

@@ -49,9 +49,10 @@ def _publisher(broker: Mosquitto, device: str, state: Path, **config) -> MqttPub
 
 
 def _padded(pub: MqttPublisher, n: int, size: int) -> dict[str, Any]:
-    body = pub.envelope.wrap({"n": n, "pad": ""})
-    body["pad"] = "x" * max(0, size - len(encode(body)))
-    return body
+    """A body the publisher will send as about ``size`` bytes, envelope included (the envelope
+    of a probe with the same fields; a seq one digit longer adds a byte at most)."""
+    probe = pub.envelope.wrap({"n": n, "pad": ""})
+    return {"n": n, "pad": "x" * max(0, size - len(encode(probe)))}
 
 
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])

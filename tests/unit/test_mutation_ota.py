@@ -16,11 +16,12 @@ from typing import Any, ClassVar
 
 import pytest
 
+from edge_agent.control import ProbeSample
 from edge_agent.errors import EdgeError
 from edge_agent.model.bundle import MANIFEST, generate_keypair, load_private_key, read_bundle, sha256_file
 from edge_agent.remote import ota
 from edge_agent.remote.handler import Ack, CommandContext, CommandError, Route
-from edge_agent.remote.ota import OtaError, OtaUpdater, ProbationPolicy, ProbeSample, UpdateRequest, parse_update_args
+from edge_agent.remote.ota import OtaError, OtaUpdater, ProbationPolicy, UpdateRequest, parse_update_args
 from edge_agent.store import modelstore
 from tests.tiny_store import make_bundle, shared
 

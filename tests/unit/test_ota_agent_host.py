@@ -6,6 +6,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from edge_agent.control import ProbeSample
 from edge_agent.remote import ota
 from edge_agent.remote.handler import Ack
 
@@ -21,7 +22,7 @@ def _agent(tmp_path: Path, bundle: Path | None) -> Any:
 def test_agent_host_adapts_the_agent(tmp_path: Path) -> None:
     host = ota.AgentHost(_agent(tmp_path, None))
     assert host.state_dir == tmp_path / "state" and host.fixed_model is None and host.bundle_key is None
-    assert host.probe() == ota.ProbeSample(7, 1, 2.5)
+    assert host.probe() == ProbeSample(7, 1, 2.5)
 
 
 def test_fixed_bundle_agent_refuses_update_and_rollback(tmp_path: Path) -> None:

@@ -4,37 +4,18 @@ A publisher never blocks the caller on the network: ``publish`` hands the messag
 to a queue (or writes a line to stdout) and returns.
 
 ``kind`` is the topic suffix under ``edge/v1/{device_id}/``: ``status``,
-``health``, ``evt/<type>``, ``ack``, ``config/reported``. ``payload`` is the full
-JSON payload, envelope included (see :mod:`edge_agent.messaging.envelope`).
+``health``, ``evt/<type>``, ``ack``, ``config/reported``. ``payload`` is the message
+body; the publisher wraps it in the envelope (:mod:`edge_agent.messaging.envelope`) when
+it is published, and no other code does.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
-
-class AgentControl(Protocol):
-    """What remote commands may do to a running agent (implemented by the app)."""
-
-    def status_info(self) -> dict[str, Any]:
-        """Agent version, model name/version/sha256, config version (for the birth message)."""
-
-    def apply_config(self, changes: dict[str, Any]) -> dict[str, Any]:
-        """Validate, apply and persist runtime settings; returns the new reported config.
-
-        Raises edge_agent.errors.ConfigError on invalid changes.
-        """
-
-    def reload(self) -> None:
-        """Re-read the configuration file (and the active model)."""
-
-    def snapshot_jpeg(self, max_bytes: int) -> bytes | None:
-        """The latest frame as JPEG of at most ``max_bytes``, or None (no frame / audio)."""
-
-    def health_extra(self) -> dict[str, Any]:
-        """Counters the publisher adds nothing to (stages, fps, drops)."""
+from edge_agent.control import AgentControl
 
 
 class Publisher(ABC):
@@ -46,7 +27,7 @@ class Publisher(ABC):
 
     @abstractmethod
     def publish(self, kind: str, payload: dict[str, Any]) -> None:
-        """Queue one message for delivery; must not block on the network."""
+        """Wrap ``payload`` in the envelope and queue it for delivery; must not block on the network."""
 
     @abstractmethod
     def stop(self, timeout: float = 5.0) -> None:

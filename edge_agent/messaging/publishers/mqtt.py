@@ -32,11 +32,12 @@ from typing import Any
 
 import edge_agent.remote.ota  # noqa: F401 - registers the privileged update_model and rollback commands
 from edge_agent import __version__
+from edge_agent.control import AgentControl
 from edge_agent.errors import ConfigError, EdgeError
 from edge_agent.messaging.envelope import SCHEMA, TOPIC_ROOT, EnvelopeFactory, topic_root
 from edge_agent.messaging.link import InboundMessage, MqttLink, MqttSettings, Will
 from edge_agent.messaging.outbox import DEFAULT_MAX_AGE_S, DEFAULT_MAX_BYTES, DEFAULT_MAX_MESSAGE_BYTES, Outbox
-from edge_agent.messaging.publishers import AgentControl, Publisher, register_publisher
+from edge_agent.messaging.publishers import Publisher, register_publisher
 from edge_agent.remote.handler import Ack, CommandError, CommandHandler, Route, load_public_key, parse_desired
 
 log = logging.getLogger(__name__)
@@ -179,12 +180,12 @@ class MqttPublisher(Publisher):
         if not kind or any(c in kind for c in "+#\x00") or kind.startswith("/"):
             raise ValueError(f"invalid message kind {kind!r}")
         if kind in DIRECT_KINDS:
-            body = payload if "seq" in payload else self.envelope.wrap(payload)
+            body = self.envelope.wrap(payload)
             self._queue_direct(_Direct(f"{self.root}/{kind}", encode(body), DIRECT_KINDS[kind]))
             return
         if kind != "health" and not kind.startswith("evt/"):
             raise ValueError(f"unknown message kind {kind!r}: use status, health, evt/<type>, ack, config/reported")
-        body = payload if "seq" in payload else self.envelope.wrap(payload)
+        body = self.envelope.wrap(payload)
         topic, data = f"{self.root}/{kind}", encode(body)
         if not self.link.fits(topic, len(data)):
             # payload + topic + header over the cap (or the broker's Maximum Packet Size):

@@ -14,8 +14,9 @@ import sys
 import threading
 from typing import Any, TextIO
 
+from edge_agent.control import AgentControl
 from edge_agent.messaging.envelope import EnvelopeFactory, topic_root
-from edge_agent.messaging.publishers import AgentControl, Publisher, register_publisher
+from edge_agent.messaging.publishers import Publisher, register_publisher
 
 QUEUE_SIZE = 10000
 _STOP = object()
@@ -44,7 +45,7 @@ class StdoutPublisher(Publisher):
 
     def publish(self, kind: str, payload: dict[str, Any]) -> None:
         try:
-            self._queue.put_nowait((kind, payload))
+            self._queue.put_nowait((kind, self._envelope.wrap(payload)))
         except queue.Full:
             self.dropped += 1
 
@@ -68,7 +69,7 @@ class StdoutPublisher(Publisher):
     def stop(self, timeout: float = 5.0) -> None:
         if self._thread is None:
             return
-        self.publish("status", self._envelope.wrap({"state": "offline"}))
+        self.publish("status", {"state": "offline"})
         with contextlib.suppress(queue.Full):
             self._queue.put(_STOP, timeout=timeout)
         self._thread.join(timeout)
