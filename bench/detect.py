@@ -72,7 +72,8 @@ def _anchor_cells() -> np.ndarray:
         cols, rows = np.meshgrid(np.arange(cells), np.arange(cells))
         centre = (np.stack([cols, rows], axis=-1).reshape(-1, 2) + 0.5) * stride / INPUT
         parts.append(np.column_stack([centre, np.full(cells * cells, stride / INPUT)]))
-    return np.concatenate(parts).astype(np.float32)
+    grid: np.ndarray = np.concatenate(parts).astype(np.float32)
+    return grid
 
 
 def synth_yolov8_output(rng: np.random.Generator, cells: np.ndarray) -> tuple[np.ndarray, int]:

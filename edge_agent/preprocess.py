@@ -206,7 +206,8 @@ def resample(samples: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
         return samples.astype(np.float32, copy=False)
     n_out = round(samples.size * rate_out / rate_in)
     positions = np.arange(n_out, dtype=np.float64) * (rate_in / rate_out)
-    return np.interp(positions, np.arange(samples.size), samples).astype(np.float32)
+    resampled: np.ndarray = np.interp(positions, np.arange(samples.size), samples).astype(np.float32)
+    return resampled
 
 
 def fit_window(samples: np.ndarray, length: int) -> np.ndarray:
@@ -253,7 +254,8 @@ def _dct_matrix(n_in: int, n_out: int) -> np.ndarray:
     n = np.arange(n_in)[None, :]
     mat = np.cos(np.pi / n_in * (n + 0.5) * k) * np.sqrt(2.0 / n_in)
     mat[0] *= 1.0 / np.sqrt(2.0)
-    return mat.T.astype(np.float32)
+    dct: np.ndarray = mat.T.astype(np.float32)
+    return dct
 
 
 @functools.lru_cache(maxsize=16)
@@ -277,7 +279,7 @@ def audio_features(samples: np.ndarray, spec: AudioPreprocess) -> np.ndarray:
     frames = window[idx] * _hann(spec.frame_length)
     spectrum = np.abs(np.fft.rfft(frames, n=spec.fft_length, axis=1)).astype(np.float32) ** 2
     bank = mel_filterbank(spec.sample_rate, spec.fft_length, spec.n_mels, spec.fmin, spec.fmax)
-    log_mel = np.log(spectrum @ bank + spec.log_offset).astype(np.float32)
+    log_mel: np.ndarray = np.log(spectrum @ bank + spec.log_offset).astype(np.float32)
     if spec.feature == "logmel":
         return log_mel
     result: np.ndarray = (log_mel @ _dct_matrix(spec.n_mels, spec.n_mfcc)).astype(np.float32)
