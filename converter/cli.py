@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from converter.convert import ConvertOptions, convert, print_report
+from converter.convert import ConvertOptions, convert
 from converter.errors import EXIT_USAGE, AccuracyError, ConvertError
+from converter.output import print_report
 from converter.wrap import MAX_GOLDEN, WrapOptions, wrap
 from edge_agent.errors import EdgeError, SignatureError
 from edge_agent.model.bundle import read_bundle

@@ -21,50 +21,43 @@ TensorFlow is never imported in this process.
 from __future__ import annotations
 
 import datetime as dt
-import errno
 import json
 import logging
-import os
 import re
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 
 import edge_agent
 from converter import ops as ops_mod
 from converter import validate, worker
+from converter.child import WorkerProcess, raise_step_error, read_step
 from converter.data import Dataset, data_kind, load_dataset
 from converter.errors import AccuracyError, ConvertError, DataError, ModelLoadError, QuantizationError
-from converter.report import format_report, report_json
-from edge_agent.errors import BundleError
+from converter.golden import golden_vectors
+from converter.output import check_output_writable, write_report_copy, write_verified
+from converter.report import report_json
 from edge_agent.model.bundle import (
     LABELS,
     REPORT,
     atomic_write,
-    fsync_dir,
     load_private_key,
-    read_bundle,
-    write_bundle,
 )
 from edge_agent.model.manifest import (
     AudioPreprocess,
-    GoldenVector,
     ImagePreprocess,
     Manifest,
     ModelInfo,
     OutputSpec,
     TensorSpec,
 )
-from edge_agent.model.smoke import run_smoke_test
-from edge_agent.preprocess import audio_feature_shape, dequantize
+from edge_agent.preprocess import audio_feature_shape
 from edge_agent.runtimes.litert import LiteRTRuntime, backend_version
 from edge_agent.schema import ValidationError
 
@@ -74,7 +67,6 @@ ModelFormat = Literal["savedmodel", "keras", "h5"]
 IoType = Literal["int8", "uint8", "float32"]
 Task = Literal["classify", "detect", "audio_classify"]
 HOLDOUT_FRACTION = 0.2
-WORKER_TIMEOUT_S = 1800.0
 
 
 @dataclass
@@ -145,44 +137,6 @@ def detect_model_format(path: Path) -> ModelFormat:
                          "SavedModel folder, a Keras 3 .keras file or a legacy .h5 file")
 
 
-def check_output_writable(output: Path) -> None:
-    """Fail early (before minutes of work) if the bundle cannot be written there."""
-    output = Path(output)
-    if output.is_dir():
-        raise ConvertError(f"output {output} is a directory; give a bundle file name such as "
-                           f"{output / 'model.bundle'}")
-    parent = output.parent if str(output.parent) else Path(".")
-    if parent.exists() and not parent.is_dir():
-        raise ConvertError(f"cannot write bundle {output}: {parent} is not a directory")
-    if not parent.is_dir():
-        raise ConvertError(f"cannot write bundle {output}: directory {parent} does not exist; create it first")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".probe", dir=parent)
-    except OSError as exc:
-        raise ConvertError(f"cannot write bundle {output}: {_create_failure(parent, exc)}") from exc
-    os.close(fd)
-    os.unlink(probe)
-
-
-def _create_failure(directory: Path, exc: OSError) -> str:
-    """Why no file can be created in an existing ``directory``, in the user's words.
-
-    The bare strerror misleads: /proc answers ENOENT ("No such file or directory")
-    for a directory that plainly exists.
-    """
-    reason = exc.strerror or str(exc)
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return f"directory {directory} is not writable ({reason}); choose another --output"
-    if exc.errno == errno.EROFS:
-        return f"directory {directory} is on a read-only filesystem; choose another --output"
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return f"no space left in directory {directory} ({reason})"
-    if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EINVAL, errno.EOPNOTSUPP):
-        return (f"cannot create files in directory {directory} (it exists but refuses new files, "
-                f"as /proc and /sys do: {reason}); choose another --output")
-    return f"cannot create files in directory {directory}: {reason}"
-
-
 def read_labels_file(path: Path) -> list[str]:
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -198,101 +152,6 @@ def default_model_name(model: Path) -> str:
     stem = model.name if model.is_dir() else model.stem
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-._") or "model"
     return name[:128]
-
-
-# --------------------------------------------------------------------------- child process
-
-
-class _Worker:
-    """The TensorFlow child process (see :mod:`converter.worker`)."""
-
-    def __init__(self, workdir: Path, timeout_s: float = WORKER_TIMEOUT_S) -> None:
-        self.workdir = workdir
-        self.timed_out = False
-        self._log_path = workdir / "worker.log"
-        self._log: IO[bytes] = self._log_path.open("wb")
-        env = dict(os.environ)
-        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        root = str(Path(__file__).resolve().parents[1])
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "converter.worker", str(workdir)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
-            text=True, env=env,
-        )
-        # A hung converter must not hang the user's shell or CI forever.
-        self._timer = threading.Timer(timeout_s, self._kill_on_timeout)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def _kill_on_timeout(self) -> None:
-        self.timed_out = True
-        self.proc.kill()
-
-    def wait_for(self, mark: str) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            if line.strip() == mark:
-                return
-        code = self.proc.wait()
-        if self.timed_out:
-            raise ConvertError(f"the TensorFlow conversion took longer than {WORKER_TIMEOUT_S:.0f} s and "
-                               "was stopped; try fewer --calibration-samples")
-        raise ConvertError(f"the TensorFlow conversion process died (exit code {code}); "
-                           f"last log lines: {self.log_tail()}")
-
-    def send(self, command: str) -> None:
-        assert self.proc.stdin is not None
-        try:
-            self.proc.stdin.write(command + "\n")
-            self.proc.stdin.flush()
-        except (BrokenPipeError, OSError):
-            pass
-
-    def log_tail(self, lines: int = 3) -> str:
-        try:
-            text = self._log_path.read_text(errors="replace").strip().splitlines()
-        except OSError:
-            return "(no log)"
-        useful = [t for t in text if t.strip() and "cuda" not in t.lower()]
-        return " | ".join(useful[-lines:]) or "(no log)"
-
-    def close(self) -> None:
-        self._timer.cancel()
-        if self.proc.poll() is None:
-            self.send("quit")
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        for stream in (self.proc.stdin, self.proc.stdout):
-            if stream is not None:
-                stream.close()
-        self._log.close()
-
-
-def _read_step(workdir: Path, name: str) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((workdir / name).read_text())
-    return data
-
-
-def _raise_step_error(step: dict[str, Any], model: Path) -> None:
-    kind, message, failed = step.get("kind"), str(step.get("error")), list(step.get("ops", []))
-    if kind == "model":
-        raise ModelLoadError(message if str(model) in message else f"{model}: {message}")
-    if kind == "unsupported":
-        raise QuantizationError(f"{model}: {message}; replace them with TFLite builtin ops in the "
-                                "model (see the TFLite op compatibility guide) and convert again")
-    if kind == "quantize":
-        names = ", ".join(failed) if failed else "see the message"
-        raise QuantizationError(
-            f"ops cannot be fully quantised to int8 ({names}): {message}; to keep them in float, "
-            "run without --strict (int8 with float fallback) or with --io float32"
-        )
-    if kind == "setup":
-        raise ConvertError(message)
-    raise ConvertError(f"conversion failed: {message}")
 
 
 # --------------------------------------------------------------------------- preprocessing spec
@@ -376,7 +235,7 @@ def convert(opts: ConvertOptions) -> ConvertResult:
     report, comp, labels = _validate(conv, opts, fmt, task, op_list)
     if report["accuracy_drop_pp"] is not None and report["accuracy_drop_pp"] > opts.max_accuracy_drop:
         report["duration_s"] = round(time.perf_counter() - started, 1)
-        _write_report_copy(opts.report, report)
+        write_report_copy(opts.report, report)
         raise AccuracyError(
             f"int8 accuracy {report['accuracy_int8']:.2%} is {report['accuracy_drop_pp']:.2f} pp below "
             f"float {report['accuracy_float']:.2%}, more than --max-accuracy-drop "
@@ -387,7 +246,7 @@ def convert(opts: ConvertOptions) -> ConvertResult:
     report["duration_s"] = round(time.perf_counter() - started, 1)
     files = {LABELS: ("\n".join(labels) + "\n").encode(), REPORT: report_json(report)}
     written, smoke = write_verified(Path(opts.output), manifest, conv.int8_model, files, sign_key)
-    _write_report_copy(opts.report, report)
+    write_report_copy(opts.report, report)
     if opts.save_float is not None:
         try:
             atomic_write(Path(opts.save_float), conv.float_model)
@@ -404,12 +263,12 @@ def _run_conversion(opts: ConvertOptions, fmt: ModelFormat, task: Task, label_na
         workdir = Path(tmp)
         (workdir / worker.JOB1).write_text(json.dumps({"model": str(model_path.resolve()), "format": fmt}))
         _note(f"loading {fmt} model {model_path} and converting to float TFLite (child process)")
-        child = _Worker(workdir)
+        child = WorkerProcess(workdir)
         try:
             child.wait_for(worker.MARK1)
-            step1 = _read_step(workdir, worker.STEP1)
+            step1 = read_step(workdir, worker.STEP1)
             if "error" in step1:
-                _raise_step_error(step1, model_path)
+                raise_step_error(step1, model_path)
             float_model = Path(step1["float"]).read_bytes()
             float_rt = LiteRTRuntime(float_model)
             input_shape = list(float_rt.inputs[0].shape)
@@ -439,9 +298,9 @@ def _run_conversion(opts: ConvertOptions, fmt: ModelFormat, task: Task, label_na
             _note(f"quantising to full int8 with {len(calib)} calibration samples (io {opts.io})")
             child.send("go")
             child.wait_for(worker.MARK2)
-            step2 = _read_step(workdir, worker.STEP2)
+            step2 = read_step(workdir, worker.STEP2)
             if "error" in step2:
-                _raise_step_error(step2, model_path)
+                raise_step_error(step2, model_path)
             int8_model = Path(step2["int8"]).read_bytes()
         finally:
             child.close()
@@ -526,29 +385,7 @@ def _validate(conv: _Converted, opts: ConvertOptions, fmt: ModelFormat, task: Ta
 def _build_manifest(conv: _Converted, opts: ConvertOptions, task: Task, labels: list[str],
                     comp: validate.Comparison, report: dict[str, Any]) -> Manifest:
     """Manifest with tensor specs from the interpreter, golden vectors and headline figures."""
-    int8_rt = LiteRTRuntime(conv.int8_model)
-    try:
-        in_spec, outputs = int8_rt.inputs[0], list(int8_rt.outputs)
-        out_spec = outputs[0]
-        golden_idx = validate.pick_golden(comp, out_spec.scale)
-        # The comparison keeps output 0 only; outputs 1..n of a detector come from one more run.
-        more = [int8_rt.infer(comp.int8_inputs[i][None])[1:] for i in golden_idx]
-    finally:
-        int8_rt.close()
-    atol = golden_tolerance(out_spec, comp.int8_outputs[golden_idx])
-    more_atol = [golden_tolerance(spec, np.stack([dequantize(m[k], spec) for m in more]))
-                 for k, spec in enumerate(outputs[1:])]
-    golden = [
-        GoldenVector(
-            input_b64=GoldenVector.encode(comp.int8_inputs[i][None]),
-            expected_b64=GoldenVector.encode(comp.int8_raw[i][None]),
-            expected_top1=int(np.argmax(comp.int8_outputs[i].reshape(-1))),
-            atol=atol,
-            more_expected_b64=[GoldenVector.encode(array) for array in extra],
-            more_atol=more_atol,
-        )
-        for i, extra in zip(golden_idx, more, strict=True)
-    ]
+    in_spec, outputs, golden = golden_vectors(conv.int8_model, comp)
     # Generous: the budget must hold on a Pi-class board, not only on this host.
     budget = opts.latency_budget_ms if opts.latency_budget_ms is not None else round(
         20.0 * report["latency_ms"]["int8"]["1"] + 5.0, 2)
@@ -571,21 +408,6 @@ def _build_manifest(conv: _Converted, opts: ConvertOptions, task: Task, labels: 
             "size_ratio", "top1_agreement", "accuracy_float", "accuracy_int8", "output_cosine",
             "int8_op_coverage", "calibration_samples", "validation_samples")},
     )
-
-
-def golden_tolerance(spec: TensorSpec, expected: np.ndarray) -> float:
-    """Smoke-test tolerance of one output, given its dequantised expected values.
-
-    A quantised output gets three quantisation steps: other CPUs' int8 kernels
-    may round differently by a step or two. A float output gets 1e-3 plus 1 %
-    of its largest magnitude (float kernels differ in summation order). An
-    integer output without a scale (a count, class ids) must match exactly.
-    """
-    if spec.scale > 0:
-        return 3.0 * spec.scale
-    if np.dtype(spec.dtype).kind in "iu":
-        return 0.5
-    return 1e-3 + 0.01 * (float(np.max(np.abs(expected))) if expected.size else 0.0)
 
 
 def _hold_out(data: Dataset, rng: np.random.Generator) -> tuple[Dataset, Dataset]:
@@ -628,43 +450,3 @@ def _utc_now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _write_report_copy(path: Path | None, report: dict[str, Any]) -> None:
-    if path is None:
-        return
-    try:
-        atomic_write(Path(path), report_json(report))
-    except OSError as exc:
-        raise ConvertError(f"cannot write report {path}: {exc.strerror or exc}") from exc
-
-
-def write_verified(output: Path, manifest: Manifest, model: bytes, files: dict[str, bytes],
-                    sign_key: Any) -> tuple[Manifest, str]:
-    """Write next to ``output``, read back, smoke-test, then rename into place."""
-    parent = output.parent if str(output.parent) else Path(".")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".partial", dir=parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write_bundle(tmp, manifest, model, files, sign_key)
-        bundle = read_bundle(tmp, sign_key.public_key() if sign_key is not None else None)
-        runtime = LiteRTRuntime(bundle.model_bytes)
-        try:
-            smoke = run_smoke_test(bundle.manifest, runtime)
-        finally:
-            runtime.close()
-        if not smoke.passed:
-            raise ConvertError(f"the written bundle fails its own smoke test: {smoke.summary()}")
-        try:
-            os.replace(tmp, output)
-        except OSError as exc:
-            raise ConvertError(f"cannot write bundle {output}: {exc.strerror or exc}") from exc
-        fsync_dir(parent)
-        return bundle.manifest, smoke.summary()
-    except BundleError as exc:
-        raise ConvertError(str(exc)) from exc
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def print_report(report: dict[str, Any], stream: IO[str] | None = None) -> None:
-    print(format_report(report), file=stream or sys.stdout, flush=True)

@@ -20,9 +20,11 @@ import numpy as np
 
 import edge_agent
 from converter import validate
-from converter.convert import check_output_writable, default_model_name, golden_tolerance, write_verified
+from converter.convert import default_model_name
 from converter.data import AUDIO_SUFFIXES, IMAGE_SUFFIXES, data_kind
 from converter.errors import ConvertError, DataError
+from converter.golden import golden_tolerance
+from converter.output import check_output_writable, write_verified
 from converter.report import report_json
 from edge_agent.errors import PreprocessError, RuntimeLoadError
 from edge_agent.model.bundle import LABELS, REPORT, load_private_key, sha256_bytes

@@ -12,13 +12,13 @@ import pytest
 from converter.convert import (
     ConvertOptions,
     build_preprocess,
-    check_output_writable,
     detect_model_format,
     read_labels_file,
 )
 from converter.data import MIN_SAMPLES, data_kind, load_dataset
 from converter.errors import ConvertError, DataError, ModelLoadError
 from converter.ops import OpInfo, float_compute_ops, float_ops, int8_coverage
+from converter.output import check_output_writable
 from converter.report import format_report
 from converter.validate import mean_cosine, outputs_are_probabilities, top1_agreement
 from converter.worker import failed_ops
