@@ -201,16 +201,12 @@ class Agent:
 
     def start(self) -> None:
         """Load the model, open the source, start the publisher and the threads."""
-        from edge_agent.store import modelstore
-
         self.pipeline.t_start = time.monotonic()
         state_dir = ensure_state_dir(self.config)
-        rolled_back = modelstore.note_agent_start(state_dir)  # probation crash counter
-        if rolled_back is not None:
-            log.warning("model store rolled back after repeated crashes: %s", rolled_back)
+        note_start(state_dir)
         self.settings.load(state_dir)
         source = open_source_and_model(self.engine, self.config)
-        modelstore.write_pid_file(state_dir)  # lets `edge-agent install-model` SIGHUP us
+        write_pid_file(state_dir)
         self.envelope = EnvelopeFactory(self.config.device_id, state_dir)
         self.publisher = self._make_publisher()
         self.publisher.start(self)
@@ -297,6 +293,22 @@ def open_source_and_model(engine: Engine, config: AgentConfig) -> Source:
         source.close()
         raise
     return source
+
+
+def note_start(state_dir: Path) -> None:
+    """Count the start for the model store's probation crash counter (it may roll back)."""
+    from edge_agent.store import modelstore
+
+    rolled_back = modelstore.note_agent_start(state_dir)
+    if rolled_back is not None:
+        log.warning("model store rolled back after repeated crashes: %s", rolled_back)
+
+
+def write_pid_file(state_dir: Path) -> None:
+    """Let ``edge-agent install-model`` find (and SIGHUP) the running agent."""
+    from edge_agent.store import modelstore
+
+    modelstore.write_pid_file(state_dir)
 
 
 def note_stop(state_dir: Path) -> None:
