@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_agent.agent.health import HealthRecord
 from edge_agent.cli.main import dispatch
 from edge_agent.errors import EdgeError
 from edge_agent.messaging.envelope import TOPIC_ROOT
@@ -142,19 +143,6 @@ class DeviceView:
         }
 
 
-def _find(data: Any, key: str, depth: int = 0) -> Any:
-    """First value stored under ``key`` anywhere in nested dicts (breadth-first, shallow first)."""
-    if not isinstance(data, dict) or depth > 4:
-        return None
-    if key in data:
-        return data[key]
-    for value in data.values():
-        found = _find(value, key, depth + 1)
-        if found is not None:
-            return found
-    return None
-
-
 def _num(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
@@ -229,21 +217,11 @@ class FleetState:
 
     @staticmethod
     def _health(view: DeviceView, body: dict[str, Any]) -> None:
-        view.fps = _num(_find(body, "fps_inferred"))
-        latency = _find(body, "latency_ms")
-        p95 = None
-        if isinstance(latency, dict):
-            for stage in ("total", "invoke"):
-                entry = latency.get(stage)
-                if isinstance(entry, dict):
-                    p95 = _num(entry.get("p95"))
-                    if p95 is not None:
-                        break
-        view.p95_ms = p95
-        view.cpu_temp_c = _num(_find(body, "cpu_temp_c"))
-        outbox = body.get("outbox") or _find(body, "outbox")
-        depth = outbox.get("depth") if isinstance(outbox, dict) else body.get("outbox_depth")
-        view.outbox_depth = int(depth) if isinstance(depth, int) else None
+        record = HealthRecord.from_json(body)
+        view.fps = record.fps_inferred
+        view.p95_ms = record.p95_ms("total", "invoke")
+        view.cpu_temp_c = record.cpu_temp_c
+        view.outbox_depth = record.outbox_depth
 
     def snapshot(self, now: float | None = None) -> list[dict[str, Any]]:
         now = time.time() if now is None else now

@@ -4,7 +4,7 @@ inference.
 :class:`InferenceHost` runs the store's active model in an inference thread
 (like the agent's pipeline, with inputs shaped for the model it started with,
 as a camera configured for it would deliver) and implements
-:class:`edge_agent.remote.ota.ModelHost`: ``reload_model`` reports the bundle identity
+:class:`edge_agent.control.ModelHost`: ``reload_model`` reports the bundle identity
 (``manifest_sha256``) of the bundle it actually loaded, as the agent does.
 :class:`StuckHost` is one whose reload silently keeps the old model. The MQTT
 end-to-end tests (tests/integration/test_ota_mqtt.py) drive the real
@@ -31,6 +31,7 @@ class InferenceHost:
     def __init__(self, state_dir: Path, bundle_key: Path | None, period_s: float = 0.005) -> None:
         self.state_dir = state_dir
         self.bundle_key = bundle_key
+        self.fixed_model: Path | None = None  # runs the store's model
         self.period_s = period_s
         self.inferences = 0
         self.errors = 0

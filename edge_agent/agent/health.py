@@ -1,4 +1,5 @@
-"""System health figures read from the kernel (and ``vcgencmd`` on a Raspberry Pi).
+"""The ``health`` message: system figures read from the kernel (and ``vcgencmd`` on a Raspberry
+Pi), the typed :class:`HealthRecord` the agent publishes and readers parse, and its reporter.
 
 A figure the board does not report is ``None`` (JSON null), never invented.
 Only the standard library: ``/proc``, ``/sys`` and ``shutil.disk_usage``.
@@ -10,9 +11,19 @@ import logging
 import os
 import shutil
 import subprocess
+import threading
 import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict, cast
+
+from edge_agent.agent.stats import StatsSnapshot
+from edge_agent.control import ProbeSample
+
+if TYPE_CHECKING:
+    from edge_agent.agent.sdnotify import Notifier
+    from edge_agent.messaging.publishers import Publisher
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +126,165 @@ def _read_uptime() -> float | None:
         return None
 
 
+class MemoryFigures(TypedDict):
+    total_bytes: int | None
+    available_bytes: int | None
+    rss_bytes: int | None
+
+
+class SystemHealth(TypedDict):
+    """:meth:`HealthSampler.sample`: the board's figures (None where it does not report them)."""
+
+    cpu_temp_c: float | None
+    throttled: dict[str, Any] | None
+    cpu_percent: float | None
+    process_cpu_percent: float | None
+    mem: MemoryFigures
+    disk_free_bytes: int | None
+    uptime_s: float
+    system_uptime_s: float | None
+
+
+class PipelineHealth(StatsSnapshot):
+    """The pipeline's figures in the health message: the stats plus source, model and config version."""
+
+    source: dict[str, Any] | None
+    model_sha256: str | None
+    manifest_sha256: str | None
+    config_version: int
+
+
+def _num(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+@dataclass(frozen=True)
+class HealthRecord:
+    """One ``health`` message: system figures, pipeline figures and the publisher's delivery counters.
+
+    On the wire the three parts are one flat JSON object (:meth:`to_json`). A reader of
+    messages from the network parses them with :meth:`from_json`, whose values are not
+    validated: read them through the properties, which return None for a missing or
+    mistyped figure.
+    """
+
+    system: SystemHealth | None = None
+    pipeline: StatsSnapshot | None = None
+    publisher: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The message body (before the envelope): system, then pipeline, then publisher keys."""
+        body: dict[str, Any] = {}
+        body.update(self.system or {})
+        body.update(self.pipeline or {})
+        body.update(self.publisher)
+        return body
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> HealthRecord:
+        """Split a received health body into its parts (values as received)."""
+        system_keys = SystemHealth.__required_keys__
+        pipeline_keys = PipelineHealth.__required_keys__
+        return cls(
+            system=cast(SystemHealth, {k: v for k, v in body.items() if k in system_keys}),
+            pipeline=cast(PipelineHealth, {k: v for k, v in body.items() if k in pipeline_keys}),
+            publisher={k: v for k, v in body.items() if k not in system_keys and k not in pipeline_keys},
+        )
+
+    @property
+    def fps_inferred(self) -> float | None:
+        return _num(self.pipeline.get("fps_inferred")) if self.pipeline else None
+
+    @property
+    def cpu_temp_c(self) -> float | None:
+        return _num(self.system.get("cpu_temp_c")) if self.system else None
+
+    def p95_ms(self, *stages: str) -> float | None:
+        """The p95 latency of the first of ``stages`` that reports one."""
+        latency: object = self.pipeline.get("latency_ms") if self.pipeline else None
+        if not isinstance(latency, dict):
+            return None
+        for stage in stages:
+            entry = latency.get(stage)
+            if isinstance(entry, dict):
+                p95 = _num(entry.get("p95"))
+                if p95 is not None:
+                    return p95
+        return None
+
+    @property
+    def outbox_depth(self) -> int | None:
+        """Messages waiting for delivery: the MQTT outbox's ``depth`` or the stdout queue's."""
+        outbox = self.publisher.get("outbox")
+        depth = outbox.get("depth") if isinstance(outbox, dict) else self.publisher.get("outbox_depth")
+        return int(depth) if isinstance(depth, int) else None
+
+    def probe_sample(self) -> ProbeSample:
+        """What the OTA probation monitor watches: inferences, errors, invoke p95."""
+        pipeline = self.pipeline
+        inferences = _num(pipeline.get("frames_inferred")) if pipeline else None
+        errors = _num(pipeline.get("errors")) if pipeline else None
+        return ProbeSample(int(inferences or 0), int(errors or 0), self.p95_ms("invoke"))
+
+
+class HealthReporter:
+    """Publishes a :class:`HealthRecord` every interval and tells systemd (``STATUS=``) the gist.
+
+    Args:
+        sampler: the system figures (None: none in the message).
+        pipeline: returns the pipeline's figures.
+        publisher: where the message goes; its counters join it.
+        interval_s: returns the interval in force (a runtime setting).
+    """
+
+    def __init__(self, sampler: HealthSampler | None, pipeline: Callable[[], PipelineHealth],
+                 publisher: Publisher, interval_s: Callable[[], float]) -> None:
+        self._sampler = sampler
+        self._pipeline = pipeline
+        self._publisher = publisher
+        self._interval_s = interval_s
+        self.notifier: Notifier | None = None
+        self._thread: threading.Thread | None = None
+
+    def record(self) -> HealthRecord:
+        return HealthRecord(self._sampler.sample() if self._sampler is not None else None,
+                            self._pipeline(), self._publisher.stats())
+
+    def publish(self) -> None:
+        record = self.record()
+        self._publisher.publish("health", record.to_json())
+        if self.notifier is not None:
+            broker = "connected" if self._publisher.connected else "disconnected"
+            pipeline = record.pipeline
+            fps, dropped = (pipeline["fps_inferred"], pipeline["frames_dropped"]) if pipeline else (0, 0)
+            self.notifier.status(f"{fps} fps inferred, {dropped} dropped, publisher {broker}")
+
+    def start(self, stop: threading.Event) -> None:
+        """Start the health thread; it ends when ``stop`` is set."""
+        self._thread = threading.Thread(target=self._run, args=(stop,), name="health", daemon=True)
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def join(self, timeout: float) -> None:
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def _run(self, stop: threading.Event) -> None:
+        """Publish every interval until ``stop`` is set."""
+        last = time.monotonic()
+        while not stop.wait(0.05):
+            if time.monotonic() - last < self._interval_s():
+                continue
+            last = time.monotonic()
+            try:
+                self.publish()
+            except Exception:
+                log.exception("health sampling failed")
+
+
 class HealthSampler:
     """Samples system figures; CPU percentages are deltas since the previous sample."""
 
@@ -125,7 +295,7 @@ class HealthSampler:
         self._last_cpu = _read_cpu_times()
         self._last_proc = (time.monotonic(), _process_cpu_s())
 
-    def sample(self) -> dict[str, Any]:
+    def sample(self) -> SystemHealth:
         """System figures for the health payload (None where the board does not report them)."""
         cpu_now = _read_cpu_times()
         cpu_percent: float | None = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Iterable
-from typing import Any
+from typing import TypedDict
 
 import numpy as np
 
@@ -18,6 +18,33 @@ STAGES = ("capture", "preprocess", "invoke", "decode", "publish")
 MODEL_STAGES = ("preprocess", "invoke", "decode")
 LATENCY_WINDOW = 1024
 RATE_WINDOW_S = 5.0
+
+
+class LatencyFigures(TypedDict):
+    """Percentiles (ms) of one stage's recent durations (None before the first one) and its count."""
+
+    p50: float | None
+    p95: float | None
+    p99: float | None
+    mean: float | None
+    n: int
+
+
+class StatsSnapshot(TypedDict):
+    """:meth:`PipelineStats.snapshot`: the pipeline's counters, rates and latencies."""
+
+    fps_in: float
+    fps_inferred: float
+    frames_in: int
+    frames_inferred: int
+    frames_dropped: int
+    frames_skipped: int
+    results_published: int
+    errors: int
+    queue_depth: int
+    latency_ms: dict[str, LatencyFigures]
+    run_s: float
+    mean_fps_inferred: float
 
 
 class LatencyWindow:
@@ -37,7 +64,7 @@ class LatencyWindow:
         """Drop the recent durations (percentiles restart); lifetime count and total stay."""
         self._values.clear()
 
-    def snapshot(self) -> dict[str, float | int | None]:
+    def snapshot(self) -> LatencyFigures:
         values = np.fromiter(tuple(self._values), dtype=np.float64)
         if values.size == 0:
             return {"p50": None, "p95": None, "p99": None, "mean": None, "n": self.count}
@@ -106,7 +133,7 @@ class PipelineStats:
             if name in self.stages:
                 self.stages[name].forget()
 
-    def snapshot(self, now: float | None = None) -> dict[str, Any]:
+    def snapshot(self, now: float | None = None) -> StatsSnapshot:
         """Current figures as plain JSON-ready values; does not modify state."""
         now = time.monotonic() if now is None else now
         return {
@@ -134,8 +161,8 @@ class PipelineStats:
     def summary(self, now: float | None = None) -> str:
         """One line for stderr at the end of a run."""
         snap = self.snapshot(now)
-        invoke = snap["latency_ms"].get("invoke", {})
-        if invoke.get("p50") is None:
+        invoke = snap["latency_ms"].get("invoke")
+        if invoke is None or invoke["p50"] is None:
             latency = "no inferences"
         else:
             latency = f"invoke p50 {invoke['p50']} ms p95 {invoke['p95']} ms"

@@ -45,9 +45,9 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from edge_agent.control import ProbeSample
+from edge_agent.control import AgentControl, ModelHost
 from edge_agent.errors import EdgeError
 from edge_agent.model.bundle import MANIFEST, read_bundle
 from edge_agent.model.loader import bundle_identity
@@ -88,22 +88,6 @@ class ProbationPolicy:
     min_samples: int = 5  # before the error rate counts
     latency_factor: float = 3.0  # live p95 may exceed the budget (smoke-test mean) this much
     max_crashes: int = 2
-
-
-class ModelHost(Protocol):
-    """What OTA needs from the running agent (the pipeline's Agent, or a test double)."""
-
-    @property
-    def state_dir(self) -> Path: ...
-
-    @property
-    def bundle_key(self) -> Path | None: ...
-
-    def reload_model(self) -> dict[str, str]:
-        """Load the store's active model; returns its info with ``manifest_sha256`` (raises EdgeError)."""
-        ...
-
-    def probe(self) -> ProbeSample: ...
 
 
 def parse_update_args(args: dict[str, Any]) -> UpdateRequest:
@@ -257,7 +241,7 @@ class OtaUpdater:
         downloads = state_dir / DOWNLOADS
         timings: dict[str, float] = {}
         self.last_timings = timings
-        fixed = getattr(self.host, "fixed_model", None)
+        fixed = self.host.fixed_model
         if fixed is not None:  # installing into the store would never reach the running agent
             return Ack(cmd_id, "failed", f"the agent runs the fixed model file {fixed} (model.bundle / "
                        "--bundle); over-the-air updates need the model store: unset it",
@@ -358,7 +342,7 @@ class OtaUpdater:
 
     def rollback(self, cmd_id: str) -> Ack:
         """The signed ``rollback`` command: previous becomes active again (downgrade)."""
-        fixed = getattr(self.host, "fixed_model", None)
+        fixed = self.host.fixed_model
         if fixed is not None:
             return Ack(cmd_id, "failed", f"the agent runs the fixed model file {fixed}; nothing to roll back")
         if not self._busy.acquire(blocking=False):
@@ -427,64 +411,15 @@ def _round(timings: dict[str, float]) -> dict[str, float]:
     return {k: round(v, 3) for k, v in timings.items()}
 
 
-# --------------------------------------------------------------------------- wiring to the agent
-
-
-class AgentHost:
-    """Adapts the pipeline's Agent (``edge_agent.agent.agent.Agent``) to :class:`ModelHost`."""
-
-    def __init__(self, agent: Any) -> None:
-        self.agent = agent
-
-    @property
-    def state_dir(self) -> Path:
-        return Path(self.agent.config.state_dir)
-
-    @property
-    def bundle_key(self) -> Path | None:
-        key = self.agent.config.model.public_key
-        return Path(key) if key else None
-
-    @property
-    def fixed_model(self) -> Path | None:
-        """The model file the agent was told to run (``--bundle``), which the store cannot replace."""
-        bundle = self.agent.config.model.bundle
-        return Path(bundle) if bundle else None
-
-    def reload_model(self) -> dict[str, str]:
-        result: dict[str, str] = self.agent.reload_model()
-        return result
-
-    def probe(self) -> ProbeSample:
-        snap = self.agent.stats.snapshot()
-        invoke = snap.get("latency_ms", {}).get("invoke", {}) or {}
-        p95 = invoke.get("p95")
-        return ProbeSample(int(snap.get("frames_inferred", 0)), int(snap.get("errors", 0)),
-                           float(p95) if isinstance(p95, int | float) else None)
-
-
-_UPDATERS: dict[int, OtaUpdater] = {}
-_UPDATERS_LOCK = threading.Lock()
-
-
-def updater_for(control: Any) -> OtaUpdater:
-    """One updater per running agent (the command's ``ctx.control``)."""
-    existing = getattr(control, "ota_updater", None)
-    if isinstance(existing, OtaUpdater):
-        return existing
-    with _UPDATERS_LOCK:
-        updater = _UPDATERS.get(id(control))
-        if updater is None:
-            updater = OtaUpdater(AgentHost(control))
-            _UPDATERS[id(control)] = updater
-        return updater
+# --------------------------------------------------------------------------- the commands
 
 
 def _cmd_update_model(ctx: CommandContext) -> Ack:
     request = parse_update_args(ctx.args)
     if ctx.control is None:
         return Ack(ctx.id, "failed", "no running agent to update")
-    updater = updater_for(ctx.control)
+    control: AgentControl = ctx.control
+    updater = control.updater
     try:
         updater.start_update(request, ctx.id, ctx.reply)
     except OtaError as exc:
@@ -497,7 +432,8 @@ def _cmd_rollback(ctx: CommandContext) -> Ack:
         raise CommandError("rollback takes no arguments")
     if ctx.control is None:
         return Ack(ctx.id, "failed", "no running agent")
-    return updater_for(ctx.control).rollback(ctx.id)
+    control: AgentControl = ctx.control
+    return control.updater.rollback(ctx.id)
 
 
 def register_commands() -> None:

@@ -391,8 +391,8 @@ def test_reload_failure_rolls_back(device: Device, web: tuple[Path, str], test_b
     assert final is not None and final["status"] == "failed", (progress, final, device.stderr_tail())
     assert [a["status"] for a in progress] == ["in_progress", "failed"], progress
     reason = final["reason"]
-    assert reason.startswith("the running agent cannot load the new model: the new model takes audio "
-                             "input, the source gives image"), reason
+    assert reason.startswith("the running agent cannot load the new model: the new model does not fit the "
+                             "running source (audio input instead of image); restart the agent"), reason
     assert f"rolled back to {manifest.name} {manifest.version}" in reason, reason
     assert final["result"]["active"]["manifest_sha256"] == identity(test_bundles.good)
     assert device.store_active() == sha256_file(test_bundles.good)

@@ -179,6 +179,7 @@ class Host:
                  probes: Callable[[int], ProbeSample] | None = None) -> None:
         self.state_dir = state_dir
         self.bundle_key = bundle_key
+        self.fixed_model: Path | None = None
         self.reloads = 0
         self.fail_reload: EdgeError | None = None
         self.report_identity: str | None = None  # what reload_model reports instead of the real identity
@@ -433,9 +434,10 @@ def test_one_update_at_a_time_and_the_worker_always_answers(env: Env, tmp_path: 
 
 
 class Control:
-    def __init__(self, updater: OtaUpdater | None = None) -> None:
-        if updater is not None:
-            self.ota_updater = updater
+    """The part of AgentControl the commands use: the agent's own updater."""
+
+    def __init__(self, updater: OtaUpdater) -> None:
+        self.updater = updater
 
 
 def _ctx(control: Any, args: dict[str, Any], replies: list[Ack] | None = None) -> CommandContext:
@@ -456,7 +458,6 @@ def test_update_and_rollback_commands(env: Env, tmp_path: Path) -> None:
     state = env.store(tmp_path)
     updater = OtaUpdater(Host(state, env.public))
     control = Control(updater)
-    assert ota.updater_for(control) is updater
     replies: list[Ack] = []
     size = env.v2.stat().st_size
     ack = ota._cmd_update_model(_ctx(control, {"url": f"file://{env.v2}", "sha256": sha256_file(env.v2),
@@ -465,13 +466,6 @@ def test_update_and_rollback_commands(env: Env, tmp_path: Path) -> None:
     updater.join(120)
     assert [(a.id, a.status) for a in replies] == [("c1", "in_progress"), ("c1", "succeeded")]
     assert ota._cmd_rollback(_ctx(control, {})).reason == "rolled back"
-
-
-def test_one_updater_per_agent() -> None:
-    plain_a, plain_b = Control(), Control()
-    assert ota.updater_for(plain_a) is ota.updater_for(plain_a)
-    assert ota.updater_for(plain_a) is not ota.updater_for(plain_b)
-    assert isinstance(ota.updater_for(plain_a).host, ota.AgentHost)
 
 
 def test_commands_are_privileged() -> None:
@@ -588,20 +582,9 @@ def test_probation_failure_timings_lie_within_the_call(env: Env, tmp_path: Path)
 def test_fixed_model_agent_refuses_with_the_active_model(env: Env, tmp_path: Path) -> None:
     state = env.store(tmp_path)
     host = Host(state, env.public)
-    host.fixed_model = tmp_path / "model.bundle"  # type: ignore[attr-defined]
+    host.fixed_model = tmp_path / "model.bundle"
     ack = OtaUpdater(host).update(env.request(env.v2), "u1", lambda a: None)
     assert ack.id == "u1" and ack.status == "failed"
     assert ack.reason == (f"the agent runs the fixed model file {tmp_path / 'model.bundle'} (model.bundle / --bundle); "
                           "over-the-air updates need the model store: unset it")
     assert ack.result is not None and ack.result["active"]["bundle_sha256"] == sha256_file(env.v1)
-
-
-def test_agent_host_passes_the_agent_through() -> None:
-    from types import SimpleNamespace
-
-    info = {"sha256": "a", "manifest_sha256": "b"}
-    agent = SimpleNamespace(reload_model=lambda: info,
-                            stats=SimpleNamespace(snapshot=lambda: {"frames_inferred": 3}))
-    host = ota.AgentHost(agent)
-    assert host.reload_model() is info
-    assert host.probe() == ProbeSample(3, 0, None)  # no errors and no latency yet

@@ -6,7 +6,9 @@ import threading
 
 import numpy as np
 
-from edge_agent.agent.agent import _END, EventPolicy, FrameQueue, encode_jpeg
+from edge_agent.agent.events import EventPolicy
+from edge_agent.agent.pipeline import _END, FrameQueue
+from edge_agent.agent.snapshot import encode_jpeg
 from edge_agent.tasks.base import Result
 
 

@@ -1,0 +1,111 @@
+"""Runtime settings in force on a running agent: the configuration file's values, then the
+remote overrides (``set_config`` / ``config/desired``) persisted in the state directory."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from edge_agent.agent.events import EventPolicy
+from edge_agent.config import OVERRIDES_FILE, AgentConfig, RuntimeSettings, validate_settings
+from edge_agent.errors import ConfigError
+from edge_agent.model.bundle import atomic_write
+from edge_agent.tasks import Task
+
+log = logging.getLogger(__name__)
+
+
+class Settings:
+    """Event policy, fps, health interval and task limits, with the config version they carry.
+
+    Args:
+        config: the configuration the defaults come from (replaced by :meth:`reset` on reload).
+    """
+
+    def __init__(self, config: AgentConfig) -> None:
+        self._lock = threading.Lock()
+        self.overrides: dict[str, Any] = {}
+        self.version = 0
+        self.on_change: Callable[[], None] = lambda: None  # re-configures the running task
+        self.reset(config)
+
+    def reset(self, config: AgentConfig) -> None:
+        """Take the defaults of a (re-read) configuration; overrides applied so far stay."""
+        self._config = config
+        self.policy = EventPolicy(config.events.policy)
+        self.fps = config.source.fps
+        self.health_interval_s = config.health.interval_s
+
+    def restart_policy(self) -> None:
+        """Forget what the event policy has seen (after a model swap)."""
+        self.policy = EventPolicy(self.policy.spec)
+
+    def task_limits(self) -> tuple[float | None, int | None]:
+        """The score threshold and top-k the task runs with."""
+        events = self._config.events
+        threshold: float | None = self.overrides.get("score_threshold", events.score_threshold)
+        top_k: int | None = self.overrides.get("top_k", events.top_k)
+        return threshold, top_k
+
+    def load(self, state_dir: Path) -> None:
+        """Apply the overrides persisted in ``state_dir`` (an unreadable file is logged and ignored)."""
+        path = state_dir / OVERRIDES_FILE
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring unreadable %s: %s", path, exc)
+            return
+        try:
+            settings = validate_settings(data.get("settings", {}))
+        except (ConfigError, AttributeError) as exc:
+            log.warning("ignoring invalid %s: %s", path, exc)
+            return
+        self.version = int(data.get("version", 0))
+        self._apply(settings)
+
+    def _apply(self, settings: RuntimeSettings) -> None:
+        values = settings.model_dump(exclude_none=True, exclude={"version"})
+        with self._lock:
+            self.overrides.update(values)
+            if "events" in values:
+                self.policy = EventPolicy(values["events"])
+            if "fps" in values:
+                self.fps = values["fps"]
+            if "health_interval_s" in values:
+                self.health_interval_s = values["health_interval_s"]
+            self.on_change()
+
+    def apply(self, changes: dict[str, Any], state_dir: Callable[[], Path]) -> None:
+        """Validate, apply and persist runtime settings in the state directory (made on demand).
+
+        Raises:
+            ConfigError: the changes are invalid (nothing applied) or cannot be persisted.
+        """
+        settings = validate_settings(changes)
+        self._apply(settings)
+        self.version = settings.version if settings.version is not None else self.version + 1
+        path = state_dir() / OVERRIDES_FILE
+        data = {"version": self.version, "settings": self.overrides}
+        try:
+            atomic_write(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+        except OSError as exc:
+            raise ConfigError(f"cannot persist settings to {path}: {exc.strerror or exc}") from exc
+        log.info("config version %d applied: %s", self.version, settings.model_dump(exclude_none=True))
+
+    def reported(self, task: Task | None) -> dict[str, Any]:
+        """The settings in force, as published on ``config/reported``."""
+        events = self._config.events
+        return {
+            "version": self.version,
+            "events": self.policy.spec,
+            "score_threshold": task.threshold if task else events.score_threshold,
+            "top_k": task.top_k if task else events.top_k,
+            "fps": self.fps,
+            "health_interval_s": self.health_interval_s,
+        }
