@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent.cli.main import main as agent_main
 from edge_agent.errors import BundleError
+from edge_agent.model import compat
 from edge_agent.model.bundle import MANIFEST, MODEL, generate_keypair, load_private_key, read_bundle, sha256_file
 from edge_agent.store import modelstore
 from edge_agent.store.modelstore import InstallError, Probation
@@ -196,7 +197,7 @@ def test_a_new_input_is_accepted_when_allowed(installed: Path, tmp_path: Path, b
 
 
 def test_version_order_is_numeric_per_part() -> None:
-    key = modelstore._version_key
+    key = compat.version_key
     assert key("1.10") > key("1.9") > key("1.2") > key("1.1.9")
     assert key("2.0-rc1") < key("2.0-1")  # words sort below numbers
     assert key("1.0+b") == ((1, ""), (0, ""), (-1, "b"))
