@@ -8,7 +8,7 @@ from typing import Any
 
 from edge_agent.control import ProbeSample
 from edge_agent.remote import ota
-from edge_agent.remote.handler import Ack
+from edge_agent.remote.protocol import Ack
 
 
 def _agent(tmp_path: Path, bundle: Path | None) -> Any:
