@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import random
 import socket
 import ssl
 import threading
@@ -44,7 +43,10 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from edge_agent.config import MqttSection, format_error
 from edge_agent.errors import EdgeError
+from edge_agent.schema import ValidationError
+from edge_agent.util.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -61,32 +63,39 @@ class MqttError(EdgeError):
     """MQTT settings are invalid or a credential file cannot be read."""
 
 
+def _default(name: str) -> Any:
+    """The ``[mqtt]`` config section's default for ``name`` (defined once, there)."""
+    return MqttSection.model_fields[name].default
+
+
 @dataclass
 class MqttSettings:
-    """Connection settings (mirrors the ``[mqtt]`` config section; plain values only).
+    """Connection settings: the link's part of the ``[mqtt]`` config section, as plain values.
 
-    ``broker`` is ``mqtt://host[:port]`` or ``mqtts://host[:port]``. ``password_file``
-    may be absolute, or a bare name resolved in ``$CREDENTIALS_DIRECTORY``
-    (systemd ``LoadCredential``). ``client_id`` defaults to the device id.
+    Defaults and limits are those of :class:`edge_agent.config.MqttSection` (the one
+    definition); :meth:`validate` checks the values against it. ``broker`` is
+    ``mqtt://host[:port]`` or ``mqtts://host[:port]``. ``password_file`` may be
+    absolute, or a bare name resolved in ``$CREDENTIALS_DIRECTORY`` (systemd
+    ``LoadCredential``). ``client_id`` defaults to the device id.
     """
 
-    broker: str = "mqtt://localhost:1883"
+    broker: str = "mqtt://localhost:1883"  # the section's default is None: no broker, no MQTT
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
     username: str | None = None
     password_file: Path | None = None
-    protocol: Literal["5", "3.1.1"] = "5"
-    keepalive: int = 30
-    will_delay: int = 10
+    protocol: Literal["5", "3.1.1"] = _default("protocol")
+    keepalive: int = _default("keepalive")
+    will_delay: int = _default("will_delay")
     client_id: str | None = None
-    reconnect_min_s: float = 1.0
-    reconnect_max_s: float = 60.0
-    max_inflight: int = 10
+    reconnect_min_s: float = _default("reconnect_min_s")
+    reconnect_max_s: float = _default("reconnect_max_s")
+    max_inflight: int = _default("max_inflight")
     # Compared with the whole PUBLISH packet (payload + topic + PACKET_OVERHEAD), and kept
     # clearly below the shipped broker's ``max_packet_size 262144``.
-    max_payload_bytes: int = 128 * 1024
-    homeassistant: bool = False
+    max_payload_bytes: int = _default("max_payload_bytes")
+    homeassistant: bool = _default("homeassistant")
 
     @classmethod
     def from_any(cls, value: MqttSettings | Any | None = None, **overrides: Any) -> MqttSettings:
@@ -111,32 +120,14 @@ class MqttSettings:
         return settings
 
     def validate(self) -> None:
+        """Check the values against the ``[mqtt]`` section's limits; raises MqttError (one line)."""
         parse_broker_url(self.broker)
-        if self.keepalive < 1 or self.keepalive > 65535:
-            raise MqttError(f"mqtt keepalive must be 1..65535 s, got {self.keepalive}")
-        if self.will_delay < 0:
-            raise MqttError(f"mqtt will_delay must be >= 0 s, got {self.will_delay}")
-        if (self.cert_file is None) != (self.key_file is None):
-            raise MqttError("mqtt cert_file and key_file must be given together (mutual TLS)")
+        try:
+            MqttSection.model_validate({name: getattr(self, name) for name in self.__dataclass_fields__})
+        except ValidationError as exc:
+            raise MqttError(format_error(exc, "mqtt settings")) from exc
         if self.cert_file is not None and not parse_broker_url(self.broker).tls:
             raise MqttError("a client certificate needs a TLS broker URL (mqtts://host:port)")
-        if self.max_payload_bytes < 256:
-            raise MqttError(f"mqtt max_payload_bytes must be >= 256, got {self.max_payload_bytes}")
-        if self.max_inflight < 1:
-            raise MqttError("mqtt max_inflight must be >= 1")
-        if self.reconnect_min_s <= 0 or self.reconnect_max_s < self.reconnect_min_s:
-            raise MqttError("mqtt reconnect delays must satisfy 0 < min <= max")
-
-
-def jittered_delay(previous: float, low: float, cap: float, rng: random.Random | None = None) -> float:
-    """Decorrelated jitter: uniform in [low, min(cap, 3 × previous)] (a float, not rounded).
-
-    Starting from ``low``, the upper bound grows ×3 per failed attempt up to ``cap``;
-    the draws are spread continuously, so devices that lost the broker together do
-    not come back in the same instant (or the same whole second).
-    """
-    upper = min(cap, max(low, previous * 3))
-    return (rng or random).uniform(low, upper)
 
 
 def _max_packet_size(properties: Any) -> int | None:
@@ -268,7 +259,7 @@ class MqttLink:
         self._subscriptions = list(subscriptions)
         self._connected = threading.Event()
         self._lock = threading.Lock()
-        self._delay = settings.reconnect_min_s
+        self._backoff = Backoff(settings.reconnect_min_s, settings.reconnect_max_s)
         self._broker_max_packet: int | None = None
         self._started = False
         self._stopping = False
@@ -497,7 +488,7 @@ class MqttLink:
             self.stats.connects += 1
             if not first:
                 self.stats.reconnects += 1
-            self._delay = self.settings.reconnect_min_s
+            self._backoff.reset()
             self._broker_max_packet = _max_packet_size(properties) if self.v5 else None
             self._set_paho_delay(self.settings.reconnect_min_s)
             with self._lock:
@@ -544,9 +535,8 @@ class MqttLink:
         self._guard("on_disconnect", run)
 
     def _schedule_backoff(self) -> None:
-        """Decorrelated jitter (see :func:`jittered_delay`), as a float."""
-        self._delay = jittered_delay(self._delay, self.settings.reconnect_min_s, self.settings.reconnect_max_s)
-        self._set_paho_delay(self._delay)
+        """Decorrelated jitter (see :func:`edge_agent.util.backoff.jittered_delay`), as a float."""
+        self._set_paho_delay(self._backoff.next_delay())
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         def run() -> None:
@@ -607,7 +597,6 @@ __all__ = [
     "MqttLink",
     "MqttSettings",
     "Will",
-    "jittered_delay",
     "parse_broker_url",
     "read_password",
 ]
