@@ -36,7 +36,7 @@ from edge_agent.cli.main import dispatch
 from edge_agent.errors import EdgeError
 from edge_agent.messaging.envelope import TOPIC_ROOT
 from edge_agent.messaging.link import InboundMessage, MqttLink, MqttSettings
-from edge_agent.remote.handler import sign_command
+from edge_agent.remote.protocol import sign_command
 
 EXIT_OK = 0
 EXIT_REJECTED = 1

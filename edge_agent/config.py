@@ -152,7 +152,11 @@ class HealthSection(_Section):
 
 
 class MqttSection(_Section):
-    """Broker connection (used when `broker` is set)."""
+    """Broker connection (used when `broker` is set).
+
+    The one definition of the MQTT settings' defaults and limits:
+    :class:`edge_agent.messaging.link.MqttSettings` is checked against this record.
+    """
 
     broker: str | None = Field(default=None, description="mqtt://host:port or mqtts://host:port")
     ca_file: Path | None = None
@@ -256,7 +260,8 @@ class AgentConfig(_Section):
 # --------------------------------------------------------------------------- loading
 
 
-def _format_error(exc: ValidationError, origin: str) -> str:
+def format_error(exc: ValidationError, origin: str) -> str:
+    """One line naming the setting, the problem and the value (the first problem of ``exc``)."""
     first, where = exc.first, exc.where("config")
     if first["type"] == "extra_forbidden":
         return f"{origin}: unknown setting '{where}' (check the spelling; see the config reference)"
@@ -337,7 +342,7 @@ def load_config(
     try:
         return AgentConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_error(exc, origin)) from exc
+        raise ConfigError(format_error(exc, origin)) from exc
 
 
 # --------------------------------------------------------------------------- remote overrides
@@ -365,4 +370,4 @@ def validate_settings(changes: Mapping[str, Any]) -> RuntimeSettings:
     try:
         return RuntimeSettings.model_validate(dict(changes))
     except ValidationError as exc:
-        raise ConfigError(_format_error(exc, "set_config")) from exc
+        raise ConfigError(format_error(exc, "set_config")) from exc

@@ -78,12 +78,24 @@ class EnvelopeFactory:
         self._seq = SequenceCounter(state_dir)
 
     def wrap(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``body`` in the envelope, with the next sequence number."""
+        return self._envelope(body, self._seq.next())
+
+    def will_body(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``body`` in the envelope of the MQTT will: ``seq`` is null.
+
+        The will is fixed at connect time and may never be sent: it takes no sequence
+        number, so consumers do not count a gap for it.
+        """
+        return self._envelope(body, None)
+
+    def _envelope(self, body: dict[str, Any], seq: int | None) -> dict[str, Any]:
         envelope: dict[str, Any] = {
             "schema": SCHEMA,
             "device_id": self.device_id,
             "boot_id": self.boot_id,
             "session": self.session,
-            "seq": self._seq.next(),
+            "seq": seq,
             "ts_ms": int(time.time() * 1000),
             "replayed": False,
         }

@@ -1,4 +1,4 @@
-"""The one module that imports paho-mqtt: connection settings and a small client wrapper.
+"""The one module that imports paho-mqtt: a small client wrapper (settings: :mod:`.settings`).
 
 :class:`MqttLink` owns one paho client running its own network thread
 (``connect_async`` + ``loop_start``), so the agent starts and infers while the
@@ -26,16 +26,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import random
 import socket
 import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
-from urllib.parse import urlsplit
+from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
@@ -44,7 +40,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from edge_agent.errors import EdgeError
+from edge_agent.messaging.settings import BrokerAddress, MqttError, MqttSettings, parse_broker_url, read_password
+from edge_agent.util.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -53,139 +50,10 @@ log = logging.getLogger(__name__)
 # small properties. Response topic / correlation data are added explicitly.
 PACKET_OVERHEAD = 64
 
-DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883, "tcp": 1883, "ssl": 8883}
-TLS_SCHEMES = frozenset({"mqtts", "ssl"})
-
-
-class MqttError(EdgeError):
-    """MQTT settings are invalid or a credential file cannot be read."""
-
-
-@dataclass
-class MqttSettings:
-    """Connection settings (mirrors the ``[mqtt]`` config section; plain values only).
-
-    ``broker`` is ``mqtt://host[:port]`` or ``mqtts://host[:port]``. ``password_file``
-    may be absolute, or a bare name resolved in ``$CREDENTIALS_DIRECTORY``
-    (systemd ``LoadCredential``). ``client_id`` defaults to the device id.
-    """
-
-    broker: str = "mqtt://localhost:1883"
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    username: str | None = None
-    password_file: Path | None = None
-    protocol: Literal["5", "3.1.1"] = "5"
-    keepalive: int = 30
-    will_delay: int = 10
-    client_id: str | None = None
-    reconnect_min_s: float = 1.0
-    reconnect_max_s: float = 60.0
-    max_inflight: int = 10
-    # Compared with the whole PUBLISH packet (payload + topic + PACKET_OVERHEAD), and kept
-    # clearly below the shipped broker's ``max_packet_size 262144``.
-    max_payload_bytes: int = 128 * 1024
-    homeassistant: bool = False
-
-    @classmethod
-    def from_any(cls, value: MqttSettings | Any | None = None, **overrides: Any) -> MqttSettings:
-        """Build from an MqttSettings, any object with the same attribute names
-        (e.g. the ``mqtt`` config section), a dict, or keyword arguments."""
-        data: dict[str, Any] = {}
-        names = cls.__dataclass_fields__.keys()
-        if isinstance(value, dict):
-            data.update({k: v for k, v in value.items() if k in names})
-        elif value is not None:
-            for name in names:
-                if hasattr(value, name):
-                    data[name] = getattr(value, name)
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        for key in ("ca_file", "cert_file", "key_file", "password_file"):
-            if data.get(key) is not None:
-                data[key] = Path(data[key])
-        if "protocol" in data:
-            data["protocol"] = _normalise_protocol(str(data["protocol"]))
-        settings = cls(**data)
-        settings.validate()
-        return settings
-
-    def validate(self) -> None:
-        parse_broker_url(self.broker)
-        if self.keepalive < 1 or self.keepalive > 65535:
-            raise MqttError(f"mqtt keepalive must be 1..65535 s, got {self.keepalive}")
-        if self.will_delay < 0:
-            raise MqttError(f"mqtt will_delay must be >= 0 s, got {self.will_delay}")
-        if (self.cert_file is None) != (self.key_file is None):
-            raise MqttError("mqtt cert_file and key_file must be given together (mutual TLS)")
-        if self.cert_file is not None and not parse_broker_url(self.broker).tls:
-            raise MqttError("a client certificate needs a TLS broker URL (mqtts://host:port)")
-        if self.max_payload_bytes < 256:
-            raise MqttError(f"mqtt max_payload_bytes must be >= 256, got {self.max_payload_bytes}")
-        if self.max_inflight < 1:
-            raise MqttError("mqtt max_inflight must be >= 1")
-        if self.reconnect_min_s <= 0 or self.reconnect_max_s < self.reconnect_min_s:
-            raise MqttError("mqtt reconnect delays must satisfy 0 < min <= max")
-
-
-def jittered_delay(previous: float, low: float, cap: float, rng: random.Random | None = None) -> float:
-    """Decorrelated jitter: uniform in [low, min(cap, 3 × previous)] (a float, not rounded).
-
-    Starting from ``low``, the upper bound grows ×3 per failed attempt up to ``cap``;
-    the draws are spread continuously, so devices that lost the broker together do
-    not come back in the same instant (or the same whole second).
-    """
-    upper = min(cap, max(low, previous * 3))
-    return (rng or random).uniform(low, upper)
-
 
 def _max_packet_size(properties: Any) -> int | None:
     value = getattr(properties, "MaximumPacketSize", None) if properties is not None else None
     return int(value) if isinstance(value, int) and value > 0 else None
-
-
-def _normalise_protocol(value: str) -> Literal["5", "3.1.1"]:
-    text = value.strip().lower().removeprefix("v").removeprefix("mqttv").removeprefix("mqtt")
-    if text in ("5", "5.0"):
-        return "5"
-    if text in ("3.1.1", "311", "4"):
-        return "3.1.1"
-    raise MqttError(f"mqtt protocol must be '5' or '3.1.1', got {value!r}")
-
-
-@dataclass(frozen=True)
-class BrokerAddress:
-    tls: bool
-    host: str
-    port: int
-
-
-def parse_broker_url(url: str) -> BrokerAddress:
-    """``mqtt://host:port`` / ``mqtts://host:port`` → address; raises MqttError."""
-    parts = urlsplit(url)
-    if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
-        raise MqttError(f"broker URL must look like mqtt://host:port or mqtts://host:port, got {url!r}")
-    if parts.path not in ("", "/") or parts.query or parts.username:
-        raise MqttError(f"broker URL {url!r}: give credentials with --username/--password-file, not in the URL")
-    try:
-        port = parts.port or DEFAULT_PORTS[parts.scheme]
-    except ValueError as exc:
-        raise MqttError(f"broker URL {url!r}: {exc}") from exc
-    return BrokerAddress(tls=parts.scheme in TLS_SCHEMES, host=parts.hostname, port=port)
-
-
-def read_password(path: Path | None) -> str | None:
-    """Read a password file; a relative name is looked up in ``$CREDENTIALS_DIRECTORY``."""
-    if path is None:
-        return None
-    candidate = path
-    creds = os.environ.get("CREDENTIALS_DIRECTORY")
-    if not path.is_absolute() and creds:
-        candidate = Path(creds) / path
-    try:
-        return candidate.read_text().rstrip("\r\n")
-    except OSError as exc:
-        raise MqttError(f"cannot read MQTT password file {candidate}: {exc.strerror}") from exc
 
 
 @dataclass(frozen=True)
@@ -268,7 +136,7 @@ class MqttLink:
         self._subscriptions = list(subscriptions)
         self._connected = threading.Event()
         self._lock = threading.Lock()
-        self._delay = settings.reconnect_min_s
+        self._backoff = Backoff(settings.reconnect_min_s, settings.reconnect_max_s)
         self._broker_max_packet: int | None = None
         self._started = False
         self._stopping = False
@@ -497,7 +365,7 @@ class MqttLink:
             self.stats.connects += 1
             if not first:
                 self.stats.reconnects += 1
-            self._delay = self.settings.reconnect_min_s
+            self._backoff.reset()
             self._broker_max_packet = _max_packet_size(properties) if self.v5 else None
             self._set_paho_delay(self.settings.reconnect_min_s)
             with self._lock:
@@ -544,9 +412,8 @@ class MqttLink:
         self._guard("on_disconnect", run)
 
     def _schedule_backoff(self) -> None:
-        """Decorrelated jitter (see :func:`jittered_delay`), as a float."""
-        self._delay = jittered_delay(self._delay, self.settings.reconnect_min_s, self.settings.reconnect_max_s)
-        self._set_paho_delay(self._delay)
+        """Decorrelated jitter (see :func:`edge_agent.util.backoff.jittered_delay`), as a float."""
+        self._set_paho_delay(self._backoff.next_delay())
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         def run() -> None:
@@ -607,7 +474,6 @@ __all__ = [
     "MqttLink",
     "MqttSettings",
     "Will",
-    "jittered_delay",
     "parse_broker_url",
     "read_password",
 ]

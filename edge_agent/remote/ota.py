@@ -51,7 +51,7 @@ from edge_agent.control import AgentControl, ModelHost
 from edge_agent.errors import EdgeError
 from edge_agent.model.bundle import MANIFEST, read_bundle
 from edge_agent.model.loader import bundle_identity
-from edge_agent.remote.handler import Ack, CommandContext, CommandError, register_command
+from edge_agent.remote.protocol import Ack, CommandContext, CommandError, CommandSpec, command
 from edge_agent.store import modelstore
 
 if TYPE_CHECKING:  # cryptography (~6 MB RSS) and urllib.request load only when an update needs them
@@ -436,12 +436,11 @@ def _cmd_rollback(ctx: CommandContext) -> Ack:
     return control.updater.rollback(ctx.id)
 
 
-def register_commands() -> None:
-    """Add the privileged ``update_model`` and ``rollback`` commands (idempotent)."""
-    register_command("update_model", _cmd_update_model, privileged=True,
-                     description="download, verify, smoke-test and activate a model bundle")
-    register_command("rollback", _cmd_rollback, privileged=True,
-                     description="re-activate the previous model (the only way to downgrade)")
-
-
-register_commands()
+def commands() -> tuple[CommandSpec, ...]:
+    """The privileged ``update_model`` and ``rollback`` commands, for the device's command registry."""
+    return (
+        command("update_model", _cmd_update_model, privileged=True,
+                description="download, verify, smoke-test and activate a model bundle"),
+        command("rollback", _cmd_rollback, privileged=True,
+                description="re-activate the previous model (the only way to downgrade)"),
+    )

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import random
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.errors import SourceError
+from edge_agent.util.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -117,22 +117,6 @@ class Source(ABC):
         if error is not None:
             self._errors += 1
             self._last_error = error
-
-
-class Backoff:
-    """Jittered exponential backoff between reconnect attempts."""
-
-    def __init__(self, minimum: float, maximum: float) -> None:
-        self.minimum, self.maximum = minimum, maximum
-        self._next = minimum
-
-    def reset(self) -> None:
-        self._next = self.minimum
-
-    def next_delay(self) -> float:
-        delay = self._next * random.uniform(0.8, 1.2)
-        self._next = min(self.maximum, self._next * 2.0)
-        return min(delay, self.maximum)
 
 
 class SlidingWindower:

@@ -100,13 +100,13 @@ def test_clean_stop_with_large_backlog_leaves_retained_offline_on_311(
     pub.start()
     assert pub.link.wait_connected(HANG)
     waits: list[float | None] = []
-    wait = pub._offline_done.wait
+    wait = pub.sender._offline_done.wait
 
     def recording_wait(timeout: float | None = None) -> bool:
         waits.append(timeout)
         return wait(timeout)
 
-    pub._offline_done.wait = recording_wait  # type: ignore[method-assign]
+    pub.sender._offline_done.wait = recording_wait  # type: ignore[method-assign]
     pub.stop(timeout=2.5)
     # `offline` got its reserved share of the timeout (1.5 s less however late the flush loop
     # noticed its deadline), not what the flush left over: that is the 0.1 s floor. Only a

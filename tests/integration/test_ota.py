@@ -24,7 +24,7 @@ from deploy import certs
 from edge_agent.model.bundle import load_private_key, read_bundle, sha256_file
 from edge_agent.model.loader import bundle_identity
 from edge_agent.remote import ota
-from edge_agent.remote.handler import Ack, CommandError
+from edge_agent.remote.protocol import Ack, CommandError
 from edge_agent.store import modelstore
 from tests import deploy_helpers
 from tests.fixtures_mqtt import Pki

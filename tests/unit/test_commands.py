@@ -12,16 +12,17 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent.errors import ConfigError
-from edge_agent.remote.handler import (
-    COMMANDS,
+from edge_agent.remote.builtin import builtin_commands
+from edge_agent.remote.desired import parse_desired
+from edge_agent.remote.handler import CommandHandler
+from edge_agent.remote.protocol import (
     Ack,
     CommandContext,
     CommandError,
-    CommandHandler,
     CommandSpec,
     Route,
-    parse_desired,
-    register_command,
+    command,
+    command_registry,
     sign_command,
 )
 
@@ -149,7 +150,7 @@ def test_oversize_refused_before_parsing(monkeypatch) -> None:
     def boom(*a: Any, **k: Any) -> None:
         raise AssertionError("parsed an oversize payload")
 
-    monkeypatch.setattr("edge_agent.remote.handler.json.loads", boom)
+    monkeypatch.setattr("edge_agent.remote.guards.json.loads", boom)
     assert h.send("ping", b"{" + b" " * 200 + b"}").reason.startswith("too_large")
 
 
@@ -187,16 +188,15 @@ def privileged() -> Any:
         ctx.reply(Ack(ctx.id, "in_progress", "downloading"))
         return Ack(ctx.id, "succeeded", "done")
 
-    register_command("test_priv", run, privileged=True)
-    yield calls
-    COMMANDS.pop("test_priv", None)
+    return calls, command_registry(builtin_commands(), [command("test_priv", run, privileged=True)])
 
 
-def test_privileged_needs_valid_signature(privileged: list[dict[str, Any]]) -> None:
+def test_privileged_needs_valid_signature(privileged: Any) -> None:
+    calls, registry = privileged
     key = Ed25519PrivateKey.generate()
     other = Ed25519PrivateKey.generate()
-    assert Harness().send("test_priv", cmd("p0")).reason.startswith("signature_required")
-    h = Harness(public_key=key.public_key())
+    assert Harness(registry=registry).send("test_priv", cmd("p0")).reason.startswith("signature_required")
+    h = Harness(public_key=key.public_key(), registry=registry)
     body = cmd("p1", args={"url": "file:///m"})
     assert h.send("test_priv", body).reason == "signature_required"
     body["sig"] = sign_command(other, "dev1", "test_priv", body)
@@ -209,7 +209,7 @@ def test_privileged_needs_valid_signature(privileged: list[dict[str, Any]]) -> N
     body["args"] = {"url": "file:///m"}
     h.handler.handle("test_priv", json.dumps(body).encode())
     assert [a.status for a, _ in h.acks[-2:]] == ["in_progress", "succeeded"]
-    assert privileged == [{"url": "file:///m"}]
+    assert calls == [{"url": "file:///m"}]
     assert h.send("test_priv", body).reason == "duplicate_id"
 
 
@@ -308,7 +308,7 @@ def test_live_id_bound_refuses_with_busy_then_prune_frees_room() -> None:
 
 
 def test_replay_cache_prunes_by_expiry_only() -> None:
-    from edge_agent.remote.handler import ReplayCache
+    from edge_agent.remote.guards import ReplayCache
 
     cache = ReplayCache(max_entries=3)
     cache.add("a", 10.0)
@@ -328,7 +328,7 @@ def test_replay_cache_prunes_by_expiry_only() -> None:
 
 
 def test_replay_cache_file_keeps_only_live_ids(tmp_path: Path) -> None:
-    from edge_agent.remote.handler import ReplayCache
+    from edge_agent.remote.guards import ReplayCache
 
     path = tmp_path / "ids"
     now = time.time()
@@ -350,8 +350,7 @@ def test_ids_must_match_entirely(cmd_id: str) -> None:
 
 def test_command_names_must_match_entirely() -> None:
     with pytest.raises(ValueError, match="invalid command name"):
-        register_command("ping\n", lambda ctx: Ack(ctx.id, "succeeded"))
-    assert "ping\n" not in COMMANDS
+        command("ping\n", lambda ctx: Ack(ctx.id, "succeeded"))
 
 
 @pytest.mark.parametrize("field", ["expires", "ts"])
@@ -367,7 +366,7 @@ def test_times_must_be_finite(field: str, raw: str) -> None:
 
 
 def test_token_bucket_refills_at_its_rate() -> None:
-    from edge_agent.remote.handler import TokenBucket
+    from edge_agent.remote.guards import TokenBucket
 
     now = [0.0]
     bucket = TokenBucket(rate=2.0, burst=3, clock=lambda: now[0])

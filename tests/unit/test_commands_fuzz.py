@@ -26,7 +26,10 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge_agent.remote.handler import COMMANDS, MAX_COMMAND_BYTES, Ack, CommandHandler, Route
+from edge_agent.remote.builtin import builtin_commands
+from edge_agent.remote.guards import MAX_COMMAND_BYTES
+from edge_agent.remote.handler import CommandHandler
+from edge_agent.remote.protocol import Ack, Route, command_registry
 
 NOW = float(int(time.time()))
 
@@ -324,7 +327,8 @@ class Recorder:
 
 
 def _registry() -> dict[str, Any]:
-    return {"ping": COMMANDS["ping"], "reload": COMMANDS["reload"]}
+    builtin = command_registry(builtin_commands())
+    return {"ping": builtin["ping"], "reload": builtin["reload"]}
 
 
 MODEL_COMMANDS: dict[str, Outcome] = {"ping": ping_outcome, "reload": reload_without_agent}

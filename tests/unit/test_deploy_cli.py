@@ -114,10 +114,16 @@ def test_table() -> None:
 def test_ota_commands_registered_with_the_mqtt_publisher() -> None:
     # In a fresh interpreter: registration must not depend on what other tests imported.
     code = (
-        "import edge_agent.messaging.publishers.mqtt\n"
-        "from edge_agent.remote.handler import COMMANDS\n"
+        "import tempfile\n"
+        "from edge_agent.messaging.envelope import EnvelopeFactory\n"
+        "from edge_agent.messaging.publishers import create_publisher\n"
+        "state = tempfile.mkdtemp()\n"
+        "pub = create_publisher('mqtt', config={'broker': 'mqtt://127.0.0.1:1'},\n"
+        "                       envelope=EnvelopeFactory('dev1', None), state_dir=state)\n"
+        "COMMANDS = pub.inbox.commands.registry\n"
         "assert COMMANDS['update_model'].privileged and COMMANDS['rollback'].privileged\n"
         "assert not COMMANDS['ping'].privileged\n"
+        "pub.outbox.close()\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr

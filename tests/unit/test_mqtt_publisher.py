@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from edge_agent.messaging.envelope import EnvelopeFactory
+from edge_agent.messaging.homeassistant import homeassistant_discovery
 from edge_agent.messaging.publishers import create_publisher
-from edge_agent.messaging.publishers.mqtt import MqttPublisher, homeassistant_discovery
+from edge_agent.messaging.publishers.mqtt import MqttPublisher
 
 HANG = 60.0  # only bounds a hang: a call that blocks on the network never returns at all here
 
@@ -147,7 +148,7 @@ class _Control:
 def _reported(pub: MqttPublisher) -> list[dict]:
     import json
 
-    return [json.loads(d.payload) for d in pub._direct if d.topic.endswith("/config/reported")]
+    return [json.loads(d.payload) for d in pub.sender._direct if d.topic.endswith("/config/reported")]
 
 
 def test_desired_version_is_passed_on_and_stale_versions_are_reported(tmp_path: Path) -> None:
@@ -155,18 +156,18 @@ def test_desired_version_is_passed_on_and_stale_versions_are_reported(tmp_path: 
 
     control = _Control()
     pub = _publisher(tmp_path, control=control)
-    pub._apply_desired(json.dumps({"version": 7, "config": {"threshold": 0.3}}).encode())
+    pub.inbox.desired.apply(json.dumps({"version": 7, "config": {"threshold": 0.3}}).encode())
     assert control.calls == [{"threshold": 0.3, "version": 7}]
     rep = _reported(pub)[-1]
     assert {k: rep[k] for k in ("version", "status", "source")} == {"version": 7, "status": "applied",
                                                                    "source": "desired"}
     assert rep["config"]["version"] == 7 and "reason" not in rep
-    assert all(d.retain for d in pub._direct if d.topic.endswith("/config/reported"))
+    assert all(d.retain for d in pub.sender._direct if d.topic.endswith("/config/reported"))
     # The same version again (retained, after a reconnect): nothing.
-    pub._apply_desired(json.dumps({"version": 7, "config": {"threshold": 0.9}}).encode())
+    pub.inbox.desired.apply(json.dumps({"version": 7, "config": {"threshold": 0.9}}).encode())
     assert len(_reported(pub)) == 1 and len(control.calls) == 1
     # A lower version: refused, and said so.
-    pub._apply_desired(json.dumps({"version": 5, "config": {"threshold": 0.9}}).encode())
+    pub.inbox.desired.apply(json.dumps({"version": 5, "config": {"threshold": 0.9}}).encode())
     rep = _reported(pub)[-1]
     assert (rep["version"], rep["status"], rep["reason"]) == (5, "rejected", "stale version 5 <= 7")
     assert rep["config"]["version"] == 7 and rep["source"] == "desired"
@@ -178,25 +179,24 @@ def test_busy_acks_are_counted_and_desired_config_is_deferred_not_dropped(tmp_pa
     import json
 
     from edge_agent.messaging.link import InboundMessage
-    from edge_agent.messaging.publishers.mqtt import COMMAND_QUEUE_MAX
+    from edge_agent.remote.inbox import COMMAND_QUEUE_MAX
 
     control = _Control()
     pub = _publisher(tmp_path, control=control)
     root = "edge/v1/dev1"
     for _ in range(COMMAND_QUEUE_MAX):
-        pub._on_message(InboundMessage(f"{root}/cmd/ping", b"{}", 1, False))
-    pub._on_message(InboundMessage(f"{root}/cmd/ping", b"{}", 1, False))  # queue full
+        pub.inbox.offer(InboundMessage(f"{root}/cmd/ping", b"{}", 1, False))
+    pub.inbox.offer(InboundMessage(f"{root}/cmd/ping", b"{}", 1, False))  # queue full
     assert pub.stats()["commands_rejected"] == 1
     assert pub.stats()["commands"]["rejected_reasons"] == {"busy": 1}
     desired = json.dumps({"version": 3, "config": {"threshold": 0.2}}).encode()
-    pub._on_message(InboundMessage(f"{root}/config/desired", desired, 1, True))
-    assert pub._pending_desired is not None
+    pub.inbox.offer(InboundMessage(f"{root}/config/desired", desired, 1, True))
+    assert pub.inbox.desired.pending
     assert control.calls == []
     # The command worker applies it with the next message it takes off the queue.
-    pub._cmd_queue.get_nowait()
-    pub._cmd_queue.put_nowait(None)
-    pub._threads = []
-    pub._command_worker()  # processes the queued pings, then the deferred desired, then stops
+    pub.inbox._queue.get_nowait()
+    pub.inbox._queue.put_nowait(None)
+    pub.inbox._work()  # processes the queued pings, then the deferred desired, then stops
     assert control.calls == [{"threshold": 0.2, "version": 3}]
     pub.outbox.close()
 
@@ -212,5 +212,5 @@ def test_agent_passes_command_rate_and_burst(tmp_path: Path) -> None:
     agent.envelope = EnvelopeFactory("dev1", tmp_path)
     pub = agent._make_publisher()
     assert isinstance(pub, MqttPublisher)
-    assert (pub.commands.bucket.rate, pub.commands.bucket.burst) == (2, 3)
+    assert (pub.inbox.commands.bucket.rate, pub.inbox.commands.bucket.burst) == (2, 3)
     pub.outbox.close()

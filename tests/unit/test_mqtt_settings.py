@@ -54,7 +54,7 @@ def test_link_never_connected_before_start() -> None:
 def test_reconnect_delays_are_jittered_floats_within_a_growing_bound() -> None:
     import random
 
-    from edge_agent.messaging.link import jittered_delay
+    from edge_agent.util.backoff import jittered_delay
 
     rng = random.Random(1234)
     low, cap = 1.0, 60.0

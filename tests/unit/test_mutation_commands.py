@@ -15,20 +15,19 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent.errors import ConfigError
-from edge_agent.remote.handler import (
-    COMMANDS,
-    SET_CONFIG_MAX_KEYS,
-    SNAPSHOT_MAX_BYTES,
+from edge_agent.remote.builtin import SNAPSHOT_MAX_BYTES, builtin_commands
+from edge_agent.remote.desired import parse_desired
+from edge_agent.remote.guards import SET_CONFIG_MAX_KEYS, ReplayCache
+from edge_agent.remote.handler import CommandHandler
+from edge_agent.remote.protocol import (
     Ack,
     CommandContext,
     CommandError,
-    CommandHandler,
     CommandSpec,
-    ReplayCache,
     Route,
+    command,
+    command_registry,
     load_public_key,
-    parse_desired,
-    register_command,
     signing_bytes,
 )
 
@@ -75,14 +74,6 @@ def cmd(cmd_id: str = "c1", **extra: Any) -> dict[str, Any]:
     return {"id": cmd_id, "ts": now, "expires": now + 60, **extra}
 
 
-@pytest.fixture
-def registered() -> Any:
-    names: list[str] = []
-    yield names
-    for name in names:
-        COMMANDS.pop(name, None)
-
-
 # --------------------------------------------------------------------------- the ack and the registry
 
 
@@ -94,21 +85,21 @@ def test_ack_body_is_the_protocol_message() -> None:
     assert "result" not in Ack("c1", "accepted").body("ping")
 
 
-def test_register_command_defaults_and_name_check(registered: list[str]) -> None:
+def test_command_defaults_and_name_check() -> None:
     def run(ctx: CommandContext) -> Ack:
         return Ack(ctx.id, "succeeded", "ran")
 
-    register_command("mut_plain", run)
-    registered.append("mut_plain")
-    assert COMMANDS["mut_plain"] == CommandSpec("mut_plain", run, False, "")
-    register_command("mut_desc", run, description="what it does")
-    registered.append("mut_desc")
-    assert COMMANDS["mut_desc"].description == "what it does"
+    plain = command("mut_plain", run)
+    assert plain == CommandSpec("mut_plain", run, False, "")
+    desc = command("mut_desc", run, description="what it does")
+    assert desc.description == "what it does"
+    registry = command_registry(builtin_commands(), [plain, desc])
+    assert registry["mut_plain"] is plain and registry["mut_desc"] is desc and "ping" in registry
     # not privileged by default: runs without a signature even with a key pinned
-    h = Harness(public_key=Ed25519PrivateKey.generate().public_key())
+    h = Harness(public_key=Ed25519PrivateKey.generate().public_key(), registry=registry)
     assert h.send("mut_plain", cmd()) == Ack("c1", "succeeded", "ran")
     with pytest.raises(ValueError, match=r"^invalid command name 'Bad'$"):
-        register_command("Bad", run)
+        command("Bad", run)
 
 
 def test_further_acks_keep_the_route_of_the_message() -> None:
@@ -159,13 +150,12 @@ def _signed(key: Ed25519PrivateKey, body: dict[str, Any], name: str = "mut_priv"
     return {**body, "sig": base64.b64encode(key.sign(canonical)).decode()}
 
 
-def test_privileged_command_rejections_carry_the_id(registered: list[str]) -> None:
-    register_command("mut_priv", lambda ctx: Ack(ctx.id, "succeeded", "ok"), privileged=True)
-    registered.append("mut_priv")
+def test_privileged_command_rejections_carry_the_id() -> None:
+    registry = command_registry([command("mut_priv", lambda ctx: Ack(ctx.id, "succeeded", "ok"), privileged=True)])
     key = Ed25519PrivateKey.generate()
-    assert Harness().send("mut_priv", cmd("p0")) == Ack(
+    assert Harness(registry=registry).send("mut_priv", cmd("p0")) == Ack(
         "p0", "rejected", "signature_required: no command key pinned on this device")
-    h = Harness(public_key=key.public_key())
+    h = Harness(public_key=key.public_key(), registry=registry)
     assert h.send("mut_priv", cmd("p1")) == Ack("p1", "rejected", "signature_required")
     wrong = _signed(Ed25519PrivateKey.generate(), cmd("p2"))
     assert h.send("mut_priv", wrong) == Ack("p2", "rejected", "bad_signature")
@@ -512,7 +502,7 @@ def test_stats_count_every_outcome_by_reason_prefix() -> None:
 
 
 def test_token_bucket_allows_exactly_one_whole_token() -> None:
-    from edge_agent.remote.handler import TokenBucket
+    from edge_agent.remote.guards import TokenBucket
 
     bucket = TokenBucket(rate=0.0, burst=1.0, clock=lambda: 0.0)
     assert bucket.take() is True and bucket.take() is False

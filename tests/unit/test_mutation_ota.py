@@ -20,8 +20,8 @@ from edge_agent.control import ProbeSample
 from edge_agent.errors import EdgeError
 from edge_agent.model.bundle import MANIFEST, generate_keypair, load_private_key, read_bundle, sha256_file
 from edge_agent.remote import ota
-from edge_agent.remote.handler import Ack, CommandContext, CommandError, Route
 from edge_agent.remote.ota import OtaError, OtaUpdater, ProbationPolicy, UpdateRequest, parse_update_args
+from edge_agent.remote.protocol import Ack, CommandContext, CommandError, Route
 from edge_agent.store import modelstore
 from tests.tiny_store import make_bundle, shared
 
@@ -469,13 +469,14 @@ def test_update_and_rollback_commands(env: Env, tmp_path: Path) -> None:
 
 
 def test_commands_are_privileged() -> None:
-    from edge_agent.remote.handler import COMMANDS
+    from edge_agent.remote.protocol import command_registry
 
-    ota.register_commands()
-    assert COMMANDS["update_model"].privileged and COMMANDS["rollback"].privileged
-    assert COMMANDS["update_model"].run is ota._cmd_update_model and COMMANDS["rollback"].run is ota._cmd_rollback
-    assert COMMANDS["update_model"].description == "download, verify, smoke-test and activate a model bundle"
-    assert COMMANDS["rollback"].description == "re-activate the previous model (the only way to downgrade)"
+    registry = command_registry(ota.commands())
+    assert set(registry) == {"update_model", "rollback"}
+    assert registry["update_model"].privileged and registry["rollback"].privileged
+    assert registry["update_model"].run is ota._cmd_update_model and registry["rollback"].run is ota._cmd_rollback
+    assert registry["update_model"].description == "download, verify, smoke-test and activate a model bundle"
+    assert registry["rollback"].description == "re-activate the previous model (the only way to downgrade)"
 
 
 def test_probation_latency_counts_from_exactly_min_samples(env: Env, tmp_path: Path) -> None:

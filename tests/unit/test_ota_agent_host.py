@@ -10,7 +10,7 @@ from edge_agent.agent.agent import Agent
 from edge_agent.config import AgentConfig
 from edge_agent.control import ProbeSample
 from edge_agent.remote import ota
-from edge_agent.remote.handler import Ack
+from edge_agent.remote.protocol import Ack
 
 
 def _agent(tmp_path: Path, bundle: Path | None) -> Agent:

@@ -15,9 +15,10 @@ from edge_agent.config import SourceSection
 from edge_agent.errors import SourceError
 from edge_agent.model.manifest import AudioPreprocess
 from edge_agent.sources import AudioWindow, Frame, create_source, detect_source_type
-from edge_agent.sources.base import Backoff, SlidingWindower
+from edge_agent.sources.base import SlidingWindower
 from edge_agent.sources.stdin import StdinPcmSource
 from edge_agent.sources.stream import MjpegReader, parse_boundary
+from edge_agent.util.backoff import Backoff
 from tests.integration.mjpeg import MjpegServer
 
 AUDIO = AudioPreprocess(sample_rate=16000, window_s=1.0, hop_s=0.5)
@@ -62,11 +63,26 @@ def test_sliding_windower_windows_hops_and_tail() -> None:
 
 
 def test_backoff_grows_and_is_capped() -> None:
-    b = Backoff(0.5, 2.0)
-    delays = [b.next_delay() for _ in range(6)]
-    assert 0.4 <= delays[0] <= 0.6 and max(delays) <= 2.0 and delays[3] >= 1.6
-    b.reset()
-    assert b.next_delay() <= 0.6
+    """The sources share the broker link's backoff (decorrelated jitter, edge_agent.util.backoff):
+    every delay within [min, max], the first within [min, 3 × min], growing with failures, and
+    back to the first window after a reset."""
+    import itertools
+    import random
+
+    rng = random.Random(7)
+    runs = []
+    for _ in range(200):
+        b = Backoff(0.5, 2.0, rng)
+        delays = [b.next_delay() for _ in range(6)]
+        assert 0.5 <= delays[0] <= 1.5 and all(0.5 <= d <= 2.0 for d in delays)
+        assert all(d <= 3 * p + 1e-9 for p, d in itertools.pairwise(delays))
+        b.reset()
+        assert 0.5 <= b.next_delay() <= 1.5
+        runs.append(delays)
+    mean_first = sum(r[0] for r in runs) / len(runs)
+    mean_fourth = sum(r[3] for r in runs) / len(runs)
+    # Later attempts reach beyond the first window ([0.5, 1.5]) up to the cap.
+    assert mean_fourth > mean_first + 0.1 and max(r[3] for r in runs) > 1.9
 
 
 def test_wav_source_resamples_and_times_windows(tmp_path: Path) -> None:

@@ -1,0 +1,153 @@
+"""The command protocol's values: acks, reply routes, the context a command runs with, signatures.
+
+A command function gets a :class:`CommandContext` and returns the final
+:class:`Ack`, or returns an ``in_progress`` ack and later calls ``ctx.reply``
+(from any thread) with ``succeeded``/``failed``. Commands are listed explicitly
+in a registry built with :func:`command_registry` (no import side effects).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from edge_agent.control import AgentControl
+from edge_agent.errors import ConfigError, EdgeError
+
+if TYPE_CHECKING:  # cryptography costs ~6 MB RSS: loaded only when a command key is pinned or used
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+log = logging.getLogger(__name__)
+
+AckStatus = Literal["accepted", "rejected", "in_progress", "succeeded", "failed"]
+
+# Used with fullmatch: with match, "$" would also accept a trailing newline.
+NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
+
+
+class CommandError(EdgeError):
+    """A command's arguments are invalid (the reason goes into the rejected ack)."""
+
+
+@dataclass(frozen=True)
+class Ack:
+    id: str | None
+    status: AckStatus
+    reason: str = ""
+    result: dict[str, Any] | None = None
+
+    def body(self, name: str | None) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id, "status": self.status, "reason": self.reason, "command": name}
+        if self.result is not None:
+            out["result"] = self.result
+        return out
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where acks for one command go besides ``…/ack`` (MQTT 5 request/response)."""
+
+    name: str | None
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+
+
+Reply = Callable[[Ack, Route], None]
+Publish = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass
+class CommandContext:
+    """What a command function can use."""
+
+    device_id: str
+    name: str
+    id: str
+    args: dict[str, Any]
+    control: AgentControl | None
+    publish: Publish
+    route: Route
+    _reply: Reply
+
+    def reply(self, ack: Ack) -> None:
+        """Send a further ack (e.g. ``succeeded`` after ``in_progress``); never raises."""
+        try:
+            self._reply(ack, self.route)
+        except Exception:  # replies come from worker threads; never crash them
+            log.exception("sending ack for command %s failed", self.id)
+
+
+CommandFn = Callable[[CommandContext], Ack]
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    name: str
+    run: CommandFn
+    privileged: bool = False
+    description: str = ""
+
+
+CommandRegistry = Mapping[str, CommandSpec]
+
+
+def command(name: str, run: CommandFn, *, privileged: bool = False, description: str = "") -> CommandSpec:
+    """An allow-listed command. Privileged ones need a valid signature; raises ValueError for a bad name."""
+    if not NAME_RE.fullmatch(name):
+        raise ValueError(f"invalid command name {name!r}")
+    return CommandSpec(name, run, privileged, description)
+
+
+def command_registry(*groups: Iterable[CommandSpec]) -> dict[str, CommandSpec]:
+    """The commands a device accepts, by name; a later group's command replaces an earlier one's."""
+    return {spec.name: spec for group in groups for spec in group}
+
+
+# ---- signatures -------------------------------------------------------------------------
+def signing_bytes(device_id: str, name: str, body: dict[str, Any]) -> bytes:
+    """Canonical bytes a command signature covers."""
+    signed = {
+        "device_id": device_id,
+        "name": name,
+        "id": body.get("id"),
+        "ts": body.get("ts"),
+        "expires": body.get("expires"),
+        "args": body.get("args", {}),
+    }
+    return json.dumps(signed, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def sign_command(key: Ed25519PrivateKey, device_id: str, name: str, body: dict[str, Any]) -> str:
+    """Base64 signature for ``body`` (operator side; used by ``edge-fleet send --sign-key``)."""
+    return base64.b64encode(key.sign(signing_bytes(device_id, name, body))).decode()
+
+
+def load_public_key(path: Path) -> Ed25519PublicKey:
+    """A pinned Ed25519 public key: PEM, OpenSSH, or 32 raw/base64 bytes."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read command public key {path}: {exc.strerror}") from exc
+    try:
+        if data.startswith(b"-----BEGIN"):
+            key = serialization.load_pem_public_key(data)
+        elif data.startswith(b"ssh-ed25519"):
+            key = serialization.load_ssh_public_key(data)
+        else:
+            raw = data if len(data) == 32 else base64.b64decode(data.strip(), validate=True)
+            key = Ed25519PublicKey.from_public_bytes(raw)
+    except (ValueError, binascii.Error) as exc:
+        raise ConfigError(f"{path} is not an Ed25519 public key: {exc}") from exc
+    if not isinstance(key, Ed25519PublicKey):
+        raise ConfigError(f"{path} is not an Ed25519 public key")
+    return key
