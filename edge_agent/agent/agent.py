@@ -101,9 +101,7 @@ class Agent:
             return False
         reporting = self._reporter is not None and self._reporter.alive
         alive = (self.pipeline.alive() and reporting) or self.pipeline.finished.is_set()
-        check = getattr(self.publisher, "thread_alive", None)  # the MQTT publisher's threads
-        publisher_ok = bool(check()) if callable(check) else True
-        return alive and publisher_ok
+        return alive and (self.publisher is None or self.publisher.thread_alive())
 
     # ------------------------------------------------------------------ AgentControl
 

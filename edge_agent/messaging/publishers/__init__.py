@@ -41,6 +41,10 @@ class Publisher(ABC):
     def connected(self) -> bool:
         return False
 
+    def thread_alive(self) -> bool:
+        """The publisher's own threads run (a broker outage is no reason to say False)."""
+        return True
+
 
 PublisherFactory = Callable[..., Publisher]
 PUBLISHERS: dict[str, PublisherFactory] = {}
