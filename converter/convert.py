@@ -45,15 +45,8 @@ from converter.data import Dataset, data_kind, load_dataset
 from converter.errors import AccuracyError, ConvertError, DataError, ModelLoadError, QuantizationError
 from converter.report import format_report, report_json
 from edge_agent.errors import BundleError
-from edge_agent.model.bundle import (
-    LABELS,
-    REPORT,
-    atomic_write,
-    fsync_dir,
-    load_private_key,
-    read_bundle,
-    write_bundle,
-)
+from edge_agent.model.bundle import LABELS, REPORT, read_bundle, write_bundle
+from edge_agent.model.keys import load_private_key
 from edge_agent.model.manifest import (
     AudioPreprocess,
     GoldenVector,
@@ -67,6 +60,7 @@ from edge_agent.model.smoke import run_smoke_test
 from edge_agent.preprocess import audio_feature_shape, dequantize
 from edge_agent.runtimes.litert import LiteRTRuntime, backend_version
 from edge_agent.schema import ValidationError
+from edge_agent.util.fs import atomic_write, fsync_dir
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,8 @@ from typing import Any
 from edge_agent.cli.main import dispatch
 from edge_agent.config import SERVICE_STATE_DIR
 from edge_agent.errors import EdgeError
-from edge_agent.model.bundle import generate_keypair, load_private_key, read_bundle, sign_bundle
+from edge_agent.model.bundle import read_bundle, sign_bundle
+from edge_agent.model.keys import generate_keypair, load_private_key
 
 DEFAULT_AGENT_PATH = "/opt/edge-agent/venv/bin/edge-agent"
 DEFAULT_VENV = "/opt/edge-agent/venv"

@@ -37,12 +37,12 @@ from edge_agent.errors import BundleError, ConfigError, EdgeError
 from edge_agent.messaging.envelope import EnvelopeFactory
 from edge_agent.messaging.publishers import Publisher, create_publisher
 from edge_agent.model import compat
-from edge_agent.model.bundle import atomic_write
 from edge_agent.model.loader import LoadedModel, ModelFile, open_model, verify_model
 from edge_agent.model.manifest import AudioPreprocess
 from edge_agent.sources import Item, Source, create_source
 from edge_agent.sources.base import Frame
 from edge_agent.tasks import Result, Task, create_task
+from edge_agent.util.fs import atomic_write
 
 if TYPE_CHECKING:
     from edge_agent.remote.ota import OtaUpdater
@@ -706,12 +706,16 @@ class Agent:
 
 
 def _modelstore() -> Any:
-    """The deploy engineer's model store module, when installed (optional)."""
-    try:
-        from edge_agent.store import modelstore
-    except ImportError:
-        return None
-    return modelstore
+    """The model store's hooks the agent calls (active model, probation, pid file)."""
+    from types import SimpleNamespace
+
+    from edge_agent.store import layout, pidfile, probation
+
+    return SimpleNamespace(
+        active_model=layout.active_model, note_agent_start=probation.note_agent_start,
+        note_agent_stop=probation.note_agent_stop, write_pid_file=pidfile.write_pid_file,
+        remove_pid_file=pidfile.remove_pid_file,
+    )
 
 
 def _check_compatible(old: LoadedModel, new: LoadedModel) -> None:

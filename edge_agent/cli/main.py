@@ -19,7 +19,7 @@ from edge_agent.errors import EdgeError
 
 COMMAND_MODULES = (
     "edge_agent.cli.run",
-    "edge_agent.store.modelstore",
+    "edge_agent.cli.models",
     "edge_agent.model.inspect",
 )
 

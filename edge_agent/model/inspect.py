@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 from edge_agent.errors import BundleError, ConfigError, RuntimeLoadError
 from edge_agent.model import tflite_file
-from edge_agent.model.bundle import atomic_write, sha256_bytes
 from edge_agent.model.manifest import TensorSpec
 from edge_agent.schema import ValidationError
+from edge_agent.util.fs import atomic_write, sha256_bytes
 
 if TYPE_CHECKING:  # the tasks package imports OpenCV: only loaded when inspect runs
     from edge_agent.tasks.formats import OutputGuess

@@ -42,6 +42,7 @@ from edge_agent.model import bundle as bundle_mod
 from edge_agent.model.manifest import AudioPreprocess, ImagePreprocess, Manifest, TensorSpec, parse_preprocess
 from edge_agent.runtimes import Runtime, create_runtime
 from edge_agent.schema import ValidationError
+from edge_agent.util.fs import sha256_bytes
 
 SIDECAR_SUFFIXES = (".toml", ".json")
 
@@ -55,7 +56,7 @@ def bundle_identity(manifest_bytes: bytes) -> str:
     hash of its derived manifest in canonical JSON (see :func:`open_model`), which includes the
     model's sha256 and every sidecar field.
     """
-    return bundle_mod.sha256_bytes(manifest_bytes)
+    return sha256_bytes(manifest_bytes)
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,7 @@ def sidecar_manifest(
         "name": data.pop("name", default_name),
         "version": str(data.pop("version", "0")),
         "model": {
-            "sha256": bundle_mod.sha256_bytes(model_bytes),
+            "sha256": sha256_bytes(model_bytes),
             "size_bytes": len(model_bytes),
         },
         "inputs": [spec.model_dump() for spec in inputs],

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent.errors import ConfigError
+from edge_agent.model.keys import load_command_public_key as load_public_key
 from edge_agent.remote.handler import (
     COMMANDS,
     SET_CONFIG_MAX_KEYS,
@@ -26,7 +27,6 @@ from edge_agent.remote.handler import (
     CommandSpec,
     ReplayCache,
     Route,
-    load_public_key,
     parse_desired,
     register_command,
     signing_bytes,

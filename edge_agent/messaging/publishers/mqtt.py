@@ -38,7 +38,8 @@ from edge_agent.messaging.envelope import SCHEMA, TOPIC_ROOT, EnvelopeFactory, t
 from edge_agent.messaging.link import InboundMessage, MqttLink, MqttSettings, Will
 from edge_agent.messaging.outbox import DEFAULT_MAX_AGE_S, DEFAULT_MAX_BYTES, DEFAULT_MAX_MESSAGE_BYTES, Outbox
 from edge_agent.messaging.publishers import Publisher, register_publisher
-from edge_agent.remote.handler import Ack, CommandError, CommandHandler, Route, load_public_key, parse_desired
+from edge_agent.model.keys import load_command_public_key
+from edge_agent.remote.handler import Ack, CommandError, CommandHandler, Route, parse_desired
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ class MqttPublisher(Publisher):
         self.link.callbacks.on_connected = self._on_connected
         self.link.callbacks.on_message = self._on_message
         self.link.callbacks.on_published = self._on_published
-        key = load_public_key(Path(command_public_key)) if command_public_key else None
+        key = load_command_public_key(Path(command_public_key)) if command_public_key else None
         self.commands = CommandHandler(
             self.device_id,
             control=control,
