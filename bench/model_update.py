@@ -1,7 +1,7 @@
 """Model update figures: inference gap during a swap, update_model → succeeded, rollback time.
 
 - Swap gap (real agent): ``edge-agent run`` on a looping video file (results on a
-  pipe), a new bundle installed with ``store_install.install_model`` (the function
+  pipe), a new bundle installed with ``edge_agent.store.install.install_model`` (the function
   behind ``edge-agent install-model``) and picked up on SIGHUP; the largest interval
   between consecutive results around the swap against the median interval.
 - update_model → succeeded (component figure): :class:`edge_agent.remote.ota.OtaUpdater`
@@ -206,7 +206,7 @@ def main() -> BenchResult:
         f"| inference gap during a model swap (largest interval between results around the swap ÷ median "
         f"interval) | real agent (`edge-agent run`, new bundle installed, SIGHUP) | **{gap['max_gap_ms']:.1f} ms** ÷ "
         f"{gap['median_interval_ms']:.1f} ms = {gap['max_gap_ms'] / gap['median_interval_ms']:.1f} |\n"
-        f"| `store_install.install_model`, the function behind `edge-agent install-model` (copy, verify, "
+        f"| `store.install.install_model`, the function behind `edge-agent install-model` (copy, verify, "
         f"smoke test in a child, swap) | component figure: in the benchmark's process, one run | "
         f"{gap['install_s']:.2f} s |\n"
         f"| `update_model` → `succeeded` (HTTP download, checks, child smoke test, swap, reload; "
