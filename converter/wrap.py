@@ -29,7 +29,7 @@ from edge_agent.model.bundle import LABELS, REPORT
 from edge_agent.model.keys import load_private_key
 from edge_agent.model.loader import read_sidecar, sidecar_manifest
 from edge_agent.model.manifest import GoldenVector, ImagePreprocess, Manifest, TensorSpec
-from edge_agent.model.tflite_file import metadata_sidecar
+from edge_agent.model.tflite.sidecar import metadata_sidecar
 from edge_agent.preprocess import dequantize, read_wav, resample
 from edge_agent.runtimes import Runtime, create_runtime
 from edge_agent.runtimes.litert import backend_version

@@ -20,7 +20,7 @@ from edge_agent.errors import EdgeError
 COMMAND_MODULES = (
     "edge_agent.cli.run",
     "edge_agent.cli.models",
-    "edge_agent.model.inspect",
+    "edge_agent.cli.inspect",
 )
 
 EXIT_ERROR = 2
