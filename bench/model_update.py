@@ -1,7 +1,7 @@
 """Model update figures: inference gap during a swap, update_model → succeeded, rollback time.
 
 - Swap gap (real agent): ``edge-agent run`` on a looping video file (results on a
-  pipe), a new bundle installed with ``modelstore.install_model`` (the function
+  pipe), a new bundle installed with ``edge_agent.store.install.install_model`` (the function
   behind ``edge-agent install-model``) and picked up on SIGHUP; the largest interval
   between consecutive results around the swap against the median interval.
 - update_model → succeeded (component figure): :class:`edge_agent.remote.ota.OtaUpdater`
@@ -33,9 +33,11 @@ from bench.agent_pipeline import render_video
 from bench.common import CACHE, BenchResult, tool
 from bench.models import ensure_models
 from edge_agent.control import ProbeSample
-from edge_agent.model.bundle import read_bundle, sha256_file, write_bundle
+from edge_agent.model.bundle import read_bundle, write_bundle
 from edge_agent.remote import ota
-from edge_agent.store import modelstore
+from edge_agent.store import install as store_install
+from edge_agent.store import layout as store_layout
+from edge_agent.util.fs import sha256_file
 
 UPDATES = 5
 
@@ -49,7 +51,7 @@ def _repack(source: Path, target: Path, version: str) -> Path:
 
 def swap_gap(bundle: Path, video: Path, work: Path) -> dict[str, float]:
     state = work / "swap-state"
-    modelstore.install_model(bundle, state)
+    store_install.install_model(bundle, state)
     new = _repack(bundle, work / "swap-v2.bundle", "9.0.0")
     proc = subprocess.Popen(
         [tool("edge-agent"), "run", "--state-dir", str(state), "--source", str(video), "--loop",
@@ -76,7 +78,7 @@ def swap_gap(bundle: Path, video: Path, work: Path) -> dict[str, float]:
     while len(stamps) < 200:
         time.sleep(0.05)
     t0 = time.perf_counter()
-    result = modelstore.install_model(new, state)
+    result = store_install.install_model(new, state)
     install_s = time.perf_counter() - t0
     if not result.agent_signalled:
         proc.send_signal(signal.SIGHUP)
@@ -113,7 +115,7 @@ class _Host:
         threading.Thread(target=self._loop, daemon=True).start()
 
     def _load(self) -> Any:
-        model = modelstore.active_model(self.state_dir)
+        model = store_layout.active_model(self.state_dir)
         assert model is not None
         return self._create("litert", read_bundle(model.bundle_path).model_bytes)
 
@@ -129,7 +131,7 @@ class _Host:
     def reload_model(self) -> dict[str, str]:
         """Load the store's active model; report its identity as the agent's reload does."""
         self._runtime = self._load()
-        model = modelstore.active_model(self.state_dir)
+        model = store_layout.active_model(self.state_dir)
         assert model is not None
         return {k: v for k, v in ota.describe(model).items() if isinstance(v, str)}
 
@@ -142,7 +144,7 @@ class _Host:
 
 def update_times(bundle: Path, work: Path) -> dict[str, float]:
     state = work / "ota-state"
-    modelstore.install_model(bundle, state)
+    store_install.install_model(bundle, state)
     www = work / "www"
     www.mkdir()
     handler = functools.partial(_QuietHandler, directory=str(www))
@@ -166,7 +168,7 @@ def update_times(bundle: Path, work: Path) -> dict[str, float]:
             ack = updater.rollback(f"r{i}")
             rollbacks.append(time.perf_counter() - t0)
             assert ack.status == "succeeded", ack
-            modelstore.install_model(path, state)  # forward again for the next round
+            store_install.install_model(path, state)  # forward again for the next round
             host.reload_model()
     finally:
         host.stop()
@@ -204,7 +206,7 @@ def main() -> BenchResult:
         f"| inference gap during a model swap (largest interval between results around the swap ÷ median "
         f"interval) | real agent (`edge-agent run`, new bundle installed, SIGHUP) | **{gap['max_gap_ms']:.1f} ms** ÷ "
         f"{gap['median_interval_ms']:.1f} ms = {gap['max_gap_ms'] / gap['median_interval_ms']:.1f} |\n"
-        f"| `modelstore.install_model`, the function behind `edge-agent install-model` (copy, verify, "
+        f"| `store.install.install_model`, the function behind `edge-agent install-model` (copy, verify, "
         f"smoke test in a child, swap) | component figure: in the benchmark's process, one run | "
         f"{gap['install_s']:.2f} s |\n"
         f"| `update_model` → `succeeded` (HTTP download, checks, child smoke test, swap, reload; "

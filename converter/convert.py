@@ -43,12 +43,8 @@ from converter.errors import AccuracyError, ConvertError, DataError, ModelLoadEr
 from converter.golden import golden_vectors
 from converter.output import check_output_writable, write_report_copy, write_verified
 from converter.report import report_json
-from edge_agent.model.bundle import (
-    LABELS,
-    REPORT,
-    atomic_write,
-    load_private_key,
-)
+from edge_agent.model.bundle import LABELS, REPORT
+from edge_agent.model.keys import load_private_key
 from edge_agent.model.manifest import (
     AudioPreprocess,
     ImagePreprocess,
@@ -60,6 +56,7 @@ from edge_agent.model.manifest import (
 from edge_agent.preprocess import audio_feature_shape
 from edge_agent.runtimes.litert import LiteRTRuntime, backend_version
 from edge_agent.schema import ValidationError
+from edge_agent.util.fs import atomic_write
 
 log = logging.getLogger(__name__)
 

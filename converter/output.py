@@ -16,10 +16,11 @@ from typing import IO, Any
 from converter.errors import ConvertError
 from converter.report import format_report, report_json
 from edge_agent.errors import BundleError
-from edge_agent.model.bundle import atomic_write, fsync_dir, read_bundle, write_bundle
+from edge_agent.model.bundle import read_bundle, write_bundle
 from edge_agent.model.manifest import Manifest
 from edge_agent.model.smoke import run_smoke_test
 from edge_agent.runtimes.litert import LiteRTRuntime
+from edge_agent.util.fs import atomic_write, fsync_dir
 
 
 def check_output_writable(output: Path) -> None:

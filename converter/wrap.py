@@ -27,16 +27,18 @@ from converter.golden import golden_tolerance
 from converter.output import check_output_writable, write_verified
 from converter.report import report_json
 from edge_agent.errors import PreprocessError, RuntimeLoadError
-from edge_agent.model.bundle import LABELS, REPORT, load_private_key, sha256_bytes
+from edge_agent.model.bundle import LABELS, REPORT
+from edge_agent.model.keys import load_private_key
 from edge_agent.model.loader import read_sidecar, sidecar_manifest
 from edge_agent.model.manifest import GoldenVector, ImagePreprocess, Manifest, TensorSpec
-from edge_agent.model.tflite_file import metadata_sidecar
+from edge_agent.model.tflite.sidecar import metadata_sidecar
 from edge_agent.preprocess import dequantize, read_wav, resample
 from edge_agent.runtimes import Runtime, create_runtime
 from edge_agent.runtimes.litert import backend_version
 from edge_agent.schema import ValidationError
 from edge_agent.sources.base import AudioWindow, Frame, Item
 from edge_agent.tasks import Task, create_task
+from edge_agent.util.fs import sha256_bytes
 
 # Inputs tried per golden vector wanted: the clearest top-1 margins are kept (see pick_golden).
 CANDIDATES_PER_VECTOR = 8

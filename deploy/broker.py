@@ -21,12 +21,13 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from deploy import certs
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-SHIPPED_DIR = Path(__file__).resolve().parent / "mosquitto"
+SHIPPED_DIR = Path(str(resources.files("deploy") / "mosquitto"))  # package data
 SHIPPED_CONF = SHIPPED_DIR / "mosquitto.conf"
 SHIPPED_ACL = SHIPPED_DIR / "edge.acl"
 

@@ -24,13 +24,15 @@ import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from edge_agent.cli.main import dispatch
 from edge_agent.config import SERVICE_STATE_DIR
 from edge_agent.errors import EdgeError
-from edge_agent.model.bundle import generate_keypair, load_private_key, read_bundle, sign_bundle
+from edge_agent.model.bundle import read_bundle, sign_bundle
+from edge_agent.model.keys import generate_keypair, load_private_key
 
 DEFAULT_AGENT_PATH = "/opt/edge-agent/venv/bin/edge-agent"
 DEFAULT_VENV = "/opt/edge-agent/venv"
@@ -38,9 +40,11 @@ DEFAULT_PACKAGE = "edge-infer"
 UNIT_PATH = "/etc/systemd/system/edge-agent.service"
 CONFIG_DIR = "/etc/edge-agent"
 CREDENTIALS = ("mqtt-password", "mqtt-ca.crt", "mqtt-client.crt", "mqtt-client.key")
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_UNIT_FILE = REPO_ROOT / "systemd" / "edge-agent.service"
-DEFAULT_CONFIG_FILE = Path(__file__).resolve().parent / "agent-config.toml"
+# Package data (pyproject [tool.setuptools.package-data]), so `install-agent` works from an
+# installed wheel too; pip never installs zipped, so these are real files to upload.
+# systemd/edge-agent.service at the top of the repository links to the same unit.
+DEFAULT_UNIT_FILE = Path(str(resources.files("deploy") / "systemd" / "edge-agent.service"))
+DEFAULT_CONFIG_FILE = Path(str(resources.files("deploy") / "agent-config.toml"))
 SERVICE_MARKER = "--edge-deploy-service--"
 DEFAULT_UPLOAD_DIR = "/tmp"
 EXIT_FAILED = 1

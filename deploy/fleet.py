@@ -267,7 +267,7 @@ def send_command(
     body: dict[str, Any] = {"id": cmd_id, "ts": round(now, 3),
                             "expires": round(now + (expires_in or max(timeout, 1.0) + 30.0), 3), "args": args}
     if sign_key is not None:
-        from edge_agent.model.bundle import load_private_key
+        from edge_agent.model.keys import load_private_key
 
         body["sig"] = sign_command(load_private_key(sign_key), device, command, body)
     done = threading.Event()

@@ -31,3 +31,18 @@ class SourceError(EdgeError):
 
 class PreprocessError(EdgeError):
     """Input data does not fit the preprocessing spec of the model."""
+
+
+class InstallError(EdgeError):
+    """An install or rollback was refused; the previously active model stays active.
+
+    ``step`` names where: ``copy``, ``verify``, ``smoke``, ``extract``, ``swap``, ``rollback``.
+    """
+
+    def __init__(self, message: str, step: str = "") -> None:
+        super().__init__(message)
+        self.step = step
+
+
+class NoSpaceError(InstallError):
+    """The filesystem cannot hold a bundle (or download) plus a safety margin."""

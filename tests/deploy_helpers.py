@@ -18,16 +18,8 @@ from pathlib import Path
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge_agent.model.bundle import (
-    LABELS,
-    MANIFEST,
-    MODEL,
-    REPORT,
-    SIGNATURE,
-    load_private_key,
-    read_bundle,
-    write_bundle,
-)
+from edge_agent.model.bundle import LABELS, MANIFEST, MODEL, REPORT, SIGNATURE, read_bundle, write_bundle
+from edge_agent.model.keys import load_private_key
 from edge_agent.model.manifest import GoldenVector, ImagePreprocess, Manifest, ModelInfo, TensorSpec
 from edge_agent.preprocess import dequantize
 from edge_agent.runtimes import create_runtime

@@ -164,7 +164,7 @@ def keyword_report(_keyword_conversion: dict[str, Path]) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def signing_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from edge_agent.model.bundle import generate_keypair
+    from edge_agent.model.keys import generate_keypair
 
     out = tmp_path_factory.mktemp("keys")
     private, public = out / "signing.pem", out / "signing.pub.pem"

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.model.bundle import generate_keypair, load_private_key, sign_bundle
+from edge_agent.model.bundle import sign_bundle
+from edge_agent.model.keys import generate_keypair, load_private_key
 from tests import deploy_helpers
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"

@@ -1,7 +1,7 @@
 """Test-only installer: the real model store, stopped (SIGSTOP) right after one named step.
 
 ``python -m tests.modelstore_stopper install STEP BUNDLE STATE_DIR`` runs
-``edge_agent.store.modelstore.install_model`` (``rollback STEP STATE_DIR`` runs ``rollback``)
+``edge_agent.store.install.install_model`` (``rollback STEP STATE_DIR`` runs ``rollback``)
 with the store's own step functions wrapped so that this process stops itself once
 STEP's artefact is on disk. The crash test sees the process stopped, checks the
 artefact (which proves the installer got that far) and SIGKILLs it there. The shipped
@@ -18,7 +18,8 @@ import types
 from pathlib import Path
 from typing import IO, Any
 
-from edge_agent.store import modelstore
+from edge_agent.store import install as store_install
+from edge_agent.store import layout as store_layout
 
 INSTALL_STEPS = (
     "copy_partial",        # tmp/incoming-*.part holds part of the bundle
@@ -75,28 +76,28 @@ class _HalfThenStop:
 
 
 def _after(name: str, step: str) -> None:
-    """Wrap ``modelstore.<name>`` so the process stops at ``step`` once it has returned."""
-    original = getattr(modelstore, name)
+    """Wrap ``edge_agent.store.install.<name>`` so the process stops at ``step`` once it has returned."""
+    original = getattr(store_install, name)
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         result = original(*args, **kwargs)
         _stop(step)
         return result
 
-    setattr(modelstore, name, wrapper)
+    setattr(store_install, name, wrapper)
 
 
 def _install_stoppers(script_dir: Path) -> None:
-    real_os, real_sys = modelstore.os, modelstore.sys
+    real_os, real_sys = store_install.os, store_install.sys
 
     def fdopen(fd: int, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
         raw = real_os.fdopen(fd, mode, *args, **kwargs)
         return _HalfThenStop(raw) if mode == "wb" else raw
 
-    # modelstore's own view of os and sys only; the rest of this process is untouched
+    # the installer's own view of os and sys only; the rest of this process is untouched
     os_view = types.SimpleNamespace(**{k: getattr(real_os, k) for k in dir(real_os) if not k.startswith("__")})
     os_view.fdopen = fdopen
-    modelstore.os = os_view  # type: ignore[assignment]
+    store_install.os = os_view  # type: ignore[assignment]
     if _stop_at == "smoking":
         # The smoke child is started through a shell that stops itself first: a stopped
         # child of the installer in the process table is the artefact of this step.
@@ -106,41 +107,41 @@ def _install_stoppers(script_dir: Path) -> None:
         sys_view = types.SimpleNamespace(**{k: getattr(real_sys, k) for k in dir(real_sys)
                                             if not k.startswith("__")})
         sys_view.executable = str(wrapper)
-        modelstore.sys = sys_view  # type: ignore[assignment]
+        store_install.sys = sys_view  # type: ignore[assignment]
 
     _after("_copy_in", "copied")
     _after("_materialise", "extracted")
 
-    collect_garbage = modelstore._collect_garbage
+    collect_garbage = store_layout.collect_garbage
 
     def collect_garbage_then_stop(state_dir: Path) -> None:
         collect_garbage(state_dir)
         if "swapped" in _passed:  # the store also collects leftovers before it starts
             _stop("cleaned")
 
-    modelstore._collect_garbage = collect_garbage_then_stop  # type: ignore[assignment]
+    store_layout.collect_garbage = collect_garbage_then_stop  # type: ignore[assignment]
 
-    replace_link = modelstore._replace_link
+    replace_link = store_layout.replace_link
 
     def replace_link_then_stop(state_dir: Path, name: str, sha: str) -> None:
         replace_link(state_dir, name, sha)
-        _stop("previous_linked" if name == modelstore.PREVIOUS else "swapped")
+        _stop("previous_linked" if name == store_layout.PREVIOUS else "swapped")
 
-    modelstore._replace_link = replace_link_then_stop  # type: ignore[assignment]
+    store_layout.replace_link = replace_link_then_stop  # type: ignore[assignment]
 
-    adopt = modelstore._adopt
+    adopt = store_layout.adopt
 
     def adopt_then_stop(path: Path, state_dir: Path, recursive: bool = False) -> None:
         # _adopt is the last thing done to a staging directory or a new link before it is renamed
         adopt(path, state_dir, recursive)
         if path.name.startswith("stage-"):
             _stop("staged")
-        elif path.name.startswith(f".{modelstore.PREVIOUS}.") and path.name.endswith(".link"):
+        elif path.name.startswith(f".{store_layout.PREVIOUS}.") and path.name.endswith(".link"):
             _stop("previous_link_made")
-        elif path.name.startswith(f".{modelstore.CURRENT}.") and path.name.endswith(".link"):
+        elif path.name.startswith(f".{store_layout.CURRENT}.") and path.name.endswith(".link"):
             _stop("current_link_made")
 
-    modelstore._adopt = adopt_then_stop  # type: ignore[assignment]
+    store_layout.adopt = adopt_then_stop  # type: ignore[assignment]
 
 
 def main(argv: list[str]) -> int:
@@ -153,9 +154,9 @@ def main(argv: list[str]) -> int:
     state = Path(argv[-1])
     _install_stoppers(state.parent)
     if action == "install":
-        modelstore.install_model(Path(argv[2]), state, signal_agent=False)
+        store_install.install_model(Path(argv[2]), state, signal_agent=False)
     else:
-        modelstore.rollback(state, signal_agent=False)
+        store_install.rollback(state, signal_agent=False)
     print(f"finished without reaching {_stop_at}", file=sys.stderr)
     return NOT_REACHED
 

@@ -24,7 +24,7 @@ from edge_agent.errors import EdgeError
 from edge_agent.model.bundle import read_bundle
 from edge_agent.model.loader import bundle_identity
 from edge_agent.runtimes import Runtime, create_runtime
-from edge_agent.store import modelstore
+from edge_agent.store import layout as store_layout
 
 
 class InferenceHost:
@@ -48,7 +48,7 @@ class InferenceHost:
     def _load(self) -> tuple[Runtime, dict[str, str]]:
         """The store's active model, verified: its runtime and what the agent's reload reports
         (:meth:`edge_agent.model.loader.LoadedModel.info`: weights sha256 and bundle identity)."""
-        model = modelstore.active_model(self.state_dir)
+        model = store_layout.active_model(self.state_dir)
         if model is None:
             raise EdgeError("no model installed")
         bundle = read_bundle(model.bundle_path, self.bundle_key)

@@ -295,26 +295,26 @@ def open_source_and_model(engine: Engine, config: AgentConfig) -> Source:
 
 def note_start(state_dir: Path) -> None:
     """Count the start for the model store's probation crash counter (it may roll back)."""
-    from edge_agent.store import modelstore
+    from edge_agent.store.probation import note_agent_start
 
-    rolled_back = modelstore.note_agent_start(state_dir)
+    rolled_back = note_agent_start(state_dir)
     if rolled_back is not None:
         log.warning("model store rolled back after repeated crashes: %s", rolled_back)
 
 
 def write_pid_file(state_dir: Path) -> None:
     """Let ``edge-agent install-model`` find (and SIGHUP) the running agent."""
-    from edge_agent.store import modelstore
+    from edge_agent.store import pidfile
 
-    modelstore.write_pid_file(state_dir)
+    pidfile.write_pid_file(state_dir)
 
 
 def note_stop(state_dir: Path) -> None:
     """Tell the model store the agent stopped cleanly (pid file gone, probation crash count kept)."""
-    from edge_agent.store import modelstore
+    from edge_agent.store import pidfile, probation
 
-    modelstore.remove_pid_file(state_dir)
-    modelstore.note_agent_stop(state_dir)
+    pidfile.remove_pid_file(state_dir)
+    probation.note_agent_stop(state_dir)
 
 
 def make_publisher(config: AgentConfig, envelope: EnvelopeFactory | None, control: Agent) -> Publisher:

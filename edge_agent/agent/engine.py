@@ -57,9 +57,9 @@ class Engine:
             if cfg.bundle is not None:
                 raise
             # The installed `current` is damaged: the model store falls back to `previous`.
-            from edge_agent.store import modelstore
+            from edge_agent.store.layout import active_model
 
-            fallback = modelstore.active_model(config.state_dir)
+            fallback = active_model(config.state_dir)
             if fallback is None or Path(fallback.directory) == config.bundle_path:
                 raise
             log.warning("models/current cannot be used; running %s instead", fallback.directory)

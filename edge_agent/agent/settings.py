@@ -13,8 +13,8 @@ from typing import Any
 from edge_agent.agent.events import EventPolicy
 from edge_agent.config import OVERRIDES_FILE, AgentConfig, RuntimeSettings, validate_settings
 from edge_agent.errors import ConfigError
-from edge_agent.model.bundle import atomic_write
 from edge_agent.tasks import Task
+from edge_agent.util.fs import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from edge_agent.errors import EdgeError
 
 COMMAND_MODULES = (
     "edge_agent.cli.run",
-    "edge_agent.store.modelstore",
-    "edge_agent.model.inspect",
+    "edge_agent.cli.models",
+    "edge_agent.cli.inspect",
 )
 
 EXIT_ERROR = 2

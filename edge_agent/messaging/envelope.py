@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from edge_agent.model.bundle import atomic_write
+from edge_agent.util.fs import atomic_write
 
 SCHEMA = "edge/v1"
 TOPIC_ROOT = "edge/v1"

@@ -15,12 +15,9 @@ anything is used or extracted, and refuses unsafe member names.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
-import os
 import stat
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Mapping
@@ -29,8 +26,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edge_agent.errors import BundleError, SignatureError
+from edge_agent.model.keys import load_public_key
 from edge_agent.model.manifest import Manifest
 from edge_agent.schema import ValidationError
+from edge_agent.util.fs import atomic_write, sha256_bytes
 
 if TYPE_CHECKING:  # cryptography costs ~8 MB RSS: imported only where keys are used
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -45,16 +44,6 @@ MAX_MEMBER_BYTES = 512 * 1024 * 1024
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -83,98 +72,6 @@ class Bundle:
             return {}
         data = json.loads(raw)
         return data if isinstance(data, dict) else {}
-
-
-# --------------------------------------------------------------------------- keys
-
-
-def load_private_key(path: Path) -> Ed25519PrivateKey:
-    """Load an Ed25519 private key (PEM, PKCS#8, unencrypted)."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-    try:
-        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
-    except FileNotFoundError as exc:
-        raise SignatureError(f"signing key {path} not found; create one with `edge-deploy keygen`") from exc
-    except (ValueError, TypeError) as exc:
-        raise SignatureError(f"{path} is not an unencrypted PEM private key: {exc}") from exc
-    if not isinstance(key, Ed25519PrivateKey):
-        raise SignatureError(f"{path} is not an Ed25519 private key")
-    return key
-
-
-def load_public_key(path: Path) -> Ed25519PublicKey:
-    """Load an Ed25519 public key (PEM SubjectPublicKeyInfo)."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-    try:
-        key = serialization.load_pem_public_key(Path(path).read_bytes())
-    except FileNotFoundError as exc:
-        raise SignatureError(f"public key {path} not found") from exc
-    except (ValueError, TypeError) as exc:
-        raise SignatureError(f"{path} is not a PEM public key: {exc}") from exc
-    if not isinstance(key, Ed25519PublicKey):
-        raise SignatureError(f"{path} is not an Ed25519 public key")
-    return key
-
-
-def generate_keypair(private_path: Path, public_path: Path) -> None:
-    """Write a new Ed25519 key pair; the private key file is created mode 0600."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-    key = Ed25519PrivateKey.generate()
-    private_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    public_pem = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    atomic_write(private_path, private_pem, mode=0o600)
-    atomic_write(public_path, public_pem, mode=0o644)
-
-
-# --------------------------------------------------------------------------- writing
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` so readers see either the old or the whole new file."""
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with _suppress_oserror():
-            os.unlink(tmp)
-        raise
-    fsync_dir(directory)
-
-
-def fsync_dir(directory: Path) -> None:
-    """fsync a directory so a rename inside it survives a power cut."""
-    try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-class _suppress_oserror:  # noqa: N801 - used like contextlib.suppress
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> bool:
-        return isinstance(exc, OSError)
 
 
 def pack_bundle(

@@ -1,33 +1,38 @@
-"""``edge-agent inspect MODEL.tflite``: what a plain model is and how to run it.
+"""What a plain ``.tflite`` model is and how to run it (``edge-agent inspect``'s report).
 
-Shows the input and output tensors (as the interpreter reports them), the operators
-and whether any still compute in float, the TFLite Model Metadata when there is some,
-and the output format the outputs look like. ``--write-sidecar FILE`` writes a starting
-sidecar TOML from all that, for ``edge-agent run --bundle MODEL --sidecar FILE``.
+The input and output tensors (as the interpreter reports them), the operators and
+whether any still compute in float, the TFLite Model Metadata when there is some, the
+output format the outputs look like, and a suggested sidecar (written by
+:mod:`edge_agent.model.sidecar_toml`).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import re
-import sys
-import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edge_agent.errors import BundleError, ConfigError, RuntimeLoadError
-from edge_agent.model import tflite_file
-from edge_agent.model.bundle import atomic_write, sha256_bytes
+from edge_agent.errors import BundleError, RuntimeLoadError
 from edge_agent.model.manifest import TensorSpec
+from edge_agent.model.tflite.metadata import (
+    AudioProperties,
+    BoundingBoxProperties,
+    ImageProperties,
+    ModelMetadata,
+    TensorMetadata,
+    metadata_labels,
+    model_metadata,
+)
+from edge_agent.model.tflite.model import MODEL_IDENTIFIER, OpSummary, TfliteModel, read_model, read_operators
+from edge_agent.model.tflite.sidecar import image_normalization, metadata_sidecar
 from edge_agent.schema import ValidationError
+from edge_agent.util.fs import sha256_bytes
 
 if TYPE_CHECKING:  # the tasks package imports OpenCV: only loaded when inspect runs
     from edge_agent.tasks.formats import OutputGuess
 
-EXIT_OK = 0
 
 
 @dataclass(frozen=True)
@@ -46,11 +51,11 @@ class Inspection:
     path: Path
     size_bytes: int
     sha256: str
-    model: tflite_file.TfliteModel
-    ops: tflite_file.OpSummary
+    model: TfliteModel
+    ops: OpSummary
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
-    metadata: tflite_file.ModelMetadata | None
+    metadata: ModelMetadata | None
     metadata_error: str | None
     labels: list[str] | None
     labels_error: str | None
@@ -68,7 +73,7 @@ def _read(path: Path) -> bytes:
         raise BundleError(f"{path} is a directory; give a .tflite file") from exc
     except OSError as exc:
         raise BundleError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    if data[4:8] != tflite_file.MODEL_IDENTIFIER and data[:4] == b"PK\x03\x04":
+    if data[4:8] != MODEL_IDENTIFIER and data[:4] == b"PK\x03\x04":
         raise BundleError(f"{path} is a zip archive (a bundle?), not a .tflite; `edge-agent check --bundle "
                           f"{path}` verifies a bundle")
     return data
@@ -102,18 +107,18 @@ def inspect_model(path: Path) -> Inspection:
     path = Path(path)
     data = _read(path)
     what = str(path)
-    model = tflite_file.read_model(data, what)
-    ops = tflite_file.read_operators(data, what)
+    model = read_model(data, what)
+    ops = read_operators(data, what)
     inputs, outputs = _tensor_specs(data, what)
     metadata, metadata_error = None, None
     labels, labels_error = None, None
     try:
-        metadata = tflite_file.model_metadata(model, what)
+        metadata = model_metadata(model, what)
     except BundleError as exc:
         metadata_error = str(exc)
     if metadata is not None:
         try:
-            labels = tflite_file.metadata_labels(data, metadata, what)
+            labels = metadata_labels(data, metadata, what)
         except BundleError as exc:
             labels_error = str(exc)
     guess = recognise_outputs(outputs, len(labels or ()))
@@ -144,7 +149,7 @@ def _image_preprocess(spec: TensorSpec) -> tuple[dict[str, Any], list[str]]:
                            "color": "gray" if channels == 1 else "rgb"}
     notes = ["(pixel - mean) / std gives the model input; check mean/std against the training pipeline"]
     if spec.dtype == "uint8" and spec.scale > 0:
-        pre["mean"], pre["std"] = tflite_file.image_normalization(spec)
+        pre["mean"], pre["std"] = image_normalization(spec)
         notes.append("uint8 input: raw pixels, as the TFLite Task Library feeds it")
         return pre, notes
     span = _quantised_range(spec)
@@ -201,7 +206,7 @@ def suggest_sidecar(path: Path, data: bytes, inputs: list[TensorSpec], outputs: 
     notes: dict[str, list[str]] = {}
     if has_metadata:
         try:
-            from_metadata = tflite_file.metadata_sidecar(data, inputs, outputs, str(path))
+            from_metadata = metadata_sidecar(data, inputs, outputs, str(path))
         except BundleError as exc:
             notes[""] = [f"the TFLite metadata was not enough: {exc}"]
         else:
@@ -224,115 +229,6 @@ def suggest_sidecar(path: Path, data: bytes, inputs: list[TensorSpec], outputs: 
     return Sidecar(fields, "shapes", notes)
 
 
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-def _toml_key(key: str) -> str:
-    return key if _BARE_KEY.match(key) else _toml_string(key)
-
-
-def _toml_string(text: str) -> str:
-    # JSON string escapes are valid TOML basic-string escapes; TOML also forbids a raw DEL.
-    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)
-    if isinstance(value, str):
-        return _toml_string(value)
-    if isinstance(value, list | tuple):
-        items = [_toml_value(v) for v in value]
-        one_line = "[" + ", ".join(items) + "]"
-        if len(one_line) <= 100:
-            return one_line
-        return "[\n" + "".join(f"    {item},\n" for item in items) + "]"
-    raise TypeError(f"cannot write {type(value).__name__} to TOML")
-
-
-def _toml_table(lines: list[str], header: str, table: dict[str, Any], notes: list[str]) -> None:
-    """Scalars of ``table`` under ``[header]``, then its sub-tables as ``[header.key]``."""
-    if header:
-        lines.extend(["", f"[{header}]"])
-    lines.extend(f"# {note}" for note in notes)
-    for key, value in table.items():
-        if not isinstance(value, dict):
-            lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
-    for key, value in table.items():
-        if isinstance(value, dict):
-            _toml_table(lines, f"{header}.{_toml_key(key)}" if header else _toml_key(key), value, [])
-
-
-def sidecar_toml(inspection: Inspection, target: Path | None = None) -> str:
-    """The suggested sidecar as TOML text (parses back with tomllib); ``target`` is where it goes."""
-    sidecar = inspection.sidecar
-    fields = dict(sidecar.fields)
-    origin = ("the model's TFLite metadata" if sidecar.source == "metadata"
-              else "tensor shapes only: check every value")
-    lines = [f"# Sidecar for {inspection.path.name}, written by `edge-agent inspect` from {origin}.",
-             f"# Run: edge-agent run --bundle {inspection.path} --sidecar {target or 'FILE'}"]
-    top = {k: v for k, v in fields.items() if not isinstance(v, dict)}
-    labels = top.pop("labels", None)
-    _toml_table(lines, "", top, sidecar.notes.get("", []))
-    if labels is not None:
-        lines.append(f"labels = {_toml_value(labels)}")
-    else:
-        classes = _class_count(inspection)
-        lines.append(f'# labels = ["first", "second"]  # one per class{f" ({classes})" if classes else ""}, '
-                     'or labels_file = "labels.txt" (relative to this file)')
-    for key, value in fields.items():
-        if isinstance(value, dict):
-            _toml_table(lines, _toml_key(key), value, sidecar.notes.get(key, []))
-    if "output" not in fields:
-        lines.extend(["", "[output]", "# score_threshold = 0.5"])
-    return "\n".join(lines) + "\n"
-
-
-def _class_count(inspection: Inspection) -> int:
-    if inspection.guess.task != "classify" or not inspection.outputs:
-        return 0
-    shape = [d for d in inspection.outputs[0].shape if d != 1]
-    return shape[-1] if shape else 0
-
-
-def check_sidecar(text: str, inspection: Inspection) -> str | None:
-    """Why the sidecar would not run as written (None when the agent accepts it)."""
-    from edge_agent.model.loader import sidecar_manifest
-
-    fields = tomllib.loads(text)  # a failure here is a bug in the writer: let it show
-    try:
-        sidecar_manifest(fields, inspection.data, inspection.inputs, inspection.outputs, inspection.path,
-                         inspection.path.stem, source="the written sidecar")
-    except BundleError as exc:
-        return str(exc)
-    return None
-
-
-def check_target(target: Path, force: bool) -> None:
-    """Refuse a --write-sidecar target before any work: not *.toml, or existing without --force."""
-    if target.suffix != ".toml":
-        raise ConfigError(f"--write-sidecar writes TOML: name the file *.toml, not {target.name}")
-    if target.exists() and not force:
-        raise ConfigError(f"{target} exists; use --force to overwrite it")
-
-
-def write_sidecar(target: Path, text: str, force: bool) -> None:
-    """Write the sidecar atomically (see :func:`check_target` for what is refused)."""
-    check_target(target, force)
-    try:
-        atomic_write(target, text.encode("utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot write {target}: {exc.strerror or exc}") from exc
-
-
 # --------------------------------------------------------------------------- report
 
 
@@ -345,7 +241,7 @@ def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{name} x{count}" for name, count in counts.items())
 
 
-def _quantisation_line(ops: tflite_file.OpSummary) -> str:
+def _quantisation_line(ops: OpSummary) -> str:
     if not ops.quantized:
         return "quantisation: none (float model)" if ops.float_ops else "quantisation: no compute ops"
     if ops.float_ops:
@@ -353,15 +249,15 @@ def _quantisation_line(ops: tflite_file.OpSummary) -> str:
     return f"quantisation: integer (all {ops.total} ops)"
 
 
-def _tensor_metadata_lines(kind: str, index: int, meta: tflite_file.TensorMetadata) -> list[str]:
+def _tensor_metadata_lines(kind: str, index: int, meta: TensorMetadata) -> list[str]:
     parts: list[str] = []
     content = meta.content
-    if isinstance(content, tflite_file.ImageProperties):
+    if isinstance(content, ImageProperties):
         size = f", default size {content.default_size[0]}x{content.default_size[1]}" if content.default_size else ""
         parts.append(f"image {content.color_space}{size}")
-    elif isinstance(content, tflite_file.AudioProperties):
+    elif isinstance(content, AudioProperties):
         parts.append(f"audio {content.sample_rate} Hz, {content.channels} channel(s)")
-    elif isinstance(content, tflite_file.BoundingBoxProperties):
+    elif isinstance(content, BoundingBoxProperties):
         parts.append(f"boxes {content.type} {content.coordinate_type} index {list(content.index)}")
     if meta.mean or meta.std:
         parts.append(f"mean {list(meta.mean)} std {list(meta.std)}")
@@ -437,34 +333,3 @@ def report_json(ins: Inspection) -> dict[str, Any]:
         "output_format": asdict(ins.guess),
         "sidecar": {"source": ins.sidecar.source, "fields": ins.sidecar.fields},
     }
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def cmd_inspect(args: argparse.Namespace) -> int:
-    if args.write_sidecar is not None:
-        check_target(args.write_sidecar, args.force)
-    ins = inspect_model(args.model)
-    print(json.dumps(report_json(ins), indent=2) if args.json else format_report(ins))
-    if args.write_sidecar is not None:
-        text = sidecar_toml(ins, args.write_sidecar)
-        problem = check_sidecar(text, ins)
-        write_sidecar(args.write_sidecar, text, args.force)
-        hint = f"edit it, then: edge-agent run --bundle {args.model} --sidecar {args.write_sidecar}"
-        status = f"needs editing before it runs ({problem})" if problem else "check it"
-        print(f"wrote {args.write_sidecar}: {status}; {hint}", file=sys.stderr)
-    return EXIT_OK
-
-
-def register(subparsers: Any) -> None:
-    """Add ``inspect`` to the ``edge-agent`` command line."""
-    parser = subparsers.add_parser(
-        "inspect", help="show a .tflite model's tensors, ops, metadata and output format")
-    parser.add_argument("model", type=Path, metavar="MODEL", help="a .tflite file")
-    parser.add_argument("--write-sidecar", type=Path, metavar="FILE",
-                        help="write a starting sidecar TOML for `edge-agent run --sidecar FILE`")
-    parser.add_argument("--force", action="store_true", help="overwrite an existing --write-sidecar file")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.set_defaults(handler=cmd_inspect)
-

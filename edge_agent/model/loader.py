@@ -19,7 +19,7 @@ hand and the tensor specs come from the interpreter::
     score_threshold = 0.3
 
 A plain ``.tflite`` without a sidecar runs from its TFLite Model Metadata when it has
-some (:func:`edge_agent.model.tflite_file.metadata_sidecar` derives the same fields);
+some (:func:`edge_agent.model.tflite.sidecar.metadata_sidecar` derives the same fields);
 ``edge-agent inspect MODEL --write-sidecar FILE`` writes a starting sidecar for any model.
 
 A running model is identified by :func:`bundle_identity` (``manifest_sha256``), not only by
@@ -42,6 +42,7 @@ from edge_agent.model import bundle as bundle_mod
 from edge_agent.model.manifest import AudioPreprocess, ImagePreprocess, Manifest, TensorSpec, parse_preprocess
 from edge_agent.runtimes import Runtime, create_runtime
 from edge_agent.schema import ValidationError
+from edge_agent.util.fs import sha256_bytes
 
 SIDECAR_SUFFIXES = (".toml", ".json")
 
@@ -55,7 +56,7 @@ def bundle_identity(manifest_bytes: bytes) -> str:
     hash of its derived manifest in canonical JSON (see :func:`open_model`), which includes the
     model's sha256 and every sidecar field.
     """
-    return bundle_mod.sha256_bytes(manifest_bytes)
+    return sha256_bytes(manifest_bytes)
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,7 @@ def sidecar_manifest(
         "name": data.pop("name", default_name),
         "version": str(data.pop("version", "0")),
         "model": {
-            "sha256": bundle_mod.sha256_bytes(model_bytes),
+            "sha256": sha256_bytes(model_bytes),
             "size_bytes": len(model_bytes),
         },
         "inputs": [spec.model_dump() for spec in inputs],
@@ -247,12 +248,14 @@ def _metadata_model(path: Path, model_bytes: bytes) -> ModelFile:
     the interpreter exists); the manifest is still built from the interpreter's own specs
     in :func:`open_model`.
     """
-    from edge_agent.model import tflite_file
+    from edge_agent.model.tflite.metadata import METADATA_NAME
+    from edge_agent.model.tflite.model import read_model
+    from edge_agent.model.tflite.sidecar import metadata_sidecar
 
-    model = tflite_file.read_model(model_bytes, str(path))
+    model = read_model(model_bytes, str(path))
     data = None
-    if tflite_file.METADATA_NAME in model.metadata:
-        data = tflite_file.metadata_sidecar(model_bytes, model.input_specs(), model.output_specs(), str(path))
+    if METADATA_NAME in model.metadata:
+        data = metadata_sidecar(model_bytes, model.input_specs(), model.output_specs(), str(path))
     if data is None:
         raise BundleError(
             f"{path} is a plain .tflite without TFLite metadata: give a sidecar (--sidecar FILE.toml) with "

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import numpy as np
 
 from edge_agent.schema import Field, FieldError, Schema, validate_as
+from edge_agent.util.fs import SHA256_HEX_RE
 
 SCHEMA_VERSION = 1
 
@@ -288,7 +289,7 @@ def _default_output() -> OutputSpec:
 
 class ModelInfo(Schema, frozen=True):
     file: str = "model.tflite"
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    sha256: str = Field(pattern=SHA256_HEX_RE.pattern)
     size_bytes: int = Field(ge=0)
 
 

@@ -18,11 +18,12 @@ from typing import Any, Protocol
 from edge_agent.control import AgentControl
 from edge_agent.messaging.envelope import TOPIC_ROOT, topic_root
 from edge_agent.messaging.link import InboundMessage
+from edge_agent.model.keys import load_command_public_key
 from edge_agent.remote import ota
 from edge_agent.remote.builtin import builtin_commands
 from edge_agent.remote.desired import DesiredConfig
 from edge_agent.remote.handler import CommandHandler
-from edge_agent.remote.protocol import Ack, CommandRegistry, CommandSpec, Route, command_registry, load_public_key
+from edge_agent.remote.protocol import Ack, CommandRegistry, CommandSpec, Route, command_registry
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ class Inbox:
     ) -> None:
         self.root = topic_root(device_id)
         self._outlet = outlet
-        key = load_public_key(command_public_key) if command_public_key else None
+        key = load_command_public_key(command_public_key) if command_public_key else None
         self.commands = CommandHandler(
             device_id,
             control=control,

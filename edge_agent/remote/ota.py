@@ -10,7 +10,7 @@ privileged command verified with the device's pinned command key)::
      "allow_new_input": <optional bool>}
 
 The device downloads into its state directory while checking size and sha256
-(and free space first), installs through :mod:`edge_agent.store.modelstore` (bundle
+(and free space first), installs through :mod:`edge_agent.store.install` (bundle
 signature required when a bundle key is pinned, smoke test in a child
 process, atomic swap), swaps the model into the running pipeline, then keeps
 the new model on probation: inference errors, latency against the manifest
@@ -48,11 +48,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_agent.control import AgentControl, ModelHost
-from edge_agent.errors import EdgeError
+from edge_agent.errors import EdgeError, NoSpaceError
 from edge_agent.model.bundle import MANIFEST, read_bundle
 from edge_agent.model.loader import bundle_identity
 from edge_agent.remote.protocol import Ack, CommandContext, CommandError, CommandSpec, command
-from edge_agent.store import modelstore
+from edge_agent.store.install import MAX_BUNDLE_BYTES, install_model, rollback
+from edge_agent.store.layout import InstalledModel, active_model, resolve_public_key
+from edge_agent.store.probation import clear_probation, start_probation
+from edge_agent.util.fs import SHA256_HEX_RE, check_free_space
 
 if TYPE_CHECKING:  # cryptography (~6 MB RSS) and urllib.request load only when an update needs them
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -65,7 +68,7 @@ MAX_PROBATION_S = 3600.0
 DOWNLOAD_TIMEOUT_S = 30.0
 TICK_S = 0.25
 UPDATE_ARGS = frozenset({"url", "sha256", "size", "signature", "probation_s", "allow_new_input"})
-_SHA_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+_SHA_RE = re.compile(SHA256_HEX_RE.pattern, re.IGNORECASE)
 
 
 class OtaError(EdgeError):
@@ -107,8 +110,8 @@ def parse_update_args(args: dict[str, Any]) -> UpdateRequest:
         raise CommandError("url has no host")
     if not isinstance(sha, str) or not _SHA_RE.match(sha):
         raise CommandError("sha256 must be 64 hex digits")
-    if not isinstance(size, int) or isinstance(size, bool) or not 0 < size <= modelstore.MAX_BUNDLE_BYTES:
-        raise CommandError(f"size must be an integer in 1..{modelstore.MAX_BUNDLE_BYTES}")
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 < size <= MAX_BUNDLE_BYTES:
+        raise CommandError(f"size must be an integer in 1..{MAX_BUNDLE_BYTES}")
     signature = None
     if "signature" in args:
         raw = args["signature"]
@@ -138,8 +141,8 @@ def download(url: str, target: Path, size: int, sha256: str, timeout_s: float = 
         OtaError: network/file error, size or sha256 mismatch, not enough space.
     """
     try:
-        modelstore.check_free_space(target.parent, 3 * size)
-    except modelstore.InstallError as exc:
+        check_free_space(target.parent, 3 * size)
+    except NoSpaceError as exc:
         raise OtaError(str(exc)) from exc
     digest = hashlib.sha256()
     received = 0
@@ -255,10 +258,10 @@ class OtaUpdater:
             download(request.url, target, request.size, request.sha256)
             timings["download_s"] = time.monotonic() - t0
             try:
-                key = modelstore.resolve_public_key(state_dir, self.host.bundle_key)
+                key = resolve_public_key(state_dir, self.host.bundle_key)
                 if request.signature is not None:
                     _verify_detached(target, request.signature, key)
-                result = modelstore.install_model(
+                result = install_model(
                     target, state_dir, key, expected_sha256=request.sha256, expected_size=request.size,
                     allow_new_input=request.allow_new_input, allow_downgrade=False, signal_agent=False,
                 )
@@ -290,16 +293,16 @@ class OtaUpdater:
             back = self._roll_back(f"probation failed: {problem}")
             timings["rolled_back_s"] = time.monotonic() - t0
             return Ack(cmd_id, "failed", back, {"active": _active(state_dir), "timings": _round(timings)})
-        modelstore.clear_probation(state_dir)
+        clear_probation(state_dir)
         timings["succeeded_s"] = time.monotonic() - t0
         return Ack(cmd_id, "succeeded", f"{new['name']} {new['version']} active, probation passed",
                    {"active": new, "previous": describe(result.previous) if result.previous else None,
                     "timings": _round(timings)})
 
-    def watch_probation(self, model: modelstore.InstalledModel, duration_s: float, cmd_id: str = "") -> str | None:
+    def watch_probation(self, model: InstalledModel, duration_s: float, cmd_id: str = "") -> str | None:
         """Watch the running model for ``duration_s``; the reason it failed, or None."""
         state_dir = Path(self.host.state_dir)
-        modelstore.start_probation(state_dir, model, duration_s, self.policy.max_crashes, cmd_id)
+        start_probation(state_dir, model, duration_s, self.policy.max_crashes, cmd_id)
         budget = model.manifest.latency_budget_ms
         start = self.host.probe()
         deadline = time.monotonic() + duration_s
@@ -314,7 +317,7 @@ class OtaUpdater:
                     and sample.invoke_p95_ms > budget * self.policy.latency_factor):
                 return (f"p95 inference latency {sample.invoke_p95_ms:.2f} ms above "
                         f"{self.policy.latency_factor:g} x the {budget:g} ms budget")
-            current = modelstore.active_model(state_dir, deep=False)
+            current = active_model(state_dir, deep=False)
             if current is None or current.sha256 != model.sha256:
                 return "the model was replaced during probation"
             if time.monotonic() >= deadline:
@@ -324,7 +327,7 @@ class OtaUpdater:
     def _roll_back(self, why: str) -> str:
         state_dir = Path(self.host.state_dir)
         try:
-            result = modelstore.rollback(state_dir, signal_agent=False)
+            result = rollback(state_dir, signal_agent=False)
         except EdgeError as exc:
             return f"{why}; rollback impossible: {exc}"
         old = describe(result.active)
@@ -349,7 +352,7 @@ class OtaUpdater:
             return Ack(cmd_id, "failed", "busy: a model update is in progress")
         try:
             t0 = time.monotonic()
-            result = modelstore.rollback(Path(self.host.state_dir), signal_agent=False)
+            result = rollback(Path(self.host.state_dir), signal_agent=False)
             active = describe(result.active)
             problem = _not_running(self.host.reload_model(), active["manifest_sha256"])
         except EdgeError as exc:
@@ -380,7 +383,7 @@ def _reason(exc: BaseException) -> str:
     return f"{step}: {exc}" if step else str(exc)
 
 
-def describe(model: modelstore.InstalledModel) -> dict[str, Any]:
+def describe(model: InstalledModel) -> dict[str, Any]:
     """The store's description of an installed model plus its bundle identity (``manifest_sha256``,
     None when the manifest cannot be read), so acks and the agent's ``status`` can be compared."""
     try:
@@ -403,7 +406,7 @@ def _not_running(loaded: dict[str, str], expected: str | None) -> str | None:
 
 
 def _active(state_dir: Path) -> dict[str, Any] | None:
-    model = modelstore.active_model(state_dir, deep=False)
+    model = active_model(state_dir, deep=False)
     return describe(model) if model else None
 
 

@@ -9,20 +9,18 @@ in a registry built with :func:`command_registry` (no import side effects).
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from edge_agent.control import AgentControl
-from edge_agent.errors import ConfigError, EdgeError
+from edge_agent.errors import EdgeError
 
 if TYPE_CHECKING:  # cryptography costs ~6 MB RSS: loaded only when a command key is pinned or used
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 log = logging.getLogger(__name__)
 
@@ -127,27 +125,3 @@ def signing_bytes(device_id: str, name: str, body: dict[str, Any]) -> bytes:
 def sign_command(key: Ed25519PrivateKey, device_id: str, name: str, body: dict[str, Any]) -> str:
     """Base64 signature for ``body`` (operator side; used by ``edge-fleet send --sign-key``)."""
     return base64.b64encode(key.sign(signing_bytes(device_id, name, body))).decode()
-
-
-def load_public_key(path: Path) -> Ed25519PublicKey:
-    """A pinned Ed25519 public key: PEM, OpenSSH, or 32 raw/base64 bytes."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read command public key {path}: {exc.strerror}") from exc
-    try:
-        if data.startswith(b"-----BEGIN"):
-            key = serialization.load_pem_public_key(data)
-        elif data.startswith(b"ssh-ed25519"):
-            key = serialization.load_ssh_public_key(data)
-        else:
-            raw = data if len(data) == 32 else base64.b64decode(data.strip(), validate=True)
-            key = Ed25519PublicKey.from_public_bytes(raw)
-    except (ValueError, binascii.Error) as exc:
-        raise ConfigError(f"{path} is not an Ed25519 public key: {exc}") from exc
-    if not isinstance(key, Ed25519PublicKey):
-        raise ConfigError(f"{path} is not an Ed25519 public key")
-    return key

@@ -17,7 +17,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_agent.model.bundle import extract_bundle, generate_keypair, load_private_key, read_bundle, write_bundle
+from edge_agent.model.bundle import extract_bundle, read_bundle, write_bundle
+from edge_agent.model.keys import generate_keypair, load_private_key
 from edge_agent.model.loader import load_model
 from tests.integration.agent_helpers import ROOT, LiveAgent, agent_env, events, run_agent
 from tests.integration.mjpeg import MjpegServer

@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge_agent.store import modelstore
+from edge_agent.store import install as store_install
+from edge_agent.store import layout as store_layout
+from edge_agent.store import pidfile as store_pidfile
 from tests.fixtures_ssh import BundleSet, DeployKeys
 from tests.integration.agent_helpers import agent_env
 from tests.integration.mjpeg import MjpegServer
@@ -31,8 +33,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def state(tmp_path: Path, deploy_keys: DeployKeys, test_bundles: BundleSet) -> Path:
     state = tmp_path / "state"
     state.mkdir()
-    shutil.copy(deploy_keys.public, state / modelstore.TRUSTED_KEY)
-    modelstore.install_model(test_bundles.good, state)
+    shutil.copy(deploy_keys.public, state / store_layout.TRUSTED_KEY)
+    store_install.install_model(test_bundles.good, state)
     return state
 
 
@@ -134,8 +136,8 @@ def test_running_agent_picks_up_installed_model(state: Path, stream: MjpegServer
                   env=agent_env())
     try:
         agent.wait(lambda: len(agent.topic("/evt/classification")) >= 10)
-        # the agent announces itself for install-model (pipeline -> modelstore.write_pid_file)
-        assert (state / modelstore.PID_FILE).read_text().strip() == str(agent.proc.pid)
+        # the agent announces itself for install-model (pipeline -> store_pidfile.write_pid_file)
+        assert (state / store_pidfile.PID_FILE).read_text().strip() == str(agent.proc.pid)
         proc = subprocess.run([sys.executable, "-m", "edge_agent", "install-model",
                                str(test_bundles.good_v2), "--state-dir", str(state), "--json"],
                               capture_output=True, text=True, timeout=120, env=agent_env(), check=False)

@@ -17,7 +17,8 @@ import pytest
 
 from converter.cli import main as cli_main
 from converter.ops import int8_coverage, list_ops
-from edge_agent.model.bundle import MANIFEST, MODEL, generate_keypair, read_bundle
+from edge_agent.model.bundle import MANIFEST, MODEL, read_bundle
+from edge_agent.model.keys import generate_keypair
 from edge_agent.model.smoke import run_smoke_test
 from edge_agent.preprocess import dequantize, preprocess_image, quantize
 from edge_agent.runtimes.litert import LiteRTRuntime

@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 
 from deploy import cli
-from edge_agent.model.bundle import sha256_file
-from edge_agent.store import modelstore
+from edge_agent.store import install as store_install
+from edge_agent.store import layout as store_layout
+from edge_agent.util.fs import sha256_file
 from tests.fixtures_ssh import BundleSet, DeployKeys, SshDevice
 
 pytestmark = pytest.mark.integration
@@ -36,7 +37,7 @@ def _deploy(*args: str) -> subprocess.CompletedProcess[str]:
 def device_state(tmp_path: Path, deploy_keys: DeployKeys) -> Path:
     state = tmp_path / "device-state"
     state.mkdir()
-    shutil.copy(deploy_keys.public, state / modelstore.TRUSTED_KEY)
+    shutil.copy(deploy_keys.public, state / store_layout.TRUSTED_KEY)
     return state
 
 
@@ -45,7 +46,7 @@ def _push(device: SshDevice, state: Path, bundle: Path, *extra: str) -> subproce
 
 
 def _active(state: Path) -> str | None:
-    model = modelstore.active_model(state)
+    model = store_layout.active_model(state)
     return model.sha256 if model else None
 
 
@@ -56,7 +57,7 @@ def test_push_good_then_every_bad_bundle_refused(
     assert proc.returncode == 0, proc.stdout + proc.stderr
     good = _active(device_state)
     assert good == sha256_file(test_bundles.good)
-    short = modelstore.active_model(device_state).manifest.short_sha  # type: ignore[union-attr]
+    short = store_layout.active_model(device_state).manifest.short_sha  # type: ignore[union-attr]
     assert "installed; active" in proc.stdout and short in proc.stdout
 
     for kind, why in [
@@ -70,9 +71,9 @@ def test_push_good_then_every_bad_bundle_refused(
         assert short in proc.stdout  # the answer names the model still active
         assert _active(device_state) == good, kind
     # still serving: the active model loads and passes its golden vectors
-    active = modelstore.active_model(device_state)
+    active = store_layout.active_model(device_state)
     assert active is not None
-    assert modelstore.run_smoke_child(active.bundle_path)["passed"]
+    assert store_install.run_smoke_child(active.bundle_path)["passed"]
     assert not list((device_state / "tmp").iterdir())
     # without --skip-local-check a corrupt bundle never leaves the operator's machine
     proc = _push(sshd_device, device_state, test_bundles.tampered)
@@ -83,7 +84,7 @@ def test_push_rollback_status(sshd_device: SshDevice, device_state: Path, test_b
     assert _push(sshd_device, device_state, test_bundles.good).returncode == 0
     proc = _push(sshd_device, device_state, test_bundles.good_v2)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    v2 = modelstore.active_model(device_state)
+    v2 = store_layout.active_model(device_state)
     assert v2 is not None and v2.sha256 == sha256_file(test_bundles.good_v2)
 
     proc = _deploy("status", *sshd_device.ssh_args(), "--state-dir", str(device_state), "--json")
@@ -247,7 +248,7 @@ def _rows(proc: subprocess.CompletedProcess[str]) -> list[dict[str, object]]:
 
 def _store_tree(state: Path) -> dict[str, str]:
     return {str(p.relative_to(state)): os.readlink(p) if p.is_symlink() else ("dir" if p.is_dir() else
-            sha256_file(p)) for p in sorted(state.rglob("*")) if p.name != modelstore.LOCK_FILE}
+            sha256_file(p)) for p in sorted(state.rglob("*")) if p.name != store_layout.LOCK_FILE}
 
 
 def test_login_refused_with_a_wrong_key(sshd_device: SshDevice, device_state: Path, test_bundles: BundleSet,
@@ -354,7 +355,7 @@ def test_rollback_refused_by_the_device(sshd_device: SshDevice, device_state: Pa
     proc = _deploy("rollback", *sshd_device.ssh_args(), "--state-dir", str(device_state), "--json")
     assert proc.returncode == 1, proc.stdout + proc.stderr
     [row] = _rows(proc)
-    short = modelstore.active_model(device_state).manifest.short_sha  # type: ignore[union-attr]
+    short = store_layout.active_model(device_state).manifest.short_sha  # type: ignore[union-attr]
     assert str(row["summary"]).startswith("rollback refused; active") and short in str(row["summary"])
     assert row["detail"] == "there is no previous model to roll back to"
     # a device whose agent cannot run at all answers with its shell's error, still one line

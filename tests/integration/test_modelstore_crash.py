@@ -22,8 +22,10 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_agent.model.bundle import read_bundle, sha256_file
-from edge_agent.store import modelstore
+from edge_agent.model.bundle import read_bundle
+from edge_agent.store import install as store_install
+from edge_agent.store import layout as store_layout
+from edge_agent.util.fs import sha256_file
 from tests.deploy_helpers import private_key, repack
 from tests.fixtures_ssh import BundleSet, DeployKeys
 from tests.modelstore_stopper import INSTALL_STEPS, NOT_REACHED, ROLLBACK_STEPS
@@ -66,9 +68,9 @@ def state(tmp_path: Path, deploy_keys: DeployKeys, test_bundles: BundleSet, olde
     """A store with the good model active, an older one as `previous`, the signing key pinned."""
     state = tmp_path / "state"
     state.mkdir()
-    shutil.copy(deploy_keys.public, state / modelstore.TRUSTED_KEY)
-    modelstore.install_model(older, state, signal_agent=False)
-    modelstore.install_model(test_bundles.good, state, signal_agent=False)
+    shutil.copy(deploy_keys.public, state / store_layout.TRUSTED_KEY)
+    store_install.install_model(older, state, signal_agent=False)
+    store_install.install_model(test_bundles.good, state, signal_agent=False)
     return state
 
 
@@ -158,7 +160,7 @@ def _staged(s: Store, pid: int) -> None:
 
 
 def _extracted(s: Store, pid: int) -> None:
-    assert modelstore.load_model_dir(s.state / "models" / s.new).sha256 == s.new
+    assert store_layout.load_model_dir(s.state / "models" / s.new).sha256 == s.new
     assert not list((s.state / "tmp").glob("stage-*"))
     assert _links(s.state) == {"current": s.old, "previous": s.older} and not _link_temps(s.state, "previous")
 
@@ -246,15 +248,15 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
 
 def _assert_one_valid_model(state: Path, expected: str, images: Path) -> None:
     """``current`` itself (not the fallback to ``previous``) names a model that verifies and runs."""
-    status = modelstore.store_status(state)
+    status = store_layout.store_status(state)
     assert status["active"] is not None and status["active"]["bundle_sha256"] == expected
-    active = modelstore.active_model(state)
+    active = store_layout.active_model(state)
     assert active is not None and active.sha256 == expected
-    read_bundle(active.bundle_path, state / modelstore.TRUSTED_KEY)
-    assert modelstore.run_smoke_child(active.bundle_path)["passed"]
+    read_bundle(active.bundle_path, state / store_layout.TRUSTED_KEY)
+    assert store_install.run_smoke_child(active.bundle_path)["passed"]
     agent = subprocess.run(
         [sys.executable, "-m", "edge_agent", "run", "--state-dir", str(state), "--source", str(images),
-         "--events", "every", "--public-key", str(state / modelstore.TRUSTED_KEY)],
+         "--events", "every", "--public-key", str(state / store_layout.TRUSTED_KEY)],
         capture_output=True, text=True, timeout=120, check=False,
     )
     assert agent.returncode == 0, agent.stderr
@@ -264,7 +266,7 @@ def _assert_one_valid_model(state: Path, expected: str, images: Path) -> None:
 def _assert_next_install_succeeds(state: Path, bundle: Path, valid: set[str]) -> None:
     proc = subprocess.run(_install_cmd(bundle, state), capture_output=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr.decode()
-    assert modelstore.store_status(state)["active"]["bundle_sha256"] == sha256_file(bundle)
+    assert store_layout.store_status(state)["active"]["bundle_sha256"] == sha256_file(bundle)
     assert not list((state / "tmp").iterdir())
     assert {p.name for p in (state / "models").iterdir()} <= valid | {"current", "previous"}
 
@@ -296,7 +298,7 @@ def test_rollback_killed_at_each_step_leaves_one_valid_model(
     state: Path, test_bundles: BundleSet, images: Path, step: str
 ) -> None:
     good = sha256_file(test_bundles.good)
-    v2 = modelstore.install_model(test_bundles.good_v2, state, signal_agent=False).active.sha256
+    v2 = store_install.install_model(test_bundles.good_v2, state, signal_agent=False).active.sha256
     store = Store(state, old=v2, new=good)
 
     proc = _stop_at("rollback", step, state)
@@ -310,8 +312,8 @@ def test_rollback_killed_at_each_step_leaves_one_valid_model(
     if not committed:
         # the rollback can simply be asked for again (mutation guarded: linking `previous`
         # first leaves both links on v2 and the rollback target unreachable)
-        assert modelstore.rollback(state, signal_agent=False).active.sha256 == good
-    assert modelstore.store_status(state)["active"]["bundle_sha256"] == good
+        assert store_install.rollback(state, signal_agent=False).active.sha256 == good
+    assert store_layout.store_status(state)["active"]["bundle_sha256"] == good
     _assert_next_install_succeeds(state, test_bundles.good_v2, {good, v2})
 
 

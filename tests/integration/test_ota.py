@@ -21,11 +21,16 @@ from pathlib import Path
 import pytest
 
 from deploy import certs
-from edge_agent.model.bundle import load_private_key, read_bundle, sha256_file
+from edge_agent.model.bundle import read_bundle
+from edge_agent.model.keys import load_private_key
 from edge_agent.model.loader import bundle_identity
 from edge_agent.remote import ota
 from edge_agent.remote.protocol import Ack, CommandError
-from edge_agent.store import modelstore
+from edge_agent.store import install as store_install
+from edge_agent.store import layout as store_layout
+from edge_agent.store import probation as store_probation
+from edge_agent.util import fs
+from edge_agent.util.fs import sha256_file
 from tests import deploy_helpers
 from tests.fixtures_mqtt import Pki
 from tests.fixtures_ssh import BundleSet, DeployKeys
@@ -70,8 +75,8 @@ def identity(bundle: Path) -> str:
 def _install_good(tmp_path: Path, deploy_keys: DeployKeys, test_bundles: BundleSet) -> Path:
     state = tmp_path / "state"
     state.mkdir()
-    shutil.copy(deploy_keys.public, state / modelstore.TRUSTED_KEY)
-    modelstore.install_model(test_bundles.good, state)
+    shutil.copy(deploy_keys.public, state / store_layout.TRUSTED_KEY)
+    store_install.install_model(test_bundles.good, state)
     return state
 
 
@@ -94,7 +99,7 @@ def run_update(host: InferenceHost, args: dict[str, object],
 
 
 def _active_sha(host: InferenceHost) -> str:
-    active = modelstore.active_model(host.state_dir)
+    active = store_layout.active_model(host.state_dir)
     assert active is not None
     return active.sha256
 
@@ -129,7 +134,7 @@ def test_update_succeeds_and_swaps_running_model(device: InferenceHost, http_roo
     assert final.result["previous"]["manifest_sha256"] == identity(test_bundles.good)
     assert _active_sha(device) == sha256_file(test_bundles.good_v2)
     assert device.identity == identity(test_bundles.good_v2)  # the host runs the new bundle
-    assert modelstore.read_probation(device.state_dir) is None
+    assert store_probation.read_probation(device.state_dir) is None
     assert device.reloads == 1 and device.errors == 0
     assert not list((device.state_dir / ota.DOWNLOADS).iterdir())
     print(f"update->succeeded {elapsed:.2f} s (1 s probation), swap gap {device.max_gap_s * 1000:.1f} ms, "
@@ -324,7 +329,7 @@ def test_not_enough_free_space(device: InferenceHost, http_root: tuple[Path, str
     filesystem before any byte is fetched. With the check gone, or asking for 1 x size, the
     download starts and fails for another reason (the server announces another size)."""
     free = shutil.disk_usage(small_downloads).free
-    assert 3 * (3 << 20) + modelstore.FREE_SPACE_MARGIN > free > (3 << 20) + modelstore.FREE_SPACE_MARGIN
+    assert 3 * (3 << 20) + fs.FREE_SPACE_MARGIN > free > (3 << 20) + fs.FREE_SPACE_MARGIN
     args = {**publish(http_root, test_bundles.good_v2), "size": 3 << 20, "probation_s": 0}
     acks, _ = run_update(device, args)
     assert [a.status for a in acks] == ["failed"], acks
@@ -473,7 +478,7 @@ def test_rollback_command_checks_what_the_agent_runs(tmp_path: Path, deploy_keys
                                                      test_bundles: BundleSet) -> None:
     """A rollback whose reload keeps the newer bundle running is not reported as succeeded."""
     state = _install_good(tmp_path, deploy_keys, test_bundles)
-    modelstore.install_model(test_bundles.good_v2, state)
+    store_install.install_model(test_bundles.good_v2, state)
     host = StuckHost(state, None).start()
     try:
         ack = ota.OtaUpdater(host).rollback("cmd-rb")
@@ -495,10 +500,10 @@ def test_file_url(device: InferenceHost, test_bundles: BundleSet) -> None:
 
 def test_crash_counter_during_probation(device: InferenceHost, test_bundles: BundleSet) -> None:
     """Agent restarts while a model is on probation count as crashes; too many roll back."""
-    new = modelstore.install_model(test_bundles.good_v2, device.state_dir)
-    modelstore.start_probation(device.state_dir, new.active, duration_s=60, max_crashes=1)
-    assert modelstore.note_agent_start(device.state_dir) is None  # first crash tolerated
-    result = modelstore.note_agent_start(device.state_dir)
+    new = store_install.install_model(test_bundles.good_v2, device.state_dir)
+    store_probation.start_probation(device.state_dir, new.active, duration_s=60, max_crashes=1)
+    assert store_probation.note_agent_start(device.state_dir) is None  # first crash tolerated
+    result = store_probation.note_agent_start(device.state_dir)
     assert result is not None and result.active.sha256 == sha256_file(test_bundles.good)
 
 

@@ -32,11 +32,13 @@ import pytest
 from deploy.broker import Mosquitto
 from deploy.fleet import send_command
 from edge_agent.messaging.link import MqttSettings
-from edge_agent.model.bundle import generate_keypair, load_private_key, read_bundle, sha256_file
+from edge_agent.model.bundle import read_bundle
+from edge_agent.model.keys import generate_keypair, load_private_key
 from edge_agent.model.loader import bundle_identity
 from edge_agent.model.manifest import AudioPreprocess
 from edge_agent.remote import ota
-from edge_agent.store import modelstore
+from edge_agent.store import layout as store_layout
+from edge_agent.util.fs import sha256_file
 from tests import deploy_helpers
 from tests.fixtures_mqtt import Collector
 from tests.fixtures_ssh import BundleSet, DeployKeys
@@ -215,7 +217,7 @@ class Device:
         return self.col.json("/health")[start]
 
     def store_active(self) -> str | None:
-        model = modelstore.active_model(self.state)
+        model = store_layout.active_model(self.state)
         return model.sha256 if model else None
 
     def stop(self) -> None:

@@ -16,9 +16,10 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_agent.model.bundle import LABELS, MODEL, REPORT, read_bundle, sha256_file
+from edge_agent.model.bundle import LABELS, MODEL, REPORT, read_bundle
 from edge_agent.model.manifest import AudioPreprocess, ImagePreprocess
 from edge_agent.preprocess import audio_features, fit_to_tensor, preprocess_image, quantize, read_wav, resample
+from edge_agent.util.fs import sha256_file
 from tests.fixtures_models import run_convert
 from tests.integration.agent_helpers import ROOT, agent_env, events, run_agent
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.model.bundle import generate_keypair, write_bundle
+from edge_agent.model.bundle import write_bundle
+from edge_agent.model.keys import generate_keypair
 from tests.bundle_samples import MODEL_BYTES, sample_extra, sample_manifest
 
 

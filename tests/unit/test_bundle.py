@@ -11,19 +11,8 @@ from pathlib import Path
 import pytest
 
 from edge_agent.errors import BundleError, SignatureError
-from edge_agent.model.bundle import (
-    LABELS,
-    MANIFEST,
-    MODEL,
-    REPORT,
-    SIGNATURE,
-    generate_keypair,
-    load_private_key,
-    load_public_key,
-    read_bundle,
-    sign_bundle,
-    write_bundle,
-)
+from edge_agent.model.bundle import LABELS, MANIFEST, MODEL, REPORT, SIGNATURE, read_bundle, sign_bundle, write_bundle
+from edge_agent.model.keys import generate_keypair, load_private_key, load_public_key
 from tests.bundle_samples import MODEL_BYTES
 from tests.bundle_samples import sample_extra as _extra
 from tests.bundle_samples import sample_manifest as _manifest

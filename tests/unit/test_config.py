@@ -178,6 +178,6 @@ def test_state_dir_default_is_the_service_store_for_root_or_when_writable(tmp_pa
 
 
 def test_model_store_commands_share_the_agent_default() -> None:
-    from edge_agent.store import modelstore
+    from edge_agent.store import layout as store_layout
 
-    assert modelstore.default_state_dir is default_state_dir  # install-model/models/rollback find `run`'s store
+    assert store_layout.default_state_dir is default_state_dir  # install-model/models/rollback find `run`'s store

@@ -20,8 +20,12 @@ from typing import Any
 import pytest
 
 from edge_agent.cli.main import main as agent_main
-from edge_agent.model.bundle import read_bundle, sha256_file
-from edge_agent.store import modelstore
+from edge_agent.model.bundle import read_bundle
+from edge_agent.store import install as store_install
+from edge_agent.store import layout as store_layout
+from edge_agent.store import pidfile as store_pidfile
+from edge_agent.store import probation as store_probation
+from edge_agent.util.fs import sha256_file
 from tests.fixtures_ssh import BundleSet, DeployKeys
 
 CRASHING_RUNTIME = Path(__file__).resolve().parents[1] / "crashing_runtime"
@@ -31,7 +35,7 @@ CRASHING_RUNTIME = Path(__file__).resolve().parents[1] / "crashing_runtime"
 def store(tmp_path: Path, deploy_keys: DeployKeys) -> Path:
     state = tmp_path / "state"
     state.mkdir()
-    shutil.copy(deploy_keys.public, state / modelstore.TRUSTED_KEY)  # pinned key
+    shutil.copy(deploy_keys.public, state / store_layout.TRUSTED_KEY)  # pinned key
     return state
 
 
@@ -59,7 +63,7 @@ def _tree(state: Path) -> dict[str, str]:
             tree[rel] = "-> " + os.readlink(path)
         elif path.is_dir():
             tree[rel] = "dir"
-        elif path.name != modelstore.LOCK_FILE:
+        elif path.name != store_layout.LOCK_FILE:
             tree[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
     return tree
 
@@ -78,30 +82,30 @@ def _flock_waiters(path: Path) -> set[int]:
 
 
 def _active_sha(state: Path) -> str | None:
-    model = modelstore.active_model(state)
+    model = store_layout.active_model(state)
     return model.sha256 if model else None
 
 
 def test_install_then_upgrade_then_rollback(store: Path, test_bundles: BundleSet) -> None:
-    first = modelstore.install_model(test_bundles.good, store)
+    first = store_install.install_model(test_bundles.good, store)
     assert first.status == "installed"
     assert first.previous is None
     assert _active_sha(store) == sha256_file(test_bundles.good)
     assert first.smoke["passed"] is True
     assert os.readlink(store / "models" / "current") == first.active.sha256
 
-    second = modelstore.install_model(test_bundles.good_v2, store)
+    second = store_install.install_model(test_bundles.good_v2, store)
     assert second.previous is not None and second.previous.sha256 == first.active.sha256
     assert _active_sha(store) == sha256_file(test_bundles.good_v2)
     # the active model's bundle re-verifies end to end with the pinned key
-    read_bundle(second.active.bundle_path, store / modelstore.TRUSTED_KEY)
+    read_bundle(second.active.bundle_path, store / store_layout.TRUSTED_KEY)
 
-    back = modelstore.rollback(store)
+    back = store_install.rollback(store)
     assert back.active.sha256 == first.active.sha256
     assert _active_sha(store) == first.active.sha256
-    assert modelstore.previous_model(store).sha256 == second.active.sha256  # type: ignore[union-attr]
+    assert store_layout.previous_model(store).sha256 == second.active.sha256  # type: ignore[union-attr]
 
-    again = modelstore.install_model(test_bundles.good, store)
+    again = store_install.install_model(test_bundles.good, store)
     assert again.status == "already_active"
     assert not list((store / "tmp").iterdir())
 
@@ -120,11 +124,11 @@ def test_install_then_upgrade_then_rollback(store: Path, test_bundles: BundleSet
 def test_bad_bundle_refused_previous_stays(
     store: Path, test_bundles: BundleSet, kind: str, step: str, words: str
 ) -> None:
-    modelstore.install_model(test_bundles.good, store)
+    store_install.install_model(test_bundles.good, store)
     before = _active_sha(store)
     given = getattr(test_bundles, kind)
-    with pytest.raises(modelstore.InstallError) as info:
-        modelstore.install_model(given, store)
+    with pytest.raises(store_install.InstallError) as info:
+        store_install.install_model(given, store)
     assert info.value.step == step
     assert words in str(info.value)
     # the refusal names the bundle the user gave, never the store's private copy
@@ -132,64 +136,64 @@ def test_bad_bundle_refused_previous_stays(
     if kind in ("tampered", "truncated", "unsigned", "wrong_signature"):
         assert str(info.value).startswith(str(given)) or f"bundle {given}" in str(info.value), str(info.value)
     assert _active_sha(store) == before
-    assert modelstore.previous_model(store) is None
+    assert store_layout.previous_model(store) is None
     assert not list((store / "tmp").iterdir())
     assert sorted(p.name for p in (store / "models").iterdir()) == sorted([before, "current"])
 
 
 def test_unsigned_accepted_without_pinned_key(tmp_path: Path, test_bundles: BundleSet) -> None:
-    result = modelstore.install_model(test_bundles.unsigned, tmp_path / "s")
+    result = store_install.install_model(test_bundles.unsigned, tmp_path / "s")
     assert result.status == "installed"
 
 
 def test_new_input_allowed_on_request(store: Path, test_bundles: BundleSet) -> None:
-    modelstore.install_model(test_bundles.good, store)
-    result = modelstore.install_model(test_bundles.wrong_input, store, allow_new_input=True)
+    store_install.install_model(test_bundles.good, store)
+    result = store_install.install_model(test_bundles.wrong_input, store, allow_new_input=True)
     assert result.active.manifest.name == "other"
 
 
 def test_downgrade_refused_when_asked(store: Path, test_bundles: BundleSet) -> None:
-    modelstore.install_model(test_bundles.good_v2, store)
-    with pytest.raises(modelstore.InstallError, match="downgrades need a signed rollback"):
-        modelstore.install_model(test_bundles.good, store, allow_downgrade=False)
+    store_install.install_model(test_bundles.good_v2, store)
+    with pytest.raises(store_install.InstallError, match="downgrades need a signed rollback"):
+        store_install.install_model(test_bundles.good, store, allow_downgrade=False)
 
 
 def test_expected_hash_and_size_checked(
     store: Path, test_bundles: BundleSet, copies_into_store: list[Path]
 ) -> None:
-    with pytest.raises(modelstore.InstallError, match="sha256 mismatch"):
-        modelstore.install_model(test_bundles.good, store, expected_sha256="0" * 64)
+    with pytest.raises(store_install.InstallError, match="sha256 mismatch"):
+        store_install.install_model(test_bundles.good, store, expected_sha256="0" * 64)
     assert not list((store / "tmp").iterdir())
     size = test_bundles.good.stat().st_size
     copies_into_store.clear()
     for wrong in (size + 1, size - 1):
-        with pytest.raises(modelstore.InstallError) as info:
-            modelstore.install_model(test_bundles.good, store, expected_size=wrong)
+        with pytest.raises(store_install.InstallError) as info:
+            store_install.install_model(test_bundles.good, store, expected_size=wrong)
         assert info.value.step == "copy" and f"bundle is {size} bytes, expected {wrong}" in str(info.value)
     # refused on its size before a byte was copied into the store
     assert copies_into_store == []
-    assert modelstore.active_model(store) is None
-    assert modelstore.install_model(test_bundles.good, store, expected_size=size).status == "installed"
+    assert store_layout.active_model(store) is None
+    assert store_install.install_model(test_bundles.good, store, expected_size=size).status == "installed"
 
 
 def test_bundle_over_the_size_limit_refused_before_any_copy(
     store: Path, test_bundles: BundleSet, monkeypatch: pytest.MonkeyPatch, copies_into_store: list[Path]
 ) -> None:
-    modelstore.install_model(test_bundles.good, store)
+    store_install.install_model(test_bundles.good, store)
     before = _tree(store)
     size = test_bundles.good_v2.stat().st_size
-    monkeypatch.setattr(modelstore, "MAX_BUNDLE_BYTES", size - 1)
+    monkeypatch.setattr(store_install, "MAX_BUNDLE_BYTES", size - 1)
     copies_into_store.clear()
-    with pytest.raises(modelstore.InstallError) as info:
-        modelstore.install_model(test_bundles.good_v2, store)
+    with pytest.raises(store_install.InstallError) as info:
+        store_install.install_model(test_bundles.good_v2, store)
     assert info.value.step == "copy"
     assert f"bundle is {size} bytes, more than the store accepts ({size - 1} bytes)" in str(info.value)
     # mutation guarded: without the check on the file's size first, the bundle is copied
     # into tmp/ before the copy loop notices the limit
     assert copies_into_store == []
     assert _tree(store) == before
-    monkeypatch.setattr(modelstore, "MAX_BUNDLE_BYTES", size)  # exactly the limit is accepted
-    assert modelstore.install_model(test_bundles.good_v2, store).status == "installed"
+    monkeypatch.setattr(store_install, "MAX_BUNDLE_BYTES", size)  # exactly the limit is accepted
+    assert store_install.install_model(test_bundles.good_v2, store).status == "installed"
 
 
 def test_source_growing_past_its_size_is_not_copied_whole(
@@ -197,7 +201,7 @@ def test_source_growing_past_its_size_is_not_copied_whole(
 ) -> None:
     """A bundle still being written (a FIFO stands in: its size reads 0) is refused as soon as
     the copy passes the size it had, not after the store copied all of it."""
-    modelstore.install_model(test_bundles.good, store)
+    store_install.install_model(test_bundles.good, store)
     before = _tree(store)
     fifo = tmp_path / "growing.bundle"
     os.mkfifo(fifo)
@@ -213,8 +217,8 @@ def test_source_growing_past_its_size_is_not_copied_whole(
     writer = threading.Thread(target=feed, daemon=True)
     writer.start()
     try:
-        with pytest.raises(modelstore.InstallError) as info:
-            modelstore.install_model(fifo, store)
+        with pytest.raises(store_install.InstallError) as info:
+            store_install.install_model(fifo, store)
     finally:
         with contextlib.suppress(OSError):  # let the writer's open() return if the store never read
             os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
@@ -226,47 +230,47 @@ def test_source_growing_past_its_size_is_not_copied_whole(
 
 
 def test_rollback_without_previous(store: Path, test_bundles: BundleSet) -> None:
-    with pytest.raises(modelstore.InstallError, match="no previous"):
-        modelstore.rollback(store)
-    modelstore.install_model(test_bundles.good, store)
-    with pytest.raises(modelstore.InstallError, match="no previous"):
-        modelstore.rollback(store)
+    with pytest.raises(store_install.InstallError, match="no previous"):
+        store_install.rollback(store)
+    store_install.install_model(test_bundles.good, store)
+    with pytest.raises(store_install.InstallError, match="no previous"):
+        store_install.rollback(store)
 
 
 def test_damaged_current_falls_back_to_previous(store: Path, test_bundles: BundleSet) -> None:
-    first = modelstore.install_model(test_bundles.good, store)
-    second = modelstore.install_model(test_bundles.good_v2, store)
+    first = store_install.install_model(test_bundles.good, store)
+    second = store_install.install_model(test_bundles.good_v2, store)
     model = second.active.model_path
     model.write_bytes(model.read_bytes()[:-1] + b"\0")
     assert _active_sha(store) == first.active.sha256
 
 
 def test_probation_crash_counter_rolls_back(store: Path, test_bundles: BundleSet) -> None:
-    first = modelstore.install_model(test_bundles.good, store)
-    second = modelstore.install_model(test_bundles.good_v2, store)
-    modelstore.start_probation(store, second.active, duration_s=60, max_crashes=2)
+    first = store_install.install_model(test_bundles.good, store)
+    second = store_install.install_model(test_bundles.good_v2, store)
+    store_probation.start_probation(store, second.active, duration_s=60, max_crashes=2)
     # a clean stop and restart is not a crash
-    modelstore.note_agent_stop(store)
-    assert modelstore.note_agent_start(store) is None
-    assert modelstore.read_probation(store).crashes == 0  # type: ignore[union-attr]
+    store_probation.note_agent_stop(store)
+    assert store_probation.note_agent_start(store) is None
+    assert store_probation.read_probation(store).crashes == 0  # type: ignore[union-attr]
     # two crashes are tolerated, the third start after a crash rolls back
-    assert modelstore.note_agent_start(store) is None
-    assert modelstore.note_agent_start(store) is None
-    assert modelstore.read_probation(store).crashes == 2  # type: ignore[union-attr]
-    result = modelstore.note_agent_start(store)
+    assert store_probation.note_agent_start(store) is None
+    assert store_probation.note_agent_start(store) is None
+    assert store_probation.read_probation(store).crashes == 2  # type: ignore[union-attr]
+    result = store_probation.note_agent_start(store)
     assert result is not None and result.active.sha256 == first.active.sha256
     assert _active_sha(store) == first.active.sha256
-    assert modelstore.read_probation(store) is None
+    assert store_probation.read_probation(store) is None
 
 
 def test_expired_probation_is_cleared(store: Path, test_bundles: BundleSet) -> None:
-    modelstore.install_model(test_bundles.good, store)
-    second = modelstore.install_model(test_bundles.good_v2, store)
-    probation = modelstore.start_probation(store, second.active, duration_s=60, max_crashes=0)
+    store_install.install_model(test_bundles.good, store)
+    second = store_install.install_model(test_bundles.good_v2, store)
+    probation = store_probation.start_probation(store, second.active, duration_s=60, max_crashes=0)
     probation.until = time.time() - 1
-    modelstore.write_probation(store, probation)
-    assert modelstore.note_agent_start(store) is None  # a crash after the period does not count
-    assert modelstore.read_probation(store) is None
+    store_probation.write_probation(store, probation)
+    assert store_probation.note_agent_start(store) is None  # a crash after the period does not count
+    assert store_probation.read_probation(store) is None
     assert _active_sha(store) == second.active.sha256
 
 
@@ -291,7 +295,7 @@ def test_install_signals_running_agent(store: Path, test_bundles: BundleSet) -> 
     proc = subprocess.Popen([sys.executable, str(script), str(store)], stdout=subprocess.PIPE)
     try:
         assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
-        result = modelstore.install_model(test_bundles.good, store)
+        result = store_install.install_model(test_bundles.good, store)
         assert result.agent_signalled
         assert proc.wait(timeout=10) == 0
         assert (store / "hup").read_text() == "1"
@@ -299,7 +303,7 @@ def test_install_signals_running_agent(store: Path, test_bundles: BundleSet) -> 
         proc.kill()
         proc.wait()
     # a stale pid file (process gone) is not signalled
-    assert not modelstore.signal_running_agent(store)
+    assert not store_pidfile.signal_running_agent(store)
 
 
 def test_cli_install_models_rollback_json(
@@ -328,10 +332,10 @@ def test_cli_install_models_rollback_json(
 
 
 def test_smoke_child_passes_and_times_out(store: Path, test_bundles: BundleSet) -> None:
-    report = modelstore.run_smoke_child(test_bundles.good)
+    report = store_install.run_smoke_child(test_bundles.good)
     assert report["passed"] and report["vectors"] >= 1
-    with pytest.raises(modelstore.InstallError, match=r"did not finish within 0\.01 s"):
-        modelstore.run_smoke_child(test_bundles.good, timeout_s=0.01)
+    with pytest.raises(store_install.InstallError, match=r"did not finish within 0\.01 s"):
+        store_install.run_smoke_child(test_bundles.good, timeout_s=0.01)
 
 
 @pytest.mark.parametrize("signame", ["SIGSEGV", "SIGABRT", "SIGKILL"])
@@ -340,13 +344,13 @@ def test_smoke_child_killed_by_a_signal_refuses_the_install(
 ) -> None:
     """The unmodified smoke child, on a runtime that kills its process at the first inference
     (tests/crashing_runtime/sitecustomize.py patches the runtime registry in the child)."""
-    modelstore.install_model(test_bundles.good, store)
+    store_install.install_model(test_bundles.good, store)
     before = _tree(store)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(CRASHING_RUNTIME),
                                                                      os.environ.get("PYTHONPATH")])))
     monkeypatch.setenv("EDGE_TEST_RUNTIME_SIGNAL", signame)
-    with pytest.raises(modelstore.InstallError) as info:
-        modelstore.install_model(test_bundles.good_v2, store)
+    with pytest.raises(store_install.InstallError) as info:
+        store_install.install_model(test_bundles.good_v2, store)
     assert info.value.step == "smoke"
     assert str(info.value) == f"smoke test crashed the interpreter ({signame})"
     assert _tree(store) == before
@@ -359,11 +363,11 @@ def test_two_installs_at_once_are_serialised(
     then they run one after the other and both succeed."""
     from tests.deploy_helpers import private_key, repack
 
-    modelstore.install_model(test_bundles.good, store)
+    store_install.install_model(test_bundles.good, store)
     version = read_bundle(test_bundles.good, require_signature=False).manifest.version
     v3 = repack(test_bundles.good, tmp_path / "v3.bundle", private_key(deploy_keys.private),
                 version=f"{version}.3")
-    lock = store / modelstore.LOCK_FILE
+    lock = store / store_layout.LOCK_FILE
     held = os.open(lock, os.O_RDWR | os.O_CREAT)
     fcntl.flock(held, fcntl.LOCK_EX)  # this test is the install in progress
     procs: list[subprocess.Popen[bytes]] = []
@@ -387,14 +391,14 @@ def test_two_installs_at_once_are_serialised(
         for proc in procs:
             if proc.wait(timeout=120) != 0:
                 pytest.fail(proc.stderr.read().decode())  # type: ignore[union-attr]
-    status = modelstore.store_status(store)
+    status = store_layout.store_status(store)
     both = {sha256_file(test_bundles.good_v2), sha256_file(v3)}
     assert {status["active"]["bundle_sha256"], status["previous"]["bundle_sha256"]} == both
     assert {p.name for p in (store / "models").iterdir()} == both | {"current", "previous"}
     assert not list((store / "tmp").iterdir())
-    active = modelstore.active_model(store)
+    active = store_layout.active_model(store)
     assert active is not None
-    read_bundle(active.bundle_path, store / modelstore.TRUSTED_KEY)
+    read_bundle(active.bundle_path, store / store_layout.TRUSTED_KEY)
 
 
 
@@ -406,14 +410,14 @@ def test_signed_bundle_whose_outputs_do_not_fit_is_refused_at_install(
     from edge_agent.model.manifest import OutputSpec
     from tests.deploy_helpers import private_key, repack
 
-    modelstore.install_model(test_bundles.good, store)
+    store_install.install_model(test_bundles.good, store)
     before = _active_sha(store)
     manifest = read_bundle(test_bundles.good, require_signature=False).manifest
     labels = list(manifest.output.labels)[:-1] or ["a", "b", "c"]
     bad = repack(test_bundles.good, tmp_path / "labels.bundle", private_key(deploy_keys.private),
                  output=OutputSpec(labels=labels))
-    with pytest.raises(modelstore.InstallError) as info:
-        modelstore.install_model(bad, store)
+    with pytest.raises(store_install.InstallError) as info:
+        store_install.install_model(bad, store)
     assert info.value.step == "smoke"
     assert f"{list(manifest.outputs[0].shape)}" in str(info.value) and "labels" in str(info.value)
     assert _active_sha(store) == before

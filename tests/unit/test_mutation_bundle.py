@@ -24,16 +24,14 @@ from edge_agent.model.bundle import (
     MODEL,
     REPORT,
     SIGNATURE,
-    atomic_write,
     extract_bundle,
-    load_private_key,
-    load_public_key,
     pack_bundle,
     read_bundle,
-    sha256_file,
     sign_bundle,
     write_bundle,
 )
+from edge_agent.model.keys import load_private_key, load_public_key
+from edge_agent.util.fs import atomic_write, sha256_file
 from tests.bundle_samples import MODEL_BYTES
 from tests.bundle_samples import sample_extra as _extra
 from tests.bundle_samples import sample_manifest as _manifest

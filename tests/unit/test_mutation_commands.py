@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent.errors import ConfigError
+from edge_agent.model.keys import load_command_public_key as load_public_key
 from edge_agent.remote.builtin import SNAPSHOT_MAX_BYTES, builtin_commands
 from edge_agent.remote.desired import parse_desired
 from edge_agent.remote.guards import SET_CONFIG_MAX_KEYS, ReplayCache
@@ -27,7 +28,6 @@ from edge_agent.remote.protocol import (
     Route,
     command,
     command_registry,
-    load_public_key,
     signing_bytes,
 )
 

@@ -19,9 +19,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edge_agent.cli.main import main as agent_main
 from edge_agent.errors import BundleError
 from edge_agent.model import compat
-from edge_agent.model.bundle import MANIFEST, MODEL, generate_keypair, load_private_key, read_bundle, sha256_file
-from edge_agent.store import modelstore
-from edge_agent.store.modelstore import InstallError, Probation
+from edge_agent.model.bundle import MANIFEST, MODEL, read_bundle
+from edge_agent.model.keys import generate_keypair, load_private_key
+from edge_agent.store import install as store_install
+from edge_agent.store import layout as store_layout
+from edge_agent.store import pidfile as store_pidfile
+from edge_agent.store import probation as store_probation
+from edge_agent.store.install import InstallError
+from edge_agent.store.probation import Probation
+from edge_agent.util import fs
+from edge_agent.util.fs import sha256_file
 from tests.tiny_store import make_bundle, shared
 
 
@@ -49,7 +56,7 @@ def bundles() -> Bundles:
 def store(tmp_path: Path, bundles: Bundles) -> Path:
     state = tmp_path / "state"
     state.mkdir()
-    shutil.copy(bundles.public, state / modelstore.TRUSTED_KEY)
+    shutil.copy(bundles.public, state / store_layout.TRUSTED_KEY)
     return state
 
 
@@ -58,7 +65,7 @@ def installed(bundles: Bundles) -> Path:
     """A store with v1 installed, to copy (never modified by the tests)."""
 
     def install(directory: Path) -> Path:
-        modelstore.install_model(bundles.v1, directory / "state", bundles.public)
+        store_install.install_model(bundles.v1, directory / "state", bundles.public)
         return directory / "state"
 
     return shared("modelstore-installed", install)
@@ -84,17 +91,17 @@ def _dirs(state: Path) -> set[str]:
 
 def test_install_upgrade_collect_and_roll_back(store: Path, bundles: Bundles) -> None:
     sha1, sha2, sha3 = (sha256_file(b) for b in (bundles.v1, bundles.v2, bundles.v3))
-    modelstore.write_probation(store, Probation(sha256="x", started=0.0, until=time.time() + 60))
-    first = modelstore.install_model(bundles.v1, store)
+    store_probation.write_probation(store, Probation(sha256="x", started=0.0, until=time.time() + 60))
+    first = store_install.install_model(bundles.v1, store)
     assert (first.status, first.previous, first.agent_signalled) == ("installed", None, False)
     assert first.active.sha256 == sha1 and first.active.directory == store / "models" / sha1
     assert first.smoke["passed"] is True
     assert set(first.timings_ms) == {"copy", "verify", "smoke", "swap"}
     assert _links(store) == {"current": sha1}  # relative links
-    assert modelstore.read_probation(store) is None  # an install ends any probation
+    assert store_probation.read_probation(store) is None  # an install ends any probation
     assert not list((store / "tmp").iterdir())
 
-    second = modelstore.install_model(bundles.v2, store)
+    second = store_install.install_model(bundles.v2, store)
     assert second.previous is not None and second.previous.sha256 == sha1
     assert _links(store) == {"current": sha2, "previous": sha1}
     data = second.to_json()
@@ -103,21 +110,21 @@ def test_install_upgrade_collect_and_roll_back(store: Path, bundles: Bundles) ->
     assert data["previous"]["bundle_sha256"] == sha1
     assert set(data["timings_ms"]) == {"copy", "verify", "smoke", "swap"}
 
-    modelstore.install_model(bundles.v3, store)
+    store_install.install_model(bundles.v3, store)
     assert _links(store) == {"current": sha3, "previous": sha2}
     assert _dirs(store) == {sha2, sha3}  # v1 is neither current nor previous: collected
 
-    back = modelstore.rollback(store)
+    back = store_install.rollback(store)
     assert (back.status, back.active.sha256, back.previous.sha256) == ("rolled_back", sha2, sha3)  # type: ignore[union-attr]
     assert set(back.timings_ms) == {"rollback"} and back.agent_signalled is False
     assert _links(store) == {"current": sha2, "previous": sha3}
     assert back.to_json()["status"] == "rolled_back"
-    again = modelstore.rollback(store)
+    again = store_install.rollback(store)
     assert _links(store) == {"current": sha3, "previous": sha2} and again.active.sha256 == sha3
 
 
 def test_describe_names_the_model(installed: Path, bundles: Bundles) -> None:
-    model = modelstore.active_model(installed)
+    model = store_layout.active_model(installed)
     assert model is not None
     manifest = model.manifest
     assert model.describe() == {
@@ -131,7 +138,7 @@ def test_describe_names_the_model(installed: Path, bundles: Bundles) -> None:
 
 def test_reinstalling_the_active_bundle_changes_nothing(installed: Path, tmp_path: Path, bundles: Bundles) -> None:
     state = _copy_store(installed, tmp_path)
-    result = modelstore.install_model(bundles.v1, state, bundles.public)
+    result = store_install.install_model(bundles.v1, state, bundles.public)
     assert result.status == "already_active" and result.smoke == {}
     assert result.previous is None and set(result.timings_ms) == {"copy", "verify"}
     assert _links(state) == {"current": sha256_file(bundles.v1)}
@@ -140,7 +147,7 @@ def test_reinstalling_the_active_bundle_changes_nothing(installed: Path, tmp_pat
 def _refused(state: Path, bundle: Path, **kw: Any) -> InstallError:
     before = _links(state)
     with pytest.raises(InstallError) as info:
-        modelstore.install_model(bundle, state, **kw)
+        store_install.install_model(bundle, state, **kw)
     assert _links(state) == before
     assert not list((state / "tmp").iterdir())
     return info.value
@@ -148,7 +155,7 @@ def _refused(state: Path, bundle: Path, **kw: Any) -> InstallError:
 
 def test_refusals_name_the_step_and_keep_the_active_model(installed: Path, tmp_path: Path, bundles: Bundles) -> None:
     state = _copy_store(installed, tmp_path)
-    shutil.copy(bundles.public, state / modelstore.TRUSTED_KEY)
+    shutil.copy(bundles.public, state / store_layout.TRUSTED_KEY)
     err = _refused(state, bundles.other_input)
     assert err.step == "verify"
     assert str(err) == ("the new model does not fit the active model's input (input shape [1, 8, 8, 3] != "
@@ -175,7 +182,7 @@ def test_refusals_name_the_step_and_keep_the_active_model(installed: Path, tmp_p
 def test_expected_checksum_and_size_that_match_are_accepted(installed: Path, tmp_path: Path,
                                                             bundles: Bundles) -> None:
     state = _copy_store(installed, tmp_path)
-    result = modelstore.install_model(bundles.v2, state, bundles.public,
+    result = store_install.install_model(bundles.v2, state, bundles.public,
                                       expected_sha256=sha256_file(bundles.v2).upper(),
                                       expected_size=bundles.v2.stat().st_size, allow_downgrade=False)
     assert result.status == "installed"
@@ -192,7 +199,7 @@ def test_failed_smoke_test_names_the_given_bundle(installed: Path, tmp_path: Pat
 
 def test_a_new_input_is_accepted_when_allowed(installed: Path, tmp_path: Path, bundles: Bundles) -> None:
     state = _copy_store(installed, tmp_path)
-    result = modelstore.install_model(bundles.other_input, state, bundles.public, allow_new_input=True)
+    result = store_install.install_model(bundles.other_input, state, bundles.public, allow_new_input=True)
     assert result.active.manifest.name == "small"
 
 
@@ -205,28 +212,28 @@ def test_version_order_is_numeric_per_part() -> None:
 
 def test_rollback_refusals(store: Path, installed: Path, tmp_path: Path) -> None:
     with pytest.raises(InstallError) as info:
-        modelstore.rollback(store)
+        store_install.rollback(store)
     assert (info.value.step, str(info.value)) == ("rollback", "there is no previous model to roll back to")
     state = _copy_store(installed, tmp_path)
     with pytest.raises(InstallError):
-        modelstore.rollback(state)
+        store_install.rollback(state)
     current = os.readlink(state / "models" / "current")
     os.symlink(current, state / "models" / "previous")
     with pytest.raises(InstallError) as info:
-        modelstore.rollback(state)
+        store_install.rollback(state)
     assert (info.value.step, str(info.value)) == ("rollback", "the previous model is the active one already")
 
 
 def test_free_space_is_checked_with_a_margin(tmp_path: Path) -> None:
     free = shutil.disk_usage(tmp_path).free
-    modelstore.check_free_space(tmp_path, 0)
-    needed = free - modelstore.FREE_SPACE_MARGIN + 1024 * 1024 * 1024
+    fs.check_free_space(tmp_path, 0)
+    needed = free - fs.FREE_SPACE_MARGIN + 1024 * 1024 * 1024
     with pytest.raises(InstallError) as info:
-        modelstore.check_free_space(tmp_path, needed)
+        fs.check_free_space(tmp_path, needed)
     message = str(info.value)
     assert info.value.step == "copy"
     assert message.startswith(f"not enough free space in {tmp_path}: ")
-    assert message.endswith(" MiB needed") and f"{(needed + modelstore.FREE_SPACE_MARGIN) // 1_048_576} MiB" in message
+    assert message.endswith(" MiB needed") and f"{(needed + fs.FREE_SPACE_MARGIN) // 1_048_576} MiB" in message
 
 
 def test_leftovers_of_a_killed_install_are_cleaned(installed: Path, tmp_path: Path, bundles: Bundles) -> None:
@@ -239,19 +246,19 @@ def test_leftovers_of_a_killed_install_are_cleaned(installed: Path, tmp_path: Pa
     stray.mkdir()
     (state / "models" / "notes").mkdir()  # not a model directory name: kept
     with pytest.raises(InstallError):
-        modelstore.rollback(state)  # nothing to roll back to, but the store is tidied under the lock
+        store_install.rollback(state)  # nothing to roll back to, but the store is tidied under the lock
     assert list((state / "tmp").iterdir()) == []
     assert not (state / "models" / ".current.1234.link").is_symlink()
     assert not stray.exists()
     assert (state / "models" / "notes").is_dir()
-    assert modelstore.active_model(state) is not None
+    assert store_layout.active_model(state) is not None
 
 
 def test_files_are_handed_to_the_owner_of_the_state_dir(store: Path, bundles: Bundles) -> None:
     if os.geteuid() != 0:
         pytest.skip("only root hands files to another user")
     os.chown(store, 4321, 4322)
-    result = modelstore.install_model(bundles.v1, store)
+    result = store_install.install_model(bundles.v1, store)
     for path in (store / "models", store / "tmp", result.active.directory, result.active.directory / MODEL,
                  store / "models" / "current"):
         st = path.lstat()
@@ -262,11 +269,11 @@ def test_files_are_handed_to_the_owner_of_the_state_dir(store: Path, bundles: Bu
 
 
 def test_model_directory_checks(installed: Path, tmp_path: Path) -> None:
-    model = modelstore.active_model(installed)
+    model = store_layout.active_model(installed)
     assert model is not None
     good = tmp_path / model.sha256
     shutil.copytree(model.directory, good)
-    assert modelstore.load_model_dir(good).sha256 == model.sha256
+    assert store_layout.load_model_dir(good).sha256 == model.sha256
 
     def broken(change: Any) -> str:
         target = tmp_path / "broken" / model.sha256
@@ -274,13 +281,13 @@ def test_model_directory_checks(installed: Path, tmp_path: Path) -> None:
         shutil.copytree(good, target)
         change(target)
         with pytest.raises(BundleError) as info:
-            modelstore.load_model_dir(target)
+            store_layout.load_model_dir(target)
         return str(info.value)
 
     wrong_name = tmp_path / "not-a-sha"
     shutil.copytree(good, wrong_name)
     with pytest.raises(BundleError, match="is not a model directory"):
-        modelstore.load_model_dir(wrong_name)
+        store_layout.load_model_dir(wrong_name)
     assert broken(lambda d: (d / MANIFEST).unlink()).endswith("manifest missing or invalid (FileNotFoundError)")
     assert broken(lambda d: (d / MODEL).unlink()).endswith(": model.tflite missing")
     assert broken(lambda d: (d / MODEL).write_bytes(b"short")).endswith(
@@ -293,28 +300,28 @@ def test_model_directory_checks(installed: Path, tmp_path: Path) -> None:
     target = tmp_path / "shallow" / model.sha256
     shutil.copytree(good, target)
     (target / MODEL).write_bytes(b"\x00" * size)
-    assert modelstore.load_model_dir(target, deep=False).sha256 == model.sha256
+    assert store_layout.load_model_dir(target, deep=False).sha256 == model.sha256
 
 
 def test_damaged_current_falls_back_to_previous_and_status_lists_models(installed: Path, tmp_path: Path,
                                                                         bundles: Bundles) -> None:
     state = _copy_store(installed, tmp_path)
-    modelstore.install_model(bundles.v2, state, bundles.public)
+    store_install.install_model(bundles.v2, state, bundles.public)
     sha1, sha2 = sha256_file(bundles.v1), sha256_file(bundles.v2)
     (state / "models" / "odd-dir").mkdir()
-    status = modelstore.store_status(state)
+    status = store_layout.store_status(state)
     assert status["state_dir"] == str(state)
     assert status["active"]["bundle_sha256"] == sha2 and status["previous"]["bundle_sha256"] == sha1
     assert status["installed"] == sorted([sha1, sha2])
     assert status["probation"] is None and status["agent_pid"] is None
     (state / "models" / sha2 / MODEL).write_bytes(b"damaged")
-    assert modelstore.active_model(state).sha256 == sha1  # type: ignore[union-attr]
-    assert modelstore.store_status(state)["active"] is None
-    assert modelstore.previous_model(state).sha256 == sha1  # type: ignore[union-attr]
+    assert store_layout.active_model(state).sha256 == sha1  # type: ignore[union-attr]
+    assert store_layout.store_status(state)["active"] is None
+    assert store_layout.previous_model(state).sha256 == sha1  # type: ignore[union-attr]
     (state / "models" / "previous").unlink()
-    assert modelstore.active_model(state) is None
+    assert store_layout.active_model(state) is None
     empty = tmp_path / "empty"
-    assert modelstore.store_status(empty)["installed"] == [] and modelstore.active_model(empty) is None
+    assert store_layout.store_status(empty)["installed"] == [] and store_layout.active_model(empty) is None
 
 
 def test_absolute_links_are_followed(installed: Path, tmp_path: Path) -> None:
@@ -323,16 +330,16 @@ def test_absolute_links_are_followed(installed: Path, tmp_path: Path) -> None:
     target = os.readlink(link)
     link.unlink()
     os.symlink(state / "models" / target, link)
-    assert modelstore.active_model(state).sha256 == target  # type: ignore[union-attr]
+    assert store_layout.active_model(state).sha256 == target  # type: ignore[union-attr]
 
 
 def test_resolve_public_key_prefers_the_explicit_one(tmp_path: Path, bundles: Bundles) -> None:
-    if not modelstore.SYSTEM_TRUSTED_KEY.is_file():
-        assert modelstore.resolve_public_key(tmp_path) is None
-    key = modelstore.resolve_public_key(tmp_path, bundles.public)
-    assert modelstore.resolve_public_key(tmp_path, key) is key
-    shutil.copy(bundles.public, tmp_path / modelstore.TRUSTED_KEY)
-    pinned = modelstore.resolve_public_key(tmp_path)
+    if not store_layout.SYSTEM_TRUSTED_KEY.is_file():
+        assert store_layout.resolve_public_key(tmp_path) is None
+    key = store_layout.resolve_public_key(tmp_path, bundles.public)
+    assert store_layout.resolve_public_key(tmp_path, key) is key
+    shutil.copy(bundles.public, tmp_path / store_layout.TRUSTED_KEY)
+    pinned = store_layout.resolve_public_key(tmp_path)
     assert pinned is not None and pinned.public_bytes_raw() == key.public_bytes_raw()  # type: ignore[union-attr]
 
 
@@ -351,37 +358,37 @@ def _child(*args: str) -> subprocess.Popen[bytes]:
 
 
 def test_only_a_running_edge_agent_is_signalled(tmp_path: Path) -> None:
-    assert modelstore.signal_running_agent(tmp_path) is False  # no pid file
+    assert store_pidfile.signal_running_agent(tmp_path) is False  # no pid file
     agent = _child("edge-agent", "run")
     other = _child("something-else")
     try:
-        path = modelstore.write_pid_file(tmp_path, agent.pid)
+        path = store_pidfile.write_pid_file(tmp_path, agent.pid)
         assert path == tmp_path / "agent.pid" and path.read_text() == f"{agent.pid}\n"
-        assert modelstore.store_status(tmp_path)["agent_pid"] == agent.pid
-        assert modelstore.signal_running_agent(tmp_path) is True
+        assert store_layout.store_status(tmp_path)["agent_pid"] == agent.pid
+        assert store_pidfile.signal_running_agent(tmp_path) is True
         assert agent.wait(timeout=60) == 7  # it got SIGHUP
-        assert modelstore.signal_running_agent(tmp_path) is False  # that pid is gone now
-        modelstore.write_pid_file(tmp_path, other.pid)  # a recycled pid: not ours
-        assert modelstore.signal_running_agent(tmp_path) is False
+        assert store_pidfile.signal_running_agent(tmp_path) is False  # that pid is gone now
+        store_pidfile.write_pid_file(tmp_path, other.pid)  # a recycled pid: not ours
+        assert store_pidfile.signal_running_agent(tmp_path) is False
         assert other.poll() is None
     finally:
         for proc in (agent, other):
             proc.kill()
             proc.wait()
     (tmp_path / "agent.pid").write_text("garbage\n")
-    assert modelstore.signal_running_agent(tmp_path) is False
+    assert store_pidfile.signal_running_agent(tmp_path) is False
 
 
 def test_pid_file_defaults_to_this_process_and_is_removed_only_by_it(tmp_path: Path) -> None:
-    path = modelstore.write_pid_file(tmp_path)
+    path = store_pidfile.write_pid_file(tmp_path)
     assert path.read_text() == f"{os.getpid()}\n"
-    modelstore.remove_pid_file(tmp_path)  # ours only if /proc says so; either way no exception
+    store_pidfile.remove_pid_file(tmp_path)  # ours only if /proc says so; either way no exception
     other = tmp_path / "other"
     other.mkdir()
     agent = _child("edge-agent")
     try:
-        modelstore.write_pid_file(other, agent.pid)
-        modelstore.remove_pid_file(other)
+        store_pidfile.write_pid_file(other, agent.pid)
+        store_pidfile.remove_pid_file(other)
         assert (other / "agent.pid").is_file()  # another process's file is left alone
     finally:
         agent.kill()
@@ -392,57 +399,57 @@ def test_pid_file_defaults_to_this_process_and_is_removed_only_by_it(tmp_path: P
 
 
 def test_probation_file_round_trip_and_clear(tmp_path: Path) -> None:
-    assert modelstore.read_probation(tmp_path) is None
+    assert store_probation.read_probation(tmp_path) is None
     probation = Probation(sha256="a" * 64, started=1.0, until=2.0, max_crashes=3, crashes=1, running=True,
                           command_id="c9")
-    modelstore.write_probation(tmp_path, probation)
+    store_probation.write_probation(tmp_path, probation)
     assert json.loads((tmp_path / "probation.json").read_text()) == asdict(probation)
-    assert modelstore.read_probation(tmp_path) == probation
+    assert store_probation.read_probation(tmp_path) == probation
     (tmp_path / "probation.json").write_text('{"sha256": "x"}')
-    assert modelstore.read_probation(tmp_path) is None
-    modelstore.clear_probation(tmp_path)
+    assert store_probation.read_probation(tmp_path) is None
+    store_probation.clear_probation(tmp_path)
     assert not (tmp_path / "probation.json").exists()
-    modelstore.clear_probation(tmp_path)  # nothing to clear: fine
+    store_probation.clear_probation(tmp_path)  # nothing to clear: fine
 
 
 def test_probation_counts_crashes_then_rolls_back(installed: Path, tmp_path: Path, bundles: Bundles) -> None:
     state = _copy_store(installed, tmp_path)
-    result = modelstore.install_model(bundles.v2, state, bundles.public)
+    result = store_install.install_model(bundles.v2, state, bundles.public)
     before = time.time()
-    started = modelstore.start_probation(state, result.active, 600.0, max_crashes=1, command_id="u1")
+    started = store_probation.start_probation(state, result.active, 600.0, max_crashes=1, command_id="u1")
     assert (started.sha256, started.max_crashes, started.crashes, started.running, started.command_id) == (
         result.active.sha256, 1, 0, True, "u1")
     assert before <= started.started <= time.time() and started.until == started.started + 600.0
-    assert modelstore.read_probation(state) == started
+    assert store_probation.read_probation(state) == started
     # the agent starts while the probation says running: the previous run crashed
-    assert modelstore.note_agent_start(state) is None
-    assert modelstore.read_probation(state).crashes == 1  # type: ignore[union-attr]
-    modelstore.note_agent_stop(state)  # a clean stop is no crash
-    assert modelstore.read_probation(state).running is False  # type: ignore[union-attr]
-    assert modelstore.note_agent_start(state) is None
-    probation = modelstore.read_probation(state)
+    assert store_probation.note_agent_start(state) is None
+    assert store_probation.read_probation(state).crashes == 1  # type: ignore[union-attr]
+    store_probation.note_agent_stop(state)  # a clean stop is no crash
+    assert store_probation.read_probation(state).running is False  # type: ignore[union-attr]
+    assert store_probation.note_agent_start(state) is None
+    probation = store_probation.read_probation(state)
     assert probation is not None and (probation.crashes, probation.running) == (1, True)
-    back = modelstore.note_agent_start(state)  # crash #2 > max_crashes 1
+    back = store_probation.note_agent_start(state)  # crash #2 > max_crashes 1
     assert back is not None and back.status == "rolled_back" and back.agent_signalled is False
     assert back.active.sha256 == sha256_file(bundles.v1)
-    assert modelstore.read_probation(state) is None
+    assert store_probation.read_probation(state) is None
 
 
 def test_probation_of_another_model_or_past_its_deadline_is_dropped(installed: Path, tmp_path: Path) -> None:
     state = _copy_store(installed, tmp_path)
-    current = modelstore.active_model(state)
+    current = store_layout.active_model(state)
     assert current is not None
-    modelstore.write_probation(state, Probation(sha256="f" * 64, started=0.0, until=time.time() + 600))
-    assert modelstore.note_agent_start(state) is None and modelstore.read_probation(state) is None
-    modelstore.write_probation(state, Probation(sha256=current.sha256, started=0.0, until=time.time() - 1))
-    assert modelstore.note_agent_start(state) is None and modelstore.read_probation(state) is None
+    store_probation.write_probation(state, Probation(sha256="f" * 64, started=0.0, until=time.time() + 600))
+    assert store_probation.note_agent_start(state) is None and store_probation.read_probation(state) is None
+    store_probation.write_probation(state, Probation(sha256=current.sha256, started=0.0, until=time.time() - 1))
+    assert store_probation.note_agent_start(state) is None and store_probation.read_probation(state) is None
     # crashes beyond the limit with nothing to roll back to: probation dropped, no exception
-    modelstore.write_probation(state, Probation(sha256=current.sha256, started=0.0, until=time.time() + 600,
+    store_probation.write_probation(state, Probation(sha256=current.sha256, started=0.0, until=time.time() + 600,
                                                 max_crashes=0, running=True))
-    assert modelstore.note_agent_start(state) is None
-    assert modelstore.read_probation(state) is None
-    modelstore.note_agent_stop(state)  # no probation: nothing happens
-    assert modelstore.read_probation(state) is None
+    assert store_probation.note_agent_start(state) is None
+    assert store_probation.read_probation(state) is None
+    store_probation.note_agent_stop(state)  # no probation: nothing happens
+    assert store_probation.read_probation(state) is None
 
 
 # --------------------------------------------------------------------------- command line
@@ -472,7 +479,7 @@ def test_cli_install_rollback_and_models(store: Path, bundles: Bundles, capsys) 
     assert agent_main(["rollback", "--state-dir", str(store), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert (out["status"], out["active"]["bundle_sha256"]) == ("rolled_back", sha2)
-    modelstore.start_probation(store, modelstore.active_model(store), 600.0)  # type: ignore[arg-type]
+    store_probation.start_probation(store, store_layout.active_model(store), 600.0)  # type: ignore[arg-type]
     assert agent_main(["models", "--state-dir", str(store)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("active:   colours 1.10 (") and lines[1].startswith("previous: colours 1.9 (")
@@ -504,58 +511,58 @@ def _audio_manifest(rate: int) -> Any:
 
 
 def test_audio_models_must_keep_the_sample_rate(tmp_path: Path) -> None:
-    current = modelstore.InstalledModel("a" * 64, tmp_path, _audio_manifest(16000))
+    current = store_layout.InstalledModel("a" * 64, tmp_path, _audio_manifest(16000))
     with pytest.raises(InstallError) as info:
-        modelstore._check_compatible(_audio_manifest(8000), current, False, True)
+        store_install._check_compatible(_audio_manifest(8000), current, False, True)
     assert str(info.value) == ("the new model does not fit the active model's input (input shape [1, 800] != "
                                "[1, 1600]; sample rate 8000 != 16000); use --allow-new-input if the agent's source "
                                "and config fit it")
-    modelstore._check_compatible(_audio_manifest(8000), current, True, True)  # allowed
-    modelstore._check_compatible(_audio_manifest(16000), current, False, True)  # the same input
+    store_install._check_compatible(_audio_manifest(8000), current, True, True)  # allowed
+    store_install._check_compatible(_audio_manifest(16000), current, False, True)  # the same input
 
 
 def test_unusable_state_dir_and_bad_pinned_key(tmp_path: Path, bundles: Bundles) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(InstallError) as info:
-        modelstore.install_model(bundles.v1, blocker / "state")
+        store_install.install_model(bundles.v1, blocker / "state")
     assert str(info.value) == f"cannot use state directory {blocker / 'state'}: Not a directory"
     assert info.value.step == ""  # before any install step
     state = tmp_path / "state"
     state.mkdir()
-    (state / modelstore.TRUSTED_KEY).write_text("not a key")
+    (state / store_layout.TRUSTED_KEY).write_text("not a key")
     with pytest.raises(InstallError) as info:
-        modelstore.install_model(bundles.v1, state)
+        store_install.install_model(bundles.v1, state)
     assert info.value.step == "verify" and "is not a PEM public key" in str(info.value)
 
 
 def test_a_same_size_damaged_model_is_found_by_its_hash(installed: Path, tmp_path: Path, bundles: Bundles) -> None:
     state = _copy_store(installed, tmp_path)
-    modelstore.install_model(bundles.v2, state, bundles.public)
-    current = modelstore.active_model(state)
+    store_install.install_model(bundles.v2, state, bundles.public)
+    current = store_layout.active_model(state)
     assert current is not None
     size = current.model_path.stat().st_size
     current.model_path.write_bytes(b"\x00" * size)
-    assert modelstore.active_model(state).sha256 == sha256_file(bundles.v1)  # type: ignore[union-attr]
-    assert modelstore.active_model(state, deep=False).sha256 == current.sha256  # type: ignore[union-attr]
+    assert store_layout.active_model(state).sha256 == sha256_file(bundles.v1)  # type: ignore[union-attr]
+    assert store_layout.active_model(state, deep=False).sha256 == current.sha256  # type: ignore[union-attr]
 
 
 def test_free_space_message_is_in_whole_mib(tmp_path: Path) -> None:
     import re
 
     with pytest.raises(InstallError) as info:
-        modelstore.check_free_space(tmp_path, shutil.disk_usage(tmp_path).free)
+        fs.check_free_space(tmp_path, shutil.disk_usage(tmp_path).free)
     assert re.fullmatch(rf"not enough free space in {re.escape(str(tmp_path))}: \d+ MiB free, \d+ MiB needed",
                         str(info.value))
 
 
 def test_rollback_signals_a_running_agent(installed: Path, tmp_path: Path, bundles: Bundles) -> None:
     state = _copy_store(installed, tmp_path)
-    modelstore.install_model(bundles.v2, state, bundles.public, signal_agent=False)
+    store_install.install_model(bundles.v2, state, bundles.public, signal_agent=False)
     agent = _child("edge-agent", "run")
     try:
-        modelstore.write_pid_file(state, agent.pid)
-        result = modelstore.rollback(state)
+        store_pidfile.write_pid_file(state, agent.pid)
+        result = store_install.rollback(state)
         assert result.agent_signalled is True
         assert agent.wait(timeout=60) == 7
     finally:
@@ -574,16 +581,16 @@ def test_cli_flags(store: Path, bundles: Bundles, capsys) -> None:
 def test_bundle_size_bound_is_inclusive(installed: Path, tmp_path: Path, bundles: Bundles, monkeypatch) -> None:
     state = _copy_store(installed, tmp_path)
     size = bundles.v2.stat().st_size
-    monkeypatch.setattr(modelstore, "MAX_BUNDLE_BYTES", size - 1)
+    monkeypatch.setattr(store_install, "MAX_BUNDLE_BYTES", size - 1)
     err = _refused(state, bundles.v2, public_key=bundles.public)
     assert (err.step, str(err)) == ("copy", f"bundle is {size} bytes, more than the store accepts ({size - 1} bytes)")
-    monkeypatch.setattr(modelstore, "MAX_BUNDLE_BYTES", size)
+    monkeypatch.setattr(store_install, "MAX_BUNDLE_BYTES", size)
     before = time.perf_counter()
-    result = modelstore.install_model(bundles.v2, state, bundles.public)
+    result = store_install.install_model(bundles.v2, state, bundles.public)
     elapsed_ms = (time.perf_counter() - before) * 1000.0
     assert result.status == "installed"
     # each step's time lies between clock readings taken around the call
     assert all(0.0 <= v <= elapsed_ms for v in result.timings_ms.values())
-    again = modelstore.install_model(bundles.v2, state, bundles.public)
+    again = store_install.install_model(bundles.v2, state, bundles.public)
     assert again.status == "already_active" and again.previous is not None
     assert again.previous.sha256 == sha256_file(bundles.v1)

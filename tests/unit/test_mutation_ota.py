@@ -18,11 +18,15 @@ import pytest
 
 from edge_agent.control import ProbeSample
 from edge_agent.errors import EdgeError
-from edge_agent.model.bundle import MANIFEST, generate_keypair, load_private_key, read_bundle, sha256_file
+from edge_agent.model.bundle import MANIFEST, read_bundle
+from edge_agent.model.keys import generate_keypair, load_private_key
 from edge_agent.remote import ota
 from edge_agent.remote.ota import OtaError, OtaUpdater, ProbationPolicy, UpdateRequest, parse_update_args
 from edge_agent.remote.protocol import Ack, CommandContext, CommandError, Route
-from edge_agent.store import modelstore
+from edge_agent.store import install as store_install
+from edge_agent.store import layout as store_layout
+from edge_agent.store import probation as store_probation
+from edge_agent.util.fs import sha256_file
 from tests.tiny_store import make_bundle, shared
 
 SHA = "a" * 64
@@ -39,8 +43,8 @@ def test_valid_update_args() -> None:
                                  "allow_new_input": True})
     assert request == UpdateRequest("https://models.example/x.bundle", "ab" * 32, 10, sig, 5.0, True)
     assert isinstance(request.probation_s, float)
-    plain = parse_update_args({"url": "file:///m.bundle", "sha256": SHA, "size": modelstore.MAX_BUNDLE_BYTES})
-    assert plain == UpdateRequest("file:///m.bundle", SHA, modelstore.MAX_BUNDLE_BYTES, None, 60.0, False)
+    plain = parse_update_args({"url": "file:///m.bundle", "sha256": SHA, "size": store_install.MAX_BUNDLE_BYTES})
+    assert plain == UpdateRequest("file:///m.bundle", SHA, store_install.MAX_BUNDLE_BYTES, None, 60.0, False)
     assert parse_update_args({"url": "file://localhost/m", "sha256": SHA, "size": 1, "probation_s": 0}).probation_s == 0
     assert parse_update_args({"url": "http://h/m", "sha256": SHA, "size": 1, "probation_s": 3600}).probation_s == 3600
 
@@ -60,13 +64,13 @@ def test_valid_update_args() -> None:
         ({"url": "file:///m", "sha256": SHA + "0", "size": 1}, "sha256 must be 64 hex digits"),
         ({"url": "file:///m", "sha256": 7, "size": 1}, "sha256 must be 64 hex digits"),
         ({"url": "file:///m", "sha256": SHA, "size": 0},
-         f"size must be an integer in 1..{modelstore.MAX_BUNDLE_BYTES}"),
-        ({"url": "file:///m", "sha256": SHA, "size": modelstore.MAX_BUNDLE_BYTES + 1},
-         f"size must be an integer in 1..{modelstore.MAX_BUNDLE_BYTES}"),
+         f"size must be an integer in 1..{store_install.MAX_BUNDLE_BYTES}"),
+        ({"url": "file:///m", "sha256": SHA, "size": store_install.MAX_BUNDLE_BYTES + 1},
+         f"size must be an integer in 1..{store_install.MAX_BUNDLE_BYTES}"),
         ({"url": "file:///m", "sha256": SHA, "size": True},
-         f"size must be an integer in 1..{modelstore.MAX_BUNDLE_BYTES}"),
+         f"size must be an integer in 1..{store_install.MAX_BUNDLE_BYTES}"),
         ({"url": "file:///m", "sha256": SHA, "size": 1.0},
-         f"size must be an integer in 1..{modelstore.MAX_BUNDLE_BYTES}"),
+         f"size must be an integer in 1..{store_install.MAX_BUNDLE_BYTES}"),
         ({"url": "file:///m", "sha256": SHA, "size": 1, "signature": "!!"},
          "signature must be base64 of a 64-byte Ed25519 signature"),
         ({"url": "file:///m", "sha256": SHA, "size": 1, "signature": base64.b64encode(b"x" * 63).decode()},
@@ -192,7 +196,7 @@ class Host:
         if self.fail_reload is not None:
             raise self.fail_reload
         self.reloads += 1
-        model = modelstore.active_model(self.state_dir)
+        model = store_layout.active_model(self.state_dir)
         assert model is not None
         manifest = (model.directory / MANIFEST).read_bytes()
         identity = self.report_identity or hashlib.sha256(manifest).hexdigest()
@@ -214,7 +218,7 @@ class Env:
         self.v2 = make_bundle(base / "v2.bundle", version="1.10", sign_key=key, latency_budget_ms=1.0)
         self.older = make_bundle(base / "older.bundle", version="1.0", sign_key=key)
         installed = base / "installed"
-        modelstore.install_model(self.v1, installed, self.public)
+        store_install.install_model(self.v1, installed, self.public)
         self.installed = installed
 
     def store(self, tmp_path: Path) -> Path:
@@ -234,7 +238,7 @@ def env() -> Env:
 
 
 def _active_sha(state: Path) -> str:
-    model = modelstore.active_model(state)
+    model = store_layout.active_model(state)
     assert model is not None
     return model.sha256
 
@@ -261,7 +265,7 @@ def test_update_installs_swaps_and_passes_probation(env: Env, tmp_path: Path) ->
     assert all(isinstance(v, float) and round(v, 3) == v for v in ack.result["timings"].values())
     assert all(0.0 <= v <= elapsed + 0.001 for v in ack.result["timings"].values())  # within the call
     assert _active_sha(state) == sha2 and host.reloads == 1
-    assert modelstore.read_probation(state) is None
+    assert store_probation.read_probation(state) is None
     assert list((state / ota.DOWNLOADS).iterdir()) == []  # stale and new downloads removed
 
     again = updater.update(env.request(env.v2), "u2", replies.append)
@@ -367,7 +371,7 @@ def test_probation_fails_when_the_model_is_replaced(env: Env, tmp_path: Path) ->
 
     def probes(n: int) -> ProbeSample:
         if n == 1:
-            modelstore.rollback(holder["state"], signal_agent=False)
+            store_install.rollback(holder["state"], signal_agent=False)
         return ProbeSample(0, 0, None)
 
     holder["state"] = state
@@ -379,11 +383,11 @@ def test_probation_fails_when_the_model_is_replaced(env: Env, tmp_path: Path) ->
 
 def test_watch_probation_records_the_probation_and_passes_at_the_deadline(env: Env, tmp_path: Path) -> None:
     state = env.store(tmp_path)
-    model = modelstore.active_model(state)
+    model = store_layout.active_model(state)
     assert model is not None
     updater = OtaUpdater(Host(state, env.public), ProbationPolicy(max_crashes=4))
     assert updater.watch_probation(model, 0.0, "c7") is None
-    probation = modelstore.read_probation(state)
+    probation = store_probation.read_probation(state)
     assert probation is not None
     assert (probation.sha256, probation.max_crashes, probation.command_id) == (model.sha256, 4, "c7")
 
@@ -562,7 +566,7 @@ def test_probation_records_the_command_id(env: Env, tmp_path: Path) -> None:
     seen: list[str] = []
 
     def probes(n: int) -> ProbeSample:
-        probation = modelstore.read_probation(state)
+        probation = store_probation.read_probation(state)
         seen.append(probation.command_id if probation else "")
         return ProbeSample(0, 0, None)
 

@@ -1,4 +1,4 @@
-"""Reading .tflite files and their TFLite Model Metadata (edge_agent.model.tflite_file), running a
+"""Reading .tflite files and their TFLite Model Metadata (edge_agent.model.tflite), running a
 model from its metadata alone, and ``edge-agent inspect``.
 
 The models and metadata are written in the test (tests/tflite_builders.py) with the
@@ -25,9 +25,12 @@ from hypothesis import strategies as st
 from edge_agent.cli import main as cli
 from edge_agent.errors import BundleError
 from edge_agent.model import inspect as inspect_model
-from edge_agent.model import tflite_file
+from edge_agent.model import sidecar_toml
 from edge_agent.model.loader import load_model, sidecar_manifest, verify_model
 from edge_agent.model.manifest import ImagePreprocess, TensorSpec
+from edge_agent.model.tflite import metadata as tflite_metadata
+from edge_agent.model.tflite import model as tflite_model
+from edge_agent.model.tflite import sidecar as tflite_sidecar
 from edge_agent.preprocess import pixel_lookup_table
 from edge_agent.runtimes import create_runtime
 from tests import tflite_builders as tb
@@ -72,7 +75,7 @@ DETECT_OUTPUTS = [
 @pytest.mark.parametrize("dtype", ["float32", "int8", "uint8"])
 def test_read_model_tensors_match_the_interpreter(dtype: str) -> None:
     model = tb.image_classifier(dtype)
-    info = tflite_file.read_model(model)
+    info = tflite_model.read_model(model)
     inputs, outputs = specs(model)
     assert info.input_specs() == inputs
     assert info.output_specs() == outputs
@@ -82,15 +85,15 @@ def test_read_model_tensors_match_the_interpreter(dtype: str) -> None:
 
 
 def test_operators_counted_by_name_with_float_ops() -> None:
-    plain = tflite_file.read_operators(tb.colours_model("float32"))
+    plain = tflite_model.read_operators(tb.colours_model("float32"))
     assert plain.counts == {"MEAN": 1, "SOFTMAX": 1}
     assert not plain.quantized and plain.float_ops == {"MEAN": 1, "SOFTMAX": 1}
-    quant = tflite_file.read_operators(tb.colours_model("int8"))
+    quant = tflite_model.read_operators(tb.colours_model("int8"))
     assert quant.quantized and quant.float_ops == {} and quant.integer_ops == 2
 
 
 def test_custom_ops_new_codes_and_float_islands() -> None:
-    ops = tflite_file.read_operators(tb.custom_op_model())
+    ops = tflite_model.read_operators(tb.custom_op_model())
     # custom op by custom_code; STABLEHLO_ADD (> 127) from builtin_code, not the byte field
     assert ops.counts == {"QUANTIZE": 1, "MyOp": 1, "SIN": 1, "ADD": 2, "DEQUANTIZE": 1, "STABLEHLO_ADD": 1}
     # QUANTIZE at the input and DEQUANTIZE at the output are the float boundary, not float ops
@@ -99,10 +102,10 @@ def test_custom_ops_new_codes_and_float_islands() -> None:
 
 
 def test_op_names_without_the_schema_module(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert tflite_file.op_name(tfl.BuiltinOperator.CONV_2D) == "CONV_2D"
-    assert tflite_file.op_name(9999) == "BUILTIN_9999"
-    monkeypatch.setattr(tflite_file, "_builtin_names", dict)
-    assert tflite_file.op_name(tfl.BuiltinOperator.CONV_2D) == "BUILTIN_3"
+    assert tflite_model.op_name(tfl.BuiltinOperator.CONV_2D) == "CONV_2D"
+    assert tflite_model.op_name(9999) == "BUILTIN_9999"
+    monkeypatch.setattr(tflite_model, "_builtin_names", dict)
+    assert tflite_model.op_name(tfl.BuiltinOperator.CONV_2D) == "BUILTIN_3"
 
 
 def test_metadata_in_an_external_buffer() -> None:
@@ -119,68 +122,68 @@ def test_metadata_in_an_external_buffer() -> None:
     buffer.offset = size  # fixed-width field: the packed size does not change
     packed = tb._finish(model)
     assert len(packed) == size
-    info = tflite_file.read_model(packed + meta)
-    metadata = tflite_file.model_metadata(info)
+    info = tflite_model.read_model(packed + meta)
+    metadata = tflite_metadata.model_metadata(info)
     assert metadata is not None and metadata.name == "far"
     with pytest.raises(BundleError, match="runs past the end"):
-        tflite_file.read_model(packed + meta[:-1])
+        tflite_model.read_model(packed + meta[:-1])
 
 
 # --------------------------------------------------------------------------- metadata
 
 
 def test_model_metadata_fields() -> None:
-    info = tflite_file.read_model(tb.image_classifier())
-    meta = tflite_file.model_metadata(info)
+    info = tflite_model.read_model(tb.image_classifier())
+    meta = tflite_metadata.model_metadata(info)
     assert meta is not None
     assert (meta.name, meta.description, meta.version, meta.author, meta.license, meta.min_parser_version) == (
         "Colour classifier", "Scores red, green and blue", "v2", "tests", "Apache-2.0", "1.0.0")
     (image,) = meta.inputs
     assert image.name == "image"
-    assert image.content == tflite_file.ImageProperties("RGB", (16, 16))
+    assert image.content == tflite_metadata.ImageProperties("RGB", (16, 16))
     assert image.process_units == ("NormalizationOptions",)
     assert (image.mean, image.std) == ((0.0,), (255.0,))
     assert (image.stats_min, image.stats_max) == ((0.0,), (1.0,))
     (probability,) = meta.outputs
     assert probability.associated_files == (
-        tflite_file.AssociatedFile("labels.txt", "TENSOR_AXIS_LABELS", "colour names"),)
-    assert tflite_file.metadata_labels(tb.image_classifier(), meta) == ["red", "green", "blue"]
+        tflite_metadata.AssociatedFile("labels.txt", "TENSOR_AXIS_LABELS", "colour names"),)
+    assert tflite_metadata.metadata_labels(tb.image_classifier(), meta) == ["red", "green", "blue"]
 
 
 def test_detector_and_audio_metadata_fields() -> None:
-    meta = tflite_file.parse_model_metadata(detector_metadata())
+    meta = tflite_metadata.parse_model_metadata(detector_metadata())
     boxes, classes, scores, _ = meta.outputs
-    assert boxes.content == tflite_file.BoundingBoxProperties((1, 0, 3, 2), "BOUNDARIES", "RATIO")
+    assert boxes.content == tflite_metadata.BoundingBoxProperties((1, 0, 3, 2), "BOUNDARIES", "RATIO")
     assert boxes.value_range == (2, 2)
     assert classes.associated_files[0].type == "TENSOR_VALUE_LABELS"
     assert scores.process_units == ("ScoreThresholdingOptions",)
     assert scores.score_threshold == pytest.approx(0.4)
-    assert meta.inputs[0].content == tflite_file.ImageProperties("RGB", None)
-    audio = tflite_file.model_metadata(tflite_file.read_model(tb.audio_classifier(rate=8000)))
-    assert audio is not None and audio.inputs[0].content == tflite_file.AudioProperties(8000, 1)
+    assert meta.inputs[0].content == tflite_metadata.ImageProperties("RGB", None)
+    audio = tflite_metadata.model_metadata(tflite_model.read_model(tb.audio_classifier(rate=8000)))
+    assert audio is not None and audio.inputs[0].content == tflite_metadata.AudioProperties(8000, 1)
 
 
 def test_labels_prefer_the_file_without_locale() -> None:
     model = tb.image_classifier(locale_labels=True)
-    meta = tflite_file.model_metadata(tflite_file.read_model(model))
+    meta = tflite_metadata.model_metadata(tflite_model.read_model(model))
     assert meta is not None
     assert [f.name for f in meta.outputs[0].associated_files] == ["labels_fr.txt", "labels.txt"]
-    assert tflite_file.metadata_labels(model, meta) == ["red", "green", "blue"]
+    assert tflite_metadata.metadata_labels(model, meta) == ["red", "green", "blue"]
 
 
 def test_labels_file_missing_or_too_large() -> None:
     meta = tb.model_metadata([tb.Tensor("image")], [tb.Tensor("scores", files=[tb.File("labels.txt")])])
     no_zip = tb.attach_metadata(tb.colours_model(), meta)
-    parsed = tflite_file.model_metadata(tflite_file.read_model(no_zip))
+    parsed = tflite_metadata.model_metadata(tflite_model.read_model(no_zip))
     assert parsed is not None
     with pytest.raises(BundleError, match=r"'labels\.txt' but the model has no readable packed files"):
-        tflite_file.metadata_labels(no_zip, parsed)
+        tflite_metadata.metadata_labels(no_zip, parsed)
     other = tb.attach_metadata(tb.colours_model(), meta, {"other.txt": b"x\n"})
     with pytest.raises(BundleError, match="not packed in the model"):
-        tflite_file.metadata_labels(other, parsed)
+        tflite_metadata.metadata_labels(other, parsed)
     big = tb.attach_metadata(tb.colours_model(), meta, {"labels.txt": b"x\n" * 1000})
     with pytest.raises(BundleError, match="larger than 100 bytes"):
-        tflite_file.associated_file(big, "labels.txt", limit=100)
+        tflite_metadata.associated_file(big, "labels.txt", limit=100)
 
 
 def test_associated_file_header_size_may_lie() -> None:
@@ -190,7 +193,7 @@ def test_associated_file_header_size_may_lie() -> None:
     start = model.index(b"PK\x01\x02")  # central directory entry: uncompressed size at +24
     forged = model[:start + 24] + struct.pack("<I", 10) + model[start + 28:]
     with pytest.raises(BundleError):
-        tflite_file.associated_file(forged, "labels.txt", limit=100)
+        tflite_metadata.associated_file(forged, "labels.txt", limit=100)
 
 
 # --------------------------------------------------------------------------- sidecar from metadata
@@ -198,7 +201,7 @@ def test_associated_file_header_size_may_lie() -> None:
 
 def test_sidecar_of_an_image_classifier(tmp_path: Path) -> None:
     model = tb.image_classifier("float32")
-    sidecar = tflite_file.metadata_sidecar(model, *specs(model))
+    sidecar = tflite_sidecar.metadata_sidecar(model, *specs(model))
     assert sidecar == {
         "name": "Colour-classifier", "version": "v2", "task": "classify", "labels": ["red", "green", "blue"],
         "preprocess": {"kind": "image", "width": 16, "height": 16, "channels": 3, "color": "rgb",
@@ -209,7 +212,7 @@ def test_sidecar_of_an_image_classifier(tmp_path: Path) -> None:
 
 def test_sidecar_of_a_model_without_metadata_is_none() -> None:
     model = tb.colours_model()
-    assert tflite_file.metadata_sidecar(model, *specs(model)) is None
+    assert tflite_sidecar.metadata_sidecar(model, *specs(model)) is None
 
 
 def test_uint8_input_takes_raw_pixels_like_the_task_library() -> None:
@@ -218,7 +221,7 @@ def test_uint8_input_takes_raw_pixels_like_the_task_library() -> None:
                              [tb.Tensor("scores")])
     model = tb.attach_metadata(tb.colours_model("uint8"), meta)
     inputs, outputs = specs(model)
-    sidecar = tflite_file.metadata_sidecar(model, inputs, outputs)
+    sidecar = tflite_sidecar.metadata_sidecar(model, inputs, outputs)
     assert sidecar is not None
     pre = sidecar["preprocess"]
     assert pre["mean"] == [0.0] and pre["std"] == [255.0]
@@ -226,7 +229,7 @@ def test_uint8_input_takes_raw_pixels_like_the_task_library() -> None:
     assert np.array_equal(table[:, 0], np.arange(256))
     # an int8 input keeps the metadata's normalisation (then our quantisation)
     int8 = tb.attach_metadata(tb.colours_model("int8"), meta)
-    sidecar8 = tflite_file.metadata_sidecar(int8, *specs(int8))
+    sidecar8 = tflite_sidecar.metadata_sidecar(int8, *specs(int8))
     assert sidecar8 is not None and sidecar8["preprocess"]["mean"] == [127.5]
 
 
@@ -236,11 +239,11 @@ def test_sidecar_gray_and_default_size(tmp_path: Path) -> None:
     gray = TensorSpec(name="image", shape=[1, 20, 10, 1], dtype="float32")
     dynamic = TensorSpec(name="image", shape=[1, 1, 1, 1], dtype="float32")
     scores = [TensorSpec(name="s", shape=[1, 3], dtype="float32")]
-    sidecar = tflite_file.metadata_sidecar(model, [gray], scores)
+    sidecar = tflite_sidecar.metadata_sidecar(model, [gray], scores)
     assert sidecar is not None
     assert {k: sidecar["preprocess"][k] for k in ("width", "height", "channels", "color")} == {
         "width": 10, "height": 20, "channels": 1, "color": "gray"}
-    sidecar = tflite_file.metadata_sidecar(model, [dynamic], scores)
+    sidecar = tflite_sidecar.metadata_sidecar(model, [dynamic], scores)
     assert sidecar is not None and (sidecar["preprocess"]["width"], sidecar["preprocess"]["height"]) == (32, 24)
     assert "name" not in sidecar  # no name in the metadata: the file stem is used
 
@@ -248,7 +251,7 @@ def test_sidecar_gray_and_default_size(tmp_path: Path) -> None:
 def test_sidecar_of_an_ssd_detector() -> None:
     model = tb.attach_metadata(tb.colours_model(), detector_metadata(), {"labelmap.txt": b"cat\ndog\n"})
     image = TensorSpec(name="image", shape=[1, 300, 300, 3], dtype="uint8", scale=0.0078125, zero_point=128)
-    sidecar = tflite_file.metadata_sidecar(model, [image], DETECT_OUTPUTS)
+    sidecar = tflite_sidecar.metadata_sidecar(model, [image], DETECT_OUTPUTS)
     assert sidecar is not None
     assert sidecar["name"] == "SSD-MobileNet-quant"
     assert sidecar["task"] == "detect" and sidecar["labels"] == ["cat", "dog"]
@@ -261,7 +264,7 @@ def test_sidecar_of_an_ssd_detector() -> None:
 
 def test_sidecar_of_an_audio_classifier(tmp_path: Path) -> None:
     model = tb.audio_classifier(samples=1600, rate=8000)
-    sidecar = tflite_file.metadata_sidecar(model, *specs(model))
+    sidecar = tflite_sidecar.metadata_sidecar(model, *specs(model))
     assert sidecar is not None
     assert sidecar["task"] == "audio_classify" and sidecar["labels"] == ["up", "down"]
     assert sidecar["preprocess"] == {"kind": "audio", "feature": "waveform", "sample_rate": 8000,
@@ -275,9 +278,9 @@ def test_metadata_that_does_not_say_how_to_run() -> None:
            TensorSpec(name="b", shape=[1, 2], dtype="float32")]
     image = TensorSpec(name="x", shape=[1, 8, 8, 3], dtype="float32")
     with pytest.raises(BundleError, match="--write-sidecar"):
-        tflite_file.metadata_sidecar(model, [image], two)
+        tflite_sidecar.metadata_sidecar(model, [image], two)
     with pytest.raises(BundleError, match="does not describe an image or audio input"):
-        tflite_file.metadata_sidecar(model, [TensorSpec(name="x", shape=[1, 2, 3, 4, 5], dtype="float32")],
+        tflite_sidecar.metadata_sidecar(model, [TensorSpec(name="x", shape=[1, 2, 3, 4, 5], dtype="float32")],
                                      two[1:])
 
 
@@ -341,12 +344,12 @@ MODEL = tb.image_classifier("int8")
 def parse_everything(data: bytes) -> None:
     """Every reader on ``data``: each either succeeds or raises BundleError."""
     try:
-        info = tflite_file.read_model(data)
-        tflite_file.read_operators(data)
-        meta = tflite_file.model_metadata(info)
+        info = tflite_model.read_model(data)
+        tflite_model.read_operators(data)
+        meta = tflite_metadata.model_metadata(info)
         if meta is not None:
-            tflite_file.metadata_labels(data, meta)
-        tflite_file.metadata_sidecar(data, info.input_specs(), info.output_specs())
+            tflite_metadata.metadata_labels(data, meta)
+        tflite_sidecar.metadata_sidecar(data, info.input_specs(), info.output_specs())
     except BundleError:
         pass
 
@@ -356,14 +359,14 @@ def test_every_truncation_is_a_bundle_error() -> None:
         parse_everything(MODEL[:end])
     for end in range(0, len(MODEL), 7):
         with pytest.raises(BundleError):
-            tflite_file.read_model(MODEL[:min(end, 600)])
+            tflite_model.read_model(MODEL[:min(end, 600)])
 
 
 @pytest.mark.parametrize("data", [b"", b"TFL3", b"\x00" * 8, b"\x00\x00\x00\x00TFL3", b"\xff\xff\xff\xffTFL3",
                                   b"\x08\x00\x00\x00TFL3\x00\x00\x00\x00", b"PK\x03\x04" + b"\x00" * 40])
 def test_tiny_garbage(data: bytes) -> None:
     with pytest.raises(BundleError):
-        tflite_file.read_model(data)
+        tflite_model.read_model(data)
 
 
 def _patch_u32(data: bytes, pos: int, value: int) -> bytes:
@@ -372,16 +375,16 @@ def _patch_u32(data: bytes, pos: int, value: int) -> bytes:
 
 def test_offsets_and_lengths_out_of_range() -> None:
     with pytest.raises(BundleError, match="outside"):
-        tflite_file.read_model(_patch_u32(MODEL, 0, 10_000_000))  # root offset
+        tflite_model.read_model(_patch_u32(MODEL, 0, 10_000_000))  # root offset
     root = struct.unpack_from("<I", MODEL, 0)[0]
     with pytest.raises(BundleError, match=r"outside|bad vtable"):
-        tflite_file.read_model(MODEL[:root] + struct.pack("<i", -5_000) + MODEL[root + 4:])  # vtable offset
+        tflite_model.read_model(MODEL[:root] + struct.pack("<i", -5_000) + MODEL[root + 4:])  # vtable offset
     # the subgraphs vector (Model slot 2): claim 2**32 - 1 elements
     vtable = root - struct.unpack_from("<i", MODEL, root)[0]
     field = root + struct.unpack_from("<H", MODEL, vtable + 4 + 2 * 2)[0]
     vector = field + struct.unpack_from("<I", MODEL, field)[0]
     with pytest.raises(BundleError, match="runs past the end"):
-        tflite_file.read_model(_patch_u32(MODEL, vector, 0xFFFFFFFF))
+        tflite_model.read_model(_patch_u32(MODEL, vector, 0xFFFFFFFF))
 
 
 def test_shared_subtables_cannot_blow_up_the_work() -> None:
@@ -406,12 +409,12 @@ def test_shared_subtables_cannot_blow_up_the_work() -> None:
     data = bytes(b.Output())
     assert len(data) < 40_000
     with pytest.raises(BundleError, match="too many elements"):
-        tflite_file.parse_model_metadata(data)
+        tflite_metadata.parse_model_metadata(data)
 
 
 def test_metadata_without_its_identifier() -> None:
     with pytest.raises(BundleError, match="identifier M001"):
-        tflite_file.parse_model_metadata(tb.colours_model())
+        tflite_metadata.parse_model_metadata(tb.colours_model())
 
 
 def test_zip_member_with_unsupported_compression() -> None:
@@ -420,7 +423,7 @@ def test_zip_member_with_unsupported_compression() -> None:
     with zipfile.ZipFile(stream, "a", compression=zipfile.ZIP_BZIP2) as archive:
         archive.writestr("labels.txt", b"a\nb\nc\n")
     with pytest.raises(BundleError, match="unsupported compression"):
-        tflite_file.associated_file(stream.getvalue(), "labels.txt")
+        tflite_metadata.associated_file(stream.getvalue(), "labels.txt")
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -436,7 +439,7 @@ def test_fuzz_mutated_bytes(changes: list[tuple[int, int]]) -> None:
 @given(st.binary(max_size=300))
 def test_fuzz_random_metadata(blob: bytes) -> None:
     with contextlib.suppress(BundleError):
-        tflite_file.parse_model_metadata(b"\x08\x00\x00\x00M001" + blob)
+        tflite_metadata.parse_model_metadata(b"\x08\x00\x00\x00M001" + blob)
 
 
 # --------------------------------------------------------------------------- edge-agent inspect
@@ -483,7 +486,7 @@ def test_inspect_float_ops_and_json(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 
 def test_inspect_reports_float_ops_left_in_an_integer_model() -> None:
-    ops = tflite_file.read_operators(tb.custom_op_model())
+    ops = tflite_model.read_operators(tb.custom_op_model())
     assert inspect_model._quantisation_line(ops) == "quantisation: integer, but float ops remain: SIN x1"
 
 
@@ -547,13 +550,13 @@ def test_inspect_a_model_the_interpreter_refuses(tmp_path: Path, capsys: pytest.
 
 @given(st.text(max_size=40))
 def test_toml_strings_round_trip(text: str) -> None:
-    assert tomllib.loads(f"x = {inspect_model._toml_value(text)}")["x"] == text
+    assert tomllib.loads(f"x = {sidecar_toml._toml_value(text)}")["x"] == text
 
 
 def test_toml_values_round_trip() -> None:
     table = {"a": [1.5, -2.0, 1e-7], "b": True, "c": ["q\"uote", "new\nline", "\x7f", "é"], "d": 3,
              "e": [f"label {i}" for i in range(40)]}
     lines: list[str] = []
-    inspect_model._toml_table(lines, "t", {**table, "sub": {"x": 1}}, ["note"])
+    sidecar_toml._toml_table(lines, "t", {**table, "sub": {"x": 1}}, ["note"])
     parsed = tomllib.loads("\n".join(lines))
     assert parsed == {"t": {**table, "sub": {"x": 1}}}
