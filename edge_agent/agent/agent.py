@@ -326,13 +326,18 @@ def make_publisher(config: AgentConfig, envelope: EnvelopeFactory | None, contro
     kind = config.publisher_kind
     options: dict[str, Any] = {"envelope": envelope, "control": control}
     if kind == "mqtt":
-        options.update(
-            config=config.mqtt, outbox=config.outbox, state_dir=config.state_dir,
-            command_public_key=config.mqtt.command_public_key or config.model.public_key,
-            command_rate=config.mqtt.command_rate, command_burst=config.mqtt.command_burst,
-        )
+        options.update(config=config.mqtt, outbox=config.outbox, state_dir=config.state_dir)
     try:
-        return create_publisher(kind, **options)
+        publisher = create_publisher(kind, **options)
+        if kind == "mqtt":
+            from edge_agent.messaging.publishers.mqtt import MqttPublisher
+            from edge_agent.remote.inbox import attach_inbox
+
+            assert isinstance(publisher, MqttPublisher)
+            key = config.mqtt.command_public_key or config.model.public_key
+            attach_inbox(publisher, control=control, command_public_key=Path(key) if key else None,
+                         command_rate=config.mqtt.command_rate, command_burst=config.mqtt.command_burst)
+        return publisher
     except ModuleNotFoundError as exc:
         raise ConfigError(
             f"the {kind!r} publisher is not available in this installation ({exc.name} missing)"

@@ -13,7 +13,7 @@ import logging
 import queue
 import threading
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from edge_agent.control import AgentControl
 from edge_agent.messaging.envelope import TOPIC_ROOT, topic_root
@@ -24,6 +24,9 @@ from edge_agent.remote.builtin import builtin_commands
 from edge_agent.remote.desired import DesiredConfig
 from edge_agent.remote.handler import CommandHandler
 from edge_agent.remote.protocol import Ack, CommandRegistry, CommandSpec, Route, command_registry
+
+if TYPE_CHECKING:
+    from edge_agent.messaging.publishers.mqtt import MqttPublisher
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +81,7 @@ class Inbox:
         command_burst: float = 20.0,
         state_dir: Path | None = None,
     ) -> None:
+        self.device_id = device_id
         self.root = topic_root(device_id)
         self._outlet = outlet
         key = load_command_public_key(command_public_key) if command_public_key else None
@@ -96,6 +100,10 @@ class Inbox:
         self._queue: queue.Queue[InboundMessage | None] = queue.Queue(COMMAND_QUEUE_MAX)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def filters(self) -> tuple[str, ...]:
+        """``…/cmd/+`` and ``…/config/desired`` of this device."""
+        return inbox_filters(self.device_id)
 
     def set_control(self, control: AgentControl) -> None:
         self.commands.control = control
@@ -175,3 +183,26 @@ class Inbox:
                     self.desired.apply(message.payload)
             except Exception:  # keep the worker alive whatever happens
                 log.exception("handling %s failed", message.topic)
+
+
+def attach_inbox(
+    publisher: MqttPublisher,
+    *,
+    control: AgentControl | None = None,
+    commands: CommandRegistry | None = None,
+    command_public_key: Path | None = None,
+    command_rate: float = 5.0,
+    command_burst: float = 20.0,
+    state_dir: Path | None = None,
+) -> Inbox:
+    """An inbox for ``publisher``'s device, attached to it (acks and replies go out through it).
+
+    ``state_dir`` defaults to the publisher's (replay cache, desired-config version).
+    """
+    inbox = Inbox(
+        publisher.device_id, publisher, control=control, commands=commands,
+        command_public_key=command_public_key, command_rate=command_rate, command_burst=command_burst,
+        state_dir=state_dir if state_dir is not None else publisher.state_dir,
+    )
+    publisher.attach(inbox)
+    return inbox

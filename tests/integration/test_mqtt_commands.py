@@ -19,6 +19,7 @@ from edge_agent.messaging.envelope import EnvelopeFactory
 from edge_agent.messaging.link import MqttSettings
 from edge_agent.messaging.publishers import create_publisher
 from edge_agent.messaging.publishers.mqtt import MqttPublisher
+from edge_agent.remote.inbox import attach_inbox
 from tests.fixtures_mqtt import FPS
 from tests.unit.test_commands_fuzz import CommandModel, hostile, ping_outcome
 
@@ -66,9 +67,9 @@ def agent(mqtt_broker, unique_id: str, tmp_path: Path) -> Iterator[MqttPublisher
     envelope = EnvelopeFactory(unique_id, tmp_path)
     control = FakeControl()
     pub = create_publisher("mqtt", config={"broker": mqtt_broker.url, "keepalive": 5, "reconnect_max_s": 1},
-                           envelope=envelope, control=control, state_dir=tmp_path, command_rate=2000,
-                           command_burst=2000)
+                           envelope=envelope, control=control, state_dir=tmp_path)
     assert isinstance(pub, MqttPublisher)
+    attach_inbox(pub, control=control, command_rate=2000, command_burst=2000)
     yield pub
     pub.stop(timeout=2)
 
@@ -299,8 +300,11 @@ def test_command_flood_is_rate_limited_and_answered(mqtt_broker, start_agent, co
 
 def test_subscriptions_and_birth_restored_after_broker_restart(mqtt_broker_fn, collector_factory, unique_id,
                                                                tmp_path: Path):
+    control = FakeControl()
     pub = create_publisher("mqtt", config={"broker": mqtt_broker_fn.url, "keepalive": 5, "reconnect_max_s": 1},
-                           envelope=EnvelopeFactory(unique_id, tmp_path), control=FakeControl(), state_dir=tmp_path)
+                           envelope=EnvelopeFactory(unique_id, tmp_path), control=control, state_dir=tmp_path)
+    assert isinstance(pub, MqttPublisher)
+    attach_inbox(pub, control=control)
     pub.start()
     try:
         assert isinstance(pub, MqttPublisher) and pub.link.wait_connected(10)

@@ -6,6 +6,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,14 +14,18 @@ from edge_agent.messaging.envelope import EnvelopeFactory
 from edge_agent.messaging.homeassistant import homeassistant_discovery
 from edge_agent.messaging.publishers import create_publisher
 from edge_agent.messaging.publishers.mqtt import MqttPublisher
+from edge_agent.remote.inbox import attach_inbox
 
 HANG = 60.0  # only bounds a hang: a call that blocks on the network never returns at all here
 
 
-def _publisher(tmp_path: Path, broker: str = "mqtt://127.0.0.1:1", **kw) -> MqttPublisher:
+def _publisher(tmp_path: Path, broker: str = "mqtt://127.0.0.1:1", control: Any = None, **kw) -> MqttPublisher:
+    """A publisher; given a control, with the command inbox attached as the agent does."""
     pub = create_publisher("mqtt", config={"broker": broker, "reconnect_max_s": 1},
-                           envelope=EnvelopeFactory("dev1", tmp_path), state_dir=tmp_path, **kw)
+                           envelope=EnvelopeFactory("dev1", tmp_path), state_dir=tmp_path, control=control, **kw)
     assert isinstance(pub, MqttPublisher)
+    if control is not None:
+        attach_inbox(pub, control=control)
     return pub
 
 

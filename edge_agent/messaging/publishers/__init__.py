@@ -13,9 +13,39 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from edge_agent.control import AgentControl
+from edge_agent.errors import ConfigError
+
+if TYPE_CHECKING:
+    from edge_agent.messaging.link import InboundMessage
+
+
+class Inbound(Protocol):
+    """Receives what arrives on the device's subscriptions (the agent's command inbox,
+    :class:`edge_agent.remote.inbox.Inbox`). Called on the network thread: never blocks."""
+
+    def filters(self) -> tuple[str, ...]:
+        """The MQTT topic filters to subscribe to."""
+        ...
+
+    def offer(self, message: InboundMessage) -> None:
+        """Queue one message for the inbox's own worker."""
+        ...
+
+    def set_control(self, control: AgentControl) -> None: ...
+
+    def start(self) -> None: ...
+
+    def stop(self, timeout: float = 2.0) -> None: ...
+
+    @property
+    def alive(self) -> bool: ...
+
+    def stats(self) -> dict[str, Any]:
+        """Counters merged into the health message."""
+        ...
 
 
 class Publisher(ABC):
@@ -40,6 +70,10 @@ class Publisher(ABC):
     @property
     def connected(self) -> bool:
         return False
+
+    def attach(self, inbound: Inbound) -> None:
+        """Deliver inbound messages (commands, desired config) to ``inbound``."""
+        raise ConfigError(f"the {type(self).__name__} receives no commands; use the mqtt publisher")
 
     def thread_alive(self) -> bool:
         """The publisher's own threads run (a broker outage is no reason to say False)."""

@@ -1,7 +1,9 @@
 """MQTT publisher: results and health through the durable outbox, status/acks direct.
 
-It owns delivery and is the only code that wraps bodies in the envelope; inbound
-commands and desired configs go to its :class:`~edge_agent.remote.inbox.Inbox`.
+It owns delivery and is the only code that wraps bodies in the envelope. What arrives
+on the device's subscriptions goes to the :class:`~edge_agent.messaging.publishers.Inbound`
+given to :meth:`MqttPublisher.attach` (the agent attaches its command inbox,
+:class:`edge_agent.remote.inbox.Inbox`; messaging never imports ``remote``).
 Created by ``create_publisher("mqtt", config=..., envelope=..., control=...)``:
 
 - ``config``: an :class:`~edge_agent.messaging.link.MqttSettings`, the ``[mqtt]`` config
@@ -9,15 +11,12 @@ Created by ``create_publisher("mqtt", config=..., envelope=..., control=...)``:
 - ``envelope``: the agent's :class:`~edge_agent.messaging.envelope.EnvelopeFactory`;
 - ``outbox``: object/dict with ``path``, ``max_bytes``, ``max_age_s`` (and
   optionally ``max_message_bytes``); default ``<state_dir>/outbox.db``;
-- ``state_dir``: where the outbox, the command replay cache and the last applied
-  desired-config version live;
-- ``command_public_key``: path of the pinned Ed25519 key for privileged commands;
-- ``commands``: the allow-listed commands (default:
-  :func:`edge_agent.remote.inbox.default_commands`, the built-in ones and OTA).
+- ``state_dir``: where the outbox lives (default ``<state_dir>/outbox.db``);
+- ``control``: the running agent, for the status (birth) message.
 
 Threads: paho's network thread (callbacks only enqueue), the sender thread
 (:mod:`edge_agent.messaging.sender`: birth, acks, then outbox rows, keeping at
-most ``max_inflight`` messages in paho) and the inbox's command worker.
+most ``max_inflight`` messages in paho) and the attached inbox's worker.
 """
 
 from __future__ import annotations
@@ -35,10 +34,8 @@ from edge_agent.messaging.envelope import EnvelopeFactory, topic_root
 from edge_agent.messaging.homeassistant import homeassistant_discovery
 from edge_agent.messaging.link import InboundMessage, MqttLink, MqttSettings, Will
 from edge_agent.messaging.outbox import DEFAULT_MAX_AGE_S, DEFAULT_MAX_BYTES, DEFAULT_MAX_MESSAGE_BYTES, Outbox
-from edge_agent.messaging.publishers import Publisher, register_publisher
+from edge_agent.messaging.publishers import Inbound, Publisher, register_publisher
 from edge_agent.messaging.sender import Direct, Sender
-from edge_agent.remote.inbox import Inbox, inbox_filters
-from edge_agent.remote.protocol import CommandRegistry
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +73,6 @@ class MqttPublisher(Publisher):
         control: AgentControl | None = None,
         outbox: Any = None,
         state_dir: Path | str | None = None,
-        command_public_key: Path | str | None = None,
-        command_rate: float = 5.0,
-        command_burst: float = 20.0,
-        commands: CommandRegistry | None = None,
         **overrides: Any,
     ) -> None:
         self.settings = MqttSettings.from_any(config, **overrides)
@@ -108,36 +101,38 @@ class MqttPublisher(Publisher):
             self.settings,
             self.settings.client_id or self.device_id,
             will=will,
-            subscriptions=inbox_filters(self.device_id),
+            subscriptions=(),
             max_queued=self.window + 32,
             retain_as_published=True,
         )
         self.sender = Sender(self.link, self.outbox, self.window)
-        self.inbox = Inbox(
-            self.device_id,
-            self,
-            control=control,
-            commands=commands,
-            command_public_key=Path(command_public_key) if command_public_key else None,
-            command_rate=command_rate,
-            command_burst=command_burst,
-            state_dir=self.state_dir,
-        )
+        self.inbox: Inbound | None = None
         self.link.callbacks.on_connected = self._on_connected
         self.link.callbacks.on_message = self._on_message
         self.link.callbacks.on_published = self.sender.on_published
         self._started = False
 
     # ---- Publisher API ------------------------------------------------------------------
+    def attach(self, inbound: Inbound) -> None:
+        """Subscribe to ``inbound``'s topic filters (now and after every reconnect) and hand it
+        every message that arrives on them."""
+        self.inbox = inbound
+        for topic_filter in inbound.filters():
+            self.link.add_subscription(topic_filter)
+        if self._started:
+            inbound.start()
+
     def start(self, control: AgentControl | None = None) -> None:
         if control is not None:
             self.control = control
-            self.inbox.set_control(control)
+            if self.inbox is not None:
+                self.inbox.set_control(control)
         if self._started:
             return
         self._started = True
         self.sender.start()
-        self.inbox.start()
+        if self.inbox is not None:
+            self.inbox.start()
         self.link.start()
 
     def publish(self, kind: str, payload: dict[str, Any]) -> None:
@@ -192,7 +187,8 @@ class MqttPublisher(Publisher):
             self.sender.queue_offline(Direct(f"{self.root}/status", offline, True))
             offline_sent = self.sender.wait_offline(max(0.1, deadline - time.monotonic()))
         self.sender.stop(timeout=2.0)
-        self.inbox.stop(timeout=2.0)
+        if self.inbox is not None:
+            self.inbox.stop(timeout=2.0)
         # If our own `offline` was not acknowledged, let the broker publish the will instead.
         self.link.stop(send_will=not offline_sent)
         self.outbox.close()
@@ -208,7 +204,7 @@ class MqttPublisher(Publisher):
             "outbox": self.outbox.stats(),
             "direct_dropped": self.sender.dropped_direct,
             "direct_refused_oversize": self.sender.refused_oversize,
-            **self.inbox.stats(),
+            **(self.inbox.stats() if self.inbox is not None else {}),
         }
 
     @property
@@ -223,7 +219,8 @@ class MqttPublisher(Publisher):
         """
         if not self._started:
             return False
-        return self.link.network_thread_alive and self.sender.alive and self.inbox.alive
+        inbox_alive = self.inbox is None or self.inbox.alive
+        return self.link.network_thread_alive and self.sender.alive and inbox_alive
 
     # ---- status -------------------------------------------------------------------------
     def _status_body(self, state: str) -> dict[str, Any]:
@@ -244,8 +241,9 @@ class MqttPublisher(Publisher):
                 self.sender.queue_direct(Direct(topic, encode(config), True))
 
     def _on_message(self, message: InboundMessage) -> None:
-        """Inbound commands and desired configs: handed to the inbox (it only enqueues)."""
-        self.inbox.offer(message)
+        """What arrives on the subscriptions: handed to the attached inbox (it only enqueues)."""
+        if self.inbox is not None:
+            self.inbox.offer(message)
 
 
 def create_mqtt_publisher(**options: Any) -> Publisher:
