@@ -160,8 +160,8 @@ class Outbox:
                 log.warning("outbox full: evicted %d %s message(s)", len(chosen), _KIND_NAME[code])
         return kind != "health" or self._table.bytes + size <= self.max_bytes
 
-    def _delete(self, ids: list[int], size: int, *, transaction: bool = False) -> None:
-        self._table.delete(ids, size, transaction=transaction)
+    def _delete(self, ids: list[int], size: int) -> None:
+        self._table.delete(ids, size)
         for rid in ids:
             self._retry_after.pop(rid, None)
 
@@ -206,7 +206,8 @@ class Outbox:
                 log.error("outbox: %d acknowledged row(s) were no longer queued", len(present) - len(found))
             if not found:
                 return
-            self._delete([rid for rid, _ in found], sum(int(size) for _, size in found), transaction=True)
+            with self._table.transaction():
+                self._delete([rid for rid, _ in found], sum(int(size) for _, size in found))
             self.counters.delivered += len(found)
 
     def nack(self, row_id: int, reason: str) -> None:

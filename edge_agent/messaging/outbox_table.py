@@ -6,7 +6,9 @@ this class owns the file, its PRAGMAs and schema, and the row and byte totals.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 _SCHEMA = """
@@ -59,16 +61,19 @@ class OutboxTable:
         self.count += 1
         self.bytes += size
 
-    def delete(self, ids: list[int], size: int, *, transaction: bool = False) -> None:
-        """Delete these rows, ``size`` payload bytes in all (in one transaction if asked)."""
-        if transaction:
-            self.db.execute("BEGIN")
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """BEGIN … COMMIT around the statements of the ``with`` block."""
+        self.db.execute("BEGIN")
+        yield
+        self.db.execute("COMMIT")
+
+    def delete(self, ids: list[int], size: int) -> None:
+        """Delete these rows, ``size`` payload bytes in all."""
         for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
             marks = ",".join("?" * len(chunk))
             self.db.execute(f"DELETE FROM outbox WHERE id IN ({marks})", chunk)
-        if transaction:
-            self.db.execute("COMMIT")
         self.count -= len(ids)
         self.bytes -= size
 
