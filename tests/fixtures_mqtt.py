@@ -11,7 +11,7 @@
 - ``unique_id``: a fresh device id / topic level per test.
 
 :class:`Collector` subscribes through :class:`edge_agent.messaging.link.MqttLink` (tests too go
-through the one module that imports paho) and waits for messages.
+through the link, never paho itself) and waits for messages.
 """
 
 from __future__ import annotations

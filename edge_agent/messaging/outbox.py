@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from edge_agent.messaging.outbox_table import OutboxTable
+
 log = logging.getLogger(__name__)
 
 Kind = Literal["health", "result"]
@@ -36,20 +38,6 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_AGE_S = 7 * 24 * 3600.0
 DEFAULT_MAX_MESSAGE_BYTES = 128 * 1024
 RETRY_DELAY_S = 2.0
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    topic TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    kind INTEGER NOT NULL,
-    created REAL NOT NULL,
-    size INTEGER NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    replayed INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS outbox_kind ON outbox (kind, id);
-"""
 
 
 @dataclass(frozen=True)
@@ -74,13 +62,29 @@ class OutboxCounters:
     broker_failures: int = 0
     write_errors: int = 0
 
+    def add_evicted(self, kind: Kind, count: int) -> None:
+        if kind == "health":
+            self.evicted_health += count
+        else:
+            self.evicted_results += count
 
-class OutboxFullError(Exception):
-    """Internal: nothing more can be evicted."""
+    def snapshot(self) -> dict[str, int]:
+        """The counters as the health payload reports them."""
+        return {
+            "evicted": self.evicted_health + self.evicted_results + self.evicted_age,
+            "evicted_health": self.evicted_health,
+            "evicted_results": self.evicted_results,
+            "evicted_age": self.evicted_age,
+            "refused_oversize": self.refused_oversize,
+            "undeliverable": self.undeliverable,
+            "write_errors": self.write_errors,
+            "delivered": self.delivered,
+            "replayed": self.replayed_sent,
+        }
 
 
 class Outbox:
-    """SQLite-backed FIFO with at-least-once hand-off.
+    """SQLite-backed FIFO with at-least-once hand-off (the table itself: :class:`.OutboxTable`).
 
     Args:
         path: database file (parent created); ``None`` keeps it in memory (tests only).
@@ -109,21 +113,9 @@ class Outbox:
         self._lock = threading.Lock()
         self._inflight: set[int] = set()
         self._retry_after: dict[int, float] = {}
-        self._closed = False
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path) if path is not None else ":memory:", check_same_thread=False,
-                                   isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-        self._db.executescript(_SCHEMA)
-        # Whatever is still queued from an earlier run goes out marked as replayed.
-        self._db.execute("UPDATE outbox SET replayed = 1")
-        row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outbox").fetchone()
-        self._count = int(row[0])
-        self._bytes = int(row[1])
-        if self._count:
-            log.info("outbox %s: %d queued message(s) from an earlier run will be replayed", path, self._count)
+        self._table = OutboxTable(path, durable=durable)
+        if self._table.count:
+            log.info("outbox %s: %d queued message(s) from an earlier run will be replayed", path, self._table.count)
 
     # ---- producer side ------------------------------------------------------------------
     def put(self, topic: str, payload: bytes, kind: Kind) -> bool:
@@ -137,21 +129,16 @@ class Outbox:
         now = time.time()
         with self._lock:
             try:
-                if self._bytes + size > self.max_bytes and not self._evict_for(size, kind):
+                if self._table.bytes + size > self.max_bytes and not self._evict_for(size, kind):
                     self.counters.evicted_health += 1
                     log.warning("outbox full: dropped a new health message (health never evicts results)")
                     return False
-                self._db.execute(
-                    "INSERT INTO outbox (topic, payload, kind, created, size) VALUES (?, ?, ?, ?, ?)",
-                    (topic, payload, _KIND_CODE[kind], now, size),
-                )
+                self._table.insert(topic, payload, _KIND_CODE[kind], now)
             except sqlite3.Error as exc:
                 # Disk full, I/O error, closed: drop and count, never crash the caller's thread.
                 self.counters.write_errors += 1
                 log.error("outbox write failed, message for %s dropped: %s", topic, exc)
                 return False
-            self._count += 1
-            self._bytes += size
             self.counters.enqueued += 1
         return True
 
@@ -162,37 +149,19 @@ class Outbox:
         evicts only older health rows, never a result.
         """
         for code in ((0,) if kind == "health" else (0, 1)):
-            while self._bytes + size > self.max_bytes:
-                rows = self._db.execute(
-                    "SELECT id, size FROM outbox WHERE kind = ? ORDER BY id LIMIT ?",
-                    (code, len(self._inflight) + 64),
-                ).fetchall()
-                victims = [(rid, sz) for rid, sz in rows if rid not in self._inflight]
-                if not victims:
+            while self._table.bytes + size > self.max_bytes:
+                rows = self._table.oldest_of_kind(code, len(self._inflight) + 64)
+                need = self._table.bytes + size - self.max_bytes
+                chosen, freed = _choose_victims(rows, self._inflight, need)
+                if not chosen:
                     break
-                need = self._bytes + size - self.max_bytes
-                chosen: list[int] = []
-                freed = 0
-                for rid, sz in victims:
-                    chosen.append(rid)
-                    freed += sz
-                    if freed >= need:
-                        break
-                self._delete(chosen)
-                self._bytes -= freed
-                if code == 0:
-                    self.counters.evicted_health += len(chosen)
-                else:
-                    self.counters.evicted_results += len(chosen)
+                self._delete(chosen, freed)
+                self.counters.add_evicted(_KIND_NAME[code], len(chosen))
                 log.warning("outbox full: evicted %d %s message(s)", len(chosen), _KIND_NAME[code])
-        return kind != "health" or self._bytes + size <= self.max_bytes
+        return kind != "health" or self._table.bytes + size <= self.max_bytes
 
-    def _delete(self, ids: list[int]) -> None:
-        for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
-            marks = ",".join("?" * len(chunk))
-            self._db.execute(f"DELETE FROM outbox WHERE id IN ({marks})", chunk)
-        self._count -= len(ids)
+    def _delete(self, ids: list[int], size: int) -> None:
+        self._table.delete(ids, size)
         for rid in ids:
             self._retry_after.pop(rid, None)
 
@@ -203,10 +172,7 @@ class Outbox:
             return []
         now = time.monotonic()
         with self._lock:
-            rows = self._db.execute(
-                "SELECT id, topic, payload, kind, replayed FROM outbox ORDER BY id LIMIT ?",
-                (len(self._inflight) + len(self._retry_after) + limit,),
-            ).fetchall()
+            rows = self._table.head(len(self._inflight) + len(self._retry_after) + limit)
             out: list[OutboxRow] = []
             for rid, topic, payload, kind, replayed in rows:
                 if rid in self._inflight or self._retry_after.get(rid, 0.0) > now:
@@ -232,20 +198,16 @@ class Outbox:
             return
         with self._lock:
             present = [rid for rid in ids if rid in self._inflight]
-            for rid in present:
-                self._inflight.discard(rid)
+            self._inflight.difference_update(present)
             if not present:
                 return
-            marks = ",".join("?" * len(present))
-            found = self._db.execute(f"SELECT id, size FROM outbox WHERE id IN ({marks})", present).fetchall()
+            found = self._table.sizes(present)
             if len(found) != len(present):
                 log.error("outbox: %d acknowledged row(s) were no longer queued", len(present) - len(found))
             if not found:
                 return
-            self._db.execute("BEGIN")
-            self._delete([rid for rid, _ in found])
-            self._db.execute("COMMIT")
-            self._bytes -= sum(int(size) for _, size in found)
+            with self._table.transaction():
+                self._delete([rid for rid, _ in found], sum(int(size) for _, size in found))
             self.counters.delivered += len(found)
 
     def nack(self, row_id: int, reason: str) -> None:
@@ -253,13 +215,11 @@ class Outbox:
         with self._lock:
             self._inflight.discard(row_id)
             self.counters.broker_failures += 1
-            self._db.execute("UPDATE outbox SET attempts = attempts + 1 WHERE id = ?", (row_id,))
-            row = self._db.execute("SELECT attempts, size FROM outbox WHERE id = ?", (row_id,)).fetchone()
+            row = self._table.add_attempt(row_id)
             if row is None:
                 return
             if row[0] >= self.max_attempts:
-                self._delete([row_id])
-                self._bytes -= int(row[1])
+                self._delete([row_id], int(row[1]))
                 self.counters.undeliverable += 1
                 log.error("dropping outbox row %d after %d refusals (%s)", row_id, row[0], reason)
             else:
@@ -275,11 +235,10 @@ class Outbox:
         """Delete a taken row that can never be sent (over the broker's packet limit); counted."""
         with self._lock:
             self._inflight.discard(row_id)
-            row = self._db.execute("SELECT size FROM outbox WHERE id = ?", (row_id,)).fetchone()
-            if row is None:
+            size = self._table.size_of(row_id)
+            if size is None:
                 return
-            self._delete([row_id])
-            self._bytes -= int(row[0])
+            self._delete([row_id], size)
             self.counters.refused_oversize += 1
         log.error("dropping outbox row %d: its packet would exceed the %d-byte limit", row_id, limit)
 
@@ -296,12 +255,11 @@ class Outbox:
         """Evict rows older than ``max_age_s`` (not those in flight); returns how many."""
         cutoff = (time.time() if now is None else now) - self.max_age_s
         with self._lock:
-            rows = self._db.execute("SELECT id, size FROM outbox WHERE created < ?", (cutoff,)).fetchall()
+            rows = self._table.created_before(cutoff)
             victims = [(rid, sz) for rid, sz in rows if rid not in self._inflight]
             if not victims:
                 return 0
-            self._delete([rid for rid, _ in victims])
-            self._bytes -= sum(sz for _, sz in victims)
+            self._delete([rid for rid, _ in victims], sum(sz for _, sz in victims))
             self.counters.evicted_age += len(victims)
         log.warning("outbox: evicted %d message(s) older than %.0f s", len(victims), self.max_age_s)
         return len(victims)
@@ -309,7 +267,7 @@ class Outbox:
     # ---- state --------------------------------------------------------------------------
     @property
     def depth(self) -> int:
-        return self._count
+        return self._table.count
 
     @property
     def inflight(self) -> int:
@@ -317,37 +275,40 @@ class Outbox:
 
     def oldest_age_s(self) -> float | None:
         with self._lock:
-            if self._closed:
-                return None
-            row = self._db.execute("SELECT MIN(created) FROM outbox").fetchone()
-        return None if row[0] is None else max(0.0, time.time() - float(row[0]))
+            created = self._table.oldest_created()
+        return None if created is None else max(0.0, time.time() - created)
 
     def stats(self) -> dict[str, Any]:
         """Counters for the health payload (a pure snapshot)."""
-        c = self.counters
         return {
-            "depth": self._count,
-            "bytes": self._bytes,
+            "depth": self._table.count,
+            "bytes": self._table.bytes,
             "inflight": len(self._inflight),
             "oldest_age_s": _round(self.oldest_age_s()),
-            "evicted": c.evicted_health + c.evicted_results + c.evicted_age,
-            "evicted_health": c.evicted_health,
-            "evicted_results": c.evicted_results,
-            "evicted_age": c.evicted_age,
-            "refused_oversize": c.refused_oversize,
-            "undeliverable": c.undeliverable,
-            "write_errors": c.write_errors,
-            "delivered": c.delivered,
-            "replayed": c.replayed_sent,
+            **self.counters.snapshot(),
         }
 
     def close(self) -> None:
         with self._lock:
-            self._closed = True
             try:
-                self._db.close()
+                self._table.close()
             except sqlite3.Error as exc:  # pragma: no cover - defensive
                 log.debug("closing outbox: %s", exc)
+
+
+def _choose_victims(rows: list[tuple[int, int]], inflight: set[int], need: int) -> tuple[list[int], int]:
+    """The first of these (id, size) rows not in flight that free ``need`` bytes (all of them
+    when they do not); returns their ids and the bytes they free."""
+    chosen: list[int] = []
+    freed = 0
+    for rid, sz in rows:
+        if rid in inflight:
+            continue
+        chosen.append(rid)
+        freed += sz
+        if freed >= need:
+            break
+    return chosen, freed
 
 
 def _round(value: float | None) -> float | None:

@@ -10,7 +10,7 @@ privileged command verified with the device's pinned command key)::
      "allow_new_input": <optional bool>}
 
 The device downloads into its state directory while checking size and sha256
-(and free space first), installs through :mod:`edge_agent.store.install` (bundle
+(and free space first; :mod:`.download`), installs through :mod:`edge_agent.store.install` (bundle
 signature required when a bundle key is pinned, smoke test in a child
 process, atomic swap), swaps the model into the running pipeline, then keeps
 the new model on probation: inference errors, latency against the manifest
@@ -23,9 +23,7 @@ same model is refused: downgrades need the signed ``rollback`` command.
 After every reload the agent must report the bundle identity
 (:func:`edge_agent.model.loader.bundle_identity`, ``manifest_sha256``) of the model it
 installed; a manifest-only update (same weights, new labels or thresholds) is a
-swap like any other. ``https://`` downloads verify the server certificate and
-host name against the system trust store; a private CA is trusted through
-OpenSSL's ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` environment variables.
+swap like any other.
 """
 
 from __future__ import annotations
@@ -33,14 +31,10 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import hashlib
 import logging
-import os
 import re
-import ssl
 import threading
 import time
-import urllib.parse
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,14 +42,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_agent.control import AgentControl, ModelHost
-from edge_agent.errors import EdgeError, NoSpaceError
+from edge_agent.errors import EdgeError
 from edge_agent.model.bundle import MANIFEST, read_bundle
 from edge_agent.model.loader import bundle_identity
+from edge_agent.remote.download import download, url_problem
 from edge_agent.remote.protocol import Ack, CommandContext, CommandError, CommandSpec, command
 from edge_agent.store.install import MAX_BUNDLE_BYTES, install_model, rollback
 from edge_agent.store.layout import InstalledModel, active_model, resolve_public_key
 from edge_agent.store.probation import clear_probation, start_probation
-from edge_agent.util.fs import SHA256_HEX_RE, check_free_space
+from edge_agent.util.fs import SHA256_HEX_RE
 
 if TYPE_CHECKING:  # cryptography (~6 MB RSS) and urllib.request load only when an update needs them
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -65,14 +60,13 @@ log = logging.getLogger(__name__)
 DOWNLOADS = "downloads"
 DEFAULT_PROBATION_S = 60.0
 MAX_PROBATION_S = 3600.0
-DOWNLOAD_TIMEOUT_S = 30.0
 TICK_S = 0.25
 UPDATE_ARGS = frozenset({"url", "sha256", "size", "signature", "probation_s", "allow_new_input"})
 _SHA_RE = re.compile(SHA256_HEX_RE.pattern, re.IGNORECASE)
 
 
 class OtaError(EdgeError):
-    """A download, install or probation step failed (the reason goes into the ack)."""
+    """An install or probation step failed, or an update is already running (the reason goes into the ack)."""
 
 
 @dataclass(frozen=True)
@@ -101,13 +95,9 @@ def parse_update_args(args: dict[str, Any]) -> UpdateRequest:
     url, sha, size = args.get("url"), args.get("sha256"), args.get("size")
     if not isinstance(url, str) or len(url) > 2048:
         raise CommandError("url must be a string")
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https", "file"):
-        raise CommandError("url must be http://, https:// or file://")
-    if parts.scheme == "file" and (parts.netloc not in ("", "localhost") or not parts.path.startswith("/")):
-        raise CommandError("file:// URLs need an absolute local path")
-    if parts.scheme != "file" and not parts.hostname:
-        raise CommandError("url has no host")
+    problem = url_problem(url)
+    if problem is not None:
+        raise CommandError(problem)
     if not isinstance(sha, str) or not _SHA_RE.match(sha):
         raise CommandError("sha256 must be 64 hex digits")
     if not isinstance(size, int) or isinstance(size, bool) or not 0 < size <= MAX_BUNDLE_BYTES:
@@ -129,72 +119,6 @@ def parse_update_args(args: dict[str, Any]) -> UpdateRequest:
     if not isinstance(allow, bool):
         raise CommandError("allow_new_input must be true or false")
     return UpdateRequest(url, sha.lower(), size, signature, float(probation), allow)
-
-
-# --------------------------------------------------------------------------- download
-
-
-def download(url: str, target: Path, size: int, sha256: str, timeout_s: float = DOWNLOAD_TIMEOUT_S) -> Path:
-    """Fetch ``url`` into ``target`` with size, hash and free-space checks; fsynced.
-
-    Raises:
-        OtaError: network/file error, size or sha256 mismatch, not enough space.
-    """
-    try:
-        check_free_space(target.parent, 3 * size)
-    except NoSpaceError as exc:
-        raise OtaError(str(exc)) from exc
-    digest = hashlib.sha256()
-    received = 0
-    try:
-        with _open_url(url, timeout_s) as (stream, announced):
-            if announced is not None and announced != size:
-                raise OtaError(f"server announces {announced} bytes, expected {size}")
-            with target.open("wb") as out:
-                while block := stream.read(1 << 16):
-                    received += len(block)
-                    if received > size:
-                        raise OtaError(f"download is larger than the expected {size} bytes")
-                    digest.update(block)
-                    out.write(block)
-                out.flush()
-                os.fsync(out.fileno())
-    except OtaError:
-        target.unlink(missing_ok=True)
-        raise
-    except (OSError, ValueError) as exc:  # urllib's URLError and HTTPError are OSErrors
-        target.unlink(missing_ok=True)
-        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
-        raise OtaError(f"download failed: {reason}") from exc
-    if received != size:
-        target.unlink(missing_ok=True)
-        raise OtaError(f"download truncated: {received} of {size} bytes")
-    if digest.hexdigest() != sha256:
-        target.unlink(missing_ok=True)
-        raise OtaError(f"sha256 mismatch: got {digest.hexdigest()}, expected {sha256}")
-    return target
-
-
-@contextlib.contextmanager
-def _open_url(url: str, timeout_s: float) -> Any:
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme == "file":
-        path = Path(urllib.parse.unquote(parts.path))
-        with path.open("rb") as handle:
-            yield handle, path.stat().st_size
-        return
-    import http.client
-    from urllib.request import Request, urlopen
-
-    context = ssl.create_default_context() if parts.scheme == "https" else None
-    request = Request(url, headers={"User-Agent": "edge-agent-ota"})
-    try:
-        with urlopen(request, timeout=timeout_s, context=context) as response:
-            length = response.headers.get("Content-Length")
-            yield response, int(length) if length and length.isdigit() else None
-    except http.client.HTTPException as exc:
-        # Not an OSError: a body cut inside a chunk (IncompleteRead), a bad status line …
-        raise OSError(f"the server broke off the transfer ({type(exc).__name__})") from exc
 
 
 # --------------------------------------------------------------------------- the updater

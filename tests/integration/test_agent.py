@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import pytest
 
+from edge_agent.messaging.publishers import Publisher
 from edge_agent.model.bundle import extract_bundle, read_bundle, write_bundle
 from edge_agent.model.keys import generate_keypair, load_private_key
 from edge_agent.model.loader import load_model
@@ -309,7 +310,7 @@ def test_max_frames_and_fps_pacing_of_a_file(models: Path, tmp_path: Path) -> No
     assert health["frames_inferred"] + health["frames_dropped"] == 40
 
 
-class MemoryPublisher:
+class MemoryPublisher(Publisher):
     """Keeps every message (the registry entry for "stdout" is swapped for it)."""
 
     def __init__(self, **options: Any) -> None:

@@ -21,6 +21,7 @@ from edge_agent.errors import EdgeError
 from edge_agent.model.bundle import MANIFEST, read_bundle
 from edge_agent.model.keys import generate_keypair, load_private_key
 from edge_agent.remote import ota
+from edge_agent.remote.download import DownloadError, download
 from edge_agent.remote.ota import OtaError, OtaUpdater, ProbationPolicy, UpdateRequest, parse_update_args
 from edge_agent.remote.protocol import Ack, CommandContext, CommandError, Route
 from edge_agent.store import install as store_install
@@ -127,8 +128,8 @@ def _sha(data: bytes) -> str:
 
 
 def _download_error(url: str, target: Path, size: int, sha: str) -> str:
-    with pytest.raises(OtaError) as info:
-        ota.download(url, target, size, sha)
+    with pytest.raises(DownloadError) as info:
+        download(url, target, size, sha)
     assert not target.exists()  # a failed download leaves nothing behind
     return str(info.value)
 
@@ -141,10 +142,10 @@ def test_download_over_http_checks_size_and_hash(tmp_path: Path, server: Any) ->
     routes["/announced-wrong"] = (200, data, str(len(data) + 1))
     routes["/bad-length-header"] = (200, data, "many")
     target = tmp_path / "dl.bundle"
-    assert ota.download(f"{base}/good", target, len(data), _sha(data)) == target
+    assert download(f"{base}/good", target, len(data), _sha(data)) == target
     assert target.read_bytes() == data
-    assert ota.download(f"{base}/unannounced", target, len(data), _sha(data)).read_bytes() == data
-    assert ota.download(f"{base}/bad-length-header", target, len(data), _sha(data)).read_bytes() == data
+    assert download(f"{base}/unannounced", target, len(data), _sha(data)).read_bytes() == data
+    assert download(f"{base}/bad-length-header", target, len(data), _sha(data)).read_bytes() == data
     assert _download_error(f"{base}/announced-wrong", target, len(data), _sha(data)) == (
         f"server announces {len(data) + 1} bytes, expected {len(data)}")
     assert _download_error(f"{base}/unannounced", target, len(data) - 1, _sha(data)) == (
@@ -161,7 +162,7 @@ def test_download_of_a_file_url(tmp_path: Path) -> None:
     source.write_bytes(b"bundle bytes")
     target = tmp_path / "dl.bundle"
     url = "file://" + str(source).replace(" ", "%20")
-    assert ota.download(url, target, 12, _sha(b"bundle bytes")).read_bytes() == b"bundle bytes"
+    assert download(url, target, 12, _sha(b"bundle bytes")).read_bytes() == b"bundle bytes"
     assert _download_error(url, target, 13, _sha(b"bundle bytes")) == "server announces 12 bytes, expected 13"
     missing = f"file://{tmp_path}/missing.bundle"
     assert _download_error(missing, target, 12, SHA) == "download failed: No such file or directory"
@@ -554,8 +555,8 @@ def test_download_from_a_server_that_never_answers_times_out(tmp_path: Path) -> 
     silent.bind(("127.0.0.1", 0))
     silent.listen(1)
     try:
-        with pytest.raises(OtaError) as info:
-            ota.download(f"http://127.0.0.1:{silent.getsockname()[1]}/m", tmp_path / "m", 5, SHA, timeout_s=0.2)
+        with pytest.raises(DownloadError) as info:
+            download(f"http://127.0.0.1:{silent.getsockname()[1]}/m", tmp_path / "m", 5, SHA, timeout_s=0.2)
         assert str(info.value) == "download failed: timed out"
     finally:
         silent.close()

@@ -352,6 +352,6 @@ def test_write_errors_are_counted_not_raised(tmp_path: Path) -> None:
 def test_durable_selects_full_synchronous_writes(tmp_path: Path, durable: bool, level: int) -> None:
     """``durable`` is the power-loss guarantee: synchronous=FULL (2) instead of NORMAL (1)."""
     box = Outbox(tmp_path / "o.db", durable=durable) if durable else Outbox(tmp_path / "o.db")
-    assert box._db.execute("PRAGMA synchronous").fetchone()[0] == level
-    assert box._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert box._table.db.execute("PRAGMA synchronous").fetchone()[0] == level
+    assert box._table.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     box.close()

@@ -1,0 +1,127 @@
+"""The outbox's SQLite table (WAL) and its running totals: every statement the outbox runs.
+
+:class:`~.outbox.Outbox` owns the delivery rules (in flight, retries, bounds, counters);
+this class owns the file, its PRAGMAs and schema, and the row and byte totals.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    kind INTEGER NOT NULL,
+    created REAL NOT NULL,
+    size INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    replayed INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS outbox_kind ON outbox (kind, id);
+"""
+
+# (id, topic, payload, kind code, replayed) as read for sending.
+StoredRow = tuple[int, str, bytes, int, int]
+
+
+class OutboxTable:
+    """The ``outbox`` table with ``count`` (rows) and ``bytes`` (payload bytes) kept in step.
+
+    Args:
+        path: database file (parent created); ``None`` keeps it in memory (tests only).
+        durable: ``synchronous=FULL`` (survives power loss, slower) instead of NORMAL.
+    """
+
+    def __init__(self, path: Path | None, *, durable: bool) -> None:
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(str(path) if path is not None else ":memory:", check_same_thread=False,
+                                  isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        self.db.executescript(_SCHEMA)
+        # Whatever is still queued from an earlier run goes out marked as replayed.
+        self.db.execute("UPDATE outbox SET replayed = 1")
+        row = self.db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outbox").fetchone()
+        self.count = int(row[0])
+        self.bytes = int(row[1])
+        self.closed = False
+
+    def insert(self, topic: str, payload: bytes, kind: int, created: float) -> None:
+        size = len(payload)
+        self.db.execute(
+            "INSERT INTO outbox (topic, payload, kind, created, size) VALUES (?, ?, ?, ?, ?)",
+            (topic, payload, kind, created, size),
+        )
+        self.count += 1
+        self.bytes += size
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """BEGIN … COMMIT around the statements of the ``with`` block."""
+        self.db.execute("BEGIN")
+        yield
+        self.db.execute("COMMIT")
+
+    def delete(self, ids: list[int], size: int) -> None:
+        """Delete these rows, ``size`` payload bytes in all."""
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            self.db.execute(f"DELETE FROM outbox WHERE id IN ({marks})", chunk)
+        self.count -= len(ids)
+        self.bytes -= size
+
+    def oldest_of_kind(self, kind: int, limit: int) -> list[tuple[int, int]]:
+        """(id, size) of the oldest ``limit`` rows of one kind."""
+        rows: list[tuple[int, int]] = self.db.execute(
+            "SELECT id, size FROM outbox WHERE kind = ? ORDER BY id LIMIT ?", (kind, limit),
+        ).fetchall()
+        return rows
+
+    def head(self, limit: int) -> list[StoredRow]:
+        """The oldest ``limit`` rows, for sending."""
+        rows: list[StoredRow] = self.db.execute(
+            "SELECT id, topic, payload, kind, replayed FROM outbox ORDER BY id LIMIT ?", (limit,),
+        ).fetchall()
+        return rows
+
+    def sizes(self, ids: list[int]) -> list[tuple[int, int]]:
+        """(id, size) of those of these rows that still exist."""
+        marks = ",".join("?" * len(ids))
+        rows: list[tuple[int, int]] = self.db.execute(
+            f"SELECT id, size FROM outbox WHERE id IN ({marks})", ids).fetchall()
+        return rows
+
+    def add_attempt(self, row_id: int) -> tuple[int, int] | None:
+        """Count one more refused attempt; (attempts, size), or None when the row is gone."""
+        self.db.execute("UPDATE outbox SET attempts = attempts + 1 WHERE id = ?", (row_id,))
+        row: tuple[int, int] | None = self.db.execute(
+            "SELECT attempts, size FROM outbox WHERE id = ?", (row_id,)).fetchone()
+        return row
+
+    def size_of(self, row_id: int) -> int | None:
+        row = self.db.execute("SELECT size FROM outbox WHERE id = ?", (row_id,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def created_before(self, cutoff: float) -> list[tuple[int, int]]:
+        """(id, size) of the rows created before ``cutoff`` (wall-clock seconds)."""
+        rows: list[tuple[int, int]] = self.db.execute(
+            "SELECT id, size FROM outbox WHERE created < ?", (cutoff,)).fetchall()
+        return rows
+
+    def oldest_created(self) -> float | None:
+        """When the oldest row was queued (wall-clock seconds); None when empty or closed."""
+        if self.closed:
+            return None
+        row = self.db.execute("SELECT MIN(created) FROM outbox").fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def close(self) -> None:
+        self.closed = True
+        self.db.close()
