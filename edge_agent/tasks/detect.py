@@ -88,7 +88,8 @@ def class_aware_nms(xyxy: np.ndarray, scores: np.ndarray, class_ids: np.ndarray,
     if xyxy.shape[0] == 0:
         return np.zeros(0, dtype=np.int64)
     span = float(np.max(np.abs(xyxy))) * 2.0 + 1.0
-    shifted = xyxy + (class_ids.astype(np.float32) * span)[:, None]
+    # float64: in float32 a high class's shift (class x span) can exceed what keeps its boxes apart
+    shifted = xyxy + class_ids[:, None] * span
     return nms(shifted, scores, iou_threshold, max_out)
 
 
@@ -237,9 +238,8 @@ class RawBoxesDecoder(Decoder):
         if len(outputs) != 2:
             raise ValueError(f"the model has {len(outputs)} output(s) {[_shape(s) for s in outputs]}; {where}")
         shapes = [_squeezed(s) for s in outputs]
+        # Both [N, 4] (four classes): nothing tells them apart, the first is taken for the boxes.
         boxes = [i for i, d in enumerate(shapes) if len(d) == 2 and d[-1] == 4]
-        if len(boxes) == 2 and n_labels != 4:  # both end in 4: the scores are the one with C columns
-            boxes = [i for i in boxes if shapes[1 - i][-1] == n_labels] or boxes[:1]
         if not boxes:
             raise ValueError(f"no output of {[_shape(s) for s in outputs]} has the box shape [1, N, 4]; {where}")
         self.box_i = boxes[0]
@@ -314,9 +314,8 @@ class SsdAnchorsDecoder(Decoder):
         for i, dims in enumerate(shapes):
             if dims and dims[0] != n:
                 raise ValueError(f"output {outputs[i].name or i!r} has shape {_shape(outputs[i])}; {where}")
+        # Both [N, num_coords] (as many classes as coordinates): the first is taken for the boxes.
         boxes = [i for i, d in enumerate(shapes) if len(d) == 2 and d[1] == coords]
-        if len(boxes) == 2:  # same width: the scores are the ones with the class count, else the first is boxes
-            boxes = [i for i in boxes if shapes[1 - i][-1] == classes and classes != coords] or boxes[:1]
         if not boxes:
             raise ValueError(f"no output of {[_shape(s) for s in outputs]} has {coords} coordinates per anchor; "
                              f"{where}")

@@ -435,7 +435,9 @@ def test_exponential_box_sizes_are_clipped_at_80() -> None:
     h = (boxes[:, 3] - boxes[:, 1]).astype(np.float64)
     assert w[0] == pytest.approx(math.exp(2.0)) and h[0] == pytest.approx(math.exp(2.0))  # w/2 and h/1
     assert w[1] == pytest.approx(math.exp(80.0), rel=1e-3) and h[1] == pytest.approx(math.exp(80.0), rel=1e-3)
-    assert w[2] == pytest.approx(math.exp(-80.0), rel=1e-3) and h[2] == pytest.approx(math.exp(-80.0), rel=1e-3)
+    # abs=0: pytest.approx would otherwise take 0 (no lower clip, exp underflowed) for exp(-80)
+    assert w[2] == pytest.approx(math.exp(-80.0), rel=1e-3, abs=0)
+    assert h[2] == pytest.approx(math.exp(-80.0), rel=1e-3, abs=0)
 
 
 def test_decode_scores() -> None:
@@ -446,6 +448,7 @@ def test_decode_scores() -> None:
     low, high = 1.0 / (1.0 + math.exp(80.0)), 1.0 / (1.0 + math.exp(-80.0))
     assert squashed.dtype == np.float32
     assert _close(squashed, [[low, 0.5, high]]) and squashed[0, 0] > 0.0  # clipped, not underflowed
+    assert squashed[0, 0] == np.float32(low)  # clipped at exactly -80
     clipped = decode_scores(raw, BoxDecoding(sigmoid_score=True, score_clipping_thresh=2.0))
     assert _close(clipped, [[1 / (1 + math.e ** 2), 0.5, 1 / (1 + math.e ** -2)]])
     assert decode_scores(np.array([[0.0]], dtype=np.float32), BoxDecoding(), sigmoid_too=True).tolist() == [[0.5]]
@@ -712,3 +715,256 @@ def test_detect_task_body_and_change_key() -> None:
     assert task.labels == ["cat", "dog"]
     unlabelled = create_task(m, [], [in_spec], outputs)
     assert unlabelled.labels == []  # the op's class ids are not a class count
+
+
+# --------------------------------------------------------------------------- survivors of the second mutation run
+
+
+def test_softmax_shifts_each_row_by_its_own_maximum() -> None:
+    # Shifting by the maximum of the whole array (axis=None) underflows the first row to 0 / 0.
+    out = softmax(np.array([[0.0, 1.0], [1000.0, 1001.0]]))
+    assert out.ravel().tolist() == pytest.approx([0.268941, 0.731059, 0.268941, 0.731059], abs=1e-6)
+
+
+def test_top_classes_finds_the_best_of_many() -> None:
+    # 300 distinct scores in a scrambled order: argpartition must be asked for the k best (kth = k - 1);
+    # NumPy's introselect puts another score first when asked for kth = k - 2.
+    scores = ((np.arange(300) * 7919) % 300).astype(np.float32) / 300
+    labels = [f"c{i}" for i in range(300)]
+    best = int(np.argmax(scores))
+    assert top_classes(scores, labels, 1, 0.0) == [ClassScore(f"c{best}", pytest.approx(299 / 300))]
+    assert [c.label for c in top_classes(scores, labels, 3, 0.0)] == [
+        f"c{i}" for i in np.argsort(-scores, kind="stable")[:3]]
+
+
+def test_score_shape_drops_only_the_first_dimension() -> None:
+    assert score_shape(spec([2, 5, 10]), 0, "x") == 10  # [batch, frames, classes]: the batch size is not looked at
+
+
+def _audio_with(labels: list[str], out_spec: TensorSpec, **output: Any) -> Any:
+    in_spec = spec([1, 4000])
+    m = manifest("audio_classify", {"kind": "audio", "sample_rate": 8000, "window_s": 0.5, "feature": "waveform",
+                                    "fmax": 4000.0},
+                 {"score_threshold": 0.5, "smoothing_windows": 1, **output}, [out_spec], [in_spec])
+    return create_task(m, labels, [in_spec], [out_spec])
+
+
+def test_audio_task_checks_its_output_against_the_labels() -> None:
+    unlabelled = _audio_with([], spec([1, 3]))
+    assert (unlabelled.num_classes, unlabelled.labels) == (3, ["0", "1", "2"])
+    with pytest.raises(ValueError) as info:
+        _audio_with(["a", "b"], spec([1, 3]))
+    assert str(info.value) == ("output 0 has shape [1, 3] (3 classes) but 2 labels are given; fix the labels "
+                               "(one per class) or the model")
+    with pytest.raises(ValueError) as info:
+        _audio_with([], spec([1, 2, 3, 4]))
+    assert str(info.value) == ("output 0 has shape [1, 2, 3, 4]; audio classification expects [1, classes] "
+                               "or [1, frames, classes]")
+
+
+def test_audio_scores_are_dequantised_and_shaped_by_the_output_spec() -> None:
+    # uint8 scores: 128 * (1 / 256) = 0.5 for "b"; read raw, "b" would score 128
+    task = _audio_with(["a", "b", "c"], spec([1, 3], "uint8", 1 / 256, 0), audio_events="window")
+    result = task.decode([np.array([[10, 128, 64]], dtype=np.uint8)], _window(0, 0.0), None)
+    assert result is not None and result.body["classes"] == [{"label": "b", "score": 0.5}]
+    # [1, 2 frames, 3 classes] handed over flat: the class count checked at load (3), not the array's shape,
+    # splits it into frames, whose mean is published
+    framed = _audio_with(["a", "b", "c"], spec([1, 2, 3]), audio_events="window")
+    flat = np.array([0.2, 0.6, 0.1, 0.4, 0.8, 0.1], dtype=np.float32)
+    result = framed.decode([flat], _window(0, 0.0), None)
+    assert result is not None and result.body["classes"] == [{"label": "b", "score": 0.7}]
+
+
+def test_window_event_times_are_rounded_to_milliseconds() -> None:
+    task = _audio_task(audio_events="window")
+    result = task.decode([np.array([[0.1, 0.7, 0.2]], np.float32)], _window(1, 1.23456), None)
+    assert result is not None and (result.body["t_start_s"], result.body["t_end_s"]) == (1.235, 1.735)
+
+
+def test_keyword_refractory_counts_from_the_window_start() -> None:
+    task = _audio_task(refractory_s=1.0)
+    word, silence = np.array([[0.1, 0.8, 0.1]], np.float32), np.array([[0.9, 0.05, 0.05]], np.float32)
+    assert task.decode([word], _window(0, 10.0), None) is not None
+    assert task.decode([silence], _window(1, 10.25), None) is None  # re-armed
+    assert task.decode([word], _window(2, 10.5), None) is None  # 0.5 s after the event: refractory
+    assert task.decode([silence], _window(3, 10.75), None) is None
+    again = task.decode([word], _window(4, 11.0), None)  # exactly 1 s after: no longer refractory
+    assert again is not None and again.body["window"] == 4
+
+
+def test_keyword_ranking_keeps_tied_labels_in_label_order() -> None:
+    labels = [f"l{i}" for i in range(len(TIES))]
+    task = _audio_with(labels, spec([1, len(TIES)]), top_k=100)
+    result = task.decode([np.array([TIES], dtype=np.float32) / 4 + 0.1], _window(0, 0.0), None)
+    assert result is not None and result.body["label"] == "l0"
+    assert [c["label"] for c in result.body["classes"]] == [f"l{i}" for i in STABLE_ORDER]
+
+
+def test_iou_clips_each_axis_at_zero_overlap() -> None:
+    box = np.array([0.0, 0.0, 2.0, 2.0])
+    others = np.array([
+        [3.0, 0.0, 4.0, 2.0],  # apart in x, level in y: no overlap (not a negative one)
+        [0.0, 3.0, 2.0, 4.0],  # apart in y
+        [1.0, 1.5, 3.0, 3.5],  # overlap 1 x 0.5: a fraction of a unit
+    ])
+    assert iou(box, others).tolist() == pytest.approx([0.0, 0.0, 0.5 / 7.5])
+
+
+def test_class_aware_nms_separates_classes_whatever_the_coordinates() -> None:
+    # the same box in classes 0 and 1 (as far apart as the largest coordinate, 10): both stay
+    boxes = np.array([[0.0, 0.0, 10.0, 10.0], [-6.0, -6.0, 4.0, 4.0], [-6.0, -6.0, 4.0, 4.0]], dtype=np.float32)
+    kept = class_aware_nms(boxes, np.array([0.9, 0.8, 0.7], np.float32), np.array([0, 1, 1]), 0.5, 10)
+    assert kept.tolist() == [0, 1]
+    # Bug found by the mutation run: class 79 shifted by 79 x (2 x 1e6 + 1) in float32 lost its boxes to
+    # rounding (16 units apart at 1.6e8), so its duplicate was never suppressed.
+    far = np.array([[10, 10, 20, 20], [10, 10, 20, 20], [1e6, 1e6, 1e6 + 10, 1e6 + 10]], dtype=np.float32)
+    for cls in (0, 79):
+        kept = class_aware_nms(far, np.array([0.9, 0.8, 0.7], np.float32), np.array([cls, cls, 0]), 0.5, 10)
+        assert kept.tolist() == [0, 2]
+
+
+def test_postprocess_count_ties_and_threshold() -> None:
+    n = len(TIES)
+    boxes = np.tile(np.array([0.1, 0.2, 0.3, 0.4], np.float32), (1, n, 1))
+    classes = np.arange(n, dtype=np.float32)[None]
+    scores = np.array([TIES], dtype=np.float32) / 4  # 0.5, 0.25 and 0.0
+    dets = decode_postprocess(boxes, classes, scores, n, 0.25, 100)  # a plain int count
+    ranked = [i for i in STABLE_ORDER if TIES[i] >= 1]  # a score equal to the threshold is kept
+    assert [d.class_id for d in dets] == ranked
+
+
+def test_decode_raw_keeps_a_score_equal_to_the_threshold() -> None:
+    from edge_agent.tasks.detect import decode_raw
+
+    boxes = np.array([[0.0, 0.0, 1.0, 1.0], [2.0, 2.0, 3.0, 3.0]], np.float32)
+    dets = decode_raw(boxes, np.array([0.5, 0.25], np.float32), "xyxy", 0.5, 0.5, 10)
+    assert dets == [Detection(0, 0.5, (0.0, 0.0, 1.0, 1.0))]
+
+
+def _u8(values: list[Any], scale: float = 1 / 256) -> tuple[np.ndarray, TensorSpec]:
+    """uint8 codes of ``values`` (scale 1/256, zero point 0) and their spec."""
+    arr = np.asarray(values, dtype=np.float64)
+    return np.round(arr / scale).astype(np.uint8), spec(list(arr.shape), "uint8", scale, 0)
+
+
+def test_postprocess_decoder_dequantises_every_output() -> None:
+    from edge_agent.tasks.detect import create_decoder
+
+    b, bs = _u8([[[0.25, 0.5, 0.75, 0.625], [0.0, 0.0, 0.5, 0.5]]])
+    c, cs = _u8([[1.0, 0.0]], scale=1.0)
+    s, ss = _u8([[0.75, 0.25]])
+    n, ns = _u8([2.0], scale=1.0)
+    dec = create_decoder(_out(detection_format="tflite_postprocess"), 2, [bs, cs, ss, ns], 100, 50)
+    # read raw, the box codes would be 64 x too large and the second score (64) would pass
+    assert dec.decode([b, c, s, n], 0.5) == [Detection(1, 0.75, (50.0, 12.5, 62.5, 37.5))]
+
+
+def test_raw_boxes_quantised_sigmoid_and_softmax() -> None:
+    from edge_agent.tasks.detect import create_decoder
+
+    b, bs = _u8([[[0.25, 0.5, 0.5, 0.75], [0.25, 0.5, 0.5, 0.75]]])
+    s, ss = _u8([[[0.75], [0.5]]])
+    plain = create_decoder(_out(detection_format="raw_boxes", box_format="xyxy", activation="none",
+                                iou_threshold=0.5), 0, [bs, ss], 100, 50)
+    # two copies of one box: NMS (iou_threshold) keeps the better one; boxes and scores dequantised
+    assert plain.decode([b, s], 0.5) == [Detection(0, 0.75, (25.0, 25.0, 50.0, 37.5))]
+
+    boxes = np.array([[[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]]], np.float32)
+    logits = np.array([[[0.0], [-9.0]]], np.float32)
+    sig = create_decoder(_out(detection_format="raw_boxes", box_format="xyxy", activation="sigmoid"), 0,
+                         [spec([1, 2, 4]), spec([1, 2, 1])], 100, 50)
+    assert [(d.class_id, d.score) for d in sig.decode([boxes, logits], 0.5)] == [(0, 0.5)]
+
+    two = np.log(np.array([[[1.0, 3.0], [4.0, 1.0]]], np.float32))  # per box: 0.25 / 0.75 and 0.8 / 0.2
+    soft = create_decoder(_out(detection_format="raw_boxes", box_format="xyxy", activation="softmax"), 0,
+                          [spec([1, 2, 4]), spec([1, 2, 2])], 100, 50)
+    assert [(d.class_id, round(d.score, 4)) for d in soft.decode([boxes, two], 0.7)] == [(0, 0.8), (1, 0.75)]
+
+
+def test_raw_boxes_beyond_the_normalised_limit_are_pixels() -> None:
+    from edge_agent.tasks.detect import create_decoder
+
+    dec = create_decoder(_out(detection_format="raw_boxes", box_format="xyxy", activation="none"), 0,
+                         [spec([1, 1, 4]), spec([1, 1, 1])], 100, 50)
+    boxes = np.array([[[0.5, 0.5, 2.0, 1.0]]], np.float32)  # 2.0 > 1.5: input pixels, not scaled
+    assert dec.decode([boxes, np.array([[[0.9]]], np.float32)], 0.5)[0].box == (0.5, 0.5, 2.0, 1.0)
+
+
+def test_raw_boxes_outputs_without_batch_or_with_one_value() -> None:
+    from edge_agent.tasks.detect import create_decoder
+
+    bare = create_decoder(_out(detection_format="raw_boxes"), 3, [spec([10, 4]), spec([10, 3])], 100, 50)
+    assert (bare.box_i, bare.num_classes) == (0, 3)  # type: ignore[attr-defined]
+    single = create_decoder(_out(detection_format="raw_boxes"), 0, [spec([1, 1, 4]), spec([1])], 100, 50)
+    assert (single.box_i, single.num_classes) == (0, 1)  # type: ignore[attr-defined]
+    where = "detection_format 'raw_boxes' expects boxes [1, N, 4] and scores [1, N, C]"
+    assert _decoder_error({"detection_format": "raw_boxes"}, 0, [spec([1, 1, 4]), spec([])]) == (
+        f"output 1 has shape []; {where} with N = 1")
+
+
+def test_ssd_decoder_dequantises_boxes_and_scores() -> None:
+    from edge_agent.tasks.detect import create_decoder
+
+    anchors = {"num_layers": 1, "min_scale": 0.5, "max_scale": 0.5, "input_size_width": 2,
+               "input_size_height": 2, "feature_map_width": [2], "feature_map_height": [1]}
+    b, bs = _u8([[[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0]]], scale=1 / 64)
+    s, ss = _u8([[[0.25], [0.75]]])
+    dec = create_decoder(_out(detection_format="ssd_anchors", anchors=anchors), 1, [bs, ss], 100, 50)
+    # anchor 1 (centre 0.75, 0.5; 0.5 x 0.5) passes: raw codes would give 64 x the size and 192 as score
+    assert dec.decode([b, s], 0.5) == [Detection(0, 0.75, (50.0, 12.5, 100.0, 37.5), ())]
+
+
+def _detect_task(output: dict[str, Any], outputs: list[TensorSpec], labels: list[str]) -> Any:
+    in_spec = spec([1, 50, 100, 3])
+    m = manifest("detect", {"kind": "image", "width": 100, "height": 50}, output, outputs, [in_spec])
+    return create_task(m, labels, [in_spec], outputs)
+
+
+def test_detect_task_drops_classes_beyond_the_labels() -> None:
+    anchors = {"num_layers": 1, "min_scale": 0.5, "max_scale": 0.5, "input_size_width": 2,
+               "input_size_height": 2, "feature_map_width": [2], "feature_map_height": [1]}
+    # the model scores 3 classes (box_decoding.num_classes) but only 2 are labelled: class 2 is never published
+    task = _detect_task({"detection_format": "ssd_anchors", "anchors": anchors, "box_decoding": {"num_classes": 3}},
+                        [spec([1, 2, 4]), spec([1, 2, 3])], ["a", "b"])
+    frame = _frame(np.zeros((50, 100, 3), np.uint8))
+    _, transform = task.prepare(frame)
+    raw_boxes = np.zeros((1, 2, 4), np.float32)
+    raw_boxes[0, :, 2:] = 1.0
+    scores = np.array([[[0.1, 0.1, 0.9], [0.8, 0.1, 0.1]]], np.float32)
+    result = task.decode([raw_boxes, scores], frame, transform)
+    assert result is not None
+    assert result.body["detections"] == [{"label": "a", "score": 0.8, "box": [50.0, 12.5, 100.0, 37.5]}]
+
+
+def test_detect_task_drops_boxes_flat_in_x_and_keeps_tall_ones() -> None:
+    outputs = [spec([1, 2, 4]), spec([1, 2]), spec([1, 2]), spec([1])]
+    task = _detect_task({"detection_format": "tflite_postprocess"}, outputs, ["cat"])
+    frame = _frame(np.zeros((50, 100, 3), np.uint8))
+    _, transform = task.prepare(frame)
+    # yxyx, normalised: x0 == x1 (flat), then a box whose x1 (20 px) lies left of its y0 (40 px)
+    boxes = np.array([[[0.2, 0.5, 0.4, 0.5], [0.8, 0.1, 1.0, 0.2]]], np.float32)
+    result = task.decode([boxes, np.zeros((1, 2), np.float32), np.array([[0.9, 0.8]], np.float32),
+                          np.array([2.0], np.float32)], frame, transform)
+    assert result is not None
+    assert result.body["detections"] == [{"label": "cat", "score": 0.8, "box": [10.0, 40.0, 20.0, 50.0]}]
+
+
+def test_yolo_centres_decide_whether_boxes_are_normalised() -> None:
+    layout = yolo_layout([1, 5, 2], 1)
+    # centres at most 1.5 (the limit itself included) are normalised, whatever the widths
+    at_limit = _v8_table([0.9, 0.1], [[1.5, 0.5, 0.2, 0.2], [0.5, 0.5, 0.1, 0.1]])
+    dets = decode_yolo(at_limit, spec([1, 5, 2]), layout, 0.5, 0.5, 10, 100, 50)
+    assert dets[0].box == pytest.approx((140.0, 20.0, 160.0, 30.0))
+    wide = _v8_table([0.9, 0.1], [[0.5, 0.5, 2.0, 1.0], [0.5, 0.5, 0.1, 0.1]])
+    dets = decode_yolo(wide, spec([1, 5, 2]), layout, 0.5, 0.5, 10, 100, 50)
+    assert dets[0].box == pytest.approx((-50.0, 0.0, 150.0, 50.0))
+
+
+def test_quantised_floor_ignores_the_scale_of_a_float_output() -> None:
+    assert _quantised_floor(0.5, spec([1], "float32", 0.25, 3), "none") == 0.5
+
+
+def test_yolo_v5_objectness_equal_to_the_threshold_passes() -> None:
+    raw = np.array([[[20, 20, 10, 10, 0.5, 1.0]]], dtype=np.float32)  # objectness 0.5 x class 1.0
+    dets = decode_yolo(raw, spec([1, 1, 6]), yolo_layout([1, 1, 6], 1), 0.5, 0.5, 10, 100, 100)
+    assert [(d.class_id, d.score) for d in dets] == [(0, 0.5)]
