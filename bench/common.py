@@ -245,7 +245,7 @@ def write_docs() -> Path:
         "Each section says which figures come from the real agent (`edge-agent run`) and which are "
         "component figures. A `+dirty` commit means the figures were measured on a working tree with "
         "uncommitted changes on top of that commit. Tests never assert timings; the README's figures are "
-        "checked against these results by `tests/unit/test_bench_claims.py`.\n\n"
+        "checked against these results by `tests/unit/bench/test_claims.py`.\n\n"
         + "\n".join(sections)
     )
     out = ROOT / "docs" / "benchmarks.md"

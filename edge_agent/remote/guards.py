@@ -2,7 +2,7 @@
 
 Commands are hostile input. Nothing here runs a command; it decides whether one
 may run and, if not, the reason that goes into the rejected ack.
-``tests/unit/test_commands_fuzz.py`` holds an independent model of these rules.
+``tests/unit/remote/test_handler_fuzz.py`` holds an independent model of these rules.
 """
 
 from __future__ import annotations

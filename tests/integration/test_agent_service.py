@@ -23,7 +23,7 @@ from edge_agent.store import pidfile as store_pidfile
 from tests.fixtures_ssh import BundleSet, DeployKeys
 from tests.integration.agent_helpers import agent_env
 from tests.integration.mjpeg import MjpegServer
-from tests.unit.test_sdnotify import HANG, FakeSystemd, wait_for_true
+from tests.unit.agent.test_sdnotify import HANG, FakeSystemd, wait_for_true
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,7 +18,7 @@ import pytest
 from deploy.broker import Mosquitto
 from tests.integration.agent_helpers import ROOT, agent_env
 from tests.integration.test_agent import colour_folder, models  # noqa: F401 - fixtures
-from tests.unit.test_sdnotify import HANG, FakeSystemd, wait_for_true
+from tests.unit.agent.test_sdnotify import HANG, FakeSystemd, wait_for_true
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,7 @@ from edge_agent.messaging.publishers import create_publisher
 from edge_agent.messaging.publishers.mqtt import MqttPublisher
 from edge_agent.remote.inbox import attach_inbox
 from tests.fixtures_mqtt import FPS
-from tests.unit.test_commands_fuzz import CommandModel, hostile, ping_outcome
+from tests.unit.remote.test_handler_fuzz import CommandModel, hostile, ping_outcome
 
 pytestmark = pytest.mark.integration
 
@@ -194,7 +194,7 @@ def test_hostile_commands_to_the_real_agent(mqtt_broker, start_agent, collector_
     root = f"edge/v1/{unique_id}"
     operator, agent = _agent_with_command_limit(mqtt_broker, start_agent, collector_factory, unique_id, tmp_path,
                                                 AGENT_COMMAND_RATE, AGENT_COMMAND_BURST)
-    # The oracle: the written rules (tests/unit/test_commands_fuzz.py), not the handler's code. The
+    # The oracle: the written rules (tests/unit/remote/test_handler_fuzz.py), not the handler's code. The
     # sender stays under the agent's rate limit, so the model has none: a rate_limited ack disagrees.
     model = CommandModel({"ping": ping_outcome})
     sent: list[tuple[str, bytes, bool, str]] = []

@@ -28,7 +28,7 @@ from edge_agent.store import probation as store_probation
 from edge_agent.util.fs import sha256_file
 from tests.fixtures_ssh import BundleSet, DeployKeys
 
-CRASHING_RUNTIME = Path(__file__).resolve().parents[1] / "crashing_runtime"
+CRASHING_RUNTIME = Path(__file__).resolve().parents[2] / "crashing_runtime"
 
 
 @pytest.fixture
