@@ -16,9 +16,11 @@ from typing import Any, ClassVar
 
 import pytest
 
+from edge_agent.agent.agent import Agent
+from edge_agent.config import AgentConfig
 from edge_agent.control import ProbeSample
 from edge_agent.errors import EdgeError
-from edge_agent.model.bundle import MANIFEST, read_bundle
+from edge_agent.model.bundle import MANIFEST, MODEL, read_bundle
 from edge_agent.model.keys import generate_keypair, load_private_key
 from edge_agent.remote import ota
 from edge_agent.remote.download import DownloadError, download
@@ -26,6 +28,7 @@ from edge_agent.remote.ota import OtaError, OtaUpdater, ProbationPolicy, UpdateR
 from edge_agent.remote.protocol import Ack, CommandContext, CommandError, Route
 from edge_agent.store import install as store_install
 from edge_agent.store import layout as store_layout
+from edge_agent.store import pidfile as store_pidfile
 from edge_agent.store import probation as store_probation
 from edge_agent.util.fs import sha256_file
 from tests.tiny_store import make_bundle, shared
@@ -594,3 +597,209 @@ def test_fixed_model_agent_refuses_with_the_active_model(env: Env, tmp_path: Pat
     assert ack.reason == (f"the agent runs the fixed model file {tmp_path / 'model.bundle'} (model.bundle / --bundle); "
                           "over-the-air updates need the model store: unset it")
     assert ack.result is not None and ack.result["active"]["bundle_sha256"] == sha256_file(env.v1)
+
+
+
+
+# --------------------------------------------------------------------------- survivors of the second mutation run
+
+
+def _agent(tmp_path: Path) -> Agent:
+    """An agent that is never started: OTA's model host, with its own updater."""
+    return Agent(AgentConfig.model_validate({"state_dir": str(tmp_path / "state"), "model": {}}))
+
+
+def test_agent_probe_defaults_for_missing_counters(tmp_path: Path) -> None:
+    # was AgentHost.probe: Agent.probe() builds the sample from a HealthRecord of the stats snapshot
+    from types import SimpleNamespace
+
+    snap = {"errors": 2, "latency_ms": {"invoke": {"p95": 4}}}  # no frames inferred yet
+    agent = _agent(tmp_path)
+    agent.stats = SimpleNamespace(snapshot=lambda: snap)  # type: ignore[assignment]
+    assert agent.probe() == ProbeSample(0, 2, 4.0)
+
+
+def test_the_agents_updater_wraps_the_agent_itself(tmp_path: Path) -> None:
+    # was updater_for(control): the Agent owns its updater, whose host is the agent itself
+    agent = _agent(tmp_path)
+    updater = agent.updater
+    assert isinstance(updater, OtaUpdater) and updater.host is agent
+
+
+def _manifest_identity(bundle: Path) -> str:
+    return hashlib.sha256(read_bundle(bundle, require_signature=False).manifest_bytes).hexdigest()
+
+
+def test_acks_carry_the_command_id(env: Env, tmp_path: Path) -> None:
+    state = env.store(tmp_path)
+    updater = OtaUpdater(Host(state, env.public))
+    assert updater.rollback("r0").id == "r0"  # refused: no previous model
+    assert updater.update(env.request(env.v2), "u1", lambda a: None).id == "u1"
+    already = updater.update(env.request(env.v2), "u2", lambda a: None)
+    assert (already.id, already.reason) == ("u2", "already active")
+    back = ota._cmd_rollback(_ctx(Control(updater), {}))
+    assert (back.id, back.status) == ("c1", "succeeded")
+    failed = _probation_failure(env, tmp_path / "p", lambda n: ProbeSample(3, 2 + 5 * n, None))
+    assert failed.id == "u1"
+
+
+def test_a_foreign_bundle_is_named_by_twelve_hex_digits(env: Env, tmp_path: Path) -> None:
+    host = Host(env.store(tmp_path), env.public)
+    host.report_identity = "f" * 64
+    ack = OtaUpdater(host).update(env.request(env.v2), "u1", lambda a: None)
+    new, old = _manifest_identity(env.v2)[:12], _manifest_identity(env.v1)[:12]
+    assert ack.reason == (f"the running agent reports bundle ffffffffffff, not the installed bundle {new} (manifest "
+                          f"sha256); rolled back on disk but the running agent reports bundle ffffffffffff, not the "
+                          f"installed bundle {old} (manifest sha256)")
+
+
+def test_stale_downloads_that_cannot_be_removed_are_left(env: Env, tmp_path: Path) -> None:
+    state = env.store(tmp_path)
+    (state / ota.DOWNLOADS / "stuck").mkdir(parents=True)  # unlink() fails on a directory
+    ack = OtaUpdater(Host(state, env.public)).update(env.request(env.v2), "u1", lambda a: None)
+    assert ack.status == "succeeded", ack.reason
+    assert [p.name for p in (state / ota.DOWNLOADS).iterdir()] == ["stuck"]
+
+
+def test_probation_waits_between_probes_until_the_deadline(env: Env, tmp_path: Path) -> None:
+    state = env.store(tmp_path)
+    host = Host(state, env.public, lambda n: ProbeSample(0, 0, None))
+    ack = OtaUpdater(host).update(env.request(env.v2, probation_s=0.3), "u1", lambda a: None)
+    assert ack.status == "succeeded", ack.reason
+    assert host._probe_count >= 3  # the baseline, then a probe per tick: it slept in between
+
+
+def test_failure_acks_describe_the_current_link_without_rehashing(env: Env, tmp_path: Path) -> None:
+    """The ``active`` of an ack is the store's current link, read shallowly: a failed download does not
+    re-hash the running model (a damaged model file is the smoke test's and the agent's business)."""
+    state = env.store(tmp_path)
+    model = store_layout.active_model(state)
+    assert model is not None
+    weights = model.directory / MODEL
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # same size, other content: only a deep check (a re-hash) sees it
+    weights.write_bytes(bytes(data))
+    bad = parse_update_args({"url": f"file://{env.v2}", "sha256": SHA, "size": env.v2.stat().st_size})
+    ack = OtaUpdater(Host(state, env.public)).update(bad, "u1", lambda a: None)
+    assert ack.status == "failed" and ack.result is not None
+    assert ack.result["active"]["bundle_sha256"] == sha256_file(env.v1)
+
+
+_FAKE_AGENT = """
+import signal, sys  # stands in for the edge agent: its command line must mention edge
+signal.signal(signal.SIGHUP, lambda *a: (sys.stdout.write("HUP\\n"), sys.stdout.flush()))
+sys.stdout.write("ready\\n")
+sys.stdout.flush()
+sys.stdin.read()
+"""
+
+
+def test_ota_reloads_the_agent_itself_and_never_signals_it(env: Env, tmp_path: Path) -> None:
+    """OTA swaps the model through ModelHost.reload_model: the store must not also send the agent a
+    SIGHUP (a second reload), neither on install, on a rollback after probation, nor on the rollback command."""
+    import subprocess
+    import sys
+
+    state = env.store(tmp_path)
+    agent = subprocess.Popen([sys.executable, "-c", _FAKE_AGENT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert agent.stdout is not None and agent.stdout.readline() == "ready\n"
+        (state / store_pidfile.PID_FILE).write_text(f"{agent.pid}\n")
+        assert store_pidfile.read_agent_pid(state) == agent.pid  # it would be signalled if asked to
+        updater = OtaUpdater(Host(state, env.public))
+        assert updater.update(env.request(env.v2), "u1", lambda a: None).status == "succeeded"
+        assert updater.rollback("r1").status == "succeeded"
+        failing = OtaUpdater(Host(state, env.public, lambda n: ProbeSample(3, 2 + 5 * n, None)))
+        assert failing.update(env.request(env.v2, probation_s=600), "u2", lambda a: None).status == "failed"
+    finally:
+        out, _ = agent.communicate(input="", timeout=60)
+    assert out == ""  # after "ready": no HUP
+
+
+def test_the_update_worker_is_a_daemon_thread(tmp_path: Path) -> None:
+    """The agent can exit (e.g. on SIGTERM) while an update hangs: the worker must not keep it alive."""
+    seen: list[threading.Thread] = []
+
+    class FixedHost:  # refuses at once: the agent runs a fixed model file
+        bundle_key = None
+        fixed_model = tmp_path / "model.bundle"
+
+        @property
+        def state_dir(self) -> Path:
+            seen.append(threading.current_thread())
+            return tmp_path
+
+    updater = OtaUpdater(FixedHost())  # type: ignore[arg-type]
+    replies: list[Ack] = []
+    updater.start_update(UpdateRequest("file:///m", SHA, 1), "u1", replies.append)
+    updater.join(60)
+    assert [a.status for a in replies] == ["failed"]
+    assert seen and seen[0] is not threading.main_thread() and seen[0].daemon
+
+
+def test_join_gives_up_after_its_timeout(tmp_path: Path) -> None:
+    release = threading.Event()
+
+    class StuckHost:  # the update waits until released, then refuses (a fixed model file)
+        bundle_key = None
+        fixed_model = tmp_path / "model.bundle"
+
+        @property
+        def state_dir(self) -> Path:
+            assert release.wait(120)
+            return tmp_path
+
+    updater = OtaUpdater(StuckHost())  # type: ignore[arg-type]
+    updater.start_update(UpdateRequest("file:///m", SHA, 1), "u1", lambda a: None)
+    try:
+        updater.join(0.01)  # returns although the worker still runs
+        assert updater.busy
+    finally:
+        release.set()
+        updater.join(120)
+    assert not updater.busy
+
+
+def test_rollback_acks_in_detail(env: Env, tmp_path: Path) -> None:
+    fixed = Host(env.store(tmp_path / "f"), env.public)
+    fixed.fixed_model = tmp_path / "model.bundle"  # type: ignore[attr-defined]
+    assert OtaUpdater(fixed).rollback("r0") == Ack(
+        "r0", "failed", f"the agent runs the fixed model file {tmp_path / 'model.bundle'}; nothing to roll back")
+
+    state = env.store(tmp_path)
+    host = Host(state, env.public)
+    updater = OtaUpdater(host)
+    assert updater.update(env.request(env.v2), "u1", lambda a: None).status == "succeeded"
+    host.report_identity = "e" * 64
+    assert updater.rollback("r1").id == "r1"  # rolled back on disk, but the agent reports another bundle
+    host.report_identity = None
+
+    # the current link lost (a damaged store): the rollback still brings back the previous model
+    assert updater.rollback("r2").status == "succeeded"  # v2 active again, v1 previous
+    (state / store_layout.MODELS / store_layout.CURRENT).unlink()
+    spent: list[float] = []
+
+    def slow_reload() -> None:  # the reload takes at least 20 ms of the rollback
+        start = time.monotonic()
+        while time.monotonic() - start < 0.02:
+            time.sleep(0.005)
+        spent.append(time.monotonic() - start)
+
+    host.before_reload = slow_reload
+    before = time.monotonic()
+    ack = updater.rollback("r3")
+    elapsed = time.monotonic() - before
+    assert (ack.id, ack.status) == ("r3", "succeeded") and ack.result is not None
+    assert ack.result["previous"] is None and ack.result["active"]["bundle_sha256"] == sha256_file(env.v1)
+    ms = ack.result["rollback_ms"]
+    assert spent[0] * 1000 - 0.05 <= ms <= elapsed * 1000 + 0.05 and round(ms, 1) == ms
+
+
+def test_watch_probation_without_a_command_id(env: Env, tmp_path: Path) -> None:
+    state = env.store(tmp_path)
+    model = store_layout.active_model(state)
+    assert model is not None
+    assert OtaUpdater(Host(state, env.public)).watch_probation(model, 0.0) is None
+    probation = store_probation.read_probation(state)
+    assert probation is not None and probation.command_id == ""  # no command: none recorded

@@ -3,12 +3,17 @@ smoke child, but no TensorFlow: :mod:`tests.tiny_store` builds the models in mil
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+import types
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -548,7 +553,6 @@ def test_a_same_size_damaged_model_is_found_by_its_hash(installed: Path, tmp_pat
 
 
 def test_free_space_message_is_in_whole_mib(tmp_path: Path) -> None:
-    import re
 
     with pytest.raises(InstallError) as info:
         fs.check_free_space(tmp_path, shutil.disk_usage(tmp_path).free)
@@ -594,3 +598,870 @@ def test_bundle_size_bound_is_inclusive(installed: Path, tmp_path: Path, bundles
     again = store_install.install_model(bundles.v2, state, bundles.public)
     assert again.status == "already_active" and again.previous is not None
     assert again.previous.sha256 == sha256_file(bundles.v1)
+
+
+# --------------------------------------------------------------------------- fault injection
+# Faults are injected from the test only: a replaced os/tempfile/bundle function that fails the way a full
+# disk or a broken filesystem does, a bundle file changed between two steps, a smoke child that is a real
+# process dying of a signal. The shipped store has no switch for any of them.
+
+PASSING_SMOKE = 'echo "not json"; echo \'{"passed": true, "summary": "PASS: fake"}\''
+
+
+def _fake_python(monkeypatch: pytest.MonkeyPatch, directory: Path, body: str) -> Path:
+    """Make the store start ``body`` (a shell script) as its smoke child instead of the real interpreter.
+
+    The script's arguments are written one per line to the returned file, so a test can check them.
+    """
+    args = directory / "smoke-args.txt"
+    script = directory / "fake-python"
+    script.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {args}\nulimit -c 0\n{body}\n')
+    script.chmod(0o755)
+    view = types.SimpleNamespace(**{k: getattr(sys, k) for k in dir(sys) if not k.startswith("__")})
+    view.executable = str(script)
+    monkeypatch.setattr(store_install, "sys", view)
+    return args
+
+
+def _nospace(*_args: Any, **_kw: Any) -> Any:
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _store_entries(state: Path) -> set[str]:
+    return set(os.listdir(state / "models"))
+
+
+def test_a_smoke_child_killed_by_a_signal_is_a_crash(installed: Path, tmp_path: Path, bundles: Bundles,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    state = _copy_store(installed, tmp_path)
+    before = _store_entries(state)
+    args = _fake_python(monkeypatch, tmp_path, 'echo \'{"passed": true}\'; kill -SEGV $$')
+    err = _refused(state, bundles.v2, public_key=bundles.public, threads=3)
+    assert (err.step, str(err)) == ("smoke", "smoke test crashed the interpreter (SIGSEGV)")
+    assert _store_entries(state) == before  # nothing extracted, no link touched
+    copy_arg = args.read_text().splitlines()
+    # the child checks the private copy in tmp/, with the requested threads
+    assert copy_arg[:2] == ["-m", "edge_agent.model.smoke_child"] and copy_arg[3:] == ["--threads", "3"]
+    assert Path(copy_arg[2]).parent == state / "tmp" and Path(copy_arg[2]).name.startswith("incoming-")
+    assert Path(copy_arg[2]).name.endswith(".part")
+
+
+def test_smoke_child_output_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bundle = tmp_path / "any.bundle"
+
+    def outcome(body: str) -> str:
+        _fake_python(monkeypatch, tmp_path, body)
+        with pytest.raises(InstallError) as info:
+            store_install.run_smoke_child(bundle)
+        assert info.value.step == "smoke"
+        return str(info.value)
+
+    # the last JSON object on stdout is the report; other lines (and JSON that is no object) are skipped
+    _fake_python(monkeypatch, tmp_path, 'echo \'{"passed": false}\'; echo \'{"passed": true, "n": 1}\'; '
+                                        'echo "[1, 2]"; echo "{oops"')
+    assert store_install.run_smoke_child(bundle) == {"passed": True, "n": 1}
+    assert outcome('echo \'{"passed": true}\'; exit 1') == "smoke test failed: "  # exit code counts too
+    assert outcome('echo \'{"passed": false, "summary": "FAIL: s", "error": "e"}\'') == "smoke test failed: FAIL: s"
+    assert outcome('echo \'{"passed": false, "error": "no model"}\'; exit 1') == "smoke test failed: no model"
+    long = "x" * 290 + "0123456789abcdef"
+    assert outcome(f'echo "first line" >&2; echo "  {long}  " >&2; exit 3') == f"smoke test failed: {long[-300:]}"
+    assert outcome("kill -KILL $$") == "smoke test crashed the interpreter (SIGKILL)"
+    args = _fake_python(monkeypatch, tmp_path, PASSING_SMOKE)
+    assert store_install.run_smoke_child(bundle)["summary"] == "PASS: fake"
+    assert args.read_text().splitlines() == ["-m", "edge_agent.model.smoke_child", str(bundle), "--threads", "1"]
+
+
+def test_a_bundle_that_grows_or_shrinks_while_copied_is_refused(installed: Path, tmp_path: Path,
+                                                                bundles: Bundles,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    state = _copy_store(installed, tmp_path)
+    source = tmp_path / "changing.bundle"
+    size = bundles.v2.stat().st_size
+    real_mkstemp = tempfile.mkstemp
+    change: list[Any] = []
+
+    def mkstemp(*args: Any, **kw: Any) -> Any:
+        result = real_mkstemp(*args, **kw)
+        if kw.get("prefix") == "incoming-" and change:  # the size is known, the copy not begun
+            change.pop()(source)
+        return result
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    shutil.copy(bundles.v2, source)
+    change.append(lambda p: p.open("ab").write(b"more"))
+    err = _refused(state, source, public_key=bundles.public)
+    assert (err.step, str(err)) == ("copy", "bundle grew while it was copied")
+    shutil.copy(bundles.v2, source)
+    change.append(lambda p: os.truncate(p, size // 2))
+    err = _refused(state, source, public_key=bundles.public)
+    assert (err.step, str(err)) == ("copy", f"bundle changed while it was copied ({size // 2} != {size} bytes)")
+
+
+def test_a_bundle_of_several_blocks_is_copied_whole(installed: Path, tmp_path: Path, bundles: Bundles) -> None:
+    # more than one 1 MiB read: every block counts toward the size (a mutant counting only the last
+    # block would report "bundle changed while it was copied"); the file is no zip, so verify refuses it
+    state = _copy_store(installed, tmp_path)
+    big = tmp_path / "big.bundle"
+    big.write_bytes(b"\x01" * (3 * 1024 * 1024 // 2))
+    err = _refused(state, big, public_key=bundles.public)
+    assert err.step == "verify" and str(big) in str(err)
+
+
+def test_a_write_failure_while_copying_is_reported(installed: Path, tmp_path: Path, bundles: Bundles,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    state = _copy_store(installed, tmp_path)
+    real_fdopen = os.fdopen
+
+    class FullDisk:
+        def __init__(self, raw: Any) -> None:
+            self.raw = raw
+
+        def __enter__(self) -> FullDisk:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.raw.close()
+
+        def write(self, data: bytes) -> int:
+            _nospace()
+            return 0
+
+    def fdopen(fd: int, mode: str = "r", *args: Any, **kw: Any) -> Any:
+        raw = real_fdopen(fd, mode, *args, **kw)
+        return FullDisk(raw) if mode == "wb" else raw
+
+    monkeypatch.setattr(os, "fdopen", fdopen)
+    err = _refused(state, bundles.v2, public_key=bundles.public)  # _refused: tmp/ is empty again
+    assert (err.step, str(err)) == ("copy", "cannot copy bundle: No space left on device")
+
+
+def test_a_write_failure_while_extracting_leaves_the_store_as_it_was(installed: Path, tmp_path: Path,
+                                                                     bundles: Bundles,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    state = _copy_store(installed, tmp_path)
+    _fake_python(monkeypatch, tmp_path, PASSING_SMOKE)
+    before = _store_entries(state)
+    staged: list[Path] = []
+    real_extract = store_install.extract_bundle
+
+    def extract_then_fail(bundle: Any, directory: Path) -> None:
+        staged.append(directory)
+        assert directory.is_dir() and (directory.stat().st_mode & 0o777) == 0o755
+        real_extract(bundle, directory)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(store_install, "extract_bundle", extract_then_fail)
+    err = _refused(state, bundles.v2, public_key=bundles.public)  # staging removed: tmp/ is empty
+    assert (err.step, str(err)) == ("extract", "cannot write the model store: No space left on device")
+    assert _store_entries(state) == before
+    sha2 = sha256_file(bundles.v2)
+    # staged in tmp/ (same filesystem as models/), named after the bundle
+    assert staged[0].parent == state / "tmp"
+    assert re.fullmatch(rf"stage-{sha2[:16]}-[0-9a-f]{{8}}", staged[0].name)
+
+    def fail_plainly(bundle: Any, directory: Path) -> None:
+        raise OSError("disk gone")  # no errno: the message is the exception's text
+
+    monkeypatch.setattr(store_install, "extract_bundle", fail_plainly)
+    err = _refused(state, bundles.v2, public_key=bundles.public)
+    assert (err.step, str(err)) == ("extract", "cannot write the model store: disk gone")
+
+
+def test_a_model_directory_that_fails_its_check_after_extraction_is_an_error(
+        installed: Path, tmp_path: Path, bundles: Bundles, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    # an extraction that silently writes nothing: the final check of models/<sha>/ refuses it, the links stay,
+    # and the CLI reports the error with no install step (it is a BundleError, not an InstallError)
+    state = _copy_store(installed, tmp_path)
+    _fake_python(monkeypatch, tmp_path, PASSING_SMOKE)
+    monkeypatch.setattr(store_install, "extract_bundle", lambda bundle, directory: None)
+    before = _links(state)
+    assert agent_main(["install-model", str(bundles.v2), "--state-dir", str(state), "--json"]) == 2
+    out = json.loads(capsys.readouterr().out)
+    sha1, sha2 = sha256_file(bundles.v1), sha256_file(bundles.v2)
+    assert (out["ok"], out["step"], out["active"]["bundle_sha256"]) == (False, "", sha1)
+    assert out["error"] == f"{state / 'models' / sha2}: manifest missing or invalid (FileNotFoundError)"
+    assert _links(state) == before
+
+
+def test_a_damaged_copy_of_the_same_bundle_is_replaced(installed: Path, tmp_path: Path, bundles: Bundles,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    state = _copy_store(installed, tmp_path)
+    _fake_python(monkeypatch, tmp_path, PASSING_SMOKE)
+    sha1, sha2 = sha256_file(bundles.v1), sha256_file(bundles.v2)
+    store_install.install_model(bundles.v2, state, bundles.public)
+    store_install.rollback(state)  # current v1, previous v2 (kept on disk)
+    (state / "models" / sha2 / MODEL).write_bytes(b"damaged")
+    result = store_install.install_model(bundles.v2, state, bundles.public)
+    assert result.status == "installed" and _links(state) == {"current": sha2, "previous": sha1}
+    assert store_layout.load_model_dir(state / "models" / sha2).sha256 == sha2  # extracted again, intact
+    assert (state / "models" / sha2).stat().st_mode & 0o777 == 0o755
+    # an intact copy is reused as it is: nothing is extracted
+    store_install.rollback(state)
+    monkeypatch.setattr(store_install, "extract_bundle", _nospace)
+    assert store_install.install_model(bundles.v2, state, bundles.public).status == "installed"
+    assert _links(state) == {"current": sha2, "previous": sha1}
+
+
+def _failing_replace(monkeypatch: pytest.MonkeyPatch, link: Path) -> None:
+    """os.replace fails (EIO) when it would rename a new link over ``link``."""
+    real_replace = os.replace
+
+    def replace(src: Any, dst: Any, **kw: Any) -> None:
+        if Path(dst) == link:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_replace(src, dst, **kw)
+
+    monkeypatch.setattr(os, "replace", replace)
+
+
+def test_an_install_that_cannot_switch_links_keeps_the_active_model(installed: Path, tmp_path: Path,
+                                                                     bundles: Bundles,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # An install links `previous` before `current` (current_first=False): when the first rename fails,
+    # `current` must still name the old model (a mutant linking `current` first would activate the new model
+    # and still report a failure).
+    state = _copy_store(installed, tmp_path)
+    _fake_python(monkeypatch, tmp_path, PASSING_SMOKE)
+    sha1, sha2 = sha256_file(bundles.v1), sha256_file(bundles.v2)
+    _failing_replace(monkeypatch, state / "models" / "previous")
+    err = _refused(state, bundles.v2, public_key=bundles.public)
+    assert (err.step, str(err)) == ("swap", "cannot switch the model: Input/output error")
+    assert _links(state) == {"current": sha1}
+    assert store_layout.active_model(state).sha256 == sha1  # type: ignore[union-attr]
+    monkeypatch.undo()
+    _fake_python(monkeypatch, tmp_path, PASSING_SMOKE)
+    # the next install cleans the half-made link and the unused model directory, and succeeds
+    store_install.install_model(bundles.v2, state, bundles.public)
+    assert _links(state) == {"current": sha2, "previous": sha1}
+    assert _store_entries(state) == {"current", "previous", sha1, sha2}
+
+
+def test_a_rollback_that_cannot_switch_links_keeps_its_target_reachable(installed: Path, tmp_path: Path,
+                                                                        bundles: Bundles,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A rollback links `current` first: if that fails, `previous` must still name the rollback target
+    # (linking `previous` first would point both links at the model rolled back from).
+    state = _copy_store(installed, tmp_path)
+    _fake_python(monkeypatch, tmp_path, PASSING_SMOKE)
+    sha1, sha2 = sha256_file(bundles.v1), sha256_file(bundles.v2)
+    store_install.install_model(bundles.v2, state, bundles.public)
+    _failing_replace(monkeypatch, state / "models" / "current")
+    with pytest.raises(InstallError) as info:
+        store_install.rollback(state)
+    assert (info.value.step, str(info.value)) == ("swap", "cannot switch the model: Input/output error")
+    assert _links(state) == {"current": sha2, "previous": sha1}
+    monkeypatch.undo()
+    assert store_install.rollback(state).active.sha256 == sha1
+    assert _links(state) == {"current": sha1, "previous": sha2}
+    assert _store_entries(state) == {"current", "previous", sha1, sha2}  # the half-made link was cleaned
+
+
+def test_each_rename_is_made_durable_before_the_next_step(installed: Path, tmp_path: Path, bundles: Bundles,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # fsyncs are not observable without a power cut, so the test records them (by the path of the fd)
+    # together with every rename, and checks the order the store promises.
+    state = _copy_store(installed, tmp_path)
+    _fake_python(monkeypatch, tmp_path, PASSING_SMOKE)
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    sizes: dict[str, int] = {}
+
+    def fsync(fd: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        events.append(("fsync", path))
+        sizes[path] = os.fstat(fd).st_size  # what is on disk when it is synced
+        real_fsync(fd)
+
+    def replace(src: Any, dst: Any, **kw: Any) -> None:
+        events.append(("replace", f"{src} -> {dst}"))
+        real_replace(src, dst, **kw)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    store_probation.write_probation(state, Probation(sha256="x", started=0.0, until=time.time() + 60))
+    store_install.install_model(bundles.v2, state, bundles.public)
+    models = state / "models"
+    sha2 = sha256_file(bundles.v2)
+    synced = [path for kind, path in events if kind == "fsync"]
+    copies = [p for p in synced if re.fullmatch(rf"{state}/tmp/incoming-.*\.part", p)]
+    assert copies and sizes[copies[0]] == bundles.v2.stat().st_size  # the whole copy, flushed, then synced
+    # the end of the probation (an install ends it) is made durable too
+    assert ("fsync", str(state)) in events[max(i for i, e in enumerate(events) if e[0] == "replace"):]
+    renames = [i for i, (kind, _) in enumerate(events) if kind == "replace"]
+    into_models = [i for i in renames if re.search(rf" -> {models}/({sha2}|previous|current)$", events[i][1])]
+    assert len(into_models) == 3  # the model directory, then previous, then current
+    stage = events[into_models[0]][1].split(" -> ")[0]
+    before_stage = [p for kind, p in events[:into_models[0]] if kind == "fsync"]
+    assert f"{stage}/bundle.zip" in before_stage and stage in before_stage
+    for i in into_models:
+        later = [j for j in renames if j > i]
+        window = events[i + 1:later[0]] if later else events[i + 1:]
+        assert ("fsync", str(models)) in window, events[i]
+
+
+def test_the_store_lock_is_held_while_links_change(installed: Path, tmp_path: Path, bundles: Bundles,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    state = tmp_path / "fresh"  # no lock file yet: the store creates it
+    _fake_python(monkeypatch, tmp_path, PASSING_SMOKE)
+    lock = state / "store.lock"
+    seen: list[str] = []
+    real_replace = os.replace
+
+    def replace(src: Any, dst: Any, **kw: Any) -> None:
+        if Path(dst).name == "current":
+            fd = os.open(lock, os.O_RDONLY)
+            try:  # even a shared lock is refused while an install or rollback holds the store
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                seen.append("free")
+            except BlockingIOError:
+                seen.append("held")
+            finally:
+                os.close(fd)
+        real_replace(src, dst, **kw)
+
+    monkeypatch.setattr(os, "replace", replace)
+    store_install.install_model(bundles.v1, state, bundles.public)
+    store_install.install_model(bundles.v2, state, bundles.public)
+    store_install.rollback(state)
+    assert seen == ["held", "held", "held"]
+    assert lock.stat().st_mode & 0o777 == 0o644
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released after each call
+    finally:
+        os.close(fd)
+
+
+def test_a_store_in_a_new_directory_tree_is_created(tmp_path: Path, bundles: Bundles,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_python(monkeypatch, tmp_path, PASSING_SMOKE)
+    monkeypatch.setattr(store_layout, "SYSTEM_TRUSTED_KEY", tmp_path / "no-such.pub")
+    state = tmp_path / "a" / "b" / "state"
+    # no pinned key anywhere: an unsigned bundle is accepted
+    result = store_install.install_model(bundles.unsigned, state)
+    assert result.status == "installed" and _links(state) == {"current": sha256_file(bundles.unsigned)}
+    assert sorted(os.listdir(state)) == ["models", "store.lock", "tmp"]
+
+
+def test_the_default_state_dir_is_used_everywhere(installed: Path, tmp_path: Path, bundles: Bundles,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    state = _copy_store(installed, tmp_path)
+    _fake_python(monkeypatch, tmp_path, PASSING_SMOKE)
+    monkeypatch.setenv("STATE_DIRECTORY", str(state))
+    sha1, sha2 = sha256_file(bundles.v1), sha256_file(bundles.v2)
+    assert store_layout.active_model().sha256 == sha1  # type: ignore[union-attr]
+    assert store_layout.previous_model() is None
+    assert store_layout.store_status()["state_dir"] == str(state)
+    assert store_install.install_model(bundles.v2, public_key=str(bundles.public)).active.sha256 == sha2
+    assert store_layout.previous_model().sha256 == sha1  # type: ignore[union-attr]
+    assert store_install.rollback().active.sha256 == sha1
+    assert _links(state) == {"current": sha1, "previous": sha2}
+
+
+def test_an_install_signals_a_running_agent(installed: Path, tmp_path: Path, bundles: Bundles,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    state = _copy_store(installed, tmp_path)
+    _fake_python(monkeypatch, tmp_path, PASSING_SMOKE)
+    agent = _child("edge-agent", "run")
+    try:
+        store_pidfile.write_pid_file(state, agent.pid)
+        result = store_install.install_model(bundles.v2, state, bundles.public)
+        assert result.agent_signalled is True and result.to_json()["agent_signalled"] is True
+        assert agent.wait(timeout=60) == 7
+    finally:
+        agent.kill()
+        agent.wait()
+
+
+def test_leftover_symlinks_in_tmp_are_removed_not_followed(installed: Path, tmp_path: Path) -> None:
+    state = _copy_store(installed, tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("x")
+    os.symlink(outside, state / "tmp" / "stage-link")
+    with pytest.raises(InstallError):
+        store_install.rollback(state)  # nothing to roll back to, but tidied under the lock first
+    assert list((state / "tmp").iterdir()) == []
+    assert (outside / "keep").read_text() == "x"
+    assert store_layout.active_model(state) is not None
+
+
+def test_a_link_that_is_not_a_symlink_names_no_model(installed: Path, tmp_path: Path) -> None:
+    state = _copy_store(installed, tmp_path)
+    (state / "models" / "previous").write_text("not a link")
+    assert store_layout.previous_model(state) is None
+    assert store_layout.store_status(state)["previous"] is None
+
+
+def test_timings_are_milliseconds_rounded_to_two_places(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_install, "time", types.SimpleNamespace(perf_counter=lambda: 12.5))
+    assert store_install._ms_since(10.0) == 2500.0
+    model = store_layout.InstalledModel("a" * 64, Path("/nonexistent"), _audio_manifest(16000))
+    data = store_install.InstallResult(status="installed", active=model, previous=None,
+                                    timings_ms={"copy": 1.23456}).to_json()
+    assert (data["timings_ms"], data["smoke"], data["previous"], data["agent_signalled"]) == (
+        {"copy": 1.23}, {}, None, False)
+
+
+# --------------------------------------------------------------------------- files owned by the agent
+
+
+@pytest.mark.parametrize("owner", [(4321, 0), (0, 4322), (1, 0), (0, 1)])  # uid or gid 0 (or 1): not root:root
+def test_files_go_to_the_state_dir_owner_unless_it_is_root_root(store: Path, bundles: Bundles, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                owner: tuple[int, int]) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("only root hands files to another user")
+    _fake_python(monkeypatch, tmp_path, PASSING_SMOKE)
+    os.chown(store, *owner)
+    result = store_install.install_model(bundles.v1, store)
+    for path in (store / "models", result.active.directory / MODEL, store / "models" / "current"):
+        st = path.lstat()
+        assert (st.st_uid, st.st_gid) == owner, path
+    root_owned = tmp_path / "root-owned"
+    root_owned.mkdir()
+    os.chown(root_owned, 0, 0)
+    shutil.copy(bundles.public, root_owned / store_layout.TRUSTED_KEY)
+    result = store_install.install_model(bundles.v1, root_owned)
+    st = (result.active.directory / MODEL).lstat()
+    assert (st.st_uid, st.st_gid) == (0, 0)
+
+
+def test_files_of_a_vanished_state_dir_are_not_handed_over(tmp_path: Path) -> None:
+    # adopt cannot stat the state dir: it leaves the file alone (and raises nothing)
+    path = tmp_path / "f"
+    path.write_text("x")
+    before = path.lstat()
+    store_layout.adopt(path, tmp_path / "missing")
+    after = path.lstat()
+    assert (after.st_uid, after.st_gid) == (before.st_uid, before.st_gid)
+
+
+# --------------------------------------------------------------------------- the running agent, pid file
+
+
+def test_the_agent_never_signals_itself_and_removes_only_its_own_pid_file(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    agent = _child("edge-agent", "run")
+    try:
+        # this process is "the agent": its pid is the child's, whose command line names edge-agent
+        monkeypatch.setattr(os, "getpid", lambda: agent.pid)
+        path = store_pidfile.write_pid_file(tmp_path)
+        assert path.read_text() == f"{agent.pid}\n"
+        assert store_pidfile.signal_running_agent(tmp_path) is False
+        store_pidfile.remove_pid_file(tmp_path)
+        assert not path.exists()
+        store_pidfile.remove_pid_file(tmp_path)  # already gone: fine
+        monkeypatch.undo()
+        assert agent.poll() is None  # never signalled
+    finally:
+        agent.kill()
+        agent.wait()
+
+
+# --------------------------------------------------------------------------- probation
+
+
+def test_probation_defaults_and_the_exact_deadline(installed: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    state = _copy_store(installed, tmp_path)
+    model = store_layout.active_model(state)
+    assert model is not None
+    monkeypatch.setattr(store_probation, "time", types.SimpleNamespace(time=lambda: 1000.0,
+                                                                  perf_counter=time.perf_counter))
+    started = store_probation.start_probation(state, model, 50.0)
+    assert started == Probation(sha256=model.sha256, started=1000.0, until=1050.0, max_crashes=2, crashes=0,
+                                running=True, command_id="")
+    # at the deadline itself the model is still on probation: the unclean start is counted
+    monkeypatch.setattr(store_probation, "time", types.SimpleNamespace(time=lambda: 1050.0,
+                                                                  perf_counter=time.perf_counter))
+    assert store_probation.note_agent_start(state) is None
+    assert store_probation.read_probation(state).crashes == 1  # type: ignore[union-attr]
+    monkeypatch.setattr(store_probation, "time", types.SimpleNamespace(time=lambda: 1050.5,
+                                                                  perf_counter=time.perf_counter))
+    assert store_probation.note_agent_start(state) is None and store_probation.read_probation(state) is None
+
+
+def test_probation_rollback_at_agent_start_does_not_signal_an_agent(installed: Path, tmp_path: Path,
+                                                                    bundles: Bundles,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # the agent calls note_agent_start itself, before it loads a model: the rollback must not SIGHUP
+    # whatever process the pid file names
+    state = _copy_store(installed, tmp_path)
+    _fake_python(monkeypatch, tmp_path, PASSING_SMOKE)
+    result = store_install.install_model(bundles.v2, state, bundles.public)
+    store_probation.write_probation(state, Probation(sha256=result.active.sha256, started=0.0,
+                                                until=time.time() + 600, max_crashes=0, running=True))
+    agent = _child("edge-agent", "run")
+    try:
+        store_pidfile.write_pid_file(state, agent.pid)
+        back = store_probation.note_agent_start(state)
+        assert back is not None and back.active.sha256 == sha256_file(bundles.v1)
+        assert back.agent_signalled is False and agent.poll() is None
+    finally:
+        agent.kill()
+        agent.wait()
+
+
+def test_cli_models_shows_an_expired_probation_as_zero_seconds(installed: Path, tmp_path: Path, capsys) -> None:
+    state = _copy_store(installed, tmp_path)
+    model = store_layout.active_model(state)
+    assert model is not None
+    store_probation.write_probation(state, Probation(sha256=model.sha256, started=0.0, until=time.time() - 100,
+                                                crashes=2))
+    assert agent_main(["models", "--state-dir", str(state)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1:] == ["previous: none", "probation: 0 s left, 2 crash(es)"]
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def test_cli_threads_default_and_key_option(installed: Path, tmp_path: Path, bundles: Bundles,
+                                            monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    state = _copy_store(installed, tmp_path)
+    args = _fake_python(monkeypatch, tmp_path, PASSING_SMOKE)
+    assert agent_main(["install-model", str(bundles.v2), "--state-dir", str(state), "--public-key",
+                       str(bundles.public)]) == 0
+    assert args.read_text().splitlines()[3:] == ["--threads", "1"]
+    capsys.readouterr()
+    # the option's key is used: a bundle signed by another key is refused
+    assert agent_main(["install-model", str(bundles.other_key), "--state-dir", str(state), "--public-key",
+                       str(bundles.public), "--json"]) == 2
+    out = json.loads(capsys.readouterr().out)
+    assert out["step"] == "verify" and "does not verify" in out["error"]
+
+
+HELP = {
+    (): ["install-model verify, smoke-test and activate a model bundle",
+         "rollback activate the previous model again",
+         "models show the active and previous model"],
+    ("install-model",): [
+        "Install a bundle into the model store; the previous model is kept for rollback.",
+        "usage: edge-agent install-model [-h] [--state-dir STATE_DIR] [--public-key PUBLIC_KEY] "
+        "[--allow-new-input] [--no-downgrade] [--threads THREADS] [--json] BUNDLE",
+        "  --state-dir STATE_DIR  model store (default: the agent's, see edge-agent run --help)",
+        f"  --public-key PUBLIC_KEY  Ed25519 public key (PEM); default the pinned state-dir/trusted.pub or "
+        f"{store_layout.SYSTEM_TRUSTED_KEY}",
+        "  --allow-new-input     accept a model whose input differs from the active model's",
+        "  --no-downgrade        refuse a lower version of the active model",
+        "  --threads THREADS     interpreter threads for the smoke test",
+        "  --json                print the result as JSON on stdout",
+    ],
+    ("rollback",): ["  --state-dir STATE_DIR  model store (default: the agent's, see edge-agent run --help)",
+                    "  --json                print the result as JSON on stdout"],
+    ("models",): ["  --state-dir STATE_DIR  model store (default: the agent's, see edge-agent run --help)",
+                  "  --json                print the status as JSON on stdout"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(HELP))
+def test_cli_help_texts(command: tuple[str, ...], monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    # what `edge-agent [COMMAND] --help` prints is the commands' documentation
+    monkeypatch.setenv("COLUMNS", "300")
+    with pytest.raises(SystemExit) as info:
+        agent_main([*command, "--help"])
+    assert info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # however argparse wraps the lines
+    for expected in HELP[command]:
+        assert f" {' '.join(expected.split())} " in f" {text} ", (expected, text)
+
+
+def test_cli_install_options_and_outputs(installed: Path, tmp_path: Path, bundles: Bundles,
+                                         monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    state = _copy_store(installed, tmp_path)
+    args = _fake_python(monkeypatch, tmp_path, PASSING_SMOKE)
+    v1 = read_bundle(bundles.v1, require_signature=False).manifest.short_sha
+    v2 = read_bundle(bundles.v2, require_signature=False).manifest.short_sha
+    assert agent_main(["install-model", str(bundles.v2), "--state-dir", str(state), "--public-key",
+                       str(bundles.public), "--threads", "2"]) == 0
+    assert args.read_text().splitlines()[3:] == ["--threads", "2"]
+    assert capsys.readouterr().out == f"installed: active colours 1.10 ({v2}), previous colours 1.9 ({v1})\n"
+    # without --no-downgrade a lower version is accepted
+    assert agent_main(["install-model", str(bundles.older), "--state-dir", str(state), "--public-key",
+                       str(bundles.public), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["active"]["version"] == "1.2"
+    # a refusal on an empty store names no active model
+    empty = tmp_path / "empty"
+    assert agent_main(["install-model", str(bundles.other_key), "--state-dir", str(empty), "--public-key",
+                       str(bundles.public), "--json"]) == 2
+    out = json.loads(capsys.readouterr().out)
+    assert (out["ok"], out["step"], out["active"]) == (False, "verify", None)
+
+
+def test_cli_rollback_refusal_names_the_active_model(installed: Path, tmp_path: Path, bundles: Bundles,
+                                                     capsys) -> None:
+    state = _copy_store(installed, tmp_path)
+    assert agent_main(["rollback", "--state-dir", str(state), "--json"]) == 2
+    out = json.loads(capsys.readouterr().out)
+    assert (out["ok"], out["step"], out["active"]["bundle_sha256"]) == (False, "rollback", sha256_file(bundles.v1))
+
+
+def test_probation_start_check_is_shallow(installed: Path, tmp_path: Path) -> None:
+    # at agent start only sizes are checked (deep=False): a same-size damaged model on probation is still
+    # the model on probation, and its crash is counted (the agent's own load then finds the damage)
+    state = _copy_store(installed, tmp_path)
+    model = store_layout.active_model(state)
+    assert model is not None
+    store_probation.write_probation(state, Probation(sha256=model.sha256, started=0.0, until=time.time() + 600,
+                                                running=True))
+    model.model_path.write_bytes(b"\x00" * model.model_path.stat().st_size)
+    assert store_probation.note_agent_start(state) is None
+    probation = store_probation.read_probation(state)
+    assert probation is not None and (probation.crashes, probation.running) == (1, True)
+
+
+def test_a_pid_file_that_cannot_be_removed_is_left(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    agent = _child("edge-agent", "run")
+    try:
+        monkeypatch.setattr(os, "getpid", lambda: agent.pid)
+        path = store_pidfile.write_pid_file(tmp_path)
+
+        def read_only(self: Path, missing_ok: bool = False) -> None:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+        monkeypatch.setattr(Path, "unlink", read_only)
+        store_pidfile.remove_pid_file(tmp_path)  # a read-only filesystem: no exception at agent stop
+        monkeypatch.undo()
+        assert path.is_file()
+    finally:
+        agent.kill()
+        agent.wait()
+
+
+def test_the_free_space_needed_is_three_bundles_plus_the_margin(installed: Path, tmp_path: Path, bundles: Bundles,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # room for the incoming copy, the extracted members and the bundle kept in the model directory
+    state = _copy_store(installed, tmp_path)
+    _fake_python(monkeypatch, tmp_path, PASSING_SMOKE)
+    need = 3 * bundles.v2.stat().st_size + fs.FREE_SPACE_MARGIN
+    real_usage = shutil.disk_usage
+    free = [need - 1]
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real_usage(path)._replace(free=free[0]))
+    err = _refused(state, bundles.v2, public_key=bundles.public)
+    assert (err.step, str(err)) == ("copy", f"not enough free space in {state}: {(need - 1) // 1_048_576} MiB free, "
+                                            f"{need // 1_048_576} MiB needed")
+    free[0] = need
+    assert store_install.install_model(bundles.v2, state, bundles.public).status == "installed"
+
+
+def test_an_old_model_that_cannot_be_deleted_does_not_fail_the_install(installed: Path, tmp_path: Path,
+                                                                       bundles: Bundles,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    state = _copy_store(installed, tmp_path)
+    _fake_python(monkeypatch, tmp_path, PASSING_SMOKE)
+    sha1, sha2, sha3 = (sha256_file(b) for b in (bundles.v1, bundles.v2, bundles.v3))
+    store_install.install_model(bundles.v2, state, bundles.public)
+    real_rmdir = os.rmdir
+
+    def busy(path: Any, *args: Any, **kw: Any) -> None:
+        if Path(path).name == sha1:
+            raise OSError(errno.EBUSY, os.strerror(errno.EBUSY))
+        real_rmdir(path, *args, **kw)
+
+    monkeypatch.setattr(os, "rmdir", busy)
+    result = store_install.install_model(bundles.v3, state, bundles.public)
+    assert result.status == "installed" and _links(state) == {"current": sha3, "previous": sha2}
+
+
+@pytest.mark.parametrize("error", [ProcessLookupError, PermissionError])
+def test_an_agent_that_cannot_be_signalled_is_reported_as_not_signalled(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: type[OSError]) -> None:
+    agent = _child("edge-agent", "run")
+    try:
+        store_pidfile.write_pid_file(tmp_path, agent.pid)
+
+        def kill(pid: int, signum: int) -> None:
+            raise error(errno.ESRCH if error is ProcessLookupError else errno.EPERM, "refused")
+
+        monkeypatch.setattr(os, "kill", kill)  # the agent exits, or is another user's, just before the signal
+        assert store_pidfile.signal_running_agent(tmp_path) is False
+    finally:
+        monkeypatch.undo()
+        agent.kill()
+        agent.wait()
+
+
+def test_unreadable_probation_files_mean_no_probation(tmp_path: Path) -> None:
+    for text in ("{", "[]", '{"sha256": "x", "started": 0, "until": 1, "unknown": 2}'):
+        (tmp_path / "probation.json").write_text(text)
+        assert store_probation.read_probation(tmp_path) is None, text
+
+
+def test_the_system_key_is_used_when_none_is_pinned_in_the_store(tmp_path: Path, bundles: Bundles,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_layout, "SYSTEM_TRUSTED_KEY", bundles.public)
+    key = store_layout.resolve_public_key(tmp_path)
+    expected = store_layout.resolve_public_key(tmp_path, bundles.public)
+    assert key is not None and key.public_bytes_raw() == expected.public_bytes_raw()  # type: ignore[union-attr]
+
+
+def test_cli_threads_must_be_a_number(tmp_path: Path, bundles: Bundles, capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        agent_main(["install-model", str(bundles.v1), "--state-dir", str(tmp_path / "s"), "--threads", "two"])
+    assert info.value.code == 2
+    assert "argument --threads: invalid int value: 'two'" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()  # refused before the store is touched
+
+
+def test_only_new_files_are_handed_to_the_state_dir_owner(tmp_path: Path, bundles: Bundles,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # a model installed while the store was root's stays root's when a later install links it as
+    # `previous`: the new link is handed over, not the files it points at (adopt is not recursive by default)
+    if os.geteuid() != 0:
+        pytest.skip("only root hands files to another user")
+    _fake_python(monkeypatch, tmp_path, PASSING_SMOKE)
+    state = tmp_path / "state"
+    state.mkdir()
+    os.chown(state, 0, 0)
+    first = store_install.install_model(bundles.v1, state, bundles.public)
+    os.chown(state, 4321, 4322)
+    second = store_install.install_model(bundles.v2, state, bundles.public)
+    assert second.previous is not None and second.previous.sha256 == first.active.sha256
+    link, old_model = (state / "models" / "previous").lstat(), (first.active.directory / MODEL).lstat()
+    assert (link.st_uid, link.st_gid) == (4321, 4322)
+    assert (old_model.st_uid, old_model.st_gid) == (0, 0)
+
+
+def test_a_model_of_another_kind_is_named_by_its_kind(installed: Path) -> None:
+    current = store_layout.active_model(installed)
+    assert current is not None
+    with pytest.raises(InstallError) as info:
+        store_install._check_compatible(_audio_manifest(16000), current, False, True)
+    assert str(info.value) == ("the new model does not fit the active model's input (input shape [1, 1600] != "
+                               "[1, 16, 16, 3]; audio input instead of image); use --allow-new-input if the agent's "
+                               "source and config fit it")
+
+
+def test_a_staging_directory_that_cannot_be_made_is_a_store_error(installed: Path, tmp_path: Path,
+                                                                  bundles: Bundles,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # mkdir fails (a full disk): there is no staging directory to remove, and the error is still an InstallError
+    state = _copy_store(installed, tmp_path)
+    _fake_python(monkeypatch, tmp_path, PASSING_SMOKE)
+    real_mkdir = os.mkdir
+
+    def mkdir(path: Any, *args: Any, **kw: Any) -> None:
+        if Path(path).name.startswith("stage-"):
+            _nospace()
+        real_mkdir(path, *args, **kw)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    err = _refused(state, bundles.v2, public_key=bundles.public)
+    assert (err.step, str(err)) == ("extract", "cannot write the model store: No space left on device")
+
+
+def test_a_filesystem_that_refuses_chown_does_not_fail_the_install(store: Path, bundles: Bundles, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("only root hands files to another user")
+    _fake_python(monkeypatch, tmp_path, PASSING_SMOKE)
+    os.chown(store, 4321, 4322)
+
+    def refuse(*_args: Any) -> None:
+        raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
+    monkeypatch.setattr(os, "lchown", refuse)
+    result = store_install.install_model(bundles.v1, store)
+    assert result.status == "installed" and _links(store) == {"current": result.active.sha256}
+
+
+def test_a_probation_file_that_cannot_be_removed_is_left(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store_probation.write_probation(tmp_path, Probation(sha256="a" * 64, started=0.0, until=1.0))
+
+    def read_only(self: Path, missing_ok: bool = False) -> None:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(Path, "unlink", read_only)
+    store_probation.clear_probation(tmp_path)  # no exception: an install or rollback still finishes
+    monkeypatch.undo()
+    assert store_probation.read_probation(tmp_path) is not None
+
+
+def test_install_defaults_allow_downgrades_and_one_thread(installed: Path, tmp_path: Path, bundles: Bundles,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    state = _copy_store(installed, tmp_path)
+    args = _fake_python(monkeypatch, tmp_path, PASSING_SMOKE)
+    assert store_install.install_model(bundles.older, state, bundles.public).active.manifest.version == "1.2"
+    assert args.read_text().splitlines()[3:] == ["--threads", "1"]
+
+
+def _unlink_refused_for(monkeypatch: pytest.MonkeyPatch, refuse: Any) -> None:
+    """Path.unlink fails (EBUSY) for the paths ``refuse(path)`` selects."""
+    real_unlink = Path.unlink
+
+    def unlink(self: Path, missing_ok: bool = False) -> None:
+        if refuse(self):
+            raise OSError(errno.EBUSY, os.strerror(errno.EBUSY))
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+
+
+def test_leftovers_that_cannot_be_removed_do_not_block_an_install(installed: Path, tmp_path: Path,
+                                                                  bundles: Bundles,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    state = _copy_store(installed, tmp_path)
+    _fake_python(monkeypatch, tmp_path, PASSING_SMOKE)
+    os.symlink("nowhere", state / "models" / ".current.stuck.link")
+    (state / "tmp" / "stuck.part").write_bytes(b"x")
+    _unlink_refused_for(monkeypatch, lambda p: "stuck" in p.name)
+    assert store_install.install_model(bundles.v2, state, bundles.public).status == "installed"
+    assert (state / "tmp" / "stuck.part").exists() and (state / "models" / ".current.stuck.link").is_symlink()
+
+
+def test_an_incoming_copy_that_cannot_be_removed_does_not_fail_the_install(installed: Path, tmp_path: Path,
+                                                                           bundles: Bundles,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    state = _copy_store(installed, tmp_path)
+    _fake_python(monkeypatch, tmp_path, PASSING_SMOKE)
+    _unlink_refused_for(monkeypatch, lambda p: p.name.startswith("incoming-"))
+    assert store_install.install_model(bundles.v2, state, bundles.public).status == "installed"
+    assert [p.name.startswith("incoming-") for p in (state / "tmp").iterdir()] == [True]  # left for the next one
+    monkeypatch.undo()
+    _fake_python(monkeypatch, tmp_path, PASSING_SMOKE)
+    store_install.install_model(bundles.v3, state, bundles.public)
+    assert list((state / "tmp").iterdir()) == []
+
+
+def test_an_install_that_loses_the_race_to_create_the_store_goes_on(tmp_path: Path, bundles: Bundles,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # two installs start on a new store at once (the layout is made before the lock is taken): the other
+    # creates models/ between this one's check and its mkdir
+    _fake_python(monkeypatch, tmp_path, PASSING_SMOKE)
+    state = tmp_path / "state"
+    real_mkdir = os.mkdir
+
+    def mkdir(path: Any, *args: Any, **kw: Any) -> None:
+        if Path(path) == state / "models" and not Path(path).exists():
+            real_mkdir(path, *args, **kw)  # the other installer wins
+        real_mkdir(path, *args, **kw)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    assert store_install.install_model(bundles.v1, state, bundles.public).status == "installed"
+
+
+def test_the_deep_check_applies_to_both_links(installed: Path, tmp_path: Path, bundles: Bundles,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # a same-size damaged model passes the shallow (size) check only: status and rollback look deep,
+    # active_model looks as deep as asked, at `current` and at `previous` alike
+    state = _copy_store(installed, tmp_path)
+    _fake_python(monkeypatch, tmp_path, PASSING_SMOKE)
+    store_install.install_model(bundles.v2, state, bundles.public)
+    for link in ("current", "previous"):
+        model = state / "models" / os.readlink(state / "models" / link) / MODEL
+        model.write_bytes(b"\x00" * model.stat().st_size)
+    assert store_layout.store_status(state)["active"] is None and store_layout.previous_model(state) is None
+    assert store_layout.active_model(state) is None
+    (state / "models" / "current").unlink()
+    assert store_layout.active_model(state, deep=False).sha256 == sha256_file(bundles.v1)  # type: ignore[union-attr]
+
+
+def test_free_space_figures_are_whole_mebibytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mib = 1_048_576
+    real_usage = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real_usage(path)._replace(free=64 * mib))
+    with pytest.raises(InstallError) as info:
+        fs.check_free_space(tmp_path, 64 * mib)
+    assert str(info.value) == f"not enough free space in {tmp_path}: 64 MiB free, 80 MiB needed"
