@@ -11,7 +11,7 @@ import base64
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edge_agent.errors import ConfigError, SignatureError
+from edge_agent.errors import ConfigError, EdgeError, SignatureError
 from edge_agent.util.fs import atomic_write
 
 if TYPE_CHECKING:
@@ -43,46 +43,36 @@ def decode_public_key(data: bytes) -> object:
         raise ValueError(str(exc)) from exc
 
 
-def load_public_key(path: Path) -> Ed25519PublicKey:
-    """Load the Ed25519 public key that bundle signatures are verified with.
+def read_public_key(path: Path, error: type[EdgeError], what: str) -> Ed25519PublicKey:
+    """Read an Ed25519 public key file (PEM, OpenSSH or raw); every failure is one ``error`` line.
 
-    Raises:
-        SignatureError: the file is missing, unreadable as a key, or not Ed25519.
+    ``what`` names the key in the messages ("public key", "command public key").
     """
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError as exc:
-        raise SignatureError(f"public key {path} not found") from exc
+        raise error(f"{what} {path} not found") from exc
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
     try:
         key = decode_public_key(data)
     except ValueError as exc:
-        raise SignatureError(f"{path} is not a PEM public key: {exc}") from exc
+        raise error(f"{path} is not an Ed25519 public key: {exc}") from exc
     if not isinstance(key, Ed25519PublicKey):
-        raise SignatureError(f"{path} is not an Ed25519 public key")
+        raise error(f"{path} is not an Ed25519 public key")
     return key
+
+
+def load_public_key(path: Path) -> Ed25519PublicKey:
+    """The key bundle signatures are verified with (errors: :class:`SignatureError`)."""
+    return read_public_key(path, SignatureError, "public key")
 
 
 def load_command_public_key(path: Path) -> Ed25519PublicKey:
-    """Load the Ed25519 public key pinned for signed commands (a setting of the agent).
-
-    Raises:
-        ConfigError: the file is unreadable, not a key, or not Ed25519.
-    """
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read command public key {path}: {exc.strerror}") from exc
-    try:
-        key = decode_public_key(data)
-    except ValueError as exc:
-        raise ConfigError(f"{path} is not an Ed25519 public key: {exc}") from exc
-    if not isinstance(key, Ed25519PublicKey):
-        raise ConfigError(f"{path} is not an Ed25519 public key")
-    return key
+    """The key pinned for signed commands, a setting of the agent (errors: :class:`ConfigError`)."""
+    return read_public_key(path, ConfigError, "command public key")
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:

@@ -68,7 +68,7 @@ def test_key_errors_name_the_file_and_the_fix(tmp_path: Path) -> None:
     junk.write_text("not a key")
     assert _error(SignatureError, lambda: load_private_key(junk)).startswith(
         f"{junk} is not an unencrypted PEM private key: ")
-    assert _error(SignatureError, lambda: load_public_key(junk)).startswith(f"{junk} is not a PEM public key: ")
+    assert _error(SignatureError, lambda: load_public_key(junk)).startswith(f"{junk} is not an Ed25519 public key: ")
     other = ec.generate_private_key(ec.SECP256R1())
     ec_private, ec_public = tmp_path / "ec.pem", tmp_path / "ec.pub"
     ec_private.write_bytes(other.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,

@@ -195,7 +195,7 @@ def test_command_key_errors_name_the_file(tmp_path: Path) -> None:
     missing = tmp_path / "none.pub"
     with pytest.raises(ConfigError) as info:
         load_public_key(missing)
-    assert str(info.value) == f"cannot read command public key {missing}: No such file or directory"
+    assert str(info.value) == f"command public key {missing} not found"
     _, paths = _ed25519_files(tmp_path)
     sloppy = tmp_path / "sloppy.pub"
     text = paths["base64"].read_bytes().strip()

@@ -538,7 +538,7 @@ def test_unusable_state_dir_and_bad_pinned_key(tmp_path: Path, bundles: Bundles)
     (state / store_layout.TRUSTED_KEY).write_text("not a key")
     with pytest.raises(InstallError) as info:
         store_install.install_model(bundles.v1, state)
-    assert info.value.step == "verify" and "is not a PEM public key" in str(info.value)
+    assert info.value.step == "verify" and "is not an Ed25519 public key" in str(info.value)
 
 
 def test_a_same_size_damaged_model_is_found_by_its_hash(installed: Path, tmp_path: Path, bundles: Bundles) -> None:
