@@ -23,6 +23,9 @@ The model: 64x64 RGB in (``pixel / 255``), an 8x8 grid out (stride 8), each cell
 predicting an objectness logit, 2 class logits, the centre offset inside the cell
 (sigmoid) and log size relative to 32 px. The cell holding an object's centre is
 responsible for it (YOLO-style). The export heads are plain TF ops on that grid.
+
+The scenes and datasets are :mod:`converter.shapes_data`, the independent check
+:mod:`converter.shapes_eval`; this module trains, exports and writes ``OUT``.
 """
 
 from __future__ import annotations
@@ -30,176 +33,27 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
-LABELS = ["square", "circle"]
-SIZE = 64  # model input, square
-GRID = 8  # cells per side (stride 8)
-STRIDE = SIZE // GRID
-CELLS = GRID * GRID
-ANCHOR_PX = 32.0  # predicted size = ANCHOR_PX * exp(t)
-PAD = 114  # Ultralytics letterbox grey
-SSD_SCALE = 64.0  # x/y/w/h_scale of the MediaPipe box decoding
-TEST_W, TEST_H, N_TEST = 160, 120, 12
+from converter.shapes_data import (
+    ANCHOR_PX,
+    CELLS,
+    GRID,
+    LABELS,
+    PAD,
+    SIZE,
+    SSD_SCALE,
+    STRIDE,
+    make_test_set,
+    make_training_set,
+)
+from converter.shapes_eval import evaluate, output_shapes
+
 N_TRAIN, EPOCHS, BATCH = 2500, 24, 32
 SEED = 0
-
-
-@dataclass(frozen=True)
-class Shape:
-    """One drawn object: class index and box ``(x0, y0, x1, y1)`` in pixel-edge coordinates."""
-
-    class_id: int
-    box: tuple[float, float, float, float]
-
-    @property
-    def label(self) -> str:
-        return LABELS[self.class_id]
-
-
-# --------------------------------------------------------------------------- synthetic scenes
-
-
-def _luma(rgb: np.ndarray) -> float:
-    return float(0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2])
-
-
-def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
-    """Grey-ish background with a faint tint, a gentle gradient and (later) noise."""
-    base = rng.uniform(60, 200) + rng.uniform(-15, 15, size=3)
-    ramp_x = np.linspace(-1, 1, width)[None, :, None] * rng.uniform(-20, 20)
-    ramp_y = np.linspace(-1, 1, height)[:, None, None] * rng.uniform(-20, 20)
-    return np.broadcast_to(base + ramp_x + ramp_y, (height, width, 3)).astype(np.float32)
-
-
-def _contrasting_colour(rng: np.random.Generator, background: np.ndarray) -> tuple[int, int, int]:
-    bg = background.reshape(-1, 3).mean(axis=0)
-    while True:
-        colour = rng.integers(0, 256, size=3)
-        if abs(_luma(colour) - _luma(bg)) >= 60:
-            return int(colour[0]), int(colour[1]), int(colour[2])
-
-
-def _draw(image: np.ndarray, shape: Shape, colour: tuple[int, int, int]) -> None:
-    # cv2 works in pixel-centre coordinates with 4 fractional bits; the box is in edge coordinates.
-    f = 16
-    x0, y0, x1, y1 = shape.box
-    if shape.class_id == 0:
-        cv2.rectangle(image, (round((x0 + 0.5) * f), round((y0 + 0.5) * f)),
-                      (round((x1 - 0.5) * f), round((y1 - 0.5) * f)), colour, -1, cv2.LINE_AA, 4)
-    else:
-        cx, cy, r = (x0 + x1) / 2 - 0.5, (y0 + y1) / 2 - 0.5, (x1 - x0) / 2
-        cv2.circle(image, (round(cx * f), round(cy * f)), round(r * f), colour, -1, cv2.LINE_AA, 4)
-
-
-def _overlaps(box: tuple[float, ...], others: list[Shape], margin: float) -> bool:
-    return any(box[0] < o.box[2] + margin and o.box[0] < box[2] + margin
-               and box[1] < o.box[3] + margin and o.box[1] < box[3] + margin for o in others)
-
-
-def draw_scene(rng: np.random.Generator, width: int, height: int, n_objects: int, scale: float,
-               content: tuple[int, int, int, int] | None = None, noise: float = 6.0
-               ) -> tuple[np.ndarray, list[Shape]]:
-    """A uint8 RGB ``height x width`` scene with ``n_objects`` non-overlapping shapes.
-
-    Shapes are 14..30 px at ``scale`` 1 (sides of squares, diameters of circles),
-    placed inside ``content`` ``(x0, y0, x1, y1)``; outside it the image is the
-    letterbox grey (as the device's letterbox would leave it).
-    """
-    cx0, cy0, cx1, cy1 = content or (0, 0, width, height)
-    image = _background(rng, width, height)
-    image += rng.normal(0, noise, size=image.shape).astype(np.float32)
-    canvas = np.clip(image, 0, 255).astype(np.uint8)
-    shapes: list[Shape] = []
-    for _ in range(200):  # rejection sampling for a free spot
-        if len(shapes) == n_objects:
-            break
-        side = rng.uniform(14, 30) * scale
-        x0 = rng.uniform(cx0 + 1, cx1 - 1 - side)
-        y0 = rng.uniform(cy0 + 1, cy1 - 1 - side)
-        box = (x0, y0, x0 + side, y0 + side)
-        if _overlaps(box, shapes, margin=2 * scale):
-            continue
-        shape = Shape(int(rng.integers(0, 2)), box)
-        _draw(canvas, shape, _contrasting_colour(rng, image[int(y0):int(y0 + side), int(x0):int(x0 + side)]))
-        shapes.append(shape)
-    if content is not None:
-        grey = np.full_like(canvas, PAD)
-        grey[cy0:cy1, cx0:cx1] = canvas[cy0:cy1, cx0:cx1]
-        canvas = grey
-    return canvas, shapes
-
-
-def training_scene(rng: np.random.Generator) -> tuple[np.ndarray, list[Shape]]:
-    """A 64x64 scene, often with letterbox bands like a landscape (or portrait) camera frame gives."""
-    roll = rng.uniform()
-    content = (0, 0, SIZE, SIZE)
-    if roll < 0.5:
-        band = int(rng.integers(4, 13))
-        content = (0, band, SIZE, SIZE - band)
-    elif roll < 0.65:
-        band = int(rng.integers(4, 13))
-        content = (band, 0, SIZE - band, SIZE)
-    n_objects = 2 if rng.uniform() < 0.3 else 1
-    return draw_scene(rng, SIZE, SIZE, n_objects, 1.0, content=content, noise=float(rng.uniform(0, 10)))
-
-
-def letterbox(image: np.ndarray) -> tuple[np.ndarray, float, int, int]:
-    """Ultralytics-style centred letterbox to 64x64 with grey 114; returns (image, scale, off_x, off_y)."""
-    h, w = image.shape[:2]
-    scale = min(SIZE / w, SIZE / h)
-    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
-    interp = cv2.INTER_AREA if new_w < w and new_h < h else cv2.INTER_LINEAR
-    canvas = np.full((SIZE, SIZE, 3), PAD, dtype=np.uint8)
-    off_x, off_y = (SIZE - new_w) // 2, (SIZE - new_h) // 2
-    canvas[off_y:off_y + new_h, off_x:off_x + new_w] = cv2.resize(image, (new_w, new_h), interpolation=interp)
-    return canvas, scale, off_x, off_y
-
-
-def grid_targets(shapes: list[Shape]) -> np.ndarray:
-    """The (8, 8, 7) training target: obj, one-hot class (2), tx, ty (in-cell offsets), tw, th (log size)."""
-    target = np.zeros((GRID, GRID, 7), dtype=np.float32)
-    for s in shapes:
-        x0, y0, x1, y1 = s.box
-        cx, cy = (x0 + x1) / 2 / STRIDE, (y0 + y1) / 2 / STRIDE
-        col, row = min(int(cx), GRID - 1), min(int(cy), GRID - 1)
-        target[row, col, 0] = 1.0
-        target[row, col, 1 + s.class_id] = 1.0
-        target[row, col, 3:5] = (cx - col, cy - row)
-        target[row, col, 5:7] = np.log((x1 - x0) / ANCHOR_PX), np.log((y1 - y0) / ANCHOR_PX)
-    return target
-
-
-def make_training_set(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
-    images = np.empty((n, SIZE, SIZE, 3), dtype=np.uint8)
-    targets = np.empty((n, GRID, GRID, 7), dtype=np.float32)
-    for i in range(n):
-        images[i], shapes = training_scene(rng)
-        targets[i] = grid_targets(shapes)
-    return images, targets
-
-
-def make_test_set(rng: np.random.Generator, out: Path) -> dict[str, list[dict[str, Any]]]:
-    """12 landscape test images, one shape each (alternating classes), drawn at the source size."""
-    folder = out / "test_images"
-    folder.mkdir(parents=True, exist_ok=True)
-    scale = max(TEST_W, TEST_H) / SIZE  # source pixels per model pixel after letterboxing
-    truth: dict[str, list[dict[str, Any]]] = {}
-    for i in range(N_TEST):
-        while True:
-            image, shapes = draw_scene(rng, TEST_W, TEST_H, 1, scale, noise=8.0)
-            if shapes and shapes[0].class_id == i % 2:
-                break
-        name = f"shape_{i:02d}.png"
-        cv2.imwrite(str(folder / name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-        truth[name] = [{"label": s.label, "box": [round(v, 2) for v in s.box]} for s in shapes]
-    (out / "truth.json").write_text(json.dumps(truth, indent=1))
-    return truth
 
 
 # --------------------------------------------------------------------------- training
@@ -394,88 +248,6 @@ reverse_output_order = true
 '''
     return text
 
-
-# --------------------------------------------------------------------------- independent check
-
-
-def _run_tflite(path: Path, image: np.ndarray) -> list[np.ndarray]:
-    """Float outputs of a TFLite model for one uint8 64x64 RGB image, in the model's output order."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=str(path), num_threads=1)
-    interpreter.allocate_tensors()
-    inp = interpreter.get_input_details()[0]
-    x = image[None].astype(np.float32) / 255.0
-    if inp["dtype"] == np.int8:
-        scale, zero = inp["quantization"]
-        x = np.clip(np.round(x / scale + zero), -128, 127).astype(np.int8)
-    interpreter.set_tensor(inp["index"], x)
-    interpreter.invoke()
-    outs = []
-    for det in interpreter.get_output_details():
-        y = interpreter.get_tensor(det["index"])
-        if det["dtype"] == np.int8:
-            scale, zero = det["quantization"]
-            y = (y.astype(np.float32) - zero) * scale
-        outs.append(y.astype(np.float32))
-    return outs
-
-
-def output_shapes(path: Path) -> list[list[int]]:
-    """The model's output tensor shapes, in its output order."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    return [[int(v) for v in d["shape"]] for d in Interpreter(model_path=str(path)).get_output_details()]
-
-
-def decode_best(layout: str, outputs: list[np.ndarray]) -> tuple[int, np.ndarray, np.ndarray]:
-    """(class, normalised xyxy box, normalised keypoint) of the highest-scoring cell."""
-    if layout in ("v8", "v8_pixels"):
-        rows = outputs[0][0].T  # [N, 4 + C]
-        boxes, scores = rows[:, :4] / (SIZE if layout == "v8_pixels" else 1.0), rows[:, 4:]
-    elif layout == "v5":
-        rows = outputs[0][0]
-        boxes, scores = rows[:, :4], rows[:, 4:5] * rows[:, 5:]
-    else:
-        logits = next(o for o in outputs if o.shape[-1] == len(LABELS))[0]
-        raw = next(o for o in outputs if o.shape[-1] == 6)[0]
-        cols, rows_ = np.meshgrid(np.arange(GRID), np.arange(GRID))
-        ax, ay = (cols.reshape(-1) + 0.5) / GRID, (rows_.reshape(-1) + 0.5) / GRID
-        boxes = np.stack([raw[:, 0] / SSD_SCALE + ax, raw[:, 1] / SSD_SCALE + ay,
-                          raw[:, 2] / SSD_SCALE, raw[:, 3] / SSD_SCALE], axis=1)
-        keypoints = np.stack([raw[:, 4] / SSD_SCALE + ax, raw[:, 5] / SSD_SCALE + ay], axis=1)
-        scores = 1.0 / (1.0 + np.exp(-logits))
-    best = int(np.argmax(scores.max(axis=1)))
-    cx, cy, w, h = boxes[best]
-    keypoint = keypoints[best] if layout == "ssd" else np.array([cx, cy])
-    return int(np.argmax(scores[best])), np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]), keypoint
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> float:
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
-
-
-def evaluate(path: Path, layout: str, out: Path, truth: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
-    """Mean IoU of the best detection, label accuracy and worst keypoint error (source px) on the test images."""
-    ious, hits, kp_errors = [], [], []
-    for name, objects in sorted(truth.items()):
-        bgr = cv2.imread(str(out / "test_images" / name))
-        assert bgr is not None, name
-        boxed, scale, off_x, off_y = letterbox(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-        class_id, box, keypoint = decode_best(layout, _run_tflite(path, boxed))
-        offset = np.array([off_x, off_y, off_x, off_y], dtype=np.float32)
-        source_box = (box * SIZE - offset) / scale
-        ious.append(box_iou(source_box, np.asarray(objects[0]["box"])))
-        hits.append(LABELS[class_id] == objects[0]["label"])
-        t = objects[0]["box"]
-        kp = (keypoint * SIZE - offset[:2]) / scale
-        kp_errors.append(float(np.hypot(kp[0] - (t[0] + t[2]) / 2, kp[1] - (t[1] + t[3]) / 2)))
-    return {"iou": round(float(np.mean(ious)), 4), "min_iou": round(float(np.min(ious)), 4),
-            "accuracy": round(float(np.mean(hits)), 4), "max_keypoint_error": round(max(kp_errors), 2)}
 
 
 # --------------------------------------------------------------------------- main

@@ -32,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from converter.examples import ESPEAK_VOICES, _background, _seed_everything, _speak, _trim, _write_wav
+from converter.examples import _seed_everything
+from converter.keyword_data import ESPEAK_VOICES, _background, _speak, _trim, _write_wav
 from edge_agent.model.manifest import AudioPreprocess
 from edge_agent.preprocess import audio_features, resample
 

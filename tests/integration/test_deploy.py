@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy import cli
+from deploy import actions
 from edge_agent.store import install as store_install
 from edge_agent.store import layout as store_layout
 from edge_agent.util.fs import sha256_file
@@ -211,16 +211,16 @@ def test_install_agent_for_real_under_a_root(sshd_device: SshDevice, deploy_keys
                            capture_output=True, text=True, check=False)
     assert probe.stdout.strip() == "edge-deploy install-agent", probe.stderr
     unit = root / "etc/systemd/system/edge-agent.service"
-    assert unit.read_bytes() == cli.DEFAULT_UNIT_FILE.read_bytes() and _mode(unit) == 0o644
+    assert unit.read_bytes() == actions.DEFAULT_UNIT_FILE.read_bytes() and _mode(unit) == 0o644
     wants = root / "etc/systemd/system/multi-user.target.wants/edge-agent.service"
     assert wants.is_symlink() and os.readlink(wants).endswith("/edge-agent.service")  # enabled
     etc = root / "etc/edge-agent"
-    assert (etc / "config.toml").read_bytes() == cli.DEFAULT_CONFIG_FILE.read_bytes()
+    assert (etc / "config.toml").read_bytes() == actions.DEFAULT_CONFIG_FILE.read_bytes()
     assert _mode(etc / "config.toml") == 0o644
     assert (etc / "trusted.pub").read_bytes() == deploy_keys.public.read_bytes()
     assert _mode(etc / "credentials") == 0o700
     assert (etc / "credentials/mqtt-password").read_text() == "s3cret\n"
-    for name in cli.CREDENTIALS:
+    for name in actions.CREDENTIALS:
         assert _mode(etc / "credentials" / name) == 0o600, name
     assert (etc / "credentials/mqtt-client.key").read_bytes() == b""  # placeholder for LoadCredential=
     assert list(uploads.iterdir()) == []  # every uploaded file removed, the wheel too

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from deploy import cli
+from deploy import actions, cli
+from deploy.ssh import DeployError, HostResult, Ssh, Target, collect_targets, parse_target
 from edge_agent.errors import SignatureError
 from edge_agent.model.bundle import read_bundle
 from tests import deploy_helpers
@@ -38,13 +39,13 @@ def test_keygen_sign_and_verify(tmp_path: Path, test_bundles: BundleSet,
     [("pi@10.0.0.5", "pi@10.0.0.5", 22), ("pi@cam-1:2222", "pi@cam-1", 2222), ("cam", "cam", 22)],
 )
 def test_parse_target(text: str, host: str, port: int) -> None:
-    assert cli.parse_target(text, 22) == cli.Target(host, port)
+    assert parse_target(text, 22) == Target(host, port)
 
 
 @pytest.mark.parametrize("text", ["", "-oProxyCommand=x", "a b"])
 def test_parse_target_refuses(text: str) -> None:
-    with pytest.raises(cli.DeployError):
-        cli.parse_target(text, 22)
+    with pytest.raises(DeployError):
+        parse_target(text, 22)
 
 
 def test_keygen_needs_explicit_paths_and_never_overwrites(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -73,14 +74,14 @@ def test_keygen_needs_explicit_paths_and_never_overwrites(tmp_path: Path, monkey
 def test_hosts_file_and_dedup(tmp_path: Path) -> None:
     hosts = tmp_path / "hosts"
     hosts.write_text("# fleet\npi@a\n\npi@b:2200  # lab\npi@a\n")
-    targets = cli.collect_targets(["pi@c"], hosts, 22)
+    targets = collect_targets(["pi@c"], hosts, 22)
     assert [str(t) for t in targets] == ["pi@c", "pi@a", "pi@b:2200"]
-    with pytest.raises(cli.DeployError, match="no hosts"):
-        cli.collect_targets([], None, 22)
+    with pytest.raises(DeployError, match="no hosts"):
+        collect_targets([], None, 22)
 
 
 def test_ssh_options_are_safe() -> None:
-    ssh = cli.Ssh(cli.Target("pi@a", 2200), Path("/k"), Path("/kh"))
+    ssh = Ssh(Target("pi@a", 2200), Path("/k"), Path("/kh"))
     argv = ssh.ssh_argv("true")
     assert "BatchMode=yes" in argv and "StrictHostKeyChecking=accept-new" in argv
     assert "UserKnownHostsFile=/kh" in argv and argv[-2:] == ["pi@a", "true"]
@@ -92,11 +93,11 @@ def test_install_agent_steps(tmp_path: Path) -> None:
     parser = cli.build_parser()
     args = parser.parse_args(["install-agent", "--host", "pi@a", "--sudo", "--credentials-dir",
                               str(tmp_path)])
-    steps = cli.install_agent_steps(args)
+    steps = actions.install_agent_steps(args)
     commands = [s.command for s in steps if s.command]
     assert all(c.startswith("sudo -n ") for c in commands)
     uploads = [s.upload for s in steps if s.upload]
-    assert cli.DEFAULT_UNIT_FILE in uploads and cli.DEFAULT_CONFIG_FILE in uploads
+    assert actions.DEFAULT_UNIT_FILE in uploads and actions.DEFAULT_CONFIG_FILE in uploads
     assert steps[-1].description == "enable and start the service"
     assert any("credentials/mqtt-password (mode 0600)" in s.description for s in steps)
     assert not any("mqtt-client.key (mode" in s.description for s in steps)
@@ -105,8 +106,8 @@ def test_install_agent_steps(tmp_path: Path) -> None:
 
 def test_table() -> None:
     out = io.StringIO()
-    cli.print_table([cli.HostResult(cli.Target("pi@a"), True, "installed; active x 1 (abc)", "prev"),
-                     cli.HostResult(cli.Target("pi@bb", 2222), False, "upload failed", "refused")], out)
+    cli.print_table([HostResult(Target("pi@a"), True, "installed; active x 1 (abc)", "prev"),
+                     HostResult(Target("pi@bb", 2222), False, "upload failed", "refused")], out)
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("HOST") and "FAILED" in lines[2] and lines[2].startswith("pi@bb:2222")
 
@@ -132,9 +133,9 @@ def test_ota_commands_registered_with_the_mqtt_publisher() -> None:
 
 def test_device_commands_name_the_service_store_unless_told_otherwise() -> None:
     args = cli.build_parser().parse_args(["status", "--host", "pi@dev1"])
-    assert cli._agent_command(args, "models", "--json").endswith("models --json --state-dir /var/lib/edge-agent")
+    assert actions._agent_command(args, "models", "--json").endswith("models --json --state-dir /var/lib/edge-agent")
     args = cli.build_parser().parse_args(["status", "--host", "pi@dev1", "--state-dir", "/srv/edge store"])
-    assert cli._agent_command(args, "models").endswith("models --state-dir '/srv/edge store'")
+    assert actions._agent_command(args, "models").endswith("models --state-dir '/srv/edge store'")
 
 
 def test_install_agent_steps_under_a_root_remove_every_upload(tmp_path: Path) -> None:
@@ -146,7 +147,7 @@ def test_install_agent_steps_under_a_root_remove_every_upload(tmp_path: Path) ->
     args = cli.build_parser().parse_args([
         "install-agent", "--host", "pi@a", "--root", "/srv/image", "--upload-dir", "/var/tmp/up",
         "--package", str(wheel), "--credentials-dir", str(tmp_path), "--public-key", str(key)])
-    steps = cli.install_agent_steps(args)
+    steps = actions.install_agent_steps(args)
     for number, step in enumerate(steps):
         if step.upload is not None:
             # the step after an upload installs the file and removes it, whether it worked or not
@@ -166,11 +167,11 @@ def test_install_agent_steps_under_a_root_remove_every_upload(tmp_path: Path) ->
 
 def test_install_agent_default_paths_unchanged() -> None:
     args = cli.build_parser().parse_args(["install-agent", "--host", "pi@a"])
-    commands = "\n".join(s.command for s in cli.install_agent_steps(args) if s.command)
-    assert f" {cli.UNIT_PATH};" in commands and f"{cli.CONFIG_DIR}/config.toml" in commands
+    commands = "\n".join(s.command for s in actions.install_agent_steps(args) if s.command)
+    assert f" {actions.UNIT_PATH};" in commands and f"{actions.CONFIG_DIR}/config.toml" in commands
     assert "python3 -m venv /opt/edge-agent/venv" in commands
-    assert all(s.destination.startswith("/tmp/") for s in cli.install_agent_steps(args) if s.upload)
-    assert cli.install_agent_steps(args)[-1].command.endswith(
+    assert all(s.destination.startswith("/tmp/") for s in actions.install_agent_steps(args) if s.upload)
+    assert actions.install_agent_steps(args)[-1].command.endswith(
         "systemctl enable --now edge-agent && systemctl is-active edge-agent")
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from deploy.fleet import FleetState, SeqTracker, render_table
+from deploy.fleet import render_table
+from deploy.fleet_state import FleetState, SeqTracker
 
 
 def _msg(seq: int | None, session: str = "s1", boot: str = "b1", **body: Any) -> bytes:
