@@ -537,3 +537,33 @@ def test_desired_config_depth_and_unknown_fields() -> None:
     with pytest.raises(CommandError) as info:
         parse_desired(_desired(version=1, config={}, a=1, b=2, c=3, d=4, e=5, f=6, g=7))
     assert str(info.value) == "unknown field(s) in desired config: ['a', 'b', 'c', 'd', 'e']"
+
+
+def test_builtin_commands_describe_themselves() -> None:
+    """The descriptions are what an operator reads of each command (kills every mutant of them)."""
+    registry = command_registry(builtin_commands())
+    assert {name: spec.description for name, spec in registry.items()} == {
+        "ping": "answer with pong",
+        "reload": "re-read the configuration",
+        "set_config": "change runtime settings (validated, persisted)",
+        "snapshot": "publish the latest frame as JPEG on evt/snapshot",
+    }
+    assert not any(spec.privileged for spec in registry.values())
+
+
+def test_replay_cache_keeps_the_latest_expiry_of_an_id(tmp_path: Path) -> None:
+    """An id seen twice stays refused until the later of its two expiries, whether the second
+    sighting is live or read back from the file (guards `self._seen.get(cmd_id, …)`)."""
+    now = time.time()
+    cache = ReplayCache(max_entries=10)
+    cache.add("a", now + 200)
+    cache.add("a", now + 100)  # an earlier expiry must not shorten the first one
+    cache.prune(now + 150)
+    assert cache.seen("a")
+    path = tmp_path / "ids"
+    path.write_text(f"b {now + 200}\nb {now + 100}\n")
+    loaded = ReplayCache(path, max_entries=10)
+    loaded.prune(now + 150)
+    assert loaded.seen("b")
+    loaded.prune(now + 250)
+    assert not loaded.seen("b")

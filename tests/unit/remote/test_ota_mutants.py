@@ -803,3 +803,22 @@ def test_watch_probation_without_a_command_id(env: Env, tmp_path: Path) -> None:
     assert OtaUpdater(Host(state, env.public)).watch_probation(model, 0.0) is None
     probation = store_probation.read_probation(state)
     assert probation is not None and probation.command_id == ""  # no command: none recorded
+
+
+def test_rollback_ms_is_the_time_the_rollback_took(env: Env, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """With OTA's clock replaced, rollback_ms is exactly the elapsed milliseconds (kills a wrong scale)."""
+    state = env.store(tmp_path)
+    updater = OtaUpdater(Host(state, env.public))
+    assert updater.update(env.request(env.v2), "u1", lambda a: None).status == "succeeded"
+    readings = iter([100.0, 101.25])
+
+    class Clock:
+        @staticmethod
+        def monotonic() -> float:
+            return next(readings)
+
+    monkeypatch.setattr(ota, "time", Clock)
+    ack = updater.rollback("r1")
+    assert ack.status == "succeeded" and ack.result is not None
+    assert ack.result["rollback_ms"] == 1250.0
