@@ -822,3 +822,203 @@ def test_rollback_ms_is_the_time_the_rollback_took(env: Env, tmp_path: Path,
     ack = updater.rollback("r1")
     assert ack.status == "succeeded" and ack.result is not None
     assert ack.result["rollback_ms"] == 1250.0
+
+
+# --------------------------------------------------------------------------- survivors of the third mutation run
+
+
+def test_not_running_names_what_the_agent_reports() -> None:
+    expected = "ab" * 32
+    tail = ", not the installed bundle abababababab (manifest sha256)"
+    assert ota._not_running({"manifest_sha256": expected}, expected) is None
+    assert ota._not_running({"manifest_sha256": expected}, None) == "the installed model's manifest cannot be read"
+    assert ota._not_running({"manifest_sha256": "cd" * 32}, expected) == (
+        "the running agent reports bundle cdcdcdcdcdcd" + tail)
+    unidentified = "the running agent reports a bundle it does not identify" + tail
+    assert ota._not_running({}, expected) == unidentified  # no identity: not sliced as a string
+    assert ota._not_running({"manifest_sha256": ""}, expected) == unidentified  # an empty identity names nothing
+    assert ota._not_running({"manifest_sha256": 5}, expected) == unidentified  # type: ignore[dict-item]
+    assert ota._not_running(None, expected) == unidentified  # type: ignore[arg-type]  # not a dict: no .get
+    assert ota._not_running(["manifest_sha256"], expected) == unidentified  # type: ignore[arg-type]
+
+
+def test_describe_gives_no_identity_for_an_unreadable_manifest(env: Env, tmp_path: Path) -> None:
+    state = env.store(tmp_path)
+    model = store_layout.active_model(state)
+    assert model is not None
+    assert ota.describe(model)["manifest_sha256"] == _manifest_identity(env.v1)
+    (model.directory / MANIFEST).unlink()
+    described = ota.describe(model)
+    assert described["manifest_sha256"] is None  # None, not "": _not_running tells the two apart
+    assert described["bundle_sha256"] == sha256_file(env.v1)
+
+
+def test_url_length_limit_is_2048_characters() -> None:
+    longest = "http://h/" + "x" * (2048 - len("http://h/"))
+    assert len(longest) == 2048
+    assert parse_update_args({"url": longest, "sha256": SHA, "size": 1}).url == longest
+    with pytest.raises(CommandError) as info:
+        parse_update_args({"url": longest + "x", "sha256": SHA, "size": 1})
+    assert str(info.value) == "url must be a string"
+
+
+def test_signature_base64_is_decoded_strictly() -> None:
+    """Characters outside the base64 alphabet are refused, not skipped (b64decode's validate=True)."""
+    sig = base64.b64encode(bytes(range(64))).decode()
+    assert parse_update_args({"url": "file:///m", "sha256": SHA, "size": 1, "signature": sig}).signature == bytes(
+        range(64))
+    for junk in ("!" + sig, sig[:10] + "\n" + sig[10:], sig[:20] + "*" + sig[20:]):
+        with pytest.raises(CommandError) as info:
+            parse_update_args({"url": "file:///m", "sha256": SHA, "size": 1, "signature": junk})
+        assert str(info.value) == "signature must be base64 of a 64-byte Ed25519 signature"
+
+
+def test_update_into_a_state_dir_that_does_not_exist_yet(env: Env, tmp_path: Path) -> None:
+    """The downloads directory is made with its parents: the first update of a fresh device installs."""
+    state = tmp_path / "fresh" / "state"
+    ack = OtaUpdater(Host(state, env.public)).update(env.request(env.v1), "u1", lambda a: None)
+    assert (ack.id, ack.status, ack.reason) == ("u1", "succeeded", "colours 1.9 active, probation passed")
+    assert ack.result is not None and ack.result["previous"] is None
+    assert _active_sha(state) == sha256_file(env.v1)
+    assert list((state / ota.DOWNLOADS).iterdir()) == []
+
+
+def test_update_with_allow_new_input_installs_a_model_with_another_input(env: Env, tmp_path: Path) -> None:
+    key = load_private_key(env.private)
+    other = shared("ota-other-input", lambda d: make_bundle(d / "other.bundle", version="2.0", size=8, sign_key=key))
+    refused = OtaUpdater(Host(env.store(tmp_path / "a"), env.public)).update(env.request(other), "u1", lambda a: None)
+    assert refused.status == "failed" and refused.reason.startswith(
+        "verify: the new model does not fit the active model's input (")
+    state = env.store(tmp_path / "b")
+    ack = OtaUpdater(Host(state, env.public)).update(env.request(other, allow_new_input=True), "u2", lambda a: None)
+    assert (ack.status, ack.reason) == ("succeeded", "colours 2.0 active, probation passed")
+    assert _active_sha(state) == sha256_file(other)
+
+
+class TamperingHost(Host):
+    """Changes the downloaded file after download() checked it and before the store installs it (OTA
+    reads ``bundle_key`` in between): the store must check the command's size and sha256 again."""
+
+    def __init__(self, state_dir: Path, bundle_key: Path, tamper: Callable[[Path], None]) -> None:
+        super().__init__(state_dir, bundle_key)
+        self._key = bundle_key
+        self._tamper = tamper
+
+    @property  # type: ignore[override]
+    def bundle_key(self) -> Path:
+        for path in (self.state_dir / ota.DOWNLOADS).iterdir():
+            self._tamper(path)
+        return self._key
+
+    @bundle_key.setter
+    def bundle_key(self, value: Path | None) -> None:
+        pass
+
+
+def _flip_last_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_the_store_checks_the_downloaded_file_again(env: Env, tmp_path: Path) -> None:
+    """Guards expected_size= and expected_sha256= of install_model (left out or None)."""
+    request = env.request(env.v2)
+    size, sha = request.size, request.sha256
+
+    def grow(path: Path) -> None:
+        with path.open("ab") as out:
+            out.write(b"x")
+
+    for name, tamper, reason in [
+        ("grown", grow, f"copy: bundle is {size + 1} bytes, expected {size}"),
+        ("flipped", _flip_last_byte, None),
+    ]:
+        state = env.store(tmp_path / name)
+        ack = OtaUpdater(TamperingHost(state, env.public, tamper)).update(request, "u1", lambda a: None)
+        assert (ack.id, ack.status) == ("u1", "failed")
+        if reason is not None:
+            assert ack.reason == reason
+        else:
+            assert ack.reason.startswith("copy: sha256 mismatch: got ") and ack.reason.endswith(f", expected {sha}")
+        assert ack.result == {"active": ota.describe(store_layout.active_model(state))}  # type: ignore[arg-type]
+        assert _active_sha(state) == sha256_file(env.v1)
+
+
+def test_a_download_that_vanishes_before_the_install_fails_with_the_install_reason(
+        env: Env, tmp_path: Path) -> None:
+    """The cleanup after the install tolerates a download already gone (unlink's missing_ok=True): the
+    ack gives the store's reason, not the cleanup's FileNotFoundError."""
+    state = env.store(tmp_path)
+    ack = OtaUpdater(TamperingHost(state, env.public, Path.unlink)).update(env.request(env.v2), "u1", lambda a: None)
+    assert (ack.id, ack.status) == ("u1", "failed")
+    assert ack.reason.startswith(f"copy: bundle {state / ota.DOWNLOADS}/")
+    assert ack.reason.endswith(".bundle: No such file or directory")
+    assert _active_sha(state) == sha256_file(env.v1)
+
+
+def test_failure_acks_carry_the_command_id(env: Env, tmp_path: Path) -> None:
+    state = env.store(tmp_path / "download")
+    bad = parse_update_args({"url": f"file://{env.v2}", "sha256": SHA, "size": env.v2.stat().st_size})
+    ack = OtaUpdater(Host(state, env.public)).update(bad, "u1", lambda a: None)
+    assert (ack.id, ack.status) == ("u1", "failed")
+
+    host = Host(env.store(tmp_path / "reload"), env.public)
+    host.fail_reload = EdgeError("no")
+    ack = OtaUpdater(host).update(env.request(env.v2), "u2", lambda a: None)
+    assert (ack.id, ack.status) == ("u2", "failed")
+
+    host = Host(env.store(tmp_path / "identity"), env.public)
+    host.report_identity = "f" * 64
+    ack = OtaUpdater(host).update(env.request(env.v2), "u3", lambda a: None)
+    assert (ack.id, ack.status) == ("u3", "failed")
+
+
+def test_probation_checks_the_current_link_without_rehashing(env: Env, tmp_path: Path) -> None:
+    """Probation reads the current link shallowly (deep=False): damaged weights of the model on probation
+    are the agent's business (errors, crashes), not "the model was replaced"."""
+    state = env.store(tmp_path)
+    model = store_layout.active_model(state)
+    assert model is not None
+    _flip_last_byte(model.directory / MODEL)  # same size, other content: only a re-hash sees it
+    assert OtaUpdater(Host(state, env.public)).watch_probation(model, 0.0, "c1") is None
+
+
+class FakeClock:
+    """Stands in for OTA's ``time`` module: monotonic() only moves when OTA sleeps."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        assert len(self.sleeps) < 100, "probation never ended"
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+@pytest.mark.parametrize(
+    ("duration", "sleeps"),
+    [
+        (0.0, []),  # at the deadline at once (>=, not >)
+        (1.0, [0.25, 0.25, 0.25, 0.25]),  # one tick at a time, ends exactly at the deadline
+        (0.375, [0.25, 0.125]),  # the last wait is only what is left until the deadline
+    ],
+)
+def test_probation_ends_exactly_at_its_deadline(env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                duration: float, sleeps: list[float]) -> None:
+    """Guards `>=` of the deadline check and max(0.0, deadline - now) of the wait (a mutant waits a
+    full tick past the deadline, or never reaches it)."""
+    state = env.store(tmp_path)
+    model = store_layout.active_model(state)
+    assert model is not None
+    host = Host(state, env.public, lambda n: ProbeSample(0, 0, None))
+    clock = FakeClock()
+    monkeypatch.setattr(ota, "time", clock)
+    assert OtaUpdater(host).watch_probation(model, duration, "c1") is None
+    assert clock.sleeps == sleeps
+    assert clock.now == 1000.0 + duration
+    assert host._probe_count == 2 + len(sleeps)  # the baseline, then one probe per check
