@@ -27,20 +27,17 @@ def decode_public_key(data: bytes) -> object:
 
     Raises:
         ValueError: not a key in any of these formats.
+        cryptography.exceptions.UnsupportedAlgorithm: an OpenSSL build without the algorithm.
     """
-    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-    try:
-        if data.startswith(b"-----BEGIN"):
-            return serialization.load_pem_public_key(data)
-        if data.startswith(b"ssh-ed25519"):
-            return serialization.load_ssh_public_key(data)
-        raw = data if len(data) == ED25519_RAW_BYTES else base64.b64decode(data.strip(), validate=True)
-        return Ed25519PublicKey.from_public_bytes(raw)
-    except (TypeError, UnsupportedAlgorithm) as exc:
-        raise ValueError(str(exc)) from exc
+    if data.startswith(b"-----BEGIN"):
+        return serialization.load_pem_public_key(data)
+    if data.startswith(b"ssh-ed25519"):
+        return serialization.load_ssh_public_key(data)
+    raw = data if len(data) == ED25519_RAW_BYTES else base64.b64decode(data.strip(), validate=True)
+    return Ed25519PublicKey.from_public_bytes(raw)
 
 
 def read_public_key(path: Path, error: type[EdgeError], what: str) -> Ed25519PublicKey:
@@ -48,6 +45,7 @@ def read_public_key(path: Path, error: type[EdgeError], what: str) -> Ed25519Pub
 
     ``what`` names the key in the messages ("public key", "command public key").
     """
+    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     try:
@@ -58,7 +56,7 @@ def read_public_key(path: Path, error: type[EdgeError], what: str) -> Ed25519Pub
         raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
     try:
         key = decode_public_key(data)
-    except ValueError as exc:
+    except (ValueError, UnsupportedAlgorithm) as exc:
         raise error(f"{path} is not an Ed25519 public key: {exc}") from exc
     if not isinstance(key, Ed25519PublicKey):
         raise error(f"{path} is not an Ed25519 public key")

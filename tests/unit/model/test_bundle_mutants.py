@@ -77,6 +77,9 @@ def test_key_errors_name_the_file_and_the_fix(tmp_path: Path) -> None:
                                                           serialization.PublicFormat.SubjectPublicKeyInfo))
     assert _error(SignatureError, lambda: load_private_key(ec_private)) == f"{ec_private} is not an Ed25519 private key"
     assert _error(SignatureError, lambda: load_public_key(ec_public)) == f"{ec_public} is not an Ed25519 public key"
+    # a path that exists but cannot be read as a file (an OSError other than "not found")
+    assert _error(SignatureError, lambda: load_public_key(tmp_path)) == (
+        f"cannot read public key {tmp_path}: Is a directory")
 
 
 def test_key_pair_modes(keys: tuple[Path, Path]) -> None:
@@ -116,6 +119,25 @@ def test_failed_atomic_write_leaves_no_temp_file_and_the_old_content(tmp_path: P
         atomic_write(target, "not bytes")  # type: ignore[arg-type]
     assert [p.name for p in tmp_path.iterdir()] == ["file.bin"]
     assert target.read_bytes() == b"old"
+
+
+def test_failed_atomic_write_raises_the_first_error_when_its_temp_file_is_gone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fsync fails (EIO, what a dying SD card answers) and the temp file has already vanished:
+    the clean-up's own error must not hide the write error (guards the suppress(OSError))."""
+    real_fsync = os.fsync
+
+    def failing_fsync(fd: int) -> None:
+        os.unlink(os.readlink(f"/proc/self/fd/{fd}"))
+        raise OSError(5, "Input/output error")
+
+    target = tmp_path / "file.bin"
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(OSError) as info:
+        atomic_write(target, b"new")
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert info.value.errno == 5
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_sha256_file_reads_in_chunks(tmp_path: Path) -> None:
