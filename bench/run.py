@@ -8,7 +8,7 @@ import traceback
 
 from bench.common import write_docs
 
-BENCHES = ("bench.agent_pipeline", "bench.mqtt_outbox", "bench.model_update", "bench.detect")
+BENCHES = ("bench.agent_pipeline", "bench.mqtt_outbox", "bench.model_update", "bench.detect", "bench.soak")
 
 
 def main(argv: list[str] | None = None) -> int:
