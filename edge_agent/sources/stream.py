@@ -207,10 +207,15 @@ class _Watch:
     byte every few seconds holds ``urlopen`` (headers) or a snapshot body forever.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, sockets: list[socket.socket] | None = None) -> None:
         self._lock = threading.Lock()
-        self._sockets: list[socket.socket] = []
+        self._sockets: list[socket.socket] = list(sockets or [])
         self.fired = False
+
+    def renewed(self) -> _Watch:
+        """A new, unfired watch over the same sockets (a connection used for another exchange)."""
+        with self._lock:
+            return _Watch(self._sockets)
 
     def track(self, sock: socket.socket) -> None:
         with self._lock:
@@ -301,9 +306,9 @@ class StreamSource(ReconnectingSource):
         return state
 
     @contextlib.contextmanager
-    def _deadline(self) -> Iterator[None]:
-        """Within the block, the HTTP exchange must finish within the stall deadline."""
-        self._watch = watch = _Watch()
+    def _deadline(self, same_connection: bool = False) -> Iterator[None]:
+        """Within the block, the HTTP exchange (on a new connection or the open one) must finish in time."""
+        self._watch = watch = self._watch.renewed() if same_connection else _Watch()
         timer = threading.Timer(self._stall, watch.fire)
         timer.daemon = True
         timer.start()
@@ -369,9 +374,9 @@ class StreamSource(ReconnectingSource):
 
     def _snapshot(self) -> bytes:
         """One snapshot: its answer and body within the stall deadline, its size within the part limit."""
-        with self._deadline():
+        with self._deadline(same_connection=self._response is not None):
             if self._response is None:
-                self._response = self._open()
+                self._response = self._opener.open(self._url, timeout=self._timeout)
             data: bytes = self._response.read(self._max_part + 1)
         self._response.close()
         self._response = None
