@@ -24,7 +24,7 @@ MIN_RATE, MAX_RATE = 8000, 192000  # Hz: telephone to studio audio
 MAX_CHANNELS = 8
 MAX_SAMPLE_WIDTH = 4  # bytes: 8- to 32-bit PCM
 CHUNK_FRAMES = 16384  # frames read at a time: at most 512 KiB of 8-channel 32-bit PCM
-FIX = "convert it to PCM, e.g. `ffmpeg -i IN -ar 16000 -ac 1 -sample_fmt s16 OUT.wav`"
+FIX = "convert it, e.g. `ffmpeg -i IN -ar 16000 -ac 1 -sample_fmt s16 OUT.wav`"
 
 
 def _header_problem(handle: wave.Wave_read) -> str | None:
