@@ -2,9 +2,9 @@
 
 Several files play one after another; ``t_start_s`` counts from the start of
 the first file. The tail of each file is covered by one zero-padded window.
-Every file's header is checked at ``start()`` (rate, channels, sample width)
-before a sample is read, so a header cannot make the agent allocate what it
-declares (a rate of 1 Hz resampled to 16 kHz is a 16000-fold copy).
+Each file's header (rate, channels, sample width) is checked before a sample
+of it is read, the first one's at ``start()``, so a header cannot make the agent
+allocate what it declares (a rate of 1 Hz resampled to 16 kHz is a 16000-fold copy).
 """
 
 from __future__ import annotations
@@ -73,8 +73,10 @@ class WavSource(Source):
         self._index = 0
 
     def start(self) -> None:
-        for path in self._paths:  # every header now: a bad file is one line before any result
-            open_wav(path).close()
+        for path in self._paths:
+            if not path.is_file():
+                raise SourceError(f"WAV file {path} not found")
+        self._open_next()  # the first file's header errors show at start, not mid-run
         self._set_state("reading")
 
     def _open_next(self) -> bool:
