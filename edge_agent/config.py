@@ -126,8 +126,17 @@ class SourceSection(_Section):
     reconnect_min_s: float = Field(default=0.5, gt=0, le=60)
     reconnect_max_s: float = Field(default=10.0, gt=0, le=600)
     read_timeout_s: float = Field(
-        default=5.0, gt=0, le=600,
-        description="Live source silence before reconnect; one stream frame must also arrive within 3x this.")
+        default=5.0, gt=0, le=600, description="Live source silence before reconnect.")
+    stall_timeout_s: float | None = Field(
+        default=None, gt=0, le=3600,
+        description="A stream connected but without a complete frame this long is 'stalled' and reconnected "
+        "(default 3 x read_timeout_s).")
+    max_part_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=64 * 1024, le=256 * 1024 * 1024,
+        description="Largest stream frame (MJPEG part or snapshot) in bytes; a larger one is dropped.")
+    max_image_pixels: int = Field(
+        default=4096 * 4096, ge=64 * 64, le=16384 * 16384,
+        description="Largest image (width x height, read from its header) a stream or folder frame may declare.")
 
     def _check(self) -> None:
         if self.reconnect_max_s < self.reconnect_min_s:

@@ -56,13 +56,14 @@ def _video(uri: str, cfg: SourceSection, audio: AudioPreprocess | None) -> Sourc
 def _stream(uri: str, cfg: SourceSection, audio: AudioPreprocess | None) -> Source:
     from edge_agent.sources.stream import StreamSource
 
-    return StreamSource(uri, cfg.read_timeout_s, cfg.reconnect_min_s, cfg.reconnect_max_s)
+    return StreamSource(uri, cfg.read_timeout_s, cfg.reconnect_min_s, cfg.reconnect_max_s,
+                        cfg.stall_timeout_s, cfg.max_part_bytes, cfg.max_image_pixels)
 
 
 def _folder(uri: str, cfg: SourceSection, audio: AudioPreprocess | None) -> Source:
     from edge_agent.sources.folder import FolderSource
 
-    return FolderSource(uri, loop=cfg.loop)
+    return FolderSource(uri, loop=cfg.loop, max_pixels=cfg.max_image_pixels)
 
 
 def _need_audio(audio: AudioPreprocess | None, kind: str) -> AudioPreprocess:

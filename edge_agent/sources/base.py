@@ -4,13 +4,15 @@ A source yields :class:`Frame` (images, OpenCV BGR or grey uint8) or
 :class:`AudioWindow` (mono float32 at the model's rate, already cut into the
 model's sliding windows). ``read()`` returns the next item or None at the end
 of the stream; live sources retry (with jittered exponential backoff) inside
-``read()`` until stopped, and report their state via ``state()``.
+``read()`` until stopped, and report their state via ``state()``: a connected
+stream that delivers no complete frame within its stall deadline is "stalled".
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import threading
 import time
@@ -24,6 +26,36 @@ from edge_agent.errors import SourceError
 from edge_agent.util.backoff import Backoff
 
 log = logging.getLogger(__name__)
+
+WARNING_INTERVAL_S = 60.0  # one WARNING per source and interval for repeating failures
+
+
+class SourceStallError(SourceError):
+    """A live source is connected but no complete frame arrived in time (silent or trickling)."""
+
+
+class WarningLimiter:
+    """At most one WARNING per ``interval_s``, the next one counting those left out.
+
+    A hostile or broken peer can fail a source many times a second; the journal
+    gets one line a minute, not thousands.
+    """
+
+    def __init__(self, logger: logging.Logger, interval_s: float = WARNING_INTERVAL_S) -> None:
+        self._log, self._interval = logger, interval_s
+        self._next = -math.inf
+        self._left_out = 0
+
+    def warn(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            self._left_out += 1
+            return
+        if self._left_out:
+            message += " (and %d more since the last warning)"
+            args = (*args, self._left_out)
+        self._log.warning(message, *args)
+        self._next, self._left_out = now + self._interval, 0
 
 
 def import_cv2() -> Any:
@@ -84,6 +116,7 @@ class Source(ABC):
         self._errors = 0
         self._last_error: str | None = None
         self._connected_since: float | None = None
+        self._warnings = WarningLimiter(log)
 
     def start(self) -> None:  # noqa: B027 - optional hook
         """Open the device/file; raise SourceError when it cannot be used at all."""
@@ -111,8 +144,11 @@ class Source(ABC):
         }
 
     def _set_state(self, state: str, error: str | None = None) -> None:
-        if state != self._state:
-            log.info("source %s: %s%s", self.type_name, state, f" ({error})" if error else "")
+        """Change the reported state; an error is counted, kept and logged (rate-limited WARNING)."""
+        if error is not None:
+            self._warnings.warn("source %s: %s (%s)", self.type_name, state, error)
+        elif state != self._state:
+            log.info("source %s: %s", self.type_name, state)
         self._state = state
         if error is not None:
             self._errors += 1
@@ -153,22 +189,96 @@ class SlidingWindower:
         return [(self._start / self.rate, tail)]
 
 
+class StreamResampler:
+    """Linear-interpolation resampling of a stream fed in pieces.
+
+    Gives what :func:`edge_agent.preprocess.resample` gives for the whole signal
+    (output sample k sits at input position ``k * rate_in / rate_out``,
+    ``round(n_in * rate_out / rate_in)`` of them, the last held at the final input
+    sample) while holding only the few input samples the next outputs need.
+    """
+
+    def __init__(self, rate_in: int, rate_out: int) -> None:
+        if rate_in <= 0 or rate_out <= 0:
+            raise SourceError(f"cannot resample {rate_in} Hz to {rate_out} Hz")
+        self._rate_in, self._rate_out = rate_in, rate_out
+        self._step = rate_in / rate_out
+        self._tail = np.zeros(0, dtype=np.float32)  # input samples the next outputs may need
+        self._tail_start = 0  # stream index of _tail[0]
+        self._seen = 0  # input samples pushed
+        self.produced = 0  # output samples given
+
+    def _due(self) -> int:
+        """Outputs that exist for the input so far (never more than the whole signal will have)."""
+        return round(self._seen * self._rate_out / self._rate_in)
+
+    def _emit(self, end: int) -> np.ndarray:
+        positions = np.arange(self.produced, end, dtype=np.float64) * self._step
+        xp = np.arange(self._tail_start, self._seen, dtype=np.float64)
+        out: np.ndarray = np.interp(positions, xp, self._tail).astype(np.float32)
+        self.produced = max(self.produced, end)
+        keep = min(int(self.produced * self._step), self._seen - 1)  # left neighbour of the next output
+        if keep > self._tail_start:
+            self._tail = self._tail[keep - self._tail_start :]
+            self._tail_start = keep
+        return out
+
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        """The outputs whose input neighbours have now arrived."""
+        samples = samples.astype(np.float32, copy=False)
+        if self._rate_in == self._rate_out:
+            self._seen += samples.size
+            self.produced += samples.size
+            return samples
+        if samples.size == 0:
+            return np.zeros(0, dtype=np.float32)
+        self._tail = np.concatenate([self._tail, samples])
+        self._seen += samples.size
+        last = self._seen - 1
+        end = min(int(last / self._step) + 1, self._due())
+        while end > self.produced and (end - 1) * self._step > last:  # float rounding at the edge
+            end -= 1
+        return self._emit(max(end, self.produced))
+
+    def flush(self) -> np.ndarray:
+        """At the end of the stream: the outputs past the last input sample."""
+        if self._rate_in == self._rate_out or self._seen == 0:
+            return np.zeros(0, dtype=np.float32)
+        return self._emit(max(self._due(), self.produced))
+
+
 class ReconnectingSource(Source):
     """A live video source that reconnects with backoff after any failure.
 
     Subclasses implement ``_connect`` (raise SourceError on failure), ``_grab``
     (an image; None or SourceError with the reason when the connection failed)
     and ``_disconnect``. Failures never escape ``read()``: they are counted in
-    ``state()`` (``errors``, ``last_error``, ``reconnects``) and retried.
+    ``state()`` (``errors``, ``last_error``, ``reconnects``) and retried. A
+    :class:`SourceStallError` failure shows as state "stalled" until the next frame,
+    and so does a connection without a frame for ``stall_s`` (while ``_grab`` still waits).
     """
 
     live = True
 
-    def __init__(self, reconnect_min_s: float = 0.5, reconnect_max_s: float = 10.0) -> None:
+    def __init__(self, reconnect_min_s: float = 0.5, reconnect_max_s: float = 10.0,
+                 stall_s: float | None = None) -> None:
         super().__init__()
         self._backoff = Backoff(reconnect_min_s, reconnect_max_s)
+        self._stall_s = stall_s
+        self._progress_at = time.monotonic()  # last connect or frame
         self._connected = False
         self._index = 0
+
+    def state(self) -> dict[str, Any]:
+        state = super().state()
+        waited = time.monotonic() - self._progress_at
+        if self._stall_s is not None and state["state"] == "connected" and waited > self._stall_s:
+            state["state"] = "stalled"
+            state["last_error"] = f"no complete frame for {waited:.0f} s"
+        return state
+
+    def _failed(self, exc: SourceError) -> None:
+        self._set_state("stalled" if isinstance(exc, SourceStallError) else "reconnecting", str(exc))
 
     @abstractmethod
     def _connect(self) -> None: ...
@@ -185,26 +295,31 @@ class ReconnectingSource(Source):
                 try:
                     self._connect()
                 except SourceError as exc:
-                    self._set_state("reconnecting", str(exc))
+                    self._failed(exc)
                     self._stop.wait(self._backoff.next_delay())
                     continue
                 self._connected = True
                 self._connected_since = time.time()
-                self._set_state("connected")
+                self._progress_at = time.monotonic()
+                if self._state != "stalled":  # after a stall, only a frame shows the stream works again
+                    self._set_state("connected")
             start = time.perf_counter()
-            reason = "stream interrupted"
+            failure = SourceError("stream interrupted")
             try:
                 image = self._grab()
             except SourceError as exc:
-                image, reason = None, str(exc)
+                image, failure = None, exc
             if image is None:
                 self._disconnect()
                 self._connected = False
                 self._reconnects += 1
-                self._set_state("reconnecting", reason)
+                self._failed(failure)
                 self._stop.wait(self._backoff.next_delay())
                 continue
             self._backoff.reset()
+            self._progress_at = time.monotonic()
+            if self._state != "connected":  # a frame after a stall ends it
+                self._set_state("connected")
             frame = Frame(self._index, time.time(), image, time.perf_counter() - start)
             self._index += 1
             return frame

@@ -1,15 +1,17 @@
-"""A folder of images, in file-name order (every image once, or looping)."""
+"""A folder of images, in file-name order (every image once, or looping).
+
+Each image's size is read from its header first: one over the pixel limit is
+skipped (counted in ``errors``) without being decoded.
+"""
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 
 from edge_agent.errors import SourceError
 from edge_agent.sources.base import Frame, Item, Source, import_cv2
-
-log = logging.getLogger(__name__)
+from edge_agent.sources.imagesize import DEFAULT_MAX_PIXELS, check_image_size
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".webp", ".tif", ".tiff"})
 
@@ -22,10 +24,11 @@ class FolderSource(Source):
     type_name = "folder"
     live = False
 
-    def __init__(self, path: str, loop: bool = False) -> None:
+    def __init__(self, path: str, loop: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         super().__init__()
         self._dir = Path(path)
         self._loop = loop
+        self._max_pixels = max_pixels
         self._files: list[Path] = []
         self._pos = 0
         self._index = 0
@@ -55,10 +58,18 @@ class FolderSource(Source):
             path = self._files[self._pos]
             self._pos += 1
             start = time.perf_counter()
+            try:
+                with path.open("rb") as handle:
+                    check_image_size(handle, self._max_pixels, path.name)
+            except SourceError as exc:
+                self._set_state("reading", f"skipped {exc}")
+                continue
+            except OSError as exc:
+                self._set_state("reading", f"skipped {path.name}: {exc.strerror or exc}")
+                continue
             image = cv2.imread(str(path), cv2.IMREAD_COLOR)
             if image is None:
-                self._set_state("reading", f"cannot decode {path.name}")
-                log.warning("skipping %s: not a readable image", path)
+                self._set_state("reading", f"skipped {path.name}: cannot decode it")
                 continue
             frame = Frame(self._index, time.time(), image, time.perf_counter() - start)
             self._index += 1

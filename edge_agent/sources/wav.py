@@ -1,20 +1,58 @@
-"""WAV file(s): read whole, resampled to the model rate, cut into sliding windows.
+"""WAV file(s): streamed in bounded chunks, resampled to the model rate, cut into sliding windows.
 
 Several files play one after another; ``t_start_s`` counts from the start of
 the first file. The tail of each file is covered by one zero-padded window.
+Each file's header (rate, channels, sample width) is checked before a sample
+of it is read, the first one's at ``start()``, so a header cannot make the agent
+allocate what it declares (a rate of 1 Hz resampled to 16 kHz is a 16000-fold copy).
 """
 
 from __future__ import annotations
 
 import time
+import wave
 from collections import deque
 from pathlib import Path
 
 import numpy as np
 
 from edge_agent.errors import PreprocessError, SourceError
-from edge_agent.preprocess import read_wav, resample
-from edge_agent.sources.base import AudioWindow, Item, SlidingWindower, Source
+from edge_agent.preprocess import pcm_to_float
+from edge_agent.sources.base import AudioWindow, Item, SlidingWindower, Source, StreamResampler
+
+MIN_RATE, MAX_RATE = 8000, 192000  # Hz: telephone to studio audio
+MAX_CHANNELS = 8
+MAX_SAMPLE_WIDTH = 4  # bytes: 8- to 32-bit PCM
+CHUNK_FRAMES = 16384  # frames read at a time: at most 512 KiB of 8-channel 32-bit PCM
+FIX = "convert it, e.g. `ffmpeg -i IN -ar 16000 -ac 1 -sample_fmt s16 OUT.wav`"
+
+
+def _header_problem(handle: wave.Wave_read) -> str | None:
+    rate, channels, width = handle.getframerate(), handle.getnchannels(), handle.getsampwidth()
+    if not MIN_RATE <= rate <= MAX_RATE:
+        return f"sample rate {rate} Hz is outside {MIN_RATE}..{MAX_RATE} Hz"
+    if not 1 <= channels <= MAX_CHANNELS:
+        return f"{channels} channels (1 to {MAX_CHANNELS} supported)"
+    if not 1 <= width <= MAX_SAMPLE_WIDTH:
+        return f"samples of {width} bytes (1 to {MAX_SAMPLE_WIDTH} supported)"
+    return None
+
+
+def open_wav(path: Path) -> wave.Wave_read:
+    """``path`` opened for reading, its header checked; SourceError with one line otherwise."""
+    try:
+        handle = wave.open(str(path), "rb")  # noqa: SIM115 - handed open to the caller
+    except FileNotFoundError as exc:
+        raise SourceError(f"WAV file {path} not found") from exc
+    except OSError as exc:
+        raise SourceError(f"cannot read WAV file {path}: {exc.strerror or exc}") from exc
+    except (wave.Error, EOFError, ValueError) as exc:
+        raise SourceError(f"{path} is not a PCM WAV file ({exc or 'truncated header'}); {FIX}") from exc
+    problem = _header_problem(handle)
+    if problem is not None:
+        handle.close()
+        raise SourceError(f"WAV file {path}: {problem}; {FIX}")
+    return handle
 
 
 class WavSource(Source):
@@ -28,40 +66,61 @@ class WavSource(Source):
         self._rate, self._window, self._hop = sample_rate, window, hop
         self._pending: deque[tuple[float, np.ndarray]] = deque()
         self._file = 0
-        self._offset_s = 0.0
+        self._handle: wave.Wave_read | None = None
+        self._resampler: StreamResampler | None = None
+        self._windower: SlidingWindower | None = None
+        self._offset_s = 0.0  # start of the current file in the stream
         self._index = 0
 
     def start(self) -> None:
         for path in self._paths:
             if not path.is_file():
                 raise SourceError(f"WAV file {path} not found")
-        self._load_next()  # decode errors of the first file show at start, not mid-run
+        self._open_next()  # the first file's header errors show at start, not mid-run
         self._set_state("reading")
 
-    def _load_next(self) -> bool:
+    def _open_next(self) -> bool:
         if self._file >= len(self._paths):
             return False
-        path = self._paths[self._file]
+        self._handle = open_wav(self._paths[self._file])
         self._file += 1
+        self._resampler = StreamResampler(self._handle.getframerate(), self._rate)
+        self._windower = SlidingWindower(self._window, self._hop, self._rate)
+        return True
+
+    def _read_chunk(self) -> bool:
+        """Window the next chunk of the current file (opening the next file as needed); False at the end."""
+        if self._handle is None and not self._open_next():
+            return False
+        assert self._handle is not None and self._resampler is not None and self._windower is not None
         try:
-            samples, rate = read_wav(path)
-        except PreprocessError as exc:
-            raise SourceError(str(exc)) from exc
-        samples = resample(samples, rate, self._rate)
-        windower = SlidingWindower(self._window, self._hop, self._rate)
-        windows = windower.push(samples) + windower.flush()
-        for t_start, window in windows:
-            self._pending.append((self._offset_s + t_start, window))
-        self._offset_s += samples.size / self._rate
+            raw = self._handle.readframes(CHUNK_FRAMES)
+            samples = pcm_to_float(raw, self._handle.getsampwidth(), self._handle.getnchannels())
+        except (OSError, EOFError, wave.Error, PreprocessError) as exc:
+            raise SourceError(f"cannot read WAV file {self._paths[self._file - 1]}: {exc}") from exc
+        if raw:
+            windows = self._windower.push(self._resampler.push(samples))
+        else:  # end of this file: its last samples, one zero-padded tail window, then the next file
+            windows = self._windower.push(self._resampler.flush()) + self._windower.flush()
+        self._pending.extend((self._offset_s + t_start, window) for t_start, window in windows)
+        if not raw:
+            self._offset_s += self._resampler.produced / self._rate
+            self._handle.close()
+            self._handle = None
         return True
 
     def read(self) -> Item | None:
         start = time.perf_counter()
         while not self._pending:
-            if self._stop.is_set() or not self._load_next():
+            if self._stop.is_set() or not self._read_chunk():
                 self._set_state("ended")
                 return None
         t_start, samples = self._pending.popleft()
         item = AudioWindow(self._index, time.time(), t_start, samples, time.perf_counter() - start)
         self._index += 1
         return item
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None

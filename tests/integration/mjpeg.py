@@ -45,6 +45,8 @@ FAULTS = {
     "stall-mid-part": "half a part, then nothing",
     "close-mid-part": "half a part, then close the connection",
     "trickle": "a part at one byte every 0.25 s",
+    "trickle-headers": "the HTTP response headers at one byte every 0.25 s",
+    "trickle-snapshot": "a JPEG snapshot (image/jpeg) at one byte every 0.25 s",
     "bad-chunk": "chunked transfer encoding: one good part, then a chunk size that is not hex",
 }
 
@@ -109,6 +111,9 @@ class MjpegServer:
                         return
                     if fault == "http-garbage":
                         self.wfile.write(b"THIS IS NOT HTTP\r\n\r\n")
+                        return
+                    if fault in ("trickle-headers", "trickle-snapshot"):
+                        outer._trickle_answer(self.wfile, fault)
                         return
                     self.send_response(200)
                     if fault == "http-many-headers":
@@ -203,6 +208,21 @@ class MjpegServer:
                 out.write(bytes([byte]))
                 out.flush()
         return False
+
+    def _trickle(self, out: BufferedIOBase, data: bytes) -> None:
+        for byte in data:
+            if self._halt.wait(0.25):
+                break
+            out.write(bytes([byte]))
+            out.flush()
+
+    def _trickle_answer(self, out: BufferedIOBase, fault: str) -> None:
+        if fault == "trickle-headers":
+            self._trickle(out, b"HTTP/1.0 200 OK\r\n" + b"X-Pad: " + b"x" * 1000 + b"\r\n")
+            return
+        jpeg = self.jpeg(self.sent)
+        out.write(b"HTTP/1.0 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpeg))
+        self._trickle(out, jpeg)
 
     def _write_zeros(self, out: BufferedIOBase, count: int) -> None:
         chunk = bytes(64 * 1024)

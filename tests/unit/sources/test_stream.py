@@ -22,7 +22,8 @@ import pytest
 from edge_agent.config import SourceSection
 from edge_agent.errors import SourceError
 from edge_agent.sources import Frame, Source, create_source
-from edge_agent.sources.stream import MAX_PART_BYTES, MjpegReader, jpeg_size
+from edge_agent.sources.imagesize import image_size
+from edge_agent.sources.stream import MAX_PART_BYTES, MjpegReader
 from tests.integration.mjpeg import MjpegServer, declare_size, free_port
 
 DEADLINE_S = 30.0  # only bounds a hang: every wait here normally ends within a few seconds
@@ -111,18 +112,18 @@ CONNECT_FAULTS = {
 BODY_FAULTS = {
     "stall-after-headers": "read timeout",
     "no-boundary-lines": "no boundary line",
-    "short-length": "undecodable JPEG",
+    "short-length": "undecodable image",
     "long-length": "wrong Content-Length",
     "negative-length": "bad Content-Length '-1'",
     "text-length": "bad Content-Length 'abc'",
-    "oversize-length": f"part of {MAX_PART_BYTES + 1} bytes is over",
-    "oversize-no-length": "without Content-Length over",
+    "oversize-length": f"part too large: {MAX_PART_BYTES + 1} bytes",
+    "oversize-no-length": "part too large: no end marker",
     "many-headers": "part headers",
-    "garbage": "not a JPEG",
+    "garbage": "not an image in a known format",
     "bomb": "10000x10000",
     "stall-mid-part": "read timeout",
     "close-mid-part": "middle of a part",
-    "trickle": "no complete part within",
+    "trickle": "no complete frame within",
     "bad-chunk": "IncompleteRead",
 }
 
@@ -152,7 +153,7 @@ def test_mjpeg_fault_on_every_connection_keeps_retrying(serve: Callable[..., Mjp
         state = capture.wait_for(lambda s: s["reconnects"] >= 3, "three reconnects")
     finally:
         capture.stop()
-    assert capture.frames == 0 and "not a JPEG" in state["last_error"]
+    assert capture.frames == 0 and "not an image" in state["last_error"]
     assert state["errors"] >= state["reconnects"]
 
 
@@ -164,8 +165,8 @@ def test_mjpeg_reader_bounds_on_a_pipe() -> None:
     first = b"preamble\r\n----b\r\nContent-Type: image/jpeg\r\n\r\n" + jpeg + b"\r\n\r\n"
     reader = MjpegReader(io.BytesIO(first + part + part + b"--b--\r\n" + part), b"--b")
     assert [reader.read_part() for _ in range(4)] == [jpeg, jpeg, jpeg, None]
-    assert jpeg_size(jpeg) == (32, 24) and jpeg_size(declare_size(jpeg, 10000, 7)) == (10000, 7)
-    assert jpeg_size(b"\xff\xd8junk") is None and jpeg_size(b"GIF89a") is None
+    assert image_size(io.BytesIO(jpeg)) == (32, 24)
+    assert image_size(io.BytesIO(declare_size(jpeg, 10000, 7))) == (10000, 7)
     with pytest.raises(SourceError, match="no boundary line in the first"):
         MjpegReader(io.BytesIO(b"x" * (1 << 20)), b"b").read_part()
 
@@ -219,3 +220,62 @@ def test_rtsp_server_that_never_answers_times_out() -> None:
         stop.set()
         listener.join(DEADLINE_S)
     assert state["state"] == "reconnecting" and "cannot open stream" in state["last_error"]
+
+
+def limited_source(url: str, **settings: Any) -> Source:
+    return create_source(SourceSection(uri=url, **{"read_timeout_s": 1.0, "reconnect_min_s": 0.05,
+                                                   "reconnect_max_s": 0.2, **settings}))
+
+
+def test_part_without_length_or_end_marker_is_refused_after_one_linear_scan(
+        serve: Callable[..., MjpegServer], caplog: pytest.LogCaptureFixture) -> None:
+    limit = 256 * 1024
+    server = serve(fault="oversize-no-length", faulty=10**6)  # 9 MiB of zeros in every part
+    capture = Capture(limited_source(server.url, max_part_bytes=limit))
+    capture.start()
+    try:
+        state = capture.wait_for(lambda s: s["reconnects"] >= 3, "three refused parts")
+    finally:
+        capture.stop()
+    assert capture.frames == 0 and state["state"] == "reconnecting"
+    assert state["last_error"].startswith(f"MJPEG: part too large: no end marker in {limit} bytes")
+    refused = state["errors"]
+    # Each byte of a refused part is examined once (plus one byte per read where a marker
+    # could straddle two reads): searching the whole buffer after every read would be
+    # quadratic, about limit² / (2 x read size) = 2 MiB per part here.
+    assert refused * limit <= state["bytes_scanned"] < refused * limit * 1.25
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "part too large" in r.getMessage()]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]  # rate-limited: one line, not one per part
+
+
+@pytest.mark.parametrize(("fault", "reason"), [
+    ("trickle", "MJPEG: no complete frame within 1 s"),
+    ("trickle-headers", "no complete answer within 1 s"),
+    ("trickle-snapshot", "no complete answer within 1 s"),
+])
+def test_trickling_server_is_stalled_then_reconnected(serve: Callable[..., MjpegServer], fault: str,
+                                                      reason: str) -> None:
+    server = serve(fault=fault)
+    capture = Capture(limited_source(server.url, stall_timeout_s=1.0))
+    capture.start()
+    try:
+        stalled = capture.wait_for(lambda s: s["state"] == "stalled", "state 'stalled'")
+        recovered = capture.wait_for(lambda s: s["state"] == "connected" and capture.errors_at_last_frame >= 1,
+                                     "good frames after the stall")
+    finally:
+        capture.stop()
+    assert reason in stalled["last_error"] and "trickles or stalls" in stalled["last_error"]
+    assert recovered["errors"] >= 1 and server.connections >= 2
+    assert capture.bad_frames == []
+
+
+def test_health_shows_a_stall_while_a_read_still_blocks(serve: Callable[..., MjpegServer]) -> None:
+    server = serve(fault="stall-after-headers")
+    # The read itself would wait 8 s for a byte; health must not say "connected" meanwhile.
+    capture = Capture(limited_source(server.url, read_timeout_s=8.0, stall_timeout_s=1.0))
+    capture.start()
+    try:
+        state = capture.wait_for(lambda s: s["state"] == "stalled", "state 'stalled'")
+    finally:
+        capture.stop()
+    assert state["last_error"].startswith("no complete frame for ") and state["errors"] == 0
