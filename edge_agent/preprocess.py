@@ -163,13 +163,32 @@ def dequantize(values: np.ndarray, spec: TensorSpec) -> np.ndarray:
 # --------------------------------------------------------------------------- audio
 
 
+WAV_MIN_RATE, WAV_MAX_RATE = 8000, 192000  # Hz: telephone to studio audio
+WAV_MAX_CHANNELS = 8
+WAV_MAX_SAMPLE_WIDTH = 4  # bytes: 8- to 32-bit PCM
+
+
+def wav_header_problem(rate: int, channels: int, width: int) -> str | None:
+    """Why a WAV header cannot be read as audio (checked before a sample is read), or None."""
+    if not WAV_MIN_RATE <= rate <= WAV_MAX_RATE:
+        return f"sample rate {rate} Hz is outside {WAV_MIN_RATE}..{WAV_MAX_RATE} Hz"
+    if not 1 <= channels <= WAV_MAX_CHANNELS:
+        return f"{channels} channels (1 to {WAV_MAX_CHANNELS} supported)"
+    if not 1 <= width <= WAV_MAX_SAMPLE_WIDTH:
+        return f"samples of {width} bytes (1 to {WAV_MAX_SAMPLE_WIDTH} supported)"
+    return None
+
+
 def read_wav(path: Path) -> tuple[np.ndarray, int]:
-    """Read a PCM WAV file as mono float32 in [-1, 1] and its sample rate."""
+    """Read a PCM WAV file as mono float32 in [-1, 1] and its sample rate (header checked first)."""
     try:
         with wave.open(str(path), "rb") as handle:
             channels = handle.getnchannels()
             width = handle.getsampwidth()
             rate = handle.getframerate()
+            problem = wav_header_problem(rate, channels, width)
+            if problem is not None:
+                raise PreprocessError(f"WAV file {path}: {problem}")
             raw = handle.readframes(handle.getnframes())
     except FileNotFoundError as exc:
         raise PreprocessError(f"WAV file {path} not found") from exc

@@ -17,25 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from edge_agent.errors import PreprocessError, SourceError
-from edge_agent.preprocess import pcm_to_float
+from edge_agent.preprocess import pcm_to_float, wav_header_problem
 from edge_agent.sources.base import AudioWindow, Item, SlidingWindower, Source, StreamResampler
 
-MIN_RATE, MAX_RATE = 8000, 192000  # Hz: telephone to studio audio
-MAX_CHANNELS = 8
-MAX_SAMPLE_WIDTH = 4  # bytes: 8- to 32-bit PCM
 CHUNK_FRAMES = 16384  # frames read at a time: at most 512 KiB of 8-channel 32-bit PCM
 FIX = "convert it, e.g. `ffmpeg -i IN -ar 16000 -ac 1 -sample_fmt s16 OUT.wav`"
-
-
-def _header_problem(handle: wave.Wave_read) -> str | None:
-    rate, channels, width = handle.getframerate(), handle.getnchannels(), handle.getsampwidth()
-    if not MIN_RATE <= rate <= MAX_RATE:
-        return f"sample rate {rate} Hz is outside {MIN_RATE}..{MAX_RATE} Hz"
-    if not 1 <= channels <= MAX_CHANNELS:
-        return f"{channels} channels (1 to {MAX_CHANNELS} supported)"
-    if not 1 <= width <= MAX_SAMPLE_WIDTH:
-        return f"samples of {width} bytes (1 to {MAX_SAMPLE_WIDTH} supported)"
-    return None
 
 
 def open_wav(path: Path) -> wave.Wave_read:
@@ -48,7 +34,7 @@ def open_wav(path: Path) -> wave.Wave_read:
         raise SourceError(f"cannot read WAV file {path}: {exc.strerror or exc}") from exc
     except (wave.Error, EOFError, ValueError) as exc:
         raise SourceError(f"{path} is not a PCM WAV file ({exc or 'truncated header'}); {FIX}") from exc
-    problem = _header_problem(handle)
+    problem = wav_header_problem(handle.getframerate(), handle.getnchannels(), handle.getsampwidth())
     if problem is not None:
         handle.close()
         raise SourceError(f"WAV file {path}: {problem}; {FIX}")

@@ -130,6 +130,37 @@ def test_read_wav_and_resample(tmp_path: Path) -> None:
         read_wav(tmp_path / "missing.wav")
 
 
+@pytest.mark.parametrize(("rate", "channels", "message"), [
+    (0, 1, "sample rate 0 Hz is outside 8000..192000 Hz"),  # was ZeroDivisionError when resampled
+    (1, 1, "sample rate 1 Hz is outside 8000..192000 Hz"),  # was a 16000-fold copy to 16 kHz
+    (192001, 1, "sample rate 192001 Hz is outside 8000..192000 Hz"),
+    (8000, 9, "9 channels (1 to 8 supported)"),
+])
+def test_read_wav_checks_the_header_before_reading_samples(tmp_path: Path, rate: int, channels: int,
+                                                          message: str) -> None:
+    path = tmp_path / "bad.wav"
+    with wave.open(str(path), "wb") as handle:
+        handle.setnchannels(channels)
+        handle.setsampwidth(2)
+        handle.setframerate(rate if rate else 8000)
+        handle.writeframes(b"\0\0" * channels * 4)
+    if rate == 0:  # the wave module refuses to write a rate of 0: patch the header's field
+        data = bytearray(path.read_bytes())
+        data[24:28] = (0).to_bytes(4, "little")
+        path.write_bytes(bytes(data))
+    with pytest.raises(PreprocessError) as info:
+        read_wav(path)
+    assert str(info.value) == f"WAV file {path}: {message}"
+    # the bounds themselves are accepted
+    ok = tmp_path / "ok.wav"
+    with wave.open(str(ok), "wb") as handle:
+        handle.setnchannels(8)
+        handle.setsampwidth(4)
+        handle.setframerate(8000)
+        handle.writeframes(b"\0" * 32)
+    assert read_wav(ok)[1] == 8000
+
+
 def test_audio_features_rejects_stereo_arrays() -> None:
     with pytest.raises(PreprocessError):
         audio_features(np.zeros((2, 100), np.float32), SPEC)
