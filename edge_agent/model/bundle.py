@@ -282,16 +282,16 @@ def _check_end_record(handle: BinaryIO, path: Path) -> None:
 def _check_member(path: Path, info: zipfile.ZipInfo, limits: BundleLimits) -> None:
     name = info.filename
     if name.startswith("/") or "\\" in name or ".." in name.split("/") or "/" in name:
-        raise BundleError(f"bundle member {name!r} has an unsafe path; refusing the bundle")
+        raise BundleError(f"{path}: bundle member {name!r} has an unsafe path; refusing the bundle")
     mode = info.external_attr >> 16
     if mode and (stat.S_ISLNK(mode) or (not stat.S_ISREG(mode) and stat.S_IFMT(mode))):
-        raise BundleError(f"bundle member {name!r} is not a regular file; refusing the bundle")
+        raise BundleError(f"{path}: bundle member {name!r} is not a regular file; refusing the bundle")
     if name not in ALLOWED_MEMBERS:
-        raise BundleError(f"bundle member {name!r} is not expected in a bundle; refusing it")
+        raise BundleError(f"{path}: bundle member {name!r} is not expected in a bundle; refusing it")
     if info.flag_bits & 0x1:
-        raise BundleError(f"bundle member {name!r} is encrypted; bundles are signed, not encrypted")
+        raise BundleError(f"{path}: bundle member {name!r} is encrypted; bundles are signed, not encrypted")
     if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-        raise BundleError(f"bundle member {name!r} uses compression method {info.compress_type}; "
+        raise BundleError(f"{path}: bundle member {name!r} uses compression method {info.compress_type}; "
                           "bundles use stored or deflate (re-pack it with edge-convert)")
     _check_size(path, name, info.file_size, limits)
 

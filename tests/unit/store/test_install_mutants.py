@@ -34,9 +34,9 @@ from edge_agent.store.install import InstallError
 from edge_agent.store.probation import Probation
 from edge_agent.util import fs
 from edge_agent.util.fs import sha256_file
+from tests.tiny_store import make_bundle, shared
 
 LIMIT_ARGS = ["--max-model-bytes", str(MAX_MODEL_BYTES)]  # the smoke child reads with the install's limits
-from tests.tiny_store import make_bundle, shared
 
 
 class Bundles:
