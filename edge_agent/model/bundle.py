@@ -11,7 +11,7 @@ Layout of a bundle (a zip archive, members at the top level only)::
 Because the manifest carries the sha256 of every other member, a signature over
 the manifest covers the whole bundle. Reading verifies everything *before*
 anything is used or extracted, refuses unsafe member names, and keeps memory bounded
-by :class:`BundleLimits` whatever the archive claims (docs/bundle.md).
+by :class:`BundleLimits` whatever the archive claims (docs/converter.md, "The bundle").
 """
 
 from __future__ import annotations
