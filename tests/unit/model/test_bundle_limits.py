@@ -15,7 +15,16 @@ import pytest
 from edge_agent import __version__
 from edge_agent.cli.main import main as agent_main
 from edge_agent.errors import BundleError
-from edge_agent.model.bundle import LABELS, MANIFEST, MAX_TEXT_BYTES, MODEL, REPORT, BundleLimits, read_bundle
+from edge_agent.model.bundle import (
+    LABELS,
+    MANIFEST,
+    MAX_TEXT_BYTES,
+    MODEL,
+    REPORT,
+    BundleLimits,
+    read_bundle,
+    read_manifest_bytes,
+)
 from edge_agent.model.keys import load_private_key
 from tests import bundle_bombs
 from tests.bundle_samples import zip_members
@@ -178,3 +187,14 @@ def test_a_signed_bundle_with_an_unreadable_report_is_refused_with_the_key(tmp_p
     path = bundle_bombs.with_files(colours, tmp_path / "signed.bundle", load_private_key(keys[0]),
                                    report_json=b"\x00not json")
     assert _error(path, public_key=keys[1]).startswith(f"{path}: {REPORT} is not valid JSON (")
+
+
+def test_read_manifest_bytes_reads_only_the_manifest(tmp_path: Path, bundle_path: Path) -> None:
+    assert read_manifest_bytes(bundle_path) == zip_members(bundle_path)[MANIFEST]
+    big = bundle_bombs.inflating(bundle_path, tmp_path / "big.bundle", LABELS, 8, None)
+    with pytest.raises(BundleError, match="more than the 4194304 bytes a device accepts"):
+        read_manifest_bytes(big)  # the archive's shape is still checked
+    not_zip = tmp_path / "not.bundle"
+    not_zip.write_bytes(b"hello")
+    with pytest.raises(BundleError, match="is not a bundle"):
+        read_manifest_bytes(not_zip)
