@@ -100,6 +100,11 @@ class ModelSection(_Section):
     threads: int = Field(default=1, ge=1, le=64, description="Interpreter threads.")
     delegate: str | None = Field(default=None, description="External delegate library (e.g. libedgetpu.so.1).")
     delegate_options: dict[str, str] = Field(default_factory=dict)
+    max_model_mb: int = Field(
+        default=256, ge=1, le=2048,
+        description="Largest model.tflite the agent loads (bundles declaring more are refused before "
+                    "anything is inflated).",
+    )
 
 
 SourceType = Literal["auto", "camera", "video", "stream", "folder", "wav", "stdin", "mic"]

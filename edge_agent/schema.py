@@ -27,13 +27,14 @@ raise ``ValueError`` for the whole record or :class:`FieldError` for one field).
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import types
 import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Self, Union, dataclass_transform, get_args, get_origin
+
+from edge_agent.util import strict_json
 
 __all__ = ["Field", "FieldError", "Schema", "ValidationError"]
 
@@ -311,10 +312,11 @@ class Schema:
 
     @classmethod
     def model_validate_json(cls, text: str | bytes) -> Self:
-        """A record from JSON text; invalid JSON is a :class:`ValidationError` too."""
+        """A record from strict JSON text (:func:`edge_agent.util.strict_json.loads`: no duplicate
+        keys, NaN, infinity or deep nesting); invalid JSON is a :class:`ValidationError` too."""
         try:
-            data = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as exc:
+            data = strict_json.loads(text)
+        except strict_json.StrictJSONError as exc:
             raise ValidationError([{"loc": (), "type": "json_invalid", "msg": f"invalid JSON: {exc}",
                                     "input": None}]) from exc
         return cls.model_validate(data)

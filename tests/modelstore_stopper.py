@@ -24,8 +24,8 @@ from edge_agent.store import layout as store_layout
 INSTALL_STEPS = (
     "copy_partial",        # tmp/incoming-*.part holds part of the bundle
     "copied",              # tmp/incoming-*.part holds all of it, fsynced
-    "smoking",             # the smoke-test child runs (stopped before its interpreter starts)
-    "staged",              # tmp/stage-*/ fully extracted, not yet renamed into models/
+    "smoking",             # the smoke-test child runs on the unpacked tmp/stage-*/ (stopped before it starts)
+    "staged",              # tmp/stage-*/ holds bundle.zip too, not yet renamed into models/
     "extracted",           # models/<new sha>/ in place, links untouched
     "previous_link_made",  # models/.previous.*.link created, not yet renamed over `previous`
     "previous_linked",     # `previous` -> old model, `current` still -> old model

@@ -25,7 +25,7 @@ from edge_agent.control import ProbeSample
 from edge_agent.errors import ConfigError, EdgeError
 from edge_agent.messaging.envelope import EnvelopeFactory
 from edge_agent.messaging.publishers import Publisher, create_publisher
-from edge_agent.model.loader import LoadedModel
+from edge_agent.model.loader import LoadedModel, ModelFile
 from edge_agent.model.manifest import AudioPreprocess
 from edge_agent.sources import Source, create_source
 
@@ -126,6 +126,7 @@ class Agent:
             "model": active.model.info() if active else None,
             "task": active.model.manifest.task if active else None,
             "config_version": self.settings.version,
+            "model_fallback": self.engine.fallback,
         }
 
     def reported_config(self) -> dict[str, Any]:
@@ -279,18 +280,17 @@ def ensure_state_dir(config: AgentConfig) -> Path:
 
 def open_source_and_model(engine: Engine, config: AgentConfig) -> Source:
     """Verify the model, open the source, then load the model into ``engine`` (the source is
-    closed again when that fails). The interpreter comes last, so a bad model or source is
-    reported before any native library writes to stderr."""
-    verified = engine.verify()
-    preprocess = verified.preprocess
-    source = create_source(config.source, preprocess if isinstance(preprocess, AudioPreprocess) else None)
-    source.start()
-    try:
-        engine.current = engine.load(verified)
-    except BaseException:
-        source.close()
-        raise
-    return source
+    closed again when that fails; an installed model falls back to ``previous``, see
+    :meth:`Engine.start`). The interpreter comes last, so a bad model or source is reported
+    before any native library writes to stderr."""
+
+    def open_source(verified: ModelFile) -> Source:
+        preprocess = verified.preprocess
+        source = create_source(config.source, preprocess if isinstance(preprocess, AudioPreprocess) else None)
+        source.start()
+        return source
+
+    return engine.start(open_source)
 
 
 def note_start(state_dir: Path) -> None:

@@ -152,6 +152,7 @@ class PipelineHealth(StatsSnapshot):
     model_sha256: str | None
     manifest_sha256: str | None
     config_version: int
+    model_fallback: str | None  # why the agent runs `previous` instead of `current` (None: it does not)
 
 
 def _num(value: object) -> float | None:

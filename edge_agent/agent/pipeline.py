@@ -177,6 +177,7 @@ class Pipeline:
             model_sha256=active.model.sha256 if active else None,
             manifest_sha256=active.model.manifest_sha256 if active else None,
             config_version=self._settings.version,
+            model_fallback=self._engine.fallback,
         )
 
     def _capture_loop(self) -> None:

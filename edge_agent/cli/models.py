@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.errors import EdgeError, InstallError
+from edge_agent.model.bundle import MAX_MODEL_BYTES, BundleLimits
 from edge_agent.store.install import install_model, rollback
 from edge_agent.store.layout import SYSTEM_TRUSTED_KEY, active_model, store_status
 
@@ -29,6 +30,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--no-downgrade", action="store_true",
                    help="refuse a lower version of the active model")
     p.add_argument("--threads", type=int, default=1, help="interpreter threads for the smoke test")
+    p.add_argument("--max-model-mb", type=int, default=None,
+                   help=f"largest model.tflite accepted (default {MAX_MODEL_BYTES >> 20} MiB, as the agent's "
+                        "[model] max_model_mb)")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     p.set_defaults(handler=_cmd_install)
 
@@ -59,6 +63,7 @@ def _cmd_install(args: argparse.Namespace) -> int:
         result = install_model(
             args.bundle, args.state_dir, args.public_key, allow_new_input=args.allow_new_input,
             allow_downgrade=not args.no_downgrade, threads=args.threads,
+            limits=BundleLimits.with_model_mb(args.max_model_mb),
         )
     except EdgeError as exc:
         if not args.json:

@@ -132,16 +132,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from edge_agent.config import load_config
-    from edge_agent.model.loader import load_model
+    from edge_agent.model.bundle import BundleLimits
+    from edge_agent.model.loader import verify_model
     from edge_agent.model.smoke import run_smoke_test
+    from edge_agent.model.startup import start_model
 
     config = load_config(args.config, cli_settings(args))
+    cfg = config.model
     t0 = time.perf_counter()
-    model = load_model(
-        config.bundle_path, sidecar=config.model.sidecar, public_key=config.model.public_key,
-        threads=config.model.threads, delegate=config.model.delegate,
-        delegate_options=config.model.delegate_options or None,
-    )
+    verified = verify_model(config.bundle_path, sidecar=cfg.sidecar, public_key=cfg.public_key,
+                            limits=BundleLimits.with_model_mb(cfg.max_model_mb))
+    started = start_model(verified, threads=cfg.threads, delegate=cfg.delegate,  # as `run` starts it
+                          delegate_options=cfg.delegate_options or None, runtime_kind=cfg.runtime)
+    model = started.model
     load_ms = (time.perf_counter() - t0) * 1000.0
     try:
         result = run_smoke_test(model.manifest, model.runtime, timing_runs=max(1, args.runs))
@@ -149,6 +152,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         raise
     except (ValueError, RuntimeError) as exc:
         raise EdgeError(f"smoke test could not run: {exc}") from exc
+    finally:
+        started.close()
     if args.json:
         print(json.dumps({
             "passed": result.passed, "vectors": result.vectors, "failures": result.failures,

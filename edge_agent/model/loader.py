@@ -2,8 +2,8 @@
 plain ``.tflite`` with a sidecar file or TFLite Model Metadata.
 
 Everything is verified before the interpreter sees a byte: bundle and installed
-directory go through :func:`edge_agent.model.bundle.read_bundle_bytes` (checksums,
-member names, signature when a key is pinned). A plain ``.tflite`` has no
+directory go through the same checks in :mod:`edge_agent.model.bundle` (checksums,
+member names and sizes, labels and report, signature when a key is pinned). A plain ``.tflite`` has no
 checksums to verify; its sidecar (TOML or JSON) gives the manifest fields by
 hand and the tensor specs come from the interpreter::
 
@@ -29,10 +29,7 @@ different model to the device and to anyone reading its results.
 
 from __future__ import annotations
 
-import io
-import json
 import tomllib
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +39,7 @@ from edge_agent.model import bundle as bundle_mod
 from edge_agent.model.manifest import AudioPreprocess, ImagePreprocess, Manifest, TensorSpec, parse_preprocess
 from edge_agent.runtimes import Runtime, create_runtime
 from edge_agent.schema import ValidationError
+from edge_agent.util import strict_json
 from edge_agent.util.fs import sha256_bytes
 
 SIDECAR_SUFFIXES = (".toml", ".json")
@@ -83,20 +81,6 @@ class LoadedModel:
                 "manifest_sha256": self.manifest_sha256}
 
 
-def _directory_bytes(directory: Path) -> bytes:
-    """Pack an installed model directory in memory so it gets the bundle's exact checks."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
-        for name in sorted(bundle_mod.ALLOWED_MEMBERS):
-            member = directory / name
-            if member.is_file():
-                try:
-                    archive.writestr(name, member.read_bytes())
-                except OSError as exc:
-                    raise BundleError(f"cannot read {member}: {exc.strerror or exc}") from exc
-    return buffer.getvalue()
-
-
 def read_sidecar(path: Path) -> dict[str, Any]:
     """Read a sidecar TOML/JSON file as a dict (BundleError on any failure)."""
     try:
@@ -106,8 +90,8 @@ def read_sidecar(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise BundleError(f"cannot read sidecar {path}: {exc.strerror or exc}") from exc
     try:
-        data = json.loads(raw) if path.suffix == ".json" else tomllib.loads(raw.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
+        data = strict_json.loads(raw) if path.suffix == ".json" else tomllib.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise BundleError(f"sidecar {path} is not valid {path.suffix[1:].upper() or 'TOML'}: {exc}") from exc
     if not isinstance(data, dict):
         raise BundleError(f"sidecar {path} must hold a table/object")
@@ -142,7 +126,7 @@ def sidecar_manifest(
     if labels_file is not None:
         try:
             labels = (sidecar_path.parent / str(labels_file)).read_text("utf-8").splitlines()
-        except OSError as exc:
+        except (OSError, UnicodeDecodeError) as exc:
             raise BundleError(f"labels file {labels_file} of {sidecar_path} cannot be read: {exc}") from exc
     output = dict(data.pop("output", {}) or {})
     if labels is not None:
@@ -160,10 +144,12 @@ def sidecar_manifest(
         **data,
     }
     try:
-        return Manifest.model_validate(manifest_data)
+        manifest = Manifest.model_validate(manifest_data)
     except ValidationError as exc:
         msg = "unknown field" if exc.first["type"] == "extra_forbidden" else str(exc.first["msg"])
         raise BundleError(f"{source}: invalid '{exc.where('sidecar')}': {msg}") from exc
+    bundle_mod.check_runtime_version(manifest, source)
+    return manifest
 
 
 @dataclass(frozen=True)
@@ -200,8 +186,11 @@ class ModelFile:
                               f"{exc.first['msg']}") from exc
 
 
-def verify_model(path: Path, sidecar: Path | None = None, public_key: Path | None = None) -> ModelFile:
-    """Read and verify a model without creating an interpreter.
+def verify_model(
+    path: Path, sidecar: Path | None = None, public_key: Path | None = None,
+    limits: bundle_mod.BundleLimits | None = None,
+) -> ModelFile:
+    """Read and verify a model without creating an interpreter (``limits``: largest members accepted).
 
     Raises:
         BundleError: missing, altered or malformed model or sidecar.
@@ -219,26 +208,34 @@ def verify_model(path: Path, sidecar: Path | None = None, public_key: Path | Non
             )
         sidecar = sidecar or find_sidecar(path)
         data = read_sidecar(Path(sidecar)) if sidecar is not None else None
-        try:
-            model_bytes = path.read_bytes()
-        except OSError as exc:
-            raise BundleError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        model_bytes = _read_plain_model(path, (limits or bundle_mod.BundleLimits()).model_bytes)
         if sidecar is None:
             return _metadata_model(path, model_bytes)
         return ModelFile(path, "tflite", model_bytes, None, data, Path(sidecar))
     if path.is_dir():
         if not (path / bundle_mod.MANIFEST).is_file():
             raise BundleError(f"{path} is a directory without manifest.json; not an installed model")
-        verified = bundle_mod.read_bundle_bytes(_directory_bytes(path), path, public_key)
+        verified = bundle_mod.read_bundle_dir(path, public_key, limits=limits)
         kind = "directory"
     else:
-        verified = bundle_mod.read_bundle(path, public_key)
+        verified = bundle_mod.read_bundle(path, public_key, limits=limits)
         kind = "bundle"
     return ModelFile(
         path, kind, verified.model_bytes, verified.manifest, labels=verified.labels,
-        signature_verified=verified.signature_verified, report=verified.report,
+        signature_verified=verified.signature_verified, report=dict(verified.report),
         manifest_sha256=bundle_identity(verified.manifest_bytes),
     )
+
+
+def _read_plain_model(path: Path, limit: int) -> bytes:
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as exc:
+        raise BundleError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if len(data) > limit:
+        raise BundleError(f"{path} is larger than the {limit} bytes a device accepts (see max_model_mb)")
+    return data
 
 
 def _metadata_model(path: Path, model_bytes: bytes) -> ModelFile:

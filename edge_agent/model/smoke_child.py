@@ -1,9 +1,10 @@
 """Smoke test of one bundle, run as a child process by model installs.
 
-``python -m edge_agent.model.smoke_child BUNDLE [--threads N]`` loads the bundle
-(checksums verified again), allocates the interpreter, checks that the
-preprocessing and the outputs fit the model as the agent will at load, runs the
-golden vectors and the latency budget, and prints one JSON line. Exit 0 only when it passes.
+``python -m edge_agent.model.smoke_child MODEL [--threads N]`` loads the model (the unpacked
+model directory an install is about to activate, checksums verified again) exactly as the agent
+will at ``run`` (:func:`edge_agent.model.startup.start_model`: labels, report, interpreter,
+preprocessing and outputs against the task), runs the golden vectors and the latency budget,
+and prints one JSON line. Exit 0 only when it passes.
 Running this in a child means a model that crashes or hangs the interpreter
 cannot take the installer or the agent with it.
 """
@@ -17,27 +18,26 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from edge_agent.errors import EdgeError
-from edge_agent.model.bundle import read_bundle
+from edge_agent.model.bundle import BundleLimits
+from edge_agent.model.loader import verify_model
 from edge_agent.model.smoke import run_smoke_test
-from edge_agent.runtimes import create_runtime
-from edge_agent.tasks import create_task
+from edge_agent.model.startup import start_model
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edge_agent.model.smoke_child")
-    parser.add_argument("bundle", type=Path)
+    parser.add_argument("model", type=Path, help="unpacked model directory (or bundle file)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--runtime", default="litert")
+    parser.add_argument("--max-model-bytes", type=int, default=BundleLimits().model_bytes)
     args = parser.parse_args(argv)
     try:
-        bundle = read_bundle(args.bundle, require_signature=False)
-        runtime = create_runtime(args.runtime, bundle.model_bytes, threads=args.threads)
+        verified = verify_model(args.model, limits=BundleLimits(model_bytes=args.max_model_bytes))
+        started = start_model(verified, threads=args.threads, runtime_kind=args.runtime)
         try:
-            # The agent's own load-time checks: preprocessing and outputs must fit the model.
-            create_task(bundle.manifest, bundle.labels, runtime.inputs, runtime.outputs)
-            result = run_smoke_test(bundle.manifest, runtime)
+            result = run_smoke_test(started.model.manifest, started.model.runtime)
         finally:
-            runtime.close()
+            started.close()
     except (EdgeError, ValueError, TypeError) as exc:
         print(json.dumps({"passed": False, "error": str(exc)}))
         return 1

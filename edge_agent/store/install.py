@@ -1,12 +1,13 @@
 """Installing a bundle into the model store, and rolling back to the previous model.
 
-An install copies the bundle into ``tmp/`` while hashing it, verifies checksums
-and the signature, smoke-tests it in a child process (so a crashing interpreter
-cannot take the installer down), extracts it into a staging directory renamed
-to ``models/<sha256>/``, then replaces ``previous`` and ``current`` with
-``os.replace`` and fsyncs the directory. Each step leaves the store valid, so a
-kill at any point leaves exactly one valid model active; the next install or
-rollback cleans what was left over (docs: the store layout in edge_agent.store.layout).
+An install copies the bundle into ``tmp/`` while hashing it, unpacks it into a
+staging directory while verifying checksums, sizes and the signature (memory stays
+bounded by :class:`edge_agent.model.bundle.BundleLimits`), smoke-tests the staging
+directory in a child process exactly as the agent will load it (so a crashing
+interpreter cannot take the installer down), renames it to ``models/<sha256>/``,
+then replaces ``previous`` and ``current`` with ``os.replace`` and fsyncs the directory.
+Each step leaves the store valid, so a kill at any point leaves exactly one valid model
+active; the next install or rollback cleans what was left over (docs: the store layout in edge_agent.store.layout).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from edge_agent.config import default_state_dir
 from edge_agent.errors import BundleError, EdgeError, InstallError
 from edge_agent.model import compat
-from edge_agent.model.bundle import Bundle, extract_bundle, read_bundle
+from edge_agent.model.bundle import BundleLimits, unpack_bundle
 from edge_agent.model.manifest import Manifest
 from edge_agent.store import layout
 from edge_agent.store.layout import BUNDLE_FILE, MODELS, TMP, InstalledModel
@@ -86,6 +87,7 @@ def install_model(
     threads: int = 1,
     smoke_timeout_s: float = SMOKE_TIMEOUT_S,
     signal_agent: bool = True,
+    limits: BundleLimits | None = None,
 ) -> InstallResult:
     """Verify, smoke-test and activate a bundle; keep the old model as ``previous``.
 
@@ -99,6 +101,7 @@ def install_model(
         allow_downgrade: accept a lower version of the same model name.
         threads: interpreter threads for the smoke test.
         signal_agent: send SIGHUP to a running agent after the swap.
+        limits: the largest bundle members accepted (default :class:`BundleLimits`).
 
     Raises:
         InstallError: refused at some step; the active model is unchanged.
@@ -112,13 +115,15 @@ def install_model(
         t0 = time.perf_counter()
         key = _step("verify", lambda: layout.resolve_public_key(state_dir, public_key))
         temp, sha, _size = _copy_in(bundle_path, state_dir, expected_sha256, expected_size)
+        limits = limits or BundleLimits()
+        staging = state_dir / TMP / f"stage-{sha[:16]}-{uuid.uuid4().hex[:8]}"
         try:
             timings["copy"] = _ms_since(t0)
 
             t0 = time.perf_counter()
-            bundle = _step("verify", lambda: read_bundle(temp, key, require_signature=key is not None))
+            manifest = _unpack(temp, staging, key, limits)
             current = layout.active_model(state_dir)
-            _check_compatible(bundle.manifest, current, allow_new_input, allow_downgrade)
+            _check_compatible(manifest, current, allow_new_input, allow_downgrade)
             timings["verify"] = _ms_since(t0)
 
             if current is not None and current.sha256 == sha:
@@ -128,21 +133,22 @@ def install_model(
                 )
 
             t0 = time.perf_counter()
-            smoke = run_smoke_child(temp, threads=threads, timeout_s=smoke_timeout_s)
+            smoke = run_smoke_child(staging, threads=threads, timeout_s=smoke_timeout_s, limits=limits)
             timings["smoke"] = _ms_since(t0)
 
             t0 = time.perf_counter()
-            new = _materialise(state_dir, sha, temp, bundle)
+            new = _materialise(state_dir, sha, temp, staging)
             layout.swap_links(state_dir, new_target=new, new_previous=current)
             timings["swap"] = _ms_since(t0)
         except EdgeError as exc:
-            renamed = _name_given_bundle(exc, temp, bundle_path)
+            renamed = _name_given_bundle(exc, (temp, staging), bundle_path)
             if renamed is exc:
                 raise
             raise renamed from exc
         finally:
             with contextlib.suppress(OSError):
                 temp.unlink()
+            shutil.rmtree(staging, ignore_errors=True)
         clear_probation(state_dir)
         layout.collect_garbage(state_dir)
     result = InstallResult(
@@ -186,9 +192,13 @@ def rollback(state_dir: Path | None = None, signal_agent: bool = True) -> Instal
     return result
 
 
-def run_smoke_child(bundle: Path, threads: int = 1, timeout_s: float = SMOKE_TIMEOUT_S) -> dict[str, Any]:
-    """Run the smoke test of ``bundle`` in a child process; raise InstallError unless it passes."""
-    cmd = [sys.executable, "-m", "edge_agent.model.smoke_child", str(bundle), "--threads", str(threads)]
+def run_smoke_child(
+    model: Path, threads: int = 1, timeout_s: float = SMOKE_TIMEOUT_S, limits: BundleLimits | None = None,
+) -> dict[str, Any]:
+    """Smoke-test ``model`` (an unpacked model directory, or a bundle file) in a child process that
+    loads it as ``edge-agent run`` does; raise InstallError unless it passes."""
+    cmd = [sys.executable, "-m", "edge_agent.model.smoke_child", str(model), "--threads", str(threads),
+           "--max-model-bytes", str((limits or BundleLimits()).model_bytes)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired as exc:
@@ -218,18 +228,21 @@ def _step(step: str, func: Callable[[], _T]) -> _T:
         raise InstallError(str(exc), step=step) from exc
 
 
-def _name_given_bundle(exc: EdgeError, temp: Path, given: Path) -> EdgeError:
-    """``exc`` with the internal ``tmp/incoming-….part`` copy replaced by the user's bundle path.
+def _name_given_bundle(exc: EdgeError, private: tuple[Path, ...], given: Path) -> EdgeError:
+    """``exc`` with the internal copies (``tmp/incoming-….part``, the staging directory) replaced
+    by the user's bundle path.
 
-    Verification and the smoke test run on the private copy, so their messages name
-    it; the user should see the file they gave. The exception type and attributes
+    Verification and the smoke test run on the private copies, so their messages name
+    them; the user should see the file they gave. The exception type and attributes
     (e.g. ``InstallError.step``) are kept.
     """
     message = str(exc)
-    if str(temp) not in message:
+    for path in private:
+        message = message.replace(str(path), str(given))
+    if message == str(exc):
         return exc
     renamed = copy.copy(exc)
-    renamed.args = (message.replace(str(temp), str(given)), *exc.args[1:])
+    renamed.args = (message, *exc.args[1:])
     return renamed
 
 
@@ -304,15 +317,24 @@ def _check_compatible(
         )
 
 
-def _materialise(state_dir: Path, sha: str, temp: Path, bundle: Bundle) -> InstalledModel:
-    """Extract into a staging directory, fsync, and rename it to models/<sha>/."""
+def _unpack(temp: Path, staging: Path, key: Ed25519PublicKey | None, limits: BundleLimits) -> Manifest:
+    """Verify the bundle while unpacking it into ``staging`` (created here)."""
+    try:
+        staging.mkdir(mode=0o755)
+        bundle = unpack_bundle(temp, staging, key, require_signature=key is not None, limits=limits)
+    except BundleError as exc:
+        raise InstallError(str(exc), step="verify") from exc
+    except OSError as exc:
+        raise InstallError(f"cannot write the model store: {exc.strerror or exc}", step="extract") from exc
+    return bundle.manifest
+
+
+def _materialise(state_dir: Path, sha: str, temp: Path, staging: Path) -> InstalledModel:
+    """Add the received bundle to the unpacked ``staging`` directory, fsync, rename it to models/<sha>/."""
     final = state_dir / MODELS / sha
     with contextlib.suppress(BundleError):
         return layout.load_model_dir(final)  # same bundle installed before (e.g. a re-install)
-    staging = state_dir / TMP / f"stage-{sha[:16]}-{uuid.uuid4().hex[:8]}"
     try:
-        staging.mkdir(mode=0o755)
-        extract_bundle(bundle, staging)
         shutil.copyfile(temp, staging / BUNDLE_FILE)
         with (staging / BUNDLE_FILE).open("rb") as handle:
             os.fsync(handle.fileno())
@@ -323,6 +345,5 @@ def _materialise(state_dir: Path, sha: str, temp: Path, bundle: Bundle) -> Insta
         os.replace(staging, final)
         fsync_dir(state_dir / MODELS)
     except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
         raise InstallError(f"cannot write the model store: {exc.strerror or exc}", step="extract") from exc
     return layout.load_model_dir(final)

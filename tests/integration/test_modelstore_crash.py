@@ -146,10 +146,13 @@ def _copied(s: Store, pid: int) -> None:
 
 
 def _smoking(s: Store, pid: int) -> None:
-    _copied(s, pid)
-    [part] = _incoming(s.state)
+    assert _only_incoming(s) == s.bundle
+    [stage] = list((s.state / "tmp").glob("stage-*"))  # unpacked and verified, the bundle not yet added
+    assert {p.name for p in stage.iterdir()} >= {"model.tflite", "manifest.json"}
+    assert not (stage / "bundle.zip").exists()
+    assert not (s.state / "models" / s.new).exists() and _links(s.state) == {"current": s.old, "previous": s.older}
     smoke = [c for c in _children(pid) if "edge_agent.model.smoke_child" in _cmdline(c)]
-    assert len(smoke) == 1 and str(part) in _cmdline(smoke[0])
+    assert len(smoke) == 1 and str(stage) in _cmdline(smoke[0])
 
 
 def _staged(s: Store, pid: int) -> None:

@@ -17,13 +17,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from edge_agent.errors import BundleError, SignatureError
-from edge_agent.model import bundle as bundle_mod
 from edge_agent.model.bundle import (
     LABELS,
     MANIFEST,
     MODEL,
     REPORT,
     SIGNATURE,
+    BundleLimits,
     extract_bundle,
     pack_bundle,
     read_bundle,
@@ -219,21 +219,20 @@ def test_members_that_are_not_regular_files_are_refused(bundle_path: Path, kind:
     assert "is not a regular file" in _error(BundleError, lambda: read_bundle(bundle_path))
 
 
-def test_member_size_bound_is_inclusive(bundle_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(bundle_mod, "MAX_MEMBER_BYTES", len(MODEL_BYTES))
-    assert read_bundle(bundle_path).model_bytes == MODEL_BYTES
-    monkeypatch.setattr(bundle_mod, "MAX_MEMBER_BYTES", len(MODEL_BYTES) - 1)
-    assert _error(BundleError, lambda: read_bundle(bundle_path)) == (
-        f"bundle member '{MODEL}' is larger than {len(MODEL_BYTES) - 1} bytes")
+def test_member_size_bound_is_inclusive(bundle_path: Path) -> None:
+    size = len(MODEL_BYTES)
+    assert read_bundle(bundle_path, limits=BundleLimits(model_bytes=size)).model_bytes == MODEL_BYTES
+    assert _error(BundleError, lambda: read_bundle(bundle_path, limits=BundleLimits(model_bytes=size - 1))) == (
+        f"{bundle_path}: {MODEL} is {size} bytes, more than the {size - 1} bytes a device accepts "
+        "(max_model_mb); refusing the bundle")
 
 
-def test_manifest_size_bound_is_inclusive(bundle_path: Path, monkeypatch) -> None:
+def test_manifest_size_bound_is_inclusive(bundle_path: Path) -> None:
     size = len(_members(bundle_path)[MANIFEST])
-    monkeypatch.setattr(bundle_mod, "MAX_MANIFEST_BYTES", size)
-    assert read_bundle(bundle_path).manifest.name == "unit"
-    monkeypatch.setattr(bundle_mod, "MAX_MANIFEST_BYTES", size - 1)
-    assert _error(BundleError, lambda: read_bundle(bundle_path)) == (
-        f"{bundle_path}: manifest is larger than {size - 1} bytes")
+    assert read_bundle(bundle_path, limits=BundleLimits(manifest_bytes=size)).manifest.name == "unit"
+    assert _error(BundleError, lambda: read_bundle(bundle_path, limits=BundleLimits(manifest_bytes=size - 1))) == (
+        f"{bundle_path}: {MANIFEST} is {size} bytes, more than the {size - 1} bytes a device accepts; "
+        "refusing the bundle")
 
 
 def test_corrupt_member_is_named(bundle_path: Path) -> None:

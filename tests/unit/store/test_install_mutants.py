@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edge_agent.cli.main import main as agent_main
 from edge_agent.errors import BundleError
 from edge_agent.model import compat
-from edge_agent.model.bundle import MANIFEST, MODEL, read_bundle
+from edge_agent.model.bundle import MANIFEST, MAX_MODEL_BYTES, MODEL, read_bundle
 from edge_agent.model.keys import generate_keypair, load_private_key
 from edge_agent.store import install as store_install
 from edge_agent.store import layout as store_layout
@@ -35,6 +35,8 @@ from edge_agent.store.probation import Probation
 from edge_agent.util import fs
 from edge_agent.util.fs import sha256_file
 from tests.tiny_store import make_bundle, shared
+
+LIMIT_ARGS = ["--max-model-bytes", str(MAX_MODEL_BYTES)]  # the smoke child reads with the install's limits
 
 
 class Bundles:
@@ -640,10 +642,10 @@ def test_a_smoke_child_killed_by_a_signal_is_a_crash(installed: Path, tmp_path: 
     assert (err.step, str(err)) == ("smoke", "smoke test crashed the interpreter (SIGSEGV)")
     assert _store_entries(state) == before  # nothing extracted, no link touched
     copy_arg = args.read_text().splitlines()
-    # the child checks the private copy in tmp/, with the requested threads
-    assert copy_arg[:2] == ["-m", "edge_agent.model.smoke_child"] and copy_arg[3:] == ["--threads", "3"]
-    assert Path(copy_arg[2]).parent == state / "tmp" and Path(copy_arg[2]).name.startswith("incoming-")
-    assert Path(copy_arg[2]).name.endswith(".part")
+    # the child checks the unpacked staging directory in tmp/ (as `run` will load it), with the requested threads
+    assert copy_arg[:2] == ["-m", "edge_agent.model.smoke_child"] and copy_arg[3:] == ["--threads", "3", *LIMIT_ARGS]
+    assert Path(copy_arg[2]).parent == state / "tmp" and Path(copy_arg[2]).name.startswith("stage-")
+    assert not Path(copy_arg[2]).exists()  # removed after the refusal
 
 
 def test_smoke_child_output_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -668,7 +670,8 @@ def test_smoke_child_output_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert outcome("kill -KILL $$") == "smoke test crashed the interpreter (SIGKILL)"
     args = _fake_python(monkeypatch, tmp_path, PASSING_SMOKE)
     assert store_install.run_smoke_child(bundle)["summary"] == "PASS: fake"
-    assert args.read_text().splitlines() == ["-m", "edge_agent.model.smoke_child", str(bundle), "--threads", "1"]
+    assert args.read_text().splitlines() == ["-m", "edge_agent.model.smoke_child", str(bundle), "--threads", "1",
+                                              *LIMIT_ARGS]
 
 
 def test_a_bundle_that_grows_or_shrinks_while_copied_is_refused(installed: Path, tmp_path: Path,
@@ -742,15 +745,15 @@ def test_a_write_failure_while_extracting_leaves_the_store_as_it_was(installed: 
     _fake_python(monkeypatch, tmp_path, PASSING_SMOKE)
     before = _store_entries(state)
     staged: list[Path] = []
-    real_extract = store_install.extract_bundle
+    real_unpack = store_install.unpack_bundle
 
-    def extract_then_fail(bundle: Any, directory: Path) -> None:
+    def unpack_then_fail(path: Path, directory: Path, *args: Any, **kw: Any) -> None:
         staged.append(directory)
         assert directory.is_dir() and (directory.stat().st_mode & 0o777) == 0o755
-        real_extract(bundle, directory)
+        real_unpack(path, directory, *args, **kw)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(store_install, "extract_bundle", extract_then_fail)
+    monkeypatch.setattr(store_install, "unpack_bundle", unpack_then_fail)
     err = _refused(state, bundles.v2, public_key=bundles.public)  # staging removed: tmp/ is empty
     assert (err.step, str(err)) == ("extract", "cannot write the model store: No space left on device")
     assert _store_entries(state) == before
@@ -759,10 +762,10 @@ def test_a_write_failure_while_extracting_leaves_the_store_as_it_was(installed: 
     assert staged[0].parent == state / "tmp"
     assert re.fullmatch(rf"stage-{sha2[:16]}-[0-9a-f]{{8}}", staged[0].name)
 
-    def fail_plainly(bundle: Any, directory: Path) -> None:
+    def fail_plainly(*_args: Any, **_kw: Any) -> None:
         raise OSError("disk gone")  # no errno: the message is the exception's text
 
-    monkeypatch.setattr(store_install, "extract_bundle", fail_plainly)
+    monkeypatch.setattr(store_install, "unpack_bundle", fail_plainly)
     err = _refused(state, bundles.v2, public_key=bundles.public)
     assert (err.step, str(err)) == ("extract", "cannot write the model store: disk gone")
 
@@ -773,7 +776,8 @@ def test_a_model_directory_that_fails_its_check_after_extraction_is_an_error(
     # and the CLI reports the error with no install step (it is a BundleError, not an InstallError)
     state = _copy_store(installed, tmp_path)
     _fake_python(monkeypatch, tmp_path, PASSING_SMOKE)
-    monkeypatch.setattr(store_install, "extract_bundle", lambda bundle, directory: None)
+    # verified but nothing written
+    monkeypatch.setattr(store_install, "unpack_bundle", lambda path, directory, *a, **kw: read_bundle(path, *a, **kw))
     before = _links(state)
     assert agent_main(["install-model", str(bundles.v2), "--state-dir", str(state), "--json"]) == 2
     out = json.loads(capsys.readouterr().out)
@@ -795,11 +799,12 @@ def test_a_damaged_copy_of_the_same_bundle_is_replaced(installed: Path, tmp_path
     assert result.status == "installed" and _links(state) == {"current": sha2, "previous": sha1}
     assert store_layout.load_model_dir(state / "models" / sha2).sha256 == sha2  # extracted again, intact
     assert (state / "models" / sha2).stat().st_mode & 0o777 == 0o755
-    # an intact copy is reused as it is: nothing is extracted
+    # an intact copy is reused as it is: the directory is not replaced
     store_install.rollback(state)
-    monkeypatch.setattr(store_install, "extract_bundle", _nospace)
+    inode = (state / "models" / sha2).stat().st_ino
     assert store_install.install_model(bundles.v2, state, bundles.public).status == "installed"
     assert _links(state) == {"current": sha2, "previous": sha1}
+    assert (state / "models" / sha2).stat().st_ino == inode
 
 
 def _failing_replace(monkeypatch: pytest.MonkeyPatch, link: Path) -> None:
@@ -1124,7 +1129,7 @@ def test_cli_threads_default_and_key_option(installed: Path, tmp_path: Path, bun
     args = _fake_python(monkeypatch, tmp_path, PASSING_SMOKE)
     assert agent_main(["install-model", str(bundles.v2), "--state-dir", str(state), "--public-key",
                        str(bundles.public)]) == 0
-    assert args.read_text().splitlines()[3:] == ["--threads", "1"]
+    assert args.read_text().splitlines()[3:] == ["--threads", "1", *LIMIT_ARGS]
     capsys.readouterr()
     # the option's key is used: a bundle signed by another key is refused
     assert agent_main(["install-model", str(bundles.other_key), "--state-dir", str(state), "--public-key",
@@ -1140,13 +1145,15 @@ HELP = {
     ("install-model",): [
         "Install a bundle into the model store; the previous model is kept for rollback.",
         "usage: edge-agent install-model [-h] [--state-dir STATE_DIR] [--public-key PUBLIC_KEY] "
-        "[--allow-new-input] [--no-downgrade] [--threads THREADS] [--json] BUNDLE",
+        "[--allow-new-input] [--no-downgrade] [--threads THREADS] [--max-model-mb MAX_MODEL_MB] [--json] BUNDLE",
         "  --state-dir STATE_DIR  model store (default: the agent's, see edge-agent run --help)",
         f"  --public-key PUBLIC_KEY  Ed25519 public key (PEM); default the pinned state-dir/trusted.pub or "
         f"{store_layout.SYSTEM_TRUSTED_KEY}",
         "  --allow-new-input     accept a model whose input differs from the active model's",
         "  --no-downgrade        refuse a lower version of the active model",
         "  --threads THREADS     interpreter threads for the smoke test",
+        "  --max-model-mb MAX_MODEL_MB largest model.tflite accepted (default 256 MiB, as the agent's "
+        "[model] max_model_mb)",
         "  --json                print the result as JSON on stdout",
     ],
     ("rollback",): ["  --state-dir STATE_DIR  model store (default: the agent's, see edge-agent run --help)",
@@ -1176,7 +1183,7 @@ def test_cli_install_options_and_outputs(installed: Path, tmp_path: Path, bundle
     v2 = read_bundle(bundles.v2, require_signature=False).manifest.short_sha
     assert agent_main(["install-model", str(bundles.v2), "--state-dir", str(state), "--public-key",
                        str(bundles.public), "--threads", "2"]) == 0
-    assert args.read_text().splitlines()[3:] == ["--threads", "2"]
+    assert args.read_text().splitlines()[3:] == ["--threads", "2", *LIMIT_ARGS]
     assert capsys.readouterr().out == f"installed: active colours 1.10 ({v2}), previous colours 1.9 ({v1})\n"
     # without --no-downgrade a lower version is accepted
     assert agent_main(["install-model", str(bundles.older), "--state-dir", str(state), "--public-key",
@@ -1384,7 +1391,7 @@ def test_install_defaults_allow_downgrades_and_one_thread(installed: Path, tmp_p
     state = _copy_store(installed, tmp_path)
     args = _fake_python(monkeypatch, tmp_path, PASSING_SMOKE)
     assert store_install.install_model(bundles.older, state, bundles.public).active.manifest.version == "1.2"
-    assert args.read_text().splitlines()[3:] == ["--threads", "1"]
+    assert args.read_text().splitlines()[3:] == ["--threads", "1", *LIMIT_ARGS]
 
 
 def _unlink_refused_for(monkeypatch: pytest.MonkeyPatch, refuse: Any) -> None:
