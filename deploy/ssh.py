@@ -209,7 +209,8 @@ def _read_bounded(streams: dict[IO[bytes], tuple[str, bytearray]], deadline: flo
                 name, buffer = key.data
                 buffer += chunk
                 if len(buffer) > limit:
-                    return f"answered more than {limit / (1 << 20):g} MiB on {name}; stopped reading"
+                    size = f"{limit >> 20} MiB" if limit % (1 << 20) == 0 else f"{limit} bytes"
+                    return f"answered more than {size} on {name}; stopped reading"
     return ""
 
 
