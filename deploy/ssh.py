@@ -219,7 +219,7 @@ def ssh_failure(proc: Completed) -> str:
         return proc.stopped
     # split at newlines only: a device's "\r" stays in the line (escaped when shown), never hides it
     text = [line for line in (proc.stderr or proc.stdout).strip().split("\n")
-            if not line.startswith("scp: failed to upload")]  # scp's summary after the reason
+            if line.strip() and not line.startswith("scp: failed to upload")]  # scp's summary after the reason
     return text[-1] if text else f"exit code {proc.returncode}"
 
 

@@ -139,7 +139,8 @@ def hostile_device(tmp_path_factory: pytest.TempPathFactory, sshd_device: SshDev
     mode_file.write_text("honest")
     script = Path(__file__).with_name("hostile_device.py")
     forced = f"{sys.executable} {script} {mode_file}"
-    proc, port = _start_sshd(base, sshd_device.identity.with_name("authorized_keys"), f"ForceCommand {forced}\n")
+    authorized = sshd_device.identity.with_name("authorized_keys")  # the same key logs in to both
+    proc, port = _start_sshd(base, authorized, f"ForceCommand {forced}\n")
     user = pwd.getpwuid(os.getuid()).pw_name
     yield HostileDevice(host=f"{user}@127.0.0.1:{port}", port=port, mode_file=mode_file)
     _stop(proc)

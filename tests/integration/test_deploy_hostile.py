@@ -120,22 +120,37 @@ def test_a_hostile_answer_fails_that_host_only(
     assert not _CONTROL.search(proc.stdout), proc.stdout
 
 
-@pytest.mark.parametrize("mode", ["crash", "trickle"])
-def test_a_failed_install_leaves_no_upload_behind(
+def test_an_install_the_device_never_finished_leaves_no_upload_behind(
     sshd_device: SshDevice, hostile_device: HostileDevice, device_state: Path, test_bundles: BundleSet,
-    tmp_path: Path, mode: str,
+    tmp_path: Path,
 ) -> None:
-    """The device dies (or stalls past the deadline) after the upload, without running our ``rm``."""
-    hostile_device.behave(mode)
+    """The agent dies after the upload without running our ``rm``; the honest host is still installed."""
+    hostile_device.behave("crash")
     uploads = tmp_path / "uploads"
     uploads.mkdir()
     proc, _ = _deploy("push", str(test_bundles.good), *_two_hosts(sshd_device, hostile_device),
-                      "--state-dir", str(device_state), "--upload-dir", str(uploads), "--host-timeout", "8")
+                      "--state-dir", str(device_state), "--upload-dir", str(uploads))
     assert proc.returncode == 1, proc.stdout + proc.stderr
     good, bad = _table_rows(proc.stdout, sshd_device, hostile_device)
-    assert " ok " in good and "FAILED" in bad and "install failed" in bad, proc.stdout
-    if mode == "trickle":
-        assert "timed out after 8 s (--host-timeout)" in bad, bad
+    assert " ok " in good and "installed; active" in good, proc.stdout
+    assert "FAILED" in bad and re.search(r"install failed +exit code 137$", bad), bad
+    assert list(uploads.iterdir()) == []
+
+
+def test_a_device_that_never_answers_fails_at_the_host_deadline_and_leaves_no_upload(
+    sshd_device: SshDevice, hostile_device: HostileDevice, device_state: Path, test_bundles: BundleSet,
+    tmp_path: Path,
+) -> None:
+    """Alive but silent (one byte every half second, never an answer): stopped at --host-timeout."""
+    hostile_device.behave("trickle")
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    proc, _ = _deploy("push", str(test_bundles.good), "--host", hostile_device.host,
+                      *sshd_device.ssh_args(with_host=False), "--state-dir", str(device_state),
+                      "--upload-dir", str(uploads), "--host-timeout", "10", "--json")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    [row] = json.loads(proc.stdout)
+    assert not row["ok"] and row["detail"] == "timed out after 10 s (--host-timeout)", row
     assert list(uploads.iterdir()) == []
 
 

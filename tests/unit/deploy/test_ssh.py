@@ -50,3 +50,8 @@ def test_a_spent_deadline_runs_nothing_but_clean_up_still_gets_a_login(tmp_path:
 def test_a_failure_line_keeps_a_carriage_return_visible() -> None:
     proc = Completed(1, "", "first\nedge-agent: bad\rfake ok\n")
     assert ssh_failure(proc) == "edge-agent: bad\rfake ok"  # HostResult escapes it as \r
+
+
+def test_a_silent_failure_names_its_exit_code() -> None:
+    assert ssh_failure(Completed(137, "", "")) == "exit code 137"
+    assert ssh_failure(Completed(1, "", "\n\n")) == "exit code 1"
