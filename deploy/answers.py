@@ -17,7 +17,7 @@ from edge_agent.schema import Field, Schema, ValidationError
 from edge_agent.util.fs import SHA256_HEX_RE
 
 MAX_DEPTH = 16  # the agent's answers nest 3 deep
-MAX_PRINTED = 500  # characters of one device string in a result line
+MAX_PRINTED = 1000  # characters of one result line (a device string, or a long ssh-keygen hint)
 
 _SIGNIFICANT = re.compile(r'[][{}"\\]')
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"  # as edge_agent.model.manifest.Manifest.name

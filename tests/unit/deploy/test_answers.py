@@ -86,4 +86,4 @@ def test_printable(raw: str, shown: str) -> None:
 
 
 def test_printable_bounds_the_length() -> None:
-    assert printable("x" * 10_000) == "x" * 500 + "…"
+    assert printable("x" * 10_000) == "x" * 1000 + "…"
