@@ -2,24 +2,23 @@
 
 Each action logs in first (:meth:`Ssh.check_connection`), uploads what it needs to
 ``--upload-dir`` under a random name, runs ``edge-agent install-model/rollback/models
---json`` (or the install-agent steps) and turns the agent's JSON answer into a
-:class:`HostResult`.
+--json`` (or the install-agent steps) and turns the agent's JSON answer, checked by
+:mod:`deploy.answers`, into a :class:`HostResult`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import re
 import shlex
-import subprocess
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
-from deploy.ssh import HostResult, Ssh, run_argv, ssh_failure
+from deploy.answers import AnswerError, ChangeAnswer, StatusAnswer, describe_model, parse_answer
+from deploy.ssh import Completed, HostResult, Ssh, ssh_failure
 
 DEFAULT_AGENT_PATH = "/opt/edge-agent/venv/bin/edge-agent"
 DEFAULT_VENV = "/opt/edge-agent/venv"
@@ -36,25 +35,6 @@ SERVICE_MARKER = "--edge-deploy-service--"
 DEFAULT_UPLOAD_DIR = "/tmp"
 
 
-def _last_json(text: str) -> dict[str, Any] | None:
-    for raw in reversed(text.splitlines()):
-        line = raw.strip()
-        if line.startswith("{"):
-            try:
-                value = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(value, dict):
-                return value
-    return None
-
-
-def describe_model(model: dict[str, Any] | None) -> str:
-    if not model:
-        return "none"
-    return f"{model.get('name')} {model.get('version')} ({str(model.get('sha256', ''))[:12]})"
-
-
 def _agent_command(args: argparse.Namespace, *words: str) -> str:
     argv = [args.agent_path, *words]
     if args.state_dir:
@@ -66,16 +46,16 @@ def _upload_dir(args: argparse.Namespace) -> str:
     return str(args.upload_dir).rstrip("/") or "/"
 
 
-def _upload_failure(ssh: Ssh, local: Path, remote: str, proc: subprocess.CompletedProcess[str]) -> str:
+def _upload_failure(ssh: Ssh, local: Path, remote: str, proc: Completed) -> str:
     """Remove what the failed upload left on the device; one line saying why it failed.
 
     scp (SFTP) reports a full or read-only disk only as ``Failure``, so the device is asked.
     """
     directory = remote.rpartition("/")[0] or "/"
     q = shlex.quote(directory)
-    probe = ssh.run(f"rm -f {shlex.quote(remote)}; if [ ! -d {q} ]; then echo missing; "
-                    f"elif [ ! -w {q} ]; then echo read-only; else df -Pk {q} | awk 'NR == 2 {{print $4}}'; fi",
-                    timeout=ssh.connect_timeout + 30)
+    probe = ssh.run_briefly(f"rm -f {shlex.quote(remote)}; if [ ! -d {q} ]; then echo missing; "
+                            f"elif [ ! -w {q} ]; then echo read-only; "
+                            f"else df -Pk {q} | awk 'NR == 2 {{print $4}}'; fi")
     answer = probe.stdout.strip().splitlines()[-1] if probe.returncode == 0 and probe.stdout.strip() else ""
     where = f"cannot upload to {directory} on the device"
     need_kib = -(-local.stat().st_size // 1024)
@@ -100,40 +80,48 @@ def push_one(ssh: Ssh, bundle: Path, args: argparse.Namespace) -> HostResult:
         return HostResult(ssh.target, False, "upload failed", _upload_failure(ssh, bundle, remote, copied))
     extra = ["--allow-new-input"] if args.allow_new_input else []
     install = _agent_command(args, "install-model", remote, "--json", *extra)
-    command = f"{install}; rc=$?; rm -f {shlex.quote(remote)}; exit $rc"
-    proc = ssh.run(command)
-    answer = _last_json(proc.stdout)
-    if answer is None:
-        return HostResult(ssh.target, False, "install failed", ssh_failure(proc))
-    active = describe_model(answer.get("active"))
-    if answer.get("ok"):
-        status = str(answer.get("status", "installed"))
-        return HostResult(ssh.target, True, f"{status}; active {active}",
-                          f"previous {describe_model(answer.get('previous'))}", answer)
-    return HostResult(ssh.target, False, f"refused at {answer.get('step') or 'install'}; active {active}",
-                      str(answer.get("error", "")), answer)
+    proc = ssh.run(_then_remove(install, remote))
+    result = _change_result(ssh, proc, "install")
+    # The device's shell removes the upload after the install, unless the agent died, the connection
+    # dropped or we stopped waiting: then it is removed from here, so it is never left behind.
+    if proc.returncode != 0 and not ssh.remove(remote):
+        result = replace(result, detail=f"{result.detail}; the upload is left at {remote}")
+    return result
 
 
 def rollback_one(ssh: Ssh, args: argparse.Namespace) -> HostResult:
     refused = ssh.check_connection()
     if refused is not None:
         return refused
-    proc = ssh.run(_agent_command(args, "rollback", "--json"))
-    answer = _last_json(proc.stdout)
-    if answer is None:
-        return HostResult(ssh.target, False, "rollback failed", ssh_failure(proc))
-    active = describe_model(answer.get("active"))
-    if answer.get("ok"):
-        return HostResult(ssh.target, True, f"rolled back; active {active}",
-                          f"previous {describe_model(answer.get('previous'))}", answer)
-    return HostResult(ssh.target, False, f"rollback refused; active {active}",
-                      str(answer.get("error", "")), answer)
+    return _change_result(ssh, ssh.run(_agent_command(args, "rollback", "--json")), "rollback")
+
+
+def _change_result(ssh: Ssh, proc: Completed, what: str) -> HostResult:
+    """The row for an ``install-model --json`` or ``rollback --json`` answer (``what``: install, rollback)."""
+    try:
+        parsed = parse_answer(proc.stdout, ChangeAnswer)
+    except AnswerError as exc:
+        return HostResult(ssh.target, False, f"{what} failed", str(exc))
+    if parsed is None:
+        return HostResult(ssh.target, False, f"{what} failed", ssh_failure(proc))
+    answer, data = parsed
+    active = describe_model(answer.active)
+    previous = f"previous {describe_model(answer.previous)}"
+    if answer.ok and what == "install":
+        return HostResult(ssh.target, True, f"{answer.status}; active {active}", previous, data)
+    if answer.ok:
+        return HostResult(ssh.target, True, f"rolled back; active {active}", previous, data)
+    if what == "install":
+        return HostResult(ssh.target, False, f"refused at {answer.step or 'install'}; active {active}",
+                          answer.error, data)
+    return HostResult(ssh.target, False, f"rollback refused; active {active}", answer.error, data)
 
 
 _SERVICE_PROBE = (
     "if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; "
     "then systemctl is-active edge-agent 2>/dev/null; else echo unknown; fi"
 )
+_SERVICE_STATE = re.compile(r"[a-z-]{1,20}")  # what systemctl is-active prints: active, failed, ...
 
 
 def status_one(ssh: Ssh, args: argparse.Namespace) -> HostResult:
@@ -143,16 +131,21 @@ def status_one(ssh: Ssh, args: argparse.Namespace) -> HostResult:
     command = f"{_agent_command(args, 'models', '--json')}; echo {SERVICE_MARKER}; {_SERVICE_PROBE}"
     proc = ssh.run(command)
     models_part, _, service_part = proc.stdout.partition(SERVICE_MARKER)
-    answer = _last_json(models_part)
-    service = service_part.strip().splitlines()[-1] if service_part.strip() else "unknown"
-    if answer is None:
+    try:
+        parsed = parse_answer(models_part, StatusAnswer)
+    except AnswerError as exc:
+        return HostResult(ssh.target, False, "status failed", str(exc))
+    if parsed is None:
         return HostResult(ssh.target, False, "status failed", ssh_failure(proc))
-    answer["service"] = service
-    summary = f"active {describe_model(answer.get('active'))}"
-    detail = f"previous {describe_model(answer.get('previous'))}; service {service}"
-    if answer.get("probation"):
+    answer, data = parsed
+    lines = service_part.split()
+    service = lines[-1] if lines and _SERVICE_STATE.fullmatch(lines[-1]) else "unknown"
+    data["service"] = service
+    summary = f"active {describe_model(answer.active)}"
+    detail = f"previous {describe_model(answer.previous)}; service {service}"
+    if answer.probation:
         detail += "; on probation"
-    return HostResult(ssh.target, True, summary, detail, answer)
+    return HostResult(ssh.target, True, summary, detail, data)
 
 
 @dataclass(frozen=True)
@@ -257,17 +250,23 @@ def install_agent_one(ssh: Ssh, args: argparse.Namespace, out: Callable[[str], N
         if refused is not None:
             return refused
     steps = install_agent_steps(args)
+    uploaded = ""  # removed by the step after its upload; by us if that step fails
     for number, step in enumerate(steps, 1):
         argv = ssh.scp_argv(step.upload, step.destination) if step.upload else ssh.ssh_argv(step.command)
         out(f"[{ssh.target}] step {number}/{len(steps)}: {step.description}")
         out(f"    {shlex.join(argv)}")
         if args.dry_run:
             continue
-        proc = run_argv(argv, timeout=900)
+        proc = ssh.copy(step.upload, step.destination) if step.upload else ssh.run(step.command)
         if proc.returncode != 0:
-            detail = (_upload_failure(ssh, step.upload, step.destination, proc) if step.upload
-                      else ssh_failure(proc))
+            if step.upload:
+                detail = _upload_failure(ssh, step.upload, step.destination, proc)
+            else:
+                detail = ssh_failure(proc)
+                if uploaded and not ssh.remove(uploaded):
+                    detail += f"; the upload is left at {uploaded}"
             return HostResult(ssh.target, False, f"failed at step {number}: {step.description}", detail)
+        uploaded = step.destination if step.upload else ""
     if args.dry_run:
         return HostResult(ssh.target, True, f"dry run: {len(steps)} steps shown")
     if args.root:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +38,7 @@ from deploy.actions import (
     rollback_one,
     status_one,
 )
+from deploy.answers import printable
 from deploy.ssh import DeployError, HostResult, Ssh, Target, collect_targets, default_known_hosts
 from edge_agent.cli.main import dispatch
 from edge_agent.config import SERVICE_STATE_DIR
@@ -46,11 +48,15 @@ from edge_agent.model.keys import generate_keypair, load_private_key
 
 EXIT_FAILED = 1
 EXIT_REFUSED = 2  # like an operator error: a host key that is not the pinned one
+HOST_TIMEOUT_S = 600  # push, rollback, status: an upload over a slow link, an install's smoke test
+INSTALL_AGENT_TIMEOUT_S = 3600  # pip on a small board
+
+log = logging.getLogger(__name__)
 
 
 def _ssh_for(target: Target, args: argparse.Namespace) -> Ssh:
     return Ssh(target=target, identity=args.identity, known_hosts=args.known_hosts,
-               connect_timeout=args.connect_timeout)
+               connect_timeout=args.connect_timeout, host_timeout=args.host_timeout)
 
 
 # --------------------------------------------------------------------------- output
@@ -59,7 +65,8 @@ def _ssh_for(target: Target, args: argparse.Namespace) -> Ssh:
 def print_table(results: Sequence[HostResult], stream: Any = None) -> None:
     stream = stream or sys.stdout
     rows = [("HOST", "RESULT", "SUMMARY", "DETAIL")]
-    rows += [(str(r.target), "ok" if r.ok else "FAILED", r.summary, r.detail) for r in results]
+    rows += [(printable(str(r.target)), "ok" if r.ok else "FAILED", printable(r.summary), printable(r.detail))
+             for r in results]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for row in rows:
         print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:3])) + "  " + row[3],
@@ -75,6 +82,9 @@ def _for_each_host(args: argparse.Namespace, action: Callable[[Ssh], HostResult]
             return action(_ssh_for(target, args))
         except EdgeError as exc:
             return HostResult(target, False, "error", str(exc))
+        except Exception as exc:  # a bug for one host must not hide what happened on the others
+            log.debug("edge-deploy failed on %s", target, exc_info=True)
+            return HostResult(target, False, "internal error", f"{type(exc).__name__}: {exc}")
 
     with ThreadPoolExecutor(max_workers=min(args.parallel, len(targets))) as pool:
         results = list(pool.map(guarded, targets))
@@ -162,7 +172,13 @@ def _host_args(parser: argparse.ArgumentParser, with_agent: bool = True) -> None
     parser.add_argument("--identity", type=Path, default=None, help="SSH private key")
     parser.add_argument("--known-hosts", type=Path, default=default_known_hosts(),
                         help="known_hosts file (new host keys are accepted once, then pinned)")
-    parser.add_argument("--connect-timeout", type=int, default=10, help="seconds")
+    parser.add_argument("--connect-timeout", type=_positive_int, default=10, metavar="SECONDS",
+                        help="for the TCP connection and the SSH banner (default 10); a login may take twice "
+                             "that plus 5 s, and ssh gives up on a device silent for 3 times that")
+    default_timeout = HOST_TIMEOUT_S if with_agent else INSTALL_AGENT_TIMEOUT_S
+    parser.add_argument("--host-timeout", type=_positive_int, default=default_timeout, metavar="SECONDS",
+                        help=f"everything done on one host, login to answer (default {default_timeout}); "
+                             "a host past it fails and the others go on")
     parser.add_argument("--parallel", type=int, default=8, help="hosts handled at once")
     parser.add_argument("--json", action="store_true", help="print results as JSON")
     if with_agent:
@@ -172,6 +188,16 @@ def _host_args(parser: argparse.ArgumentParser, with_agent: bool = True) -> None
                                  "a private store the service never reads)")
         parser.add_argument("--agent-path", default=DEFAULT_AGENT_PATH,
                             help=f"edge-agent on the device (default {DEFAULT_AGENT_PATH})")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of seconds >= 1, not {text!r}")
+    return value
 
 
 def _upload_arg(parser: argparse.ArgumentParser) -> None:

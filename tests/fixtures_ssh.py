@@ -56,17 +56,10 @@ def _keygen(path: Path, kind: str = "ed25519") -> None:
     subprocess.run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-f", str(path)], check=True)
 
 
-@pytest.fixture(scope="session")
-def sshd_device(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshDevice]:
-    if not os.path.exists(SSHD) or shutil.which("ssh") is None:
-        pytest.skip("openssh server/client not installed")
-    base = tmp_path_factory.mktemp("sshd")
-    host_key, client_key = base / "host_ed25519", base / "client_ed25519"
+def _start_sshd(base: Path, authorized: Path, extra_config: str = "") -> tuple[subprocess.Popen[bytes], int]:
+    """A key-only sshd on a free 127.0.0.1 port with a throw-away host key, ready to log in."""
+    host_key = base / "host_ed25519"
     _keygen(host_key)
-    _keygen(client_key)
-    authorized = base / "authorized_keys"
-    authorized.write_text(Path(f"{client_key}.pub").read_text())
-    authorized.chmod(0o600)
     port = _free_port()
     user = pwd.getpwuid(os.getuid()).pw_name
     config = base / "sshd_config"
@@ -76,31 +69,81 @@ def sshd_device(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshDevice]
         "StrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
         "PubkeyAuthentication yes\nPermitRootLogin prohibit-password\nAllowTcpForwarding no\n"
         "X11Forwarding no\nSubsystem sftp internal-sftp\nLogLevel ERROR\n"
-        f"AllowUsers {user}\nMaxStartups 50\nMaxSessions 50\n"
+        f"AllowUsers {user}\nMaxStartups 50\nMaxSessions 50\n{extra_config}"
     )
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege-separation directory
-    log = (base / "sshd.log").open("wb")
-    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=log, stderr=log)
+    with (base / "sshd.log").open("wb") as log:
+        proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=log, stderr=log)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            break
+            return proc, port
         if proc.poll() is not None:
             pytest.fail(f"sshd exited: {(base / 'sshd.log').read_text()}")
         time.sleep(0.05)
-    else:
-        proc.kill()
-        pytest.fail("sshd did not listen within 10 s")
-    yield SshDevice(
-        host=f"{user}@127.0.0.1", port=port, identity=client_key,
-        known_hosts=base / "known_hosts", agent_path=VENV_BIN / "edge-agent",
-    )
+    proc.kill()
+    pytest.fail("sshd did not listen within 10 s")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     try:
         proc.wait(timeout=5)
     except subprocess.TimeoutExpired:
         proc.kill()
-    log.close()
+
+
+def _need_openssh() -> None:
+    if not os.path.exists(SSHD) or shutil.which("ssh") is None:
+        pytest.skip("openssh server/client not installed")
+
+
+@pytest.fixture(scope="session")
+def sshd_device(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshDevice]:
+    _need_openssh()
+    base = tmp_path_factory.mktemp("sshd")
+    client_key = base / "client_ed25519"
+    _keygen(client_key)
+    authorized = base / "authorized_keys"
+    authorized.write_text(Path(f"{client_key}.pub").read_text())
+    authorized.chmod(0o600)
+    proc, port = _start_sshd(base, authorized)
+    user = pwd.getpwuid(os.getuid()).pw_name
+    yield SshDevice(
+        host=f"{user}@127.0.0.1", port=port, identity=client_key,
+        known_hosts=base / "known_hosts", agent_path=VENV_BIN / "edge-agent",
+    )
+    _stop(proc)
+
+
+@dataclass(frozen=True)
+class HostileDevice:
+    """A second sshd whose forced command (tests/hostile_device.py) plays a misbehaving device.
+
+    It logs in with the same key as :func:`sshd_device`, runs uploads and plain shell commands
+    (``true``, ``rm``) as asked, but answers every ``edge-agent`` command as :meth:`behave` says.
+    """
+
+    host: str  # user@127.0.0.1:PORT
+    port: int
+    mode_file: Path
+
+    def behave(self, mode: str) -> None:
+        self.mode_file.write_text(mode)
+
+
+@pytest.fixture(scope="session")
+def hostile_device(tmp_path_factory: pytest.TempPathFactory, sshd_device: SshDevice) -> Iterator[HostileDevice]:
+    base = tmp_path_factory.mktemp("hostile-sshd")
+    mode_file = base / "mode"
+    mode_file.write_text("honest")
+    script = Path(__file__).with_name("hostile_device.py")
+    forced = f"{sys.executable} {script} {mode_file}"
+    authorized = sshd_device.identity.with_name("authorized_keys")  # the same key logs in to both
+    proc, port = _start_sshd(base, authorized, f"ForceCommand {forced}\n")
+    user = pwd.getpwuid(os.getuid()).pw_name
+    yield HostileDevice(host=f"{user}@127.0.0.1:{port}", port=port, mode_file=mode_file)
+    _stop(proc)
 
 
 # --------------------------------------------------------------------------- keys and bundles

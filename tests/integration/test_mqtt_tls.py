@@ -144,3 +144,48 @@ def test_hostname_is_checked(pki, tmp_path: Path):
         assert _refused(broker, pki.client(pki.dev_a, broker.url))
     finally:
         broker.stop()
+
+
+def test_homeassistant_discovery_confined_to_the_devices_own_sensors(tls_broker, pki, collector_factory,
+                                                                      tmp_path: Path):
+    """The agent's discovery configs reach Home Assistant; nothing else a device sends under homeassistant/."""
+    from deploy import certs
+    from edge_agent.messaging.envelope import EnvelopeFactory
+    from edge_agent.messaging.homeassistant import homeassistant_discovery
+    from edge_agent.messaging.publishers.mqtt import MqttPublisher
+
+    ha_pair = certs.issue(pki.dir, "homeassistant", out_dir=tmp_path / "ha")
+    ha = collector_factory(pki.client(ha_pair, tls_broker.url), "homeassistant/#", "edge/v1/dev-a/status")
+    expected = {topic for topic, _ in homeassistant_discovery("dev-a", "edge/v1/dev-a")}
+    # the real publisher of dev-a, discovery on: every config it publishes is let through
+    state = tmp_path / "state"
+    pub = MqttPublisher({"broker": tls_broker.url, "ca_file": str(pki.ca.cert), "cert_file": str(pki.dev_a.cert),
+                         "key_file": str(pki.dev_a.key), "homeassistant": True, "keepalive": 5},
+                        envelope=EnvelopeFactory("dev-a", state), state_dir=state)
+    pub.start()
+    try:
+        assert ha.wait(lambda: expected <= {m.topic for m in ha.messages}, HANG), [m.topic for m in ha.messages]
+        assert ha.wait(lambda: bool(ha.on("dev-a/status")), HANG), "Home Assistant cannot read availability"
+    finally:
+        pub.stop(2)
+    dev_a = collector_factory(pki.client(pki.dev_a, tls_broker.url), "edge/v1/dev-a/cmd/+")
+    forged = [
+        "homeassistant/switch/dev-a/relay/config",  # another component under its own node id
+        "homeassistant/binary_sensor/dev-a/fps/config",
+        "homeassistant/sensor/dev-a/config",  # object id = its own name, without a node id
+        "homeassistant/sensor/dev-a/unlock/config",  # a sensor the agent never publishes
+        "homeassistant/sensor/dev-a/fps/config/x",
+        "homeassistant/sensor/dev-b/fps/config",  # another device's sensor
+        "homeassistant/status",  # Home Assistant's own birth message
+    ]
+    for topic in forged:
+        dev_a.link.publish(topic, b'{"forged": true}', retain=True)
+    # last, one of its own configs again: once that is in, anything forged before it would be too
+    last = sorted(expected)[0]
+    dev_a.link.publish(last, b'{"last": true}', retain=True)
+    try:
+        assert ha.wait(lambda: any(m.payload == b'{"last": true}' for m in ha.on(last)), HANG)
+        assert [m.topic for m in ha.messages if m.payload == b'{"forged": true}'] == []
+    finally:
+        for topic in expected:  # the broker is shared by the session: leave no retained configs
+            dev_a.link.publish(topic, b"", retain=True)
