@@ -133,6 +133,7 @@ class Outbox:
         self._retry_after: dict[int, float] = {}
         self._undeleted: dict[int, int] = {}  # acknowledged, delete failed: id -> size
         self._scan_from = 0  # every row with an id up to this one is in _undeleted
+        self._top_id = 0  # the highest id handed out
         self._closed = False
         self._reopen_at = 0.0
         self._failure = _FailureLog()
@@ -145,13 +146,13 @@ class Outbox:
         """The table, or None when it cannot be opened now (tried again after REOPEN_EVERY_S).
         A damaged database is set aside (with its WAL) and an empty one takes its place."""
         try:
-            return OutboxTable(self._path, durable=self._durable)
+            return self._connect()
         except (sqlite3.Error, OSError) as exc:
             reason, error = failure_reason(exc), exc
         if reason == "corrupt" and self._path is not None:
             set_aside(self._path, str(error), *companion_files(self._path))
             try:
-                return OutboxTable(self._path, durable=self._durable)
+                return self._connect()
             except (sqlite3.Error, OSError) as exc:
                 reason, error = failure_reason(exc), exc
         self._reopen_at = time.monotonic() + REOPEN_EVERY_S
@@ -160,11 +161,33 @@ class Outbox:
                     "only while connected", self._path, reason, error, REOPEN_EVERY_S)
         return None
 
+    def _connect(self) -> OutboxTable:
+        """The table with SQLite's shared-memory WAL index, or, when a full disk has no room
+        for the ``-shm`` file, with the index in this process's memory (exclusive locking)."""
+        try:
+            return OutboxTable(self._path, durable=self._durable)
+        except sqlite3.Error as exc:
+            if self._path is None or not str(getattr(exc, "sqlite_errorname", "")).startswith("SQLITE_IOERR_SHM"):
+                raise
+            log.warning("outbox %s: no room for its shared-memory index (%s); opened for this process only",
+                        self._path, exc)
+        return OutboxTable(self._path, durable=self._durable, exclusive=True)
+
     def _usable(self) -> OutboxTable | None:
         """The open table, opening it again when it is due (never after :meth:`close`)."""
         if self._table is None and not self._closed and time.monotonic() >= self._reopen_at:
             self._table = self._open()
+            if self._table is not None and self._top_id:
+                self._number_above(self._table, self._top_id)
         return self._table
+
+    @staticmethod
+    def _number_above(table: OutboxTable, top_id: int) -> None:
+        """A late PUBACK of a row of a database set aside must not delete a new row with its id."""
+        try:
+            table.start_ids_after(top_id)
+        except sqlite3.Error as exc:
+            log.warning("outbox: cannot number new rows above %d: %s", top_id, exc)
 
     def _discard_damaged(self, error: sqlite3.Error) -> None:
         """The database turned out damaged while running: set it aside; the next put opens an
@@ -289,6 +312,7 @@ class Outbox:
                     continue
                 self._retry_after.pop(rid, None)
                 self._inflight.add(rid)
+                self._top_id = max(self._top_id, rid)
                 body = bytes(payload)
                 if replayed:
                     body = _mark_replayed(body)

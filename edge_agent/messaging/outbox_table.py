@@ -58,14 +58,18 @@ class OutboxTable:
     Args:
         path: database file (parent created); ``None`` keeps it in memory (tests only).
         durable: ``synchronous=FULL`` (survives power loss, slower) instead of NORMAL.
+        exclusive: keep the WAL index in this process's memory instead of the ``-shm`` file
+            (which a full disk may have no room for); no other process can read the database then.
     """
 
-    def __init__(self, path: Path | None, *, durable: bool) -> None:
+    def __init__(self, path: Path | None, *, durable: bool, exclusive: bool = False) -> None:
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(str(path) if path is not None else ":memory:", check_same_thread=False,
                                   isolation_level=None)
         try:
+            if exclusive:
+                self.db.execute("PRAGMA locking_mode=EXCLUSIVE")
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             self.db.executescript(_SCHEMA)
@@ -81,6 +85,12 @@ class OutboxTable:
         self.replayed_upto = int(row[2])
         self.closed = False
 
+    def start_ids_after(self, last_id: int) -> None:
+        """Number new rows above ``last_id`` (ids handed out from a database set aside)."""
+        self.db.execute("INSERT INTO sqlite_sequence (name, seq) SELECT 'outbox', ? WHERE NOT EXISTS "
+                        "(SELECT 1 FROM sqlite_sequence WHERE name = 'outbox')", (last_id,))
+        self.db.execute("UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = 'outbox'", (last_id,))
+
     def insert(self, topic: str, payload: bytes, kind: int, created: float) -> None:
         size = len(payload)
         self.db.execute(
@@ -93,7 +103,9 @@ class OutboxTable:
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
         """BEGIN … COMMIT around the statements of the ``with`` block; ROLLBACK when one fails
-        (a full disk), so the connection is never left inside a transaction."""
+        (a full disk, often only at COMMIT), so the connection is never left inside a transaction
+        and the totals stay those of the rows really there."""
+        totals = self.count, self.bytes
         self.db.execute("BEGIN")
         try:
             yield
@@ -101,6 +113,7 @@ class OutboxTable:
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
                 self.db.execute("ROLLBACK")
+            self.count, self.bytes = totals
             raise
 
     def delete(self, ids: list[int], size: int) -> None:
