@@ -156,9 +156,9 @@ class Outbox:
             except (sqlite3.Error, OSError) as exc:
                 reason, error = failure_reason(exc), exc
         self._reopen_at = time.monotonic() + REOPEN_EVERY_S
-        self._failure.reason = reason
-        log.warning("outbox %s cannot be opened (%s: %s); tried again every %.0f s, meanwhile results go out "
-                    "only while connected", self._path, reason, error, REOPEN_EVERY_S)
+        self._failure.note_unopened(reason, f"outbox {self._path} cannot be opened ({reason}: {error}); tried "
+                                            f"again every {REOPEN_EVERY_S:.0f} s, meanwhile results go out "
+                                            "only while connected")
         return None
 
     def _connect(self) -> OutboxTable:
@@ -492,6 +492,7 @@ class _FailureLog:
         self._failing = False
         self._since_log = 0
         self._logged_at = 0.0
+        self._opened_logged_at = -LOG_EVERY_S
 
     def note(self, reason: str, sent: bool) -> None:
         now = time.monotonic()
@@ -503,6 +504,13 @@ class _FailureLog:
                     "sent live while connected, dropped otherwise (the last one was %s)",
                     reason, self._since_log, "sent live" if sent else "dropped")
         self._since_log = 0
+
+    def note_unopened(self, reason: str, message: str) -> None:
+        now = time.monotonic()
+        if reason != self.reason or now - self._opened_logged_at >= LOG_EVERY_S:
+            self._opened_logged_at = now
+            log.warning("%s", message)
+        self.reason = reason
 
     def note_undeleted(self, reason: str, count: int) -> None:
         now = time.monotonic()
