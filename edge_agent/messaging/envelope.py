@@ -69,10 +69,10 @@ class SequenceCounter:
         data = str(self._reserved).encode()
         try:
             atomic_write(self._path, data)
-        except OSError:
+        except OSError as exc:
             try:
                 _overwrite(self._path, data)
-            except OSError as exc:
+            except OSError:
                 if not self.unpersisted:
                     log.warning("cannot persist the sequence number to %s (%s): counting on in memory",
                                 self._path, exc.strerror or exc)
