@@ -6,6 +6,7 @@ from collections.abc import Iterator
 import pytest
 
 pytest_plugins = [
+    "tests.fixtures_disk",
     "tests.fixtures_models",
     "tests.fixtures_mqtt",
     "tests.fixtures_ssh",

@@ -294,19 +294,29 @@ def open_source_and_model(engine: Engine, config: AgentConfig) -> Source:
 
 
 def note_start(state_dir: Path) -> None:
-    """Count the start for the model store's probation crash counter (it may roll back)."""
+    """Count the start for the model store's probation crash counter (it may roll back).
+    Storage never stops the agent: when the count cannot be written (a full disk) it says so."""
     from edge_agent.store.probation import note_agent_start
 
-    rolled_back = note_agent_start(state_dir)
+    try:
+        rolled_back = note_agent_start(state_dir)
+    except OSError as exc:
+        log.warning("cannot record this start for the model's probation: %s", exc.strerror or exc)
+        return
     if rolled_back is not None:
         log.warning("model store rolled back after repeated crashes: %s", rolled_back)
 
 
 def write_pid_file(state_dir: Path) -> None:
-    """Let ``edge-agent install-model`` find (and SIGHUP) the running agent."""
+    """Let ``edge-agent install-model`` find (and SIGHUP) the running agent; without it (a full
+    disk) the agent runs on and an install asks for a restart instead."""
     from edge_agent.store import pidfile
 
-    pidfile.write_pid_file(state_dir)
+    try:
+        pidfile.write_pid_file(state_dir)
+    except OSError as exc:
+        log.warning("cannot write the pid file in %s (%s): installs cannot signal this agent",
+                    state_dir, exc.strerror or exc)
 
 
 def note_stop(state_dir: Path) -> None:
@@ -314,7 +324,10 @@ def note_stop(state_dir: Path) -> None:
     from edge_agent.store import pidfile, probation
 
     pidfile.remove_pid_file(state_dir)
-    probation.note_agent_stop(state_dir)
+    try:
+        probation.note_agent_stop(state_dir)
+    except OSError as exc:
+        log.warning("cannot record the clean stop for the model's probation: %s", exc.strerror or exc)
 
 
 def make_publisher(config: AgentConfig, envelope: EnvelopeFactory | None, control: Agent) -> Publisher:

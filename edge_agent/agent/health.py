@@ -2,7 +2,8 @@
 Pi), the typed :class:`HealthRecord` the agent publishes and readers parse, and its reporter.
 
 A figure the board does not report is ``None`` (JSON null), never invented.
-Only the standard library: ``/proc``, ``/sys`` and ``shutil.disk_usage``.
+Only the standard library: ``/proc``, ``/sys`` and ``shutil.disk_usage``; the state files
+set aside come from :mod:`edge_agent.util.statefiles`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 from edge_agent.agent.stats import StatsSnapshot
 from edge_agent.control import ProbeSample
+from edge_agent.util.statefiles import set_aside_counts
 
 if TYPE_CHECKING:
     from edge_agent.agent.sdnotify import Notifier
@@ -141,6 +143,7 @@ class SystemHealth(TypedDict):
     process_cpu_percent: float | None
     mem: MemoryFigures
     disk_free_bytes: int | None
+    state_files_set_aside: dict[str, int]  # damaged state files renamed aside, by file name
     uptime_s: float
     system_uptime_s: float | None
 
@@ -326,6 +329,7 @@ class HealthSampler:
                 "rss_bytes": _read_rss_bytes(),
             },
             "disk_free_bytes": disk_free,
+            "state_files_set_aside": set_aside_counts(),
             "uptime_s": round(now - self._started, 1),
             "system_uptime_s": _read_uptime(),
         }

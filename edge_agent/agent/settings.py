@@ -15,6 +15,7 @@ from edge_agent.config import OVERRIDES_FILE, AgentConfig, RuntimeSettings, vali
 from edge_agent.errors import ConfigError
 from edge_agent.tasks import Task
 from edge_agent.util.fs import atomic_write
+from edge_agent.util.statefiles import set_aside
 
 log = logging.getLogger(__name__)
 
@@ -52,21 +53,25 @@ class Settings:
         return threshold, top_k
 
     def load(self, state_dir: Path) -> None:
-        """Apply the overrides persisted in ``state_dir`` (an unreadable file is logged and ignored)."""
+        """Apply the overrides persisted in ``state_dir``: a damaged file is set aside, one with
+        settings this version refuses is logged and ignored."""
         path = state_dir / OVERRIDES_FILE
         try:
-            data = json.loads(path.read_text())
+            version, raw = _read_overrides(path)
         except FileNotFoundError:
             return
-        except (OSError, ValueError) as exc:
-            log.warning("ignoring unreadable %s: %s", path, exc)
+        except OSError as exc:
+            log.warning("ignoring unreadable %s: %s", path, exc.strerror or exc)
+            return
+        except (ValueError, RecursionError) as exc:
+            set_aside(path, str(exc))
             return
         try:
-            settings = validate_settings(data.get("settings", {}))
-        except (ConfigError, AttributeError) as exc:
+            settings = validate_settings(raw)
+        except ConfigError as exc:
             log.warning("ignoring invalid %s: %s", path, exc)
             return
-        self.version = int(data.get("version", 0))
+        self.version = version
         self._apply(settings)
 
     def _apply(self, settings: RuntimeSettings) -> None:
@@ -109,3 +114,19 @@ class Settings:
             "fps": self.fps,
             "health_interval_s": self.health_interval_s,
         }
+
+
+def _read_overrides(path: Path) -> tuple[int, dict[str, Any]]:
+    """(version, settings) of the overrides file.
+
+    Raises:
+        OSError: it cannot be read.
+        ValueError: it is not ``{"version": int, "settings": {...}}`` in UTF-8 JSON.
+    """
+    data = json.loads(path.read_bytes())
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    version, settings = data.get("version", 0), data.get("settings", {})
+    if not isinstance(version, int) or isinstance(version, bool) or not isinstance(settings, dict):
+        raise ValueError("needs an integer version and a settings object")
+    return version, settings

@@ -101,16 +101,17 @@ class Sender:
     def wait_offline(self, timeout: float) -> bool:
         return self._offline_done.wait(timeout)
 
-    def queue_direct(self, item: Direct, front: bool = False, marker: bool = False) -> None:
+    def queue_direct(self, item: Direct, front: bool = False, marker: bool = False) -> bool:
+        """Queue a message for sending when connected; False when refused (oversize) or dropped (queue full)."""
         if not self.link.fits(item.topic, len(item.payload), response_topic=item.response_topic,
                               correlation_data=item.correlation_data):
             self._refuse_direct(item)
-            return
+            return False
         with self._direct_lock:
             if len(self._direct) >= DIRECT_QUEUE_MAX:
                 self.dropped_direct += 1
                 log.warning("direct queue full: dropped a message for %s", item.topic)
-                return
+                return False
             if marker:
                 item = _OfflineMarker(item.topic, item.payload, item.retain)
             if front:
@@ -118,6 +119,7 @@ class Sender:
             else:
                 self._direct.append(item)
         self._wake.set()
+        return True
 
     def _refuse_direct(self, item: Direct) -> None:
         self.refused_oversize += 1

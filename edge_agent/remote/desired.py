@@ -17,6 +17,8 @@ from edge_agent.control import AgentControl
 from edge_agent.errors import EdgeError
 from edge_agent.remote.guards import MAX_COMMAND_BYTES, MAX_DEPTH, SET_CONFIG_MAX_KEYS, RejectError, depth, loads_strict
 from edge_agent.remote.protocol import CommandError, Publish
+from edge_agent.util.fs import atomic_write
+from edge_agent.util.statefiles import set_aside
 
 log = logging.getLogger(__name__)
 
@@ -135,15 +137,25 @@ class DesiredConfig:
         self._publish("config/reported", body)
 
     def _load_version(self) -> int | None:
-        try:
-            return int(self._path.read_text()) if self._path else None
-        except (OSError, ValueError):
+        """The last applied version; None when there is none (a damaged file is set aside)."""
+        if self._path is None:
             return None
+        try:
+            version = int(self._path.read_bytes().decode("ascii"))
+        except OSError:
+            return None
+        except ValueError:
+            set_aside(self._path, "not a version number")
+            return None
+        if version < 0:
+            set_aside(self._path, "a negative version")
+            return None
+        return version
 
     def _save_version(self, version: int) -> None:
         if self._path is None:
             return
         try:
-            self._path.write_text(str(version))
+            atomic_write(self._path, str(version).encode())
         except OSError as exc:
             log.warning("cannot persist desired config version: %s", exc)

@@ -11,7 +11,6 @@ import heapq
 import json
 import logging
 import math
-import os
 import re
 import threading
 import time
@@ -19,6 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from edge_agent.util.fs import atomic_write
+from edge_agent.util.statefiles import set_aside
 
 log = logging.getLogger(__name__)
 
@@ -201,29 +203,31 @@ class ReplayCache:
             self._load(path)
 
     def _load(self, path: Path) -> None:
+        """Read the ids still live and rewrite the file with just those. A file with a line that
+        is not ``<id> <expiry>`` in UTF-8 is set aside; the lines that are stay in force."""
         now = time.time()
         try:
-            lines = path.read_text().splitlines()
+            lines = path.read_bytes().split(b"\n")
         except OSError:
             lines = []
-        for line in lines:
-            cmd_id, _, exp = line.partition(" ")
-            try:
-                expires = float(exp)
-            except ValueError:
+        damaged = 0
+        for raw in lines:
+            entry = _parse_entry(raw)
+            if entry is None:
+                damaged += bool(raw.strip())
                 continue
+            cmd_id, expires = entry
             if expires > now:
                 self._seen[cmd_id] = max(expires, self._seen.get(cmd_id, expires))
+        if damaged:
+            set_aside(path, f"{damaged} damaged line(s)")
         self._expiries = [(exp, key) for key, exp in self._seen.items()]
         heapq.heapify(self._expiries)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text("".join(f"{k} {v}\n" for k, v in self._seen.items()))
-            os.replace(tmp, path)
-        except OSError as exc:
-            log.warning("cannot write replay cache %s: %s", path, exc)
-            self._path = None
+            atomic_write(path, "".join(f"{k} {v}\n" for k, v in self._seen.items()).encode())
+        except OSError as exc:  # a full disk: appends are tried at every command
+            log.warning("cannot write replay cache %s: %s", path, exc.strerror or exc)
 
     def seen(self, cmd_id: str) -> bool:
         return cmd_id in self._seen
@@ -251,3 +255,13 @@ class ReplayCache:
             expires, key = heapq.heappop(self._expiries)
             if self._seen.get(key) == expires:  # not a stale entry of an id added again later
                 del self._seen[key]
+
+
+def _parse_entry(raw: bytes) -> tuple[str, float] | None:
+    """``<id> <expiry>`` of one replay-cache line, or None when it is not one."""
+    try:
+        cmd_id, sep, exp = raw.decode("utf-8").strip().partition(" ")
+        expires = float(exp)
+    except ValueError:
+        return None
+    return (cmd_id, expires) if sep and cmd_id and math.isfinite(expires) else None

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from edge_agent.errors import InstallError
 from edge_agent.store.layout import CURRENT, InstalledModel, read_link
 from edge_agent.util.fs import atomic_write, fsync_dir
+from edge_agent.util.statefiles import set_aside
 
 if TYPE_CHECKING:
     from edge_agent.store.install import InstallResult
@@ -40,11 +41,30 @@ class Probation:
 
 
 def read_probation(state_dir: Path) -> Probation | None:
+    """The probation record, or None when there is none; a damaged one is set aside."""
+    path = Path(state_dir) / PROBATION_FILE
     try:
-        data = json.loads((Path(state_dir) / PROBATION_FILE).read_text())
-        return Probation(**data)
-    except (OSError, ValueError, TypeError):
+        data = json.loads(path.read_bytes())
+        return _probation_from(data)
+    except OSError:
         return None
+    except (ValueError, TypeError, RecursionError) as exc:
+        set_aside(path, f"not a probation record: {exc}")
+        return None
+
+
+def _probation_from(data: object) -> Probation:
+    """Raises TypeError unless ``data`` holds every field of a :class:`Probation`, each of its type."""
+    if not isinstance(data, dict):
+        raise TypeError("not an object")
+    probation = Probation(**data)
+    for name, kind in (("sha256", str), ("started", float), ("until", float), ("max_crashes", int),
+                       ("crashes", int), ("running", bool), ("command_id", str)):
+        value = getattr(probation, name)
+        ok = isinstance(value, int | float) if kind is float else isinstance(value, kind)
+        if not ok or (kind is not bool and isinstance(value, bool)):
+            raise TypeError(f"{name} is not a {kind.__name__}")
+    return probation
 
 
 def write_probation(state_dir: Path, probation: Probation) -> None:

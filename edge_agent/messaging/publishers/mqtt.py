@@ -151,8 +151,13 @@ class MqttPublisher(Publisher):
             # refused here, counted, never queued (the broker would drop the connection).
             self.outbox.refuse_oversize(topic, len(data), self.link.packet_limit)
             return
-        if self.outbox.put(topic, data, "health" if kind == "health" else "result"):
+        if self.outbox.put(topic, data, "health" if kind == "health" else "result",
+                           live=lambda: self._send_live(topic, data)):
             self.sender.wake()
+
+    def _send_live(self, topic: str, data: bytes) -> bool:
+        """A message the outbox could not store (full disk): sent directly while connected."""
+        return self.link.connected and self.sender.queue_direct(Direct(topic, data, False))
 
     def publish_reply(self, kind: str, payload: dict[str, Any], response_topic: str | None,
                       correlation_data: bytes | None) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.messaging.envelope import EnvelopeFactory, SequenceCounter, read_boot_id
+from edge_agent.util.statefiles import set_aside_counts
 
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
@@ -68,9 +69,18 @@ def test_factory_sequence_persists_in_its_state_dir(tmp_path: Path) -> None:
     assert EnvelopeFactory("d", tmp_path).wrap({})["seq"] == 1000
 
 
-@pytest.mark.parametrize("content", ["", "  \n", "garbage"])
-def test_unreadable_sequence_file_starts_at_zero(tmp_path: Path, content: str) -> None:
-    (tmp_path / "seq").write_text(content)
+@pytest.mark.parametrize("content", [b"", b"  \n", b"garbage", b"\xff\xfe12", b"-5"])
+def test_damaged_sequence_file_is_set_aside_and_the_count_resumes_above_it(tmp_path: Path,
+                                                                           content: bytes) -> None:
+    """A damaged file says nothing about the old count: it is set aside (counted) and the count
+    resumes at the Unix time in milliseconds, above any count reached before, so no number repeats."""
+    (tmp_path / "seq").write_bytes(content)
+    before = set_aside_counts().get("seq", 0)
+    floor = int(time.time() * 1000)
     counter = SequenceCounter(tmp_path)
-    assert counter.next() == 0
-    assert (tmp_path / "seq").read_text() == "1000"
+    first = counter.next()
+    assert floor <= first <= int(time.time() * 1000)
+    assert (tmp_path / "seq").read_text() == str(first + 1000)
+    [aside] = tmp_path.glob("seq.corrupt-*")
+    assert aside.read_bytes() == content
+    assert set_aside_counts()["seq"] == before + 1

@@ -11,7 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.messaging.outbox import Kind, Outbox
+from edge_agent.messaging import outbox as outbox_module
+from edge_agent.messaging.outbox import Kind, Outbox, OutboxRow
+from edge_agent.messaging.outbox_table import companion_files
+from edge_agent.util.statefiles import set_aside_counts
+from tests.fixtures_disk import fill
 
 
 def _msg(n: int, size: int = 0) -> bytes:
@@ -301,3 +305,122 @@ def test_refused_row_does_not_block_the_others(tmp_path: Path, monkeypatch) -> N
             break
     assert box.depth == 0 and box.counters.undeliverable == 1
     assert delivered == [0, 2, 3]
+
+
+# ---- a full disk and a damaged database (tmpfs, root only) ------------------------------------------
+
+
+def _seqs(rows: list[OutboxRow]) -> list[int]:
+    return [json.loads(r.payload)["seq"] for r in rows]
+
+
+def test_full_disk_drops_by_reason_or_sends_live_and_writes_resume_when_space_is_freed(small_disk: Path) -> None:
+    box = Outbox(small_disk / "o.db")
+    for n in range(3):
+        assert box.put("t/evt/x", _msg(n), "result")
+    ballast = fill(small_disk)
+    live: list[int] = []
+    # Not stored: handed to ``live`` when it takes it, dropped (by reason) when it does not.
+    assert not box.put("t/evt/x", _msg(3), "result", live=lambda: live.append(3) is None)
+    assert not box.put("t/evt/x", _msg(4), "result", live=lambda: False)
+    assert not box.put("t/health", _msg(5), "health")
+    stats = box.stats()
+    assert live == [3]
+    assert stats["dropped"] == {"disk_full": 2, "io_error": 0, "corrupt": 0, "other": 0}
+    assert (stats["sent_unstored"], stats["write_errors"], stats["depth"]) == (1, 3, 3)
+    ballast.unlink()
+    assert box.put("t/evt/x", _msg(6), "result")  # the next message tries the disk again
+    assert _seqs(box.take(10)) == [0, 1, 2, 6]
+    box.close()
+
+
+def test_rows_acknowledged_on_a_full_disk_are_not_sent_again_and_deleted_later(small_disk: Path) -> None:
+    path = small_disk / "o.db"
+    box = Outbox(path)
+    for n in range(30):
+        assert box.put("t/evt/x", _msg(n), "result")
+    ballast = fill(small_disk)
+    box.ack([r.id for r in box.take(10)])  # the delete fails: the disk is full
+    assert _stored_seqs(path)[:1] == [0]
+    assert (box.depth, box.stats()["delivered"]) == (20, 10)
+    box.release_all()  # e.g. a reconnect: nothing acknowledged comes again
+    assert _seqs(box.take(5)) == [10, 11, 12, 13, 14]
+    box.ack([r.id for r in box.take(100)][:3])  # 15, 16, 17: out of order
+    box.release_all()
+    rest = [*range(10, 15), *range(18, 30)]
+    assert _seqs(box.take(100)) == rest
+    ballast.unlink()
+    box.expire()  # the sender calls it every few seconds: the acknowledged rows go now
+    assert _stored_seqs(path) == rest
+    assert box.depth == len(rest) == 17
+    box.close()
+
+
+def test_starts_on_a_full_disk_and_replays_what_an_earlier_run_queued(small_disk: Path) -> None:
+    """Opening writes nothing: on a full disk with no room even for SQLite's ``-shm`` index the
+    queued rows are read (with the index in memory) and go out marked as replayed."""
+    path = small_disk / "o.db"
+    first = Outbox(path)
+    for n in range(5):
+        assert first.put("t/evt/x", _msg(n), "result")
+    first.close()
+    for extra in companion_files(path):
+        extra.unlink(missing_ok=True)
+    fill(small_disk)
+    again = Outbox(path)
+    rows = again.take(10)
+    assert _seqs(rows) == [0, 1, 2, 3, 4] and all(r.replayed for r in rows)
+    assert not again.put("t/evt/x", _msg(5), "result")
+    assert again.stats()["dropped"]["disk_full"] == 1
+    again.close()
+
+
+def test_no_database_on_a_full_disk_is_opened_once_space_is_freed(small_disk: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(outbox_module, "REOPEN_EVERY_S", 0.0)
+    ballast = fill(small_disk)
+    box = Outbox(small_disk / "o.db")
+    assert box.take(5) == [] and box.depth == 0
+    assert not box.put("t/evt/x", _msg(0), "result")
+    assert box.stats()["dropped"]["disk_full"] == 1
+    ballast.unlink()
+    assert box.put("t/evt/x", _msg(1), "result")
+    assert _seqs(box.take(5)) == [1]
+    box.close()
+
+
+@pytest.mark.parametrize("garbage", [b"\x00garbage" * 1000, b"SQLite format 3\x00" + b"\xff" * 4080])
+def test_a_damaged_database_is_set_aside_and_replaced(tmp_path: Path, garbage: bytes) -> None:
+    path = tmp_path / "o.db"
+    path.write_bytes(garbage)
+    before = set_aside_counts().get("o.db", 0)
+    box = Outbox(path)
+    assert box.put("t/evt/x", _msg(1), "result")
+    assert _seqs(box.take(5)) == [1]
+    box.close()
+    [aside] = tmp_path.glob("o.db.corrupt-*[0-9]Z")
+    assert aside.read_bytes() == garbage
+    assert set_aside_counts()["o.db"] == before + 1
+
+
+def test_a_database_damaged_while_running_is_set_aside_and_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    box = Outbox(path)
+    for n in range(3):
+        assert box.put("t/evt/x", _msg(n, 5000), "result")
+    assert box.take(1)
+    db = box._table.db  # type: ignore[union-attr]
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    with path.open("r+b") as handle:  # what a power cut on an SD card may leave: pages of garbage
+        handle.seek(4096)
+        handle.write(b"\xde\xad" * (path.stat().st_size // 2))
+    db.execute("PRAGMA shrink_memory")  # forget the cached pages: the next statement reads the file
+    before = set_aside_counts().get("o.db", 0)
+    assert not box.put("t/evt/x", _msg(3, 5000), "result")  # fails on the damage: set aside, counted
+    assert box.stats()["dropped"]["corrupt"] == 1
+    assert set_aside_counts()["o.db"] == before + 1
+    assert box.put("t/evt/x", _msg(4), "result")  # an empty database took its place
+    assert _seqs(box.take(5)) == [4]
+    box.ack([1])  # an id in flight in the old file means nothing in the new one
+    assert box.depth == 1
+    box.close()

@@ -14,7 +14,8 @@ import pytest
 from edge_agent.messaging.outbox import Outbox, _round
 
 _STATS_KEYS = {"depth", "bytes", "inflight", "oldest_age_s", "evicted", "evicted_health", "evicted_results",
-               "evicted_age", "refused_oversize", "undeliverable", "write_errors", "delivered", "replayed"}
+               "evicted_age", "refused_oversize", "undeliverable", "write_errors", "dropped", "sent_unstored",
+               "delivered", "replayed"}
 
 
 def _msg(n: int, size: int = 0) -> bytes:

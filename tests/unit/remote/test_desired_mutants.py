@@ -17,6 +17,7 @@ from edge_agent.errors import ConfigError
 from edge_agent.remote.desired import VERSION_FILE, DesiredConfig, parse_desired
 from edge_agent.remote.guards import MAX_COMMAND_BYTES
 from edge_agent.remote.protocol import CommandError
+from edge_agent.util.statefiles import set_aside_counts
 
 CURRENT = {"threshold": 0.5, "version": 1}
 
@@ -111,11 +112,14 @@ def test_a_restarted_agent_reads_the_version_the_previous_one_saved(tmp_path: Pa
     assert rec.published == [] and ctl.applied == []
 
 
-@pytest.mark.parametrize("text", ["", "seven", "None"])
-def test_an_unreadable_version_file_means_no_version(tmp_path: Path, text: str) -> None:
-    (tmp_path / VERSION_FILE).write_text(text)
+@pytest.mark.parametrize("content", [b"", b"seven", b"None", b"\xff\xfe7", b"-3"])
+def test_a_damaged_version_file_means_no_version_and_is_set_aside(tmp_path: Path, content: bytes) -> None:
+    (tmp_path / VERSION_FILE).write_bytes(content)
+    before = set_aside_counts().get(VERSION_FILE, 0)
     d, _, _ = make(tmp_path)
     assert d.version is None
+    assert [p.read_bytes() for p in tmp_path.glob(f"{VERSION_FILE}.corrupt-*")] == [content]
+    assert set_aside_counts()[VERSION_FILE] == before + 1
 
 
 def test_without_state_dir_the_version_is_kept_in_memory_only() -> None:
