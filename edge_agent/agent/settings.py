@@ -87,20 +87,24 @@ class Settings:
             self.on_change()
 
     def apply(self, changes: dict[str, Any], state_dir: Callable[[], Path]) -> None:
-        """Validate, apply and persist runtime settings in the state directory (made on demand).
+        """Validate, persist and apply runtime settings in the state directory (made on demand).
+
+        Persisted first, so what runs is what a restart brings back and what the ack says.
 
         Raises:
-            ConfigError: the changes are invalid (nothing applied) or cannot be persisted.
+            ConfigError: the changes are invalid or cannot be persisted (nothing applied).
         """
         settings = validate_settings(changes)
-        self._apply(settings)
-        self.version = settings.version if settings.version is not None else self.version + 1
+        version = settings.version if settings.version is not None else self.version + 1
+        values = settings.model_dump(exclude_none=True, exclude={"version"})
         path = state_dir() / OVERRIDES_FILE
-        data = {"version": self.version, "settings": self.overrides}
+        data = {"version": version, "settings": {**self.overrides, **values}}
         try:
             atomic_write(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
         except OSError as exc:
-            raise ConfigError(f"cannot persist settings to {path}: {exc.strerror or exc}") from exc
+            raise ConfigError(f"cannot persist settings to {path}: {exc.strerror or exc}; nothing changed") from exc
+        self._apply(settings)
+        self.version = version
         log.info("config version %d applied: %s", self.version, settings.model_dump(exclude_none=True))
 
     def reported(self, task: Task | None) -> dict[str, Any]:
