@@ -101,8 +101,9 @@ def file_url_problem(url: str, root: Path | None) -> str | None:
         return None
     if root is None:
         return FILE_REFUSED
-    path = os.path.normpath(urllib.parse.unquote(parts.path))
-    if not Path(path).is_relative_to(os.path.normpath(os.path.abspath(root))):
+    path = Path(os.path.normpath(urllib.parse.unquote(parts.path)))
+    if not (path.is_relative_to(os.path.normpath(os.path.abspath(root)))
+            or path.is_relative_to(os.path.realpath(root))):  # the root as configured or resolved
         return f"file:// path {path} is outside ota.file_root {root}"
     return None
 
@@ -275,18 +276,25 @@ class _RedirectHandler(urllib.request.HTTPRedirectHandler):
         # urllib's own loop checks answer in several lines: ours come first.
         self.max_redirections = self.max_repeats = limit + 1  # type: ignore[misc]  # per opener, on purpose
 
-    def redirect_request(self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str,
-                         headers: Any, newurl: str) -> urllib.request.Request | None:
-        old, new = urllib.parse.urlsplit(req.full_url).scheme, urllib.parse.urlsplit(newurl).scheme
-        problem = None
+    def http_error_302(self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str,
+                       headers: Any) -> Any:
+        location = headers.get("location") or headers.get("uri")
+        if location:
+            problem = self._problem(req.full_url, urllib.parse.urljoin(req.full_url, location))
+            if problem is not None:
+                fp.close()
+                raise DownloadError(problem)
+            self._left -= 1
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+    def _problem(self, old_url: str, new_url: str) -> str | None:
+        old, new = urllib.parse.urlsplit(old_url).scheme, urllib.parse.urlsplit(new_url).scheme
         if new not in ("http", "https"):
-            problem = f"redirect to a {new}: URL refused (only http:// and https://)"
-        elif old == "https" and new == "http":
-            problem = "redirect from https:// to http:// refused"
-        elif self._left <= 0:
-            problem = f"more than {self._limit} redirects (ota.max_redirects)"
-        if problem is not None:
-            fp.close()
-            raise DownloadError(problem)
-        self._left -= 1
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
+            return f"redirect to a {new}: URL refused (only http:// and https://)"
+        if old == "https" and new == "http":
+            return "redirect from https:// to http:// refused"
+        if self._left <= 0:
+            return f"more than {self._limit} redirects (ota.max_redirects)"
+        return None
