@@ -61,7 +61,7 @@ class NumberTooLongError(RejectError):
 
 
 def _bounded_int(text: str) -> int:
-    if len(text) > MAX_NUMBER_DIGITS + 1:  # + 1: the sign
+    if len(text) - text.startswith("-") > MAX_NUMBER_DIGITS:
         raise NumberTooLongError(f"bad_schema: a number has more than {MAX_NUMBER_DIGITS} digits")
     return int(text)
 
