@@ -137,6 +137,8 @@ def download(url: str, target: Path, size: int, sha256: str, limits: OtaSection 
         target.unlink(missing_ok=True)
         abort.check()  # a read broken off by the deadline or a rollback says so
         reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
+        if isinstance(reason, OSError):  # URLError wraps the socket's error: "Connection refused"
+            reason = reason.strerror or reason
         raise DownloadError(f"download failed: {reason}") from exc
     finally:
         timer.cancel()

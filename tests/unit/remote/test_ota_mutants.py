@@ -35,7 +35,7 @@ from tests.tiny_store import make_bundle, shared
 
 SHA = "a" * 64
 PROBATION_ERR = "probation_s must be a number in 0..3600"
-ANY_FILE = OtaSection(file_root=Path("/"))  # these tests are not about ota.file_root (tests/unit/remote/test_download.py)
+ANY_FILE = OtaSection(file_root=Path("/"))  # not about ota.file_root here (tests/unit/remote/test_download.py)
 
 
 def updater_for(host: Any, policy: ProbationPolicy | None = None) -> OtaUpdater:
