@@ -17,8 +17,11 @@ the new model on probation: inference errors, latency against the manifest
 budget and crashes (counted on disk across restarts) are watched; a failure
 rolls back to the previous model by itself. Acks: ``in_progress``
 (downloading, installed/on probation), then ``succeeded`` or ``failed`` with a
-reason (including "rolled back to …"). Installing an older version of the
-same model is refused: downgrades need the signed ``rollback`` command.
+reason (including "rolled back to …"); the worker starts only once the first
+``in_progress`` is sent, so no later ack overtakes it. Installing an older version of the
+same model is refused: downgrades need the signed ``rollback`` command, which is never
+refused because an update runs: it cancels the update (see :class:`OtaUpdater`).
+The download's limits (deadline, redirects, ``file://`` root) are the agent's ``[ota]`` section.
 
 After every reload the agent must report the bundle identity
 (:func:`edge_agent.model.loader.bundle_identity`, ``manifest_sha256``) of the model it
