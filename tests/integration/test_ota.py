@@ -303,14 +303,6 @@ def test_download_failures(device: InferenceHost, http_root: tuple[Path, str], f
         assert faulty.sent["endless"] < ENDLESS_CAP
 
 
-@pytest.mark.parametrize(
-    ("mutate", "reason"),
-    [
-        ({"sha256": "0" * 64}, "sha256 mismatch: got "),
-        ({"size": 1}, "server announces "),
-        ({"url_suffix": ".missing"}, "download failed: File not found"),  # the HTTP 404's reason
-    ],
-)
 def _faulty_args(http_root: tuple[Path, str], faulty: _FaultyServer, mode: str, bundle: Path) -> dict[str, object]:
     args = publish(http_root, bundle)
     return {**args, "url": f"http://127.0.0.1:{faulty.server_address[1]}/{mode}/{bundle.name}", "probation_s": 0}
@@ -363,6 +355,14 @@ def test_a_rollback_during_a_hanging_download_goes_ahead(
     assert device.identity == identity(test_bundles.good)  # the cancelled update changed nothing after
 
 
+@pytest.mark.parametrize(
+    ("mutate", "reason"),
+    [
+        ({"sha256": "0" * 64}, "sha256 mismatch: got "),
+        ({"size": 1}, "server announces "),
+        ({"url_suffix": ".missing"}, "download failed: File not found"),  # the HTTP 404's reason
+    ],
+)
 def test_download_checks(device: InferenceHost, http_root: tuple[Path, str], test_bundles: BundleSet,
                          mutate: dict[str, object], reason: str) -> None:
     args = {**publish(http_root, test_bundles.good_v2), "probation_s": 0}
