@@ -232,6 +232,26 @@ class OutboxSection(_Section):
     max_age_s: float = Field(default=7 * 86400.0, gt=0)
 
 
+class OtaSection(_Section):
+    """Over-the-air model updates (the ``update_model`` command)."""
+
+    download_timeout_s: float = Field(
+        default=600.0, gt=0, le=86400,
+        description="Deadline for a whole download: connecting, redirects and every read together.",
+    )
+    read_timeout_s: float = Field(
+        default=30.0, gt=0, le=600, description="Longest wait for a connection or the server's next bytes.",
+    )
+    max_redirects: int = Field(
+        default=5, ge=0, le=20, description="HTTP redirects followed (to http:// or https://, never https to http).",
+    )
+    file_root: Path | None = Field(
+        default=None,
+        description="Directory that file:// URLs may name (symlinks resolved, regular files only). "
+        "Default: none, file:// URLs are refused.",
+    )
+
+
 class AgentConfig(_Section):
     """The whole agent configuration."""
 
@@ -253,6 +273,7 @@ class AgentConfig(_Section):
     health: HealthSection = Field(default_factory=HealthSection)
     mqtt: MqttSection = Field(default_factory=MqttSection)
     outbox: OutboxSection = Field(default_factory=OutboxSection)
+    ota: OtaSection = Field(default_factory=OtaSection)
 
     @classmethod
     def _prepare(cls, data: dict[str, Any]) -> dict[str, Any]:

@@ -145,6 +145,9 @@ class Agent:
             self.config = new
             self.settings.reset(new)
             self.settings.load(new.state_dir)
+            with self._updater_lock:
+                if self._updater is not None:
+                    self._updater.settings = new.ota  # the next update uses the new [ota] limits
         self.reload_model()
 
     def reload_model(self) -> dict[str, str]:
@@ -185,7 +188,7 @@ class Agent:
             if self._updater is None:
                 from edge_agent.remote.ota import OtaUpdater
 
-                self._updater = OtaUpdater(self)
+                self._updater = OtaUpdater(self, settings=self.config.ota)
             return self._updater
 
     # ------------------------------------------------------------------ lifecycle

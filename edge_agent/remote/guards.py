@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 MAX_COMMAND_BYTES = 8 * 1024
 MAX_DEPTH = 8
+MAX_NUMBER_DIGITS = 64  # a Unix time, a size or a version needs far fewer; 400 digits overflow a float
 MAX_EXPIRY_HORIZON_S = 3600.0
 CLOCK_SKEW_S = 300.0
 # Used with fullmatch: with match, "$" would also accept a trailing newline.
@@ -57,10 +58,38 @@ def _no_constants(value: str) -> Any:
     raise RejectError(f"invalid_json: {value} is not allowed")
 
 
+class NumberTooLongError(RejectError):
+    """A JSON number with more digits than any field of the protocol needs."""
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) - text.startswith("-") > MAX_NUMBER_DIGITS:
+        raise NumberTooLongError(f"bad_schema: a number has more than {MAX_NUMBER_DIGITS} digits")
+    return int(text)
+
+
+def _bounded_float(text: str) -> float:
+    if len(text) > MAX_NUMBER_DIGITS * 2:  # digits, point, exponent
+        raise NumberTooLongError(f"bad_schema: a number has more than {MAX_NUMBER_DIGITS * 2} characters")
+    return float(text)
+
+
 def loads_strict(text: str) -> Any:
-    """``json.loads`` refusing duplicate keys and NaN/Infinity (raises RejectError, ValueError,
-    RecursionError)."""
-    return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+    """``json.loads`` refusing duplicate keys, NaN/Infinity and overlong numbers (raises RejectError,
+    ValueError, RecursionError)."""
+    return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants,
+                      parse_int=_bounded_int, parse_float=_bounded_float)
+
+
+def _id_of(text: str) -> str | None:
+    """The id of a command, if well formed, whatever its numbers (read as 0 here, only to find it)."""
+    try:
+        body = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants,
+                          parse_int=lambda _: 0, parse_float=lambda _: 0.0)
+    except (ValueError, RecursionError, RejectError):
+        return None
+    raw = body.get("id") if isinstance(body, dict) else None
+    return raw if isinstance(raw, str) and ID_RE.fullmatch(raw) else None
 
 
 def depth(value: Any, limit: int) -> int:
@@ -118,6 +147,8 @@ def parse_command(payload: bytes, max_bytes: int) -> CommandBody:
         raise RejectError("not_utf8") from exc
     try:
         body = loads_strict(text)
+    except NumberTooLongError as exc:
+        raise RejectError(exc.reason, _id_of(text)) from exc
     except RecursionError as exc:
         raise RejectError("too_deep") from exc
     except ValueError as exc:
@@ -152,11 +183,9 @@ def peek_id(payload: bytes, max_bytes: int) -> str | None:
     if len(payload) > max_bytes:
         return None
     try:
-        body = loads_strict(bytes(payload).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError, RejectError):
+        return _id_of(bytes(payload).decode("utf-8"))
+    except UnicodeDecodeError:
         return None
-    raw = body.get("id") if isinstance(body, dict) else None
-    return raw if isinstance(raw, str) and ID_RE.fullmatch(raw) else None
 
 
 def safe_response_topic(topic: str | None) -> str | None:

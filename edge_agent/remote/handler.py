@@ -7,8 +7,9 @@ ts?, expires, args?, sig?}`` (no other keys, right types), the allow-listed
 name, expiry (not expired, not too far ahead, ``ts`` not in the future),
 replayed ids, a bounded number of live ids (``busy`` beyond it), a valid
 Ed25519 signature for privileged commands, then the command's own argument
-check. Every message gets an ack ``{id, status, reason}``; no exception escapes.
-``ts`` and ``expires`` are Unix times in seconds (finite int or float).
+check. Every message gets an ack ``{id, status, reason}`` carrying the command's id whenever
+it can be read; no exception escapes. ``ts`` and ``expires`` are Unix times in seconds (finite
+int or float); numbers of more than 64 digits are refused before anything is computed with them.
 
 Signatures: base64 Ed25519 over :func:`~edge_agent.remote.protocol.signing_bytes`
 (canonical JSON of device id, name, id, ts, expires and args), with a key pinned on the device.
@@ -132,17 +133,21 @@ class CommandHandler:
         route = Route(name=name[:64] if isinstance(name, str) else None,
                       response_topic=safe_response_topic(response_topic),
                       correlation_data=correlation_data[:256] if correlation_data else None)
+        started: list[CommandContext] = []
         try:
             with self._lock:
                 self.stats.received += 1
-            ack = self._process(name, payload, retained, route)
+            ack = self._process(name, payload, retained, route, started)
         except RejectError as rej:
             ack = Ack(rej.cmd_id, "rejected", rej.reason)
         except Exception as exc:  # hostile input must never crash the agent
             log.exception("command %s crashed", name)
-            ack = Ack(None, "failed", f"internal_error: {type(exc).__name__}")
+            known = started[0].id if started else peek_id(payload, self.max_bytes)
+            ack = Ack(known, "failed", f"internal_error: {type(exc).__name__}")
         self._count(ack)
         self._send(ack, route)
+        for ctx in started:  # work that replies later starts only now: its acks come after this one
+            ctx.run_after_ack()
 
     def record(self, ack: Ack) -> None:
         """Count an ack produced outside :meth:`handle` (e.g. ``busy`` when the queue is full)."""
@@ -167,7 +172,8 @@ class CommandHandler:
         except Exception:  # never raise into the MQTT thread
             log.exception("sending ack failed")
 
-    def _process(self, name: str, payload: bytes, retained: bool, route: Route) -> Ack:
+    def _process(self, name: str, payload: bytes, retained: bool, route: Route,
+                 started: list[CommandContext]) -> Ack:
         if retained:
             raise RejectError("retained: commands must not be retained", peek_id(payload, self.max_bytes))
         if not self.bucket.take():
@@ -198,12 +204,16 @@ class CommandHandler:
             self.replay.add(cmd_id, body.expires)
         ctx = CommandContext(self.device_id, name, cmd_id, body.args, self.control, self._publish, route,
                              self._reply)
+        started.append(ctx)
         try:
             ack = spec.run(ctx)
         except (CommandError, ConfigError) as exc:
             return Ack(cmd_id, "rejected", f"invalid_args: {exc}")
         except EdgeError as exc:
             return Ack(cmd_id, "failed", str(exc))
+        except Exception as exc:  # a bug or a library error the command did not convert: still this id's ack
+            log.exception("command %s (%s) crashed", name, cmd_id)
+            return Ack(cmd_id, "failed", f"internal_error: {type(exc).__name__}")
         if not isinstance(ack, Ack):
             return Ack(cmd_id, "failed", "internal_error: command returned no ack")
         return ack

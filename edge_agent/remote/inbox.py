@@ -22,6 +22,7 @@ from edge_agent.model.keys import load_command_public_key
 from edge_agent.remote import ota
 from edge_agent.remote.builtin import builtin_commands
 from edge_agent.remote.desired import DesiredConfig
+from edge_agent.remote.guards import peek_id
 from edge_agent.remote.handler import CommandHandler
 from edge_agent.remote.protocol import Ack, CommandRegistry, CommandSpec, Route, command_registry
 
@@ -152,7 +153,7 @@ class Inbox:
             self._queue.put_nowait(message)
         except queue.Full:
             if message.topic.startswith(f"{self.root}/cmd/"):
-                ack = Ack(None, "rejected", "busy")
+                ack = Ack(peek_id(message.payload, self.commands.max_bytes), "rejected", "busy")
                 self.commands.record(ack)
                 self.send_ack(ack, Route(message.topic.rsplit("/", 1)[-1], message.response_topic,
                                          message.correlation_data))

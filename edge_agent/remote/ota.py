@@ -17,8 +17,11 @@ the new model on probation: inference errors, latency against the manifest
 budget and crashes (counted on disk across restarts) are watched; a failure
 rolls back to the previous model by itself. Acks: ``in_progress``
 (downloading, installed/on probation), then ``succeeded`` or ``failed`` with a
-reason (including "rolled back to …"). Installing an older version of the
-same model is refused: downgrades need the signed ``rollback`` command.
+reason (including "rolled back to …"); the worker starts only once the first
+``in_progress`` is sent, so no later ack overtakes it. Installing an older version of the
+same model is refused: downgrades need the signed ``rollback`` command, which is never
+refused because an update runs: it cancels the update (see :class:`OtaUpdater`).
+The download's limits (deadline, redirects, ``file://`` root) are the agent's ``[ota]`` section.
 
 After every reload the agent must report the bundle identity
 (:func:`edge_agent.model.loader.bundle_identity`, ``manifest_sha256``) of the model it
@@ -41,13 +44,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edge_agent.config import OtaSection
 from edge_agent.control import AgentControl, ModelHost
 from edge_agent.errors import EdgeError
 from edge_agent.model.bundle import MANIFEST, read_bundle
 from edge_agent.model.loader import bundle_identity
-from edge_agent.remote.download import download, url_problem
+from edge_agent.remote.download import Abort, download, file_url_problem, url_problem
 from edge_agent.remote.protocol import Ack, CommandContext, CommandError, CommandSpec, command
-from edge_agent.store.install import MAX_BUNDLE_BYTES, install_model, rollback
+from edge_agent.store.install import MAX_BUNDLE_BYTES, InstallResult, install_model, rollback
 from edge_agent.store.layout import InstalledModel, active_model, resolve_public_key
 from edge_agent.store.probation import clear_probation, start_probation
 from edge_agent.util.fs import SHA256_HEX_RE
@@ -125,12 +129,25 @@ def parse_update_args(args: dict[str, Any]) -> UpdateRequest:
 
 
 class OtaUpdater:
-    """Runs one update (or rollback) at a time in a worker thread and reports via ``reply``."""
+    """Runs one update at a time in a worker thread and reports via ``reply``; rollbacks too.
 
-    def __init__(self, host: ModelHost, policy: ProbationPolicy | None = None) -> None:
+    A ``rollback`` is never held up by a download: it cancels the running update (its
+    :class:`~edge_agent.remote.download.Abort` shuts the connection down) and goes ahead.
+    Every change to the store — the install and swap, a rollback after a failed probation,
+    the probation record — happens under one lock and only while the update has not been
+    cancelled, so a rollback waits at most for an install already under way (its smoke test
+    is bounded), and the cancelled update ends with ``failed`` naming the rollback without
+    touching the store again.
+    """
+
+    def __init__(self, host: ModelHost, policy: ProbationPolicy | None = None,
+                 settings: OtaSection | None = None) -> None:
         self.host = host
         self.policy = policy or ProbationPolicy()
-        self._busy = threading.Lock()
+        self.settings = settings or OtaSection()  # the agent's [ota] section, replaced on reload
+        self._busy = threading.Lock()  # one update job at a time
+        self._store = threading.Lock()  # store changes: install + swap, rollbacks, the probation record
+        self._abort = Abort()  # the running (or last) update's
         self._thread: threading.Thread | None = None
         self.last_timings: dict[str, float] = {}
 
@@ -140,20 +157,33 @@ class OtaUpdater:
 
     def start_update(self, request: UpdateRequest, cmd_id: str, reply: Callable[[Ack], None]) -> None:
         """Begin an update in the background; raises OtaError when one is running."""
+        self.reserve()
+        self.launch(request, cmd_id, reply)
+
+    def reserve(self) -> None:
+        """Claim the updater for one update (then :meth:`launch` it); raises OtaError when busy."""
         if not self._busy.acquire(blocking=False):
             raise OtaError("busy: another model update is in progress")
+        self._abort = Abort()
+
+    def launch(self, request: UpdateRequest, cmd_id: str, reply: Callable[[Ack], None]) -> None:
+        """Run the update claimed by :meth:`reserve` in a worker thread (it releases the claim)."""
         self._thread = threading.Thread(
-            target=self._run_update, args=(request, cmd_id, reply), name="ota", daemon=True
+            target=self._run_update, args=(request, cmd_id, reply, self._abort), name="ota", daemon=True
         )
-        self._thread.start()
+        try:
+            self._thread.start()
+        except RuntimeError:  # no thread to be had: answer and free the updater
+            self._busy.release()
+            reply(Ack(cmd_id, "failed", "internal_error: cannot start the update thread"))
 
     def join(self, timeout: float | None = None) -> None:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def _run_update(self, request: UpdateRequest, cmd_id: str, reply: Callable[[Ack], None]) -> None:
+    def _run_update(self, request: UpdateRequest, cmd_id: str, reply: Callable[[Ack], None], abort: Abort) -> None:
         try:
-            ack = self.update(request, cmd_id, reply)
+            ack = self.update(request, cmd_id, reply, abort)
         except Exception as exc:  # the worker must always answer
             log.exception("model update %s crashed", cmd_id)
             ack = Ack(cmd_id, "failed", f"internal_error: {type(exc).__name__}")
@@ -161,11 +191,14 @@ class OtaUpdater:
             self._busy.release()
         reply(ack)
 
-    def update(self, request: UpdateRequest, cmd_id: str, reply: Callable[[Ack], None]) -> Ack:
-        """The whole update, synchronously; returns the final ack."""
+    def update(self, request: UpdateRequest, cmd_id: str, reply: Callable[[Ack], None],
+               abort: Abort | None = None) -> Ack:
+        """The whole update, synchronously; returns the final ack. ``abort`` (default: a new
+        one, which :meth:`rollback` cancels) stops it."""
+        if abort is None:
+            abort = self._abort = Abort()
         t0 = time.monotonic()
         state_dir = Path(self.host.state_dir)
-        downloads = state_dir / DOWNLOADS
         timings: dict[str, float] = {}
         self.last_timings = timings
         fixed = self.host.fixed_model
@@ -174,63 +207,89 @@ class OtaUpdater:
                        "--bundle); over-the-air updates need the model store: unset it",
                        {"active": _active(state_dir)})
         try:
-            downloads.mkdir(parents=True, exist_ok=True)
-            for stale in downloads.iterdir():
-                with contextlib.suppress(OSError):
-                    stale.unlink()
-            target = downloads / f"{uuid.uuid4().hex}.bundle"
-            download(request.url, target, request.size, request.sha256)
+            target = self._download(request, abort)
             timings["download_s"] = time.monotonic() - t0
-            try:
-                key = resolve_public_key(state_dir, self.host.bundle_key)
-                if request.signature is not None:
-                    _verify_detached(target, request.signature, key)
-                result = install_model(
-                    target, state_dir, key, expected_sha256=request.sha256, expected_size=request.size,
-                    allow_new_input=request.allow_new_input, allow_downgrade=False, signal_agent=False,
-                )
-            finally:
-                target.unlink(missing_ok=True)
+            with self._store:
+                try:
+                    abort.check()  # a rollback arrived during the download: it has the store now
+                    result = self._install(target, request)
+                finally:
+                    target.unlink(missing_ok=True)
+                timings["install_s"] = time.monotonic() - t0
+                if result.status == "already_active":
+                    return Ack(cmd_id, "succeeded", "already active", {"active": describe(result.active)})
+                new = describe(result.active)
+                problem = self._swap_in(new)
+                if problem is not None:
+                    return Ack(cmd_id, "failed", problem, {"active": _active(state_dir)})
+                timings["swapped_s"] = time.monotonic() - t0
         except (OtaError, EdgeError, OSError) as exc:
             return Ack(cmd_id, "failed", _reason(exc), {"active": _active(state_dir)})
-        timings["install_s"] = time.monotonic() - t0
-        if result.status == "already_active":
-            return Ack(cmd_id, "succeeded", "already active", {"active": describe(result.active)})
-
-        new = describe(result.active)
-        try:
-            loaded = self.host.reload_model()
-        except EdgeError as exc:
-            back = self._roll_back(f"the running agent cannot load the new model: {exc}")
-            return Ack(cmd_id, "failed", back, {"active": _active(state_dir)})
-        problem = _not_running(loaded, new["manifest_sha256"])
-        if problem is not None:
-            back = self._roll_back(problem)
-            return Ack(cmd_id, "failed", back, {"active": _active(state_dir)})
-        timings["swapped_s"] = time.monotonic() - t0
         reply(Ack(cmd_id, "in_progress",
                   f"installed {new['name']} {new['version']}; probation {request.probation_s:.0f} s",
                   {"active": new}))
 
-        problem = self.watch_probation(result.active, request.probation_s, cmd_id)
+        problem = self.watch_probation(result.active, request.probation_s, cmd_id, abort)
+        if abort.reason is not None:  # the rollback command took over: nothing more to do here
+            return Ack(cmd_id, "failed", abort.reason, {"active": _active(state_dir)})
         if problem is not None:
-            back = self._roll_back(f"probation failed: {problem}")
+            back = self._roll_back(f"probation failed: {problem}", abort)
             timings["rolled_back_s"] = time.monotonic() - t0
             return Ack(cmd_id, "failed", back, {"active": _active(state_dir), "timings": _round(timings)})
-        clear_probation(state_dir)
+        with self._store:
+            if abort.reason is not None:
+                return Ack(cmd_id, "failed", abort.reason, {"active": _active(state_dir)})
+            clear_probation(state_dir)
         timings["succeeded_s"] = time.monotonic() - t0
         return Ack(cmd_id, "succeeded", f"{new['name']} {new['version']} active, probation passed",
                    {"active": new, "previous": describe(result.previous) if result.previous else None,
                     "timings": _round(timings)})
 
-    def watch_probation(self, model: InstalledModel, duration_s: float, cmd_id: str = "") -> str | None:
-        """Watch the running model for ``duration_s``; the reason it failed, or None."""
+    def _download(self, request: UpdateRequest, abort: Abort) -> Path:
+        """Fetch the bundle into ``<state_dir>/downloads`` (stale downloads removed first)."""
+        downloads = Path(self.host.state_dir) / DOWNLOADS
+        downloads.mkdir(parents=True, exist_ok=True)
+        for stale in downloads.iterdir():
+            with contextlib.suppress(OSError):
+                stale.unlink()
+        target = downloads / f"{uuid.uuid4().hex}.bundle"
+        return download(request.url, target, request.size, request.sha256, self.settings, abort)
+
+    def _install(self, target: Path, request: UpdateRequest) -> InstallResult:
         state_dir = Path(self.host.state_dir)
-        start_probation(state_dir, model, duration_s, self.policy.max_crashes, cmd_id)
+        key = resolve_public_key(state_dir, self.host.bundle_key)
+        if request.signature is not None:
+            _verify_detached(target, request.signature, key)
+        return install_model(
+            target, state_dir, key, expected_sha256=request.sha256, expected_size=request.size,
+            allow_new_input=request.allow_new_input, allow_downgrade=False, signal_agent=False,
+        )
+
+    def _swap_in(self, new: dict[str, Any]) -> str | None:
+        """Reload the agent onto the installed model ``new``; on failure roll back and say why."""
+        try:
+            loaded = self.host.reload_model()
+        except EdgeError as exc:
+            return self._roll_back_locked(f"the running agent cannot load the new model: {exc}")
+        problem = _not_running(loaded, new["manifest_sha256"])
+        return None if problem is None else self._roll_back_locked(problem)
+
+    def watch_probation(self, model: InstalledModel, duration_s: float, cmd_id: str = "",
+                        abort: Abort | None = None) -> str | None:
+        """Watch the running model for ``duration_s``; the reason it failed, or None.
+        A cancelled ``abort`` ends the watch at the next tick with its reason."""
+        abort = abort or Abort()
+        state_dir = Path(self.host.state_dir)
+        with self._store:
+            if abort.reason is not None:
+                return abort.reason
+            start_probation(state_dir, model, duration_s, self.policy.max_crashes, cmd_id)
         budget = model.manifest.latency_budget_ms
         start = self.host.probe()
         deadline = time.monotonic() + duration_s
         while True:
+            if abort.reason is not None:
+                return abort.reason
             sample = self.host.probe()
             inferences = sample.inferences - start.inferences
             errors = sample.errors - start.errors
@@ -248,7 +307,14 @@ class OtaUpdater:
                 return None
             time.sleep(min(TICK_S, max(0.0, deadline - time.monotonic())))
 
-    def _roll_back(self, why: str) -> str:
+    def _roll_back(self, why: str, abort: Abort) -> str:
+        """Roll back after a failed probation, unless the rollback command already took over."""
+        with self._store:
+            if abort.reason is not None:
+                return f"{why}; {abort.reason}"
+            return self._roll_back_locked(why)
+
+    def _roll_back_locked(self, why: str) -> str:
         state_dir = Path(self.host.state_dir)
         try:
             result = rollback(state_dir, signal_agent=False)
@@ -268,21 +334,25 @@ class OtaUpdater:
         return f"{why}; rolled back to {old['name']} {old['version']} ({old['short_sha']})"
 
     def rollback(self, cmd_id: str) -> Ack:
-        """The signed ``rollback`` command: previous becomes active again (downgrade)."""
+        """The signed ``rollback`` command: previous becomes active again (downgrade).
+
+        A running update is cancelled (a download is broken off at once) and ends ``failed``;
+        the rollback waits only for an install that is already under way.
+        """
         fixed = self.host.fixed_model
         if fixed is not None:
             return Ack(cmd_id, "failed", f"the agent runs the fixed model file {fixed}; nothing to roll back")
-        if not self._busy.acquire(blocking=False):
-            return Ack(cmd_id, "failed", "busy: a model update is in progress")
-        try:
-            t0 = time.monotonic()
-            result = rollback(Path(self.host.state_dir), signal_agent=False)
-            active = describe(result.active)
-            problem = _not_running(self.host.reload_model(), active["manifest_sha256"])
-        except EdgeError as exc:
-            return Ack(cmd_id, "failed", _reason(exc), {"active": _active(Path(self.host.state_dir))})
-        finally:
-            self._busy.release()
+        if self.busy:
+            self._abort.cancel(f"cancelled: the rollback command {cmd_id} took over")
+        state_dir = Path(self.host.state_dir)
+        with self._store:
+            try:
+                t0 = time.monotonic()
+                result = rollback(state_dir, signal_agent=False)
+                active = describe(result.active)
+                problem = _not_running(self.host.reload_model(), active["manifest_sha256"])
+            except EdgeError as exc:
+                return Ack(cmd_id, "failed", _reason(exc), {"active": _active(state_dir)})
         if problem is not None:
             return Ack(cmd_id, "failed", f"rolled back on disk but {problem}", {"active": active})
         return Ack(cmd_id, "succeeded", "rolled back",
@@ -347,10 +417,15 @@ def _cmd_update_model(ctx: CommandContext) -> Ack:
         return Ack(ctx.id, "failed", "no running agent to update")
     control: AgentControl = ctx.control
     updater = control.updater
+    problem = file_url_problem(request.url, updater.settings.file_root)
+    if problem is not None:
+        raise CommandError(problem)
     try:
-        updater.start_update(request, ctx.id, ctx.reply)
+        updater.reserve()
     except OtaError as exc:
         return Ack(ctx.id, "failed", str(exc))
+    # The worker starts once this ack is on its way: its own acks can never overtake it.
+    ctx.after_ack(lambda: updater.launch(request, ctx.id, ctx.reply))
     return Ack(ctx.id, "in_progress", f"downloading {request.size} bytes")
 
 

@@ -2,7 +2,8 @@
 
 A command function gets a :class:`CommandContext` and returns the final
 :class:`Ack`, or returns an ``in_progress`` ack and later calls ``ctx.reply``
-(from any thread) with ``succeeded``/``failed``. Commands are listed explicitly
+(from any thread) with ``succeeded``/``failed``; work that may reply should start
+from ``ctx.after_ack`` so that no later ack can overtake the returned one. Commands are listed explicitly
 in a registry built with :func:`command_registry` (no import side effects).
 """
 
@@ -13,7 +14,7 @@ import json
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from edge_agent.control import AgentControl
@@ -73,6 +74,21 @@ class CommandContext:
     publish: Publish
     route: Route
     _reply: Reply
+    _after: list[Callable[[], None]] = field(default_factory=list)
+
+    def after_ack(self, start: Callable[[], None]) -> None:
+        """Run ``start`` once the command's returned ack has been sent (e.g. start a worker that
+        will reply later), so the acks of one command go out in order."""
+        self._after.append(start)
+
+    def run_after_ack(self) -> None:
+        """Called by the handler after sending the returned ack; never raises."""
+        while self._after:
+            start = self._after.pop(0)
+            try:
+                start()
+            except Exception:  # the MQTT worker thread must survive a broken command
+                log.exception("starting the work of command %s failed", self.id)
 
     def reply(self, ack: Ack) -> None:
         """Send a further ack (e.g. ``succeeded`` after ``in_progress``); never raises."""

@@ -21,10 +21,11 @@ from pathlib import Path
 import pytest
 
 from deploy import certs
+from edge_agent.config import OtaSection
 from edge_agent.model.bundle import read_bundle
 from edge_agent.model.keys import load_private_key
 from edge_agent.model.loader import bundle_identity
-from edge_agent.remote import ota
+from edge_agent.remote import download, ota
 from edge_agent.remote.protocol import Ack, CommandError
 from edge_agent.store import install as store_install
 from edge_agent.store import layout as store_layout
@@ -87,9 +88,9 @@ def device(tmp_path: Path, deploy_keys: DeployKeys, test_bundles: BundleSet) -> 
     host.stop()
 
 
-def run_update(host: InferenceHost, args: dict[str, object],
-               policy: ota.ProbationPolicy | None = None) -> tuple[list[Ack], float]:
-    updater = ota.OtaUpdater(host, policy or ota.ProbationPolicy())
+def run_update(host: InferenceHost, args: dict[str, object], policy: ota.ProbationPolicy | None = None,
+               settings: OtaSection | None = None) -> tuple[list[Ack], float]:
+    updater = ota.OtaUpdater(host, policy or ota.ProbationPolicy(), settings)
     acks: list[Ack] = []
     t0 = time.monotonic()
     updater.start_update(ota.parse_update_args(args), "cmd-1", acks.append)
@@ -189,6 +190,8 @@ ENDLESS_CAP = 64 << 20  # the `endless` body stops here if the client never hang
 class _FaultyServer(http.server.ThreadingHTTPServer):
     root: Path
     sent: dict[str, int]
+    started: list[str]  # the modes asked for, in order
+    stop: threading.Event  # set at teardown: `trickle` and `hang` end
 
 
 class _FaultyHandler(http.server.BaseHTTPRequestHandler):
@@ -198,7 +201,9 @@ class _FaultyHandler(http.server.BaseHTTPRequestHandler):
     - ``endless``: the file, then zeros without end (up to ENDLESS_CAP), no Content-Length;
     - ``short``: the first two thirds, no Content-Length, then the connection closes;
     - ``short-announced``: the first two thirds under the full Content-Length;
-    - ``chunked-short``: chunked encoding, the connection dropped inside the one chunk.
+    - ``chunked-short``: chunked encoding, the connection dropped inside the one chunk;
+    - ``trickle``: the file under its Content-Length, one byte every 0.5 s (under any read timeout);
+    - ``hang``: the headers, then nothing until the server stops.
     """
 
     server: _FaultyServer
@@ -208,6 +213,7 @@ class _FaultyHandler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         mode, _, name = self.path.lstrip("/").partition("/")
+        self.server.started.append(mode)
         data = (self.server.root / name).read_bytes()
         cut = data[: len(data) * 2 // 3]
         self.close_connection = True
@@ -218,7 +224,7 @@ class _FaultyHandler(http.server.BaseHTTPRequestHandler):
         self.send_header("Connection", "close")
         if mode == "announce-more":
             self.send_header("Content-Length", str(len(data) + 100))
-        elif mode == "short-announced":
+        elif mode in ("short-announced", "trickle", "hang"):
             self.send_header("Content-Length", str(len(data)))
         elif mode == "chunked-short":
             self.send_header("Transfer-Encoding", "chunked")
@@ -232,6 +238,14 @@ class _FaultyHandler(http.server.BaseHTTPRequestHandler):
                 while sent < ENDLESS_CAP:
                     self.wfile.write(block)
                     sent += len(block)
+            elif mode == "trickle":
+                while sent < len(data) and not self.server.stop.wait(0.5):
+                    self.wfile.write(data[sent:sent + 1])
+                    self.wfile.flush()
+                    sent += 1
+            elif mode == "hang":
+                self.wfile.flush()
+                self.server.stop.wait(HANG_S)
             elif mode == "chunked-short":
                 self.wfile.write(f"{len(data):x}\r\n".encode() + cut)
                 sent = len(cut)
@@ -250,9 +264,10 @@ class _FaultyHandler(http.server.BaseHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def faulty(http_root: tuple[Path, str]) -> Iterator[_FaultyServer]:
     server = _FaultyServer(("127.0.0.1", 0), _FaultyHandler)
-    server.root, server.sent = http_root[0], {}
+    server.root, server.sent, server.started, server.stop = http_root[0], {}, [], threading.Event()
     _serve(server)
     yield server
+    server.stop.set()
     server.shutdown()
     server.server_close()
 
@@ -286,6 +301,58 @@ def test_download_failures(device: InferenceHost, http_root: tuple[Path, str], f
         while "endless" not in faulty.sent and time.monotonic() < deadline:
             time.sleep(0.05)
         assert faulty.sent["endless"] < ENDLESS_CAP
+
+
+def _faulty_args(http_root: tuple[Path, str], faulty: _FaultyServer, mode: str, bundle: Path) -> dict[str, object]:
+    args = publish(http_root, bundle)
+    return {**args, "url": f"http://127.0.0.1:{faulty.server_address[1]}/{mode}/{bundle.name}", "probation_s": 0}
+
+
+def test_a_trickling_download_fails_at_the_deadline_and_frees_the_updater(
+        device: InferenceHost, http_root: tuple[Path, str], faulty: _FaultyServer, test_bundles: BundleSet) -> None:
+    """Issue 11: one byte every 0.5 s never trips a read timeout; the configured deadline
+    (``ota.download_timeout_s``) ends the update, and the next update is not refused as busy."""
+    updater = ota.OtaUpdater(device, settings=OtaSection(download_timeout_s=2))
+    acks: list[Ack] = []
+    updater.start_update(ota.parse_update_args(_faulty_args(http_root, faulty, "trickle", test_bundles.good_v2)),
+                         "u1", acks.append)
+    updater.join(HANG_S)
+    assert [(a.id, a.status) for a in acks] == [("u1", "failed")], acks
+    assert acks[0].reason == "deadline: the download did not finish within 2 s (ota.download_timeout_s)"
+    assert not updater.busy
+    _assert_untouched(device, test_bundles)
+    args = {**publish(http_root, test_bundles.good_v2), "probation_s": 0}
+    updater.start_update(ota.parse_update_args(args), "u2", acks.append)
+    updater.join(HANG_S)
+    assert [(a.id, a.status) for a in acks[1:]] == [("u2", "in_progress"), ("u2", "succeeded")], acks
+    assert device.identity == identity(test_bundles.good_v2)
+
+
+def test_a_rollback_during_a_hanging_download_goes_ahead(
+        device: InferenceHost, http_root: tuple[Path, str], faulty: _FaultyServer, test_bundles: BundleSet) -> None:
+    """Issue 11: a rollback used to get ``failed: busy`` while a download hung. It now cancels the
+    download (the connection is shut down, whatever the read timeout) and rolls back at once."""
+    updater = ota.OtaUpdater(device)  # the defaults: a 600 s deadline, a 30 s read timeout
+    acks: list[Ack] = []
+    updater.start_update(ota.parse_update_args({**publish(http_root, test_bundles.good_v2), "probation_s": 0}),
+                         "u1", acks.append)
+    updater.join(HANG_S)
+    assert acks[-1].status == "succeeded" and device.identity == identity(test_bundles.good_v2), acks
+    hangs = faulty.started.count("hang")  # the download never ends: which bundle it is does not matter
+    updater.start_update(ota.parse_update_args(_faulty_args(http_root, faulty, "hang", test_bundles.good_v2)),
+                         "u2", acks.append)
+    waited = threading.Event()
+    while faulty.started.count("hang") == hangs and not waited.wait(0.01):
+        pass  # until the server has the request: the worker now blocks in a read
+    assert updater.busy
+    back = updater.rollback("r1")
+    assert (back.id, back.status, back.reason) == ("r1", "succeeded", "rolled back"), back
+    assert device.identity == identity(test_bundles.good) and _active_sha(device) == sha256_file(test_bundles.good)
+    updater.join(HANG_S)
+    assert not updater.busy
+    assert (acks[-1].id, acks[-1].status, acks[-1].reason) == (
+        "u2", "failed", "cancelled: the rollback command r1 took over"), acks
+    assert device.identity == identity(test_bundles.good)  # the cancelled update changed nothing after
 
 
 @pytest.mark.parametrize(
@@ -410,6 +477,43 @@ def test_https_refuses_a_bad_server_certificate(device: InferenceHost, http_root
     _assert_untouched(device, test_bundles)
 
 
+class _RedirectHandler(http.server.BaseHTTPRequestHandler):
+    """Answers every GET with a 302 to ``location`` + the path."""
+
+    location = ""
+
+    def do_GET(self) -> None:
+        self.send_response(302)
+        self.send_header("Location", self.location + self.path)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_https_never_redirects_to_http(device: InferenceHost, http_root: tuple[Path, str], pki: Pki,
+                                       test_bundles: BundleSet, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 11: a verified https:// download must not continue in clear text (a redirect is the
+    server's word, and the server may be someone else's by then)."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(pki.ca.cert))
+    handler = type("ToHttp", (_RedirectHandler,), {"location": http_root[1]})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pki.server.cert, pki.server.key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    _serve(server)
+    try:
+        args = publish(http_root, test_bundles.good_v2)
+        url = str(args["url"]).replace(http_root[1], f"https://127.0.0.1:{server.server_address[1]}")
+        acks, _ = run_update(device, {**args, "url": url, "probation_s": 0})
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [(a.status, a.reason) for a in acks] == [("failed", "redirect from https:// to http:// refused")], acks
+    _assert_untouched(device, test_bundles)
+
+
 # --------------------------------------------------------------------------- signatures, probation, rollback
 
 
@@ -493,7 +597,9 @@ def test_rollback_command_checks_what_the_agent_runs(tmp_path: Path, deploy_keys
 def test_file_url(device: InferenceHost, test_bundles: BundleSet) -> None:
     args = {"url": test_bundles.good_v2.resolve().as_uri(), "sha256": sha256_file(test_bundles.good_v2),
             "size": test_bundles.good_v2.stat().st_size, "probation_s": 0}
-    acks, _ = run_update(device, args)
+    acks, _ = run_update(device, args)  # no ota.file_root: file:// refused
+    assert [(a.status, a.reason) for a in acks] == [("failed", download.FILE_REFUSED)], acks
+    acks, _ = run_update(device, args, settings=OtaSection(file_root=test_bundles.good_v2.resolve().parent))
     assert acks[-1].status == "succeeded", acks
     assert device.identity == identity(test_bundles.good_v2)
 

@@ -148,14 +148,14 @@ class Device:
     """The real ``edge-agent run`` with a store, a pinned key and a broker; watched over MQTT."""
 
     def __init__(self, broker: Mosquitto, state: Path, device_id: str, key: Path, frames: Path,
-                 collector: Collector) -> None:
+                 collector: Collector, *extra: str | Path) -> None:
         self.broker, self.state, self.device_id = broker, state, device_id
         self.settings = MqttSettings.from_any(None, broker=broker.url, reconnect_max_s=2.0)
         self.col = collector
         self.agent = LiveAgent(
             "--state-dir", state, "--public-key", key, "--broker", broker.url, "--device-id", device_id,
             "--source", frames, "--loop", "--fps", "20", "--events", "every", "--health-interval", "1",
-            "--keepalive", "5",
+            "--keepalive", "5", *extra,
         )
         self.wait(lambda: len(self.results()) >= 3, 30, "no results from the agent")
         ack = send_command(self.settings, device_id, "ping", {}, timeout=10)  # subscribed to commands
@@ -227,14 +227,22 @@ class Device:
 
 @pytest.fixture
 def device(mqtt_broker: Mosquitto, tmp_path: Path, deploy_keys: DeployKeys, test_bundles: BundleSet,
-           unique_id: str, frames: Path, collector_factory: Callable[..., Collector]) -> Iterator[Device]:
+           unique_id: str, frames: Path, collector_factory: Callable[..., Collector],
+           request: pytest.FixtureRequest) -> Iterator[Device]:
+    """The agent; a test marked ``agent_config(TEXT)`` runs it with ``--config`` holding TEXT."""
+    extra: list[str | Path] = []
+    marker = request.node.get_closest_marker("agent_config")
+    if marker is not None:
+        config = tmp_path / "agent.toml"
+        config.write_text(marker.args[0].format(root=request.getfixturevalue("web")[0]))
+        extra = ["--config", config]
     state = tmp_path / "state"
     state.mkdir()
     code, _, err = run_agent(test_bundles.good, "--state-dir", state, "--public-key", deploy_keys.public,
                              command="install-model", timeout=60)
     assert code == 0, err
     col = collector_factory(MqttSettings(broker=mqtt_broker.url, keepalive=5), f"edge/v1/{unique_id}/#")
-    dev = Device(mqtt_broker, state, unique_id, deploy_keys.public, frames, col)
+    dev = Device(mqtt_broker, state, unique_id, deploy_keys.public, frames, col, *extra)
     yield dev
     if dev.agent.proc.poll() is None:
         dev.agent.finish(signal.SIGKILL)
@@ -397,6 +405,88 @@ def test_reload_failure_rolls_back(device: Device, web: tuple[Path, str], test_b
                              "running source (audio input instead of image); restart the agent"), reason
     assert f"rolled back to {manifest.name} {manifest.version}" in reason, reason
     assert final["result"]["active"]["manifest_sha256"] == identity(test_bundles.good)
+    assert device.store_active() == sha256_file(test_bundles.good)
+    device.serving(test_bundles.good)
+    device.stop()
+
+
+class _HangingServer:
+    """Answers each GET with headers announcing a body, then sends nothing until stopped."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.requests = 0
+        self.stop = threading.Event()
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/model.bundle"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 100000\r\n\r\n")
+            self.requests += 1
+            threading.Thread(target=lambda c=conn: (self.stop.wait(HANG_S), c.close()), daemon=True).start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.listener.close()
+
+
+@pytest.mark.agent_config(f"""
+[ota]
+file_root = "{{root}}"
+download_timeout_s = {HANG_S * 2}
+""")
+def test_acks_in_order_file_root_and_a_rollback_that_cancels_a_hanging_download(
+        device: Device, web: tuple[Path, str], test_bundles: BundleSet, deploy_keys: DeployKeys) -> None:
+    """Issue 11, against the real agent: ``in_progress`` always comes before ``failed``; ``file://``
+    reaches only ``ota.file_root`` (from the agent's config file); a rollback sent while a download
+    hangs is not refused as busy: it rolls back at once and the update ends ``failed`` (cancelled)."""
+    import socket
+
+    closed = socket.create_server(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there: every download is refused at once
+    for _ in range(3):
+        progress, final, _ = device.send("update_model", {"url": f"http://127.0.0.1:{port}/m.bundle",
+                                                          "sha256": "a" * 64, "size": 10}, deploy_keys.private)
+        assert [a["status"] for a in progress] == ["in_progress", "failed"], progress
+        assert final is not None and final["reason"] == "download failed: Connection refused", final
+
+    shutil.copy(test_bundles.good_v2, web[0] / test_bundles.good_v2.name)
+    offer = {"url": (web[0] / test_bundles.good_v2.name).as_uri(), "sha256": sha256_file(test_bundles.good_v2),
+             "size": test_bundles.good_v2.stat().st_size, "probation_s": 0}
+    _, final, _ = device.send("update_model", offer, deploy_keys.private, timeout=HANG_S)
+    assert final is not None and final["status"] == "succeeded", (final, device.stderr_tail())
+    _, final, _ = device.send("update_model", {**offer, "url": "file:///etc/passwd"}, deploy_keys.private)
+    assert final is not None and final["status"] == "rejected", final
+    assert final["reason"] == f"invalid_args: file:// path /etc/passwd is outside ota.file_root {web[0]}", final
+    device.serving(test_bundles.good_v2)
+
+    hanging = _HangingServer()
+    try:
+        update: dict[str, Any] = {}
+
+        def send_update() -> None:
+            _, update["final"], _ = device.send("update_model", {"url": hanging.url, "sha256": "b" * 64,
+                                                                 "size": 100000}, deploy_keys.private, timeout=HANG_S)
+
+        sender = threading.Thread(target=send_update)
+        sender.start()
+        device.wait(lambda: hanging.requests > 0, HANG_S, "the download never reached the server")
+        progress, final, _ = device.send("rollback", {}, deploy_keys.private, timeout=HANG_S)
+        assert final is not None and (final["status"], final["reason"]) == ("succeeded", "rolled back"), final
+        sender.join(HANG_S)
+    finally:
+        hanging.close()
+    assert update["final"] is not None and update["final"]["status"] == "failed", update
+    assert update["final"]["reason"].startswith("cancelled: the rollback command "), update
     assert device.store_active() == sha256_file(test_bundles.good)
     device.serving(test_bundles.good)
     device.stop()

@@ -377,3 +377,23 @@ def test_token_bucket_refills_at_its_rate() -> None:
     assert bucket.take() and not bucket.take()
     now[0] += 100  # capped at the burst
     assert [bucket.take() for _ in range(4)] == [True, True, True, False]
+
+
+@pytest.mark.parametrize("field", ["expires", "ts"])
+@pytest.mark.parametrize("digits", [65, 400, 5000])
+def test_overlong_numbers_are_refused_with_the_id(field: str, digits: int) -> None:
+    """Issue 11: beyond 4300 digits ``int()`` itself refuses and the ack once lost the id
+    (``invalid_json``, ``id: null``); every number of more than 64 digits is now a bad schema,
+    answered with the command's id."""
+    now = time.time()
+    body = {"id": "t1", "ts": now, "expires": now + 60}
+    text = json.dumps(body).replace(json.dumps(body[field]), "1" + "0" * (digits - 1), 1)
+    ack = Harness().send("ping", text.encode())
+    assert ack == Ack("t1", "rejected", "bad_schema: a number has more than 64 digits")
+
+
+def test_numbers_of_up_to_64_digits_reach_the_schema_checks() -> None:
+    now = time.time()
+    big = int("9" * 64)
+    assert Harness().send("ping", {"id": "t2", "ts": now, "expires": now + 60, "args": {"n": big}}) == Ack(
+        "t2", "rejected", "invalid_args: ping takes no arguments")

@@ -513,7 +513,8 @@ def test_a_crashing_command_is_named_by_its_exception_type() -> None:
         raise KeyError("x")
 
     h = Harness(registry={"crash": CommandSpec("crash", crash)}, clock=lambda: NOW)
-    assert h.send("crash", _body()) == Ack(None, "failed", "internal_error: KeyError")
+    # issue 11: the ack of a crashed command still carries its id
+    assert h.send("crash", _body()) == Ack("c1", "failed", "internal_error: KeyError")
 
 
 def test_response_topics_may_hold_any_other_character() -> None:

@@ -3,14 +3,21 @@ tells the updater, its one updater, and what OTA refuses before touching the sto
 
 from __future__ import annotations
 
+import json
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from edge_agent.agent.agent import Agent
 from edge_agent.config import AgentConfig
 from edge_agent.control import ProbeSample
 from edge_agent.remote import ota
-from edge_agent.remote.protocol import Ack
+from edge_agent.remote.handler import CommandHandler
+from edge_agent.remote.protocol import Ack, Route, command_registry, sign_command
+from edge_agent.store import install as store_install
+from tests.tiny_store import make_bundle, shared
 
 
 def _agent(tmp_path: Path, bundle: Path | None) -> Agent:
@@ -51,3 +58,94 @@ def test_fixed_bundle_agent_refuses_update_and_rollback(tmp_path: Path) -> None:
     assert replies == [] and not (tmp_path / "state" / ota.DOWNLOADS).exists()  # nothing downloaded
     ack = updater.rollback("c2")
     assert ack.status == "failed" and "fixed model file" in ack.reason
+
+
+# --------------------------------------------------------------------------- issue 11: acks through the handler
+
+
+class _Signed:
+    """The real command handler with OTA's commands and a pinned command key; signs what it sends."""
+
+    def __init__(self, control: Any) -> None:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        self.key = Ed25519PrivateKey.generate()
+        self.acks: list[Ack] = []
+        self.reply: Callable[[Ack, Route], None] = lambda ack, route: self.acks.append(ack)
+        self.handler = CommandHandler("dev1", control=control, reply=self._send,
+                                      public_key=self.key.public_key(), registry=command_registry(ota.commands()))
+
+    def _send(self, ack: Ack, route: Route) -> None:
+        self.reply(ack, route)  # looked up at each ack: a test may replace it
+
+    def send(self, name: str, cmd_id: str, args: dict[str, Any]) -> None:
+        now = time.time()
+        body: dict[str, Any] = {"id": cmd_id, "ts": now, "expires": now + 60, "args": args}
+        body["sig"] = sign_command(self.key, "dev1", name, body)
+        self.handler.handle(name, json.dumps(body).encode())
+
+
+def test_in_progress_is_sent_before_the_worker_can_answer(tmp_path: Path) -> None:
+    """The update's worker fails at once (the agent runs a fixed model file). While the handler
+    is still sending ``in_progress`` (held here for up to a second, as a slow broker link would),
+    no ``failed`` may get out first: the worker starts only after the ack was sent."""
+    agent = _agent(tmp_path, tmp_path / "model.bundle")
+    signed = _Signed(agent)
+    worker_answered = threading.Event()
+
+    def slow_first_ack(ack: Ack, route: Route) -> None:
+        if ack.status == "in_progress":
+            worker_answered.wait(1.0)  # before the fix the worker's failed ack got out meanwhile
+        else:
+            worker_answered.set()
+        signed.acks.append(ack)
+
+    signed.reply = slow_first_ack
+    signed.send("update_model", "u1", {"url": "https://h/m.bundle", "sha256": "a" * 64, "size": 10})
+    agent.updater.join(60)
+    assert [(a.id, a.status) for a in signed.acks] == [("u1", "in_progress"), ("u1", "failed")], signed.acks
+    assert "fixed model file" in signed.acks[1].reason and not agent.updater.busy
+
+
+def test_file_urls_are_refused_without_a_file_root(tmp_path: Path) -> None:
+    """``file:///etc/shadow`` with the command key once revealed the file's size and sha256."""
+    signed = _Signed(_agent(tmp_path, None))
+    signed.send("update_model", "u1", {"url": "file:///etc/shadow", "sha256": "a" * 64, "size": 10})
+    assert signed.acks == [Ack("u1", "rejected", "invalid_args: file:// URLs are refused: no [ota] file_root "
+                                                 "is configured on the device")]
+    config = {"state_dir": str(tmp_path / "s2"), "ota": {"file_root": str(tmp_path)}}
+    signed = _Signed(Agent(AgentConfig.model_validate(config)))
+    signed.send("update_model", "u2", {"url": "file:///etc/shadow", "sha256": "a" * 64, "size": 10})
+    assert signed.acks == [Ack("u2", "rejected", f"invalid_args: file:// path /etc/shadow is outside ota.file_root "
+                                                 f"{tmp_path}")]
+
+
+class _UnloadableHost:
+    """A store with a previous model the agent cannot load: its reload raises what a non-UTF-8
+    ``labels.txt`` raised (not an EdgeError)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.bundle_key: Path | None = None
+        self.fixed_model: Path | None = None
+
+    def reload_model(self) -> dict[str, str]:
+        raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+
+    def probe(self) -> ProbeSample:
+        return ProbeSample(0, 0, None)
+
+
+def test_a_signed_rollback_onto_a_model_that_cannot_load_acks_with_its_id(tmp_path: Path) -> None:
+    v1 = shared("ota-unit-v1", lambda d: make_bundle(d / "v1.bundle", version="1.0"))
+    v2 = shared("ota-unit-v2", lambda d: make_bundle(d / "v2.bundle", version="2.0"))
+    state = tmp_path / "state"
+    store_install.install_model(v1, state, signal_agent=False)
+    store_install.install_model(v2, state, signal_agent=False)
+
+    class Control:
+        updater = ota.OtaUpdater(_UnloadableHost(state))  # type: ignore[arg-type]
+
+    signed = _Signed(Control())
+    signed.send("rollback", "r1", {})
+    assert signed.acks == [Ack("r1", "failed", "internal_error: UnicodeDecodeError")]

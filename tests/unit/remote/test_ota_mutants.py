@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import pytest
 
 from edge_agent.agent.agent import Agent
-from edge_agent.config import AgentConfig
+from edge_agent.config import AgentConfig, OtaSection
 from edge_agent.control import ProbeSample
 from edge_agent.errors import EdgeError
 from edge_agent.model.bundle import MANIFEST, MODEL, read_bundle
@@ -35,6 +35,11 @@ from tests.tiny_store import make_bundle, shared
 
 SHA = "a" * 64
 PROBATION_ERR = "probation_s must be a number in 0..3600"
+ANY_FILE = OtaSection(file_root=Path("/"))  # not about ota.file_root here (tests/unit/remote/test_download.py)
+
+
+def updater_for(host: Any, policy: ProbationPolicy | None = None) -> OtaUpdater:
+    return OtaUpdater(host, policy, ANY_FILE)
 
 
 # --------------------------------------------------------------------------- arguments
@@ -132,7 +137,7 @@ def _sha(data: bytes) -> str:
 
 def _download_error(url: str, target: Path, size: int, sha: str) -> str:
     with pytest.raises(DownloadError) as info:
-        download(url, target, size, sha)
+        download(url, target, size, sha, ANY_FILE)
     assert not target.exists()  # a failed download leaves nothing behind
     return str(info.value)
 
@@ -165,7 +170,7 @@ def test_download_of_a_file_url(tmp_path: Path) -> None:
     source.write_bytes(b"bundle bytes")
     target = tmp_path / "dl.bundle"
     url = "file://" + str(source).replace(" ", "%20")
-    assert download(url, target, 12, _sha(b"bundle bytes")).read_bytes() == b"bundle bytes"
+    assert download(url, target, 12, _sha(b"bundle bytes"), ANY_FILE).read_bytes() == b"bundle bytes"
     assert _download_error(url, target, 13, _sha(b"bundle bytes")) == "server announces 12 bytes, expected 13"
     missing = f"file://{tmp_path}/missing.bundle"
     assert _download_error(missing, target, 12, SHA) == "download failed: No such file or directory"
@@ -252,7 +257,7 @@ def test_update_installs_swaps_and_passes_probation(env: Env, tmp_path: Path) ->
     (state / ota.DOWNLOADS).mkdir()
     (state / ota.DOWNLOADS / "stale.bundle").write_bytes(b"left by a crash")
     host = Host(state, env.public)
-    updater = OtaUpdater(host)
+    updater = updater_for(host)
     replies: list[Ack] = []
     before = time.monotonic()
     ack = updater.update(env.request(env.v2), "u1", replies.append)
@@ -280,7 +285,7 @@ def test_update_installs_swaps_and_passes_probation(env: Env, tmp_path: Path) ->
 def test_update_refusals_keep_the_running_model(env: Env, tmp_path: Path) -> None:
     state = env.store(tmp_path)
     host = Host(state, env.public)
-    updater = OtaUpdater(host)
+    updater = updater_for(host)
     sha1 = sha256_file(env.v1)
     ack = updater.update(env.request(env.older), "u1", lambda a: None)
     assert ack.status == "failed" and ack.reason.startswith("verify: colours 1.0 is older than the active 1.9")
@@ -297,13 +302,13 @@ def test_bundle_signature_in_the_command(env: Env, tmp_path: Path) -> None:
     good = base64.b64encode(load_private_key(env.private).sign(manifest)).decode()
     wrong = base64.b64encode(load_private_key(env.private).sign(b"something else")).decode()
     state = env.store(tmp_path)
-    ack = OtaUpdater(Host(state, None)).update(env.request(env.v2, signature=good), "u1", lambda a: None)
+    ack = updater_for(Host(state, None)).update(env.request(env.v2, signature=good), "u1", lambda a: None)
     assert (ack.status, ack.reason) == ("failed", "the command carries a bundle signature but no bundle key is pinned")
-    ack = OtaUpdater(Host(state, env.public)).update(env.request(env.v2, signature=wrong), "u2", lambda a: None)
+    ack = updater_for(Host(state, env.public)).update(env.request(env.v2, signature=wrong), "u2", lambda a: None)
     assert (ack.status, ack.reason) == (
         "failed", "bad signature: the command's signature does not verify with the pinned key")
     assert _active_sha(state) == sha256_file(env.v1)
-    ack = OtaUpdater(Host(state, env.public)).update(env.request(env.v2, signature=good), "u3", lambda a: None)
+    ack = updater_for(Host(state, env.public)).update(env.request(env.v2, signature=good), "u3", lambda a: None)
     assert ack.status == "succeeded"
 
 
@@ -311,7 +316,7 @@ def test_agent_that_cannot_load_the_new_model_is_rolled_back(env: Env, tmp_path:
     state = env.store(tmp_path)
     host = Host(state, env.public)
     host.fail_reload = EdgeError("interpreter said no")
-    ack = OtaUpdater(host).update(env.request(env.v2), "u1", lambda a: None)
+    ack = updater_for(host).update(env.request(env.v2), "u1", lambda a: None)
     short = read_bundle(env.v1, require_signature=False).manifest.short_sha
     assert ack.status == "failed"
     assert ack.reason == ("the running agent cannot load the new model: interpreter said no; rolled back on disk "
@@ -324,7 +329,7 @@ def test_agent_that_cannot_load_the_new_model_is_rolled_back(env: Env, tmp_path:
         host.fail_reload = next(calls)
 
     host.before_reload = first_fails
-    ack = OtaUpdater(host).update(env.request(env.v2), "u2", lambda a: None)
+    ack = updater_for(host).update(env.request(env.v2), "u2", lambda a: None)
     assert ack.reason == (f"the running agent cannot load the new model: first load fails; rolled back to "
                           f"colours 1.9 ({short})")
     assert ack.result is not None and ack.result["active"]["bundle_sha256"] == sha256_file(env.v1)
@@ -335,7 +340,7 @@ def _probation_failure(env: Env, tmp_path: Path, probes: Callable[[int], ProbeSa
     state = env.store(tmp_path)
     host = Host(state, env.public, probes)
     replies: list[Ack] = []
-    ack = OtaUpdater(host, policy).update(env.request(env.v2, probation_s=probation_s), "u1", replies.append)
+    ack = updater_for(host, policy).update(env.request(env.v2, probation_s=probation_s), "u1", replies.append)
     assert [a.status for a in replies] == ["in_progress"]
     assert _active_sha(state) == sha256_file(env.v1)  # rolled back by itself
     assert host.reloads == 2  # the new model, then the previous one again
@@ -365,7 +370,7 @@ def test_probation_policy_thresholds_are_inclusive_limits(env: Env, tmp_path: Pa
 
     host = Host(state, env.public, probes)
     policy = ProbationPolicy(max_error_rate=0.2, min_samples=5, latency_factor=3.0)
-    ack = OtaUpdater(host, policy).update(env.request(env.v2, probation_s=0), "u1", lambda a: None)
+    ack = updater_for(host, policy).update(env.request(env.v2, probation_s=0), "u1", lambda a: None)
     assert ack.status == "succeeded", ack.reason
 
 
@@ -380,7 +385,7 @@ def test_probation_fails_when_the_model_is_replaced(env: Env, tmp_path: Path) ->
 
     holder["state"] = state
     host = Host(state, env.public, probes)
-    ack = OtaUpdater(host).update(env.request(env.v2, probation_s=600), "u1", lambda a: None)
+    ack = updater_for(host).update(env.request(env.v2, probation_s=600), "u1", lambda a: None)
     assert ack.status == "failed"
     assert ack.reason.startswith("probation failed: the model was replaced during probation; ")
 
@@ -389,7 +394,7 @@ def test_watch_probation_records_the_probation_and_passes_at_the_deadline(env: E
     state = env.store(tmp_path)
     model = store_layout.active_model(state)
     assert model is not None
-    updater = OtaUpdater(Host(state, env.public), ProbationPolicy(max_crashes=4))
+    updater = updater_for(Host(state, env.public), ProbationPolicy(max_crashes=4))
     assert updater.watch_probation(model, 0.0, "c7") is None
     probation = store_probation.read_probation(state)
     assert probation is not None
@@ -399,7 +404,7 @@ def test_watch_probation_records_the_probation_and_passes_at_the_deadline(env: E
 def test_rollback_command(env: Env, tmp_path: Path) -> None:
     state = env.store(tmp_path)
     host = Host(state, env.public)
-    updater = OtaUpdater(host)
+    updater = updater_for(host)
     ack = updater.rollback("r0")
     assert (ack.status, ack.reason) == ("failed", "rollback: there is no previous model to roll back to")
     assert ack.result is not None and ack.result["active"]["bundle_sha256"] == sha256_file(env.v1)
@@ -424,18 +429,25 @@ def test_one_update_at_a_time_and_the_worker_always_answers(env: Env, tmp_path: 
         raise RuntimeError("bug in the agent")
 
     host.before_reload = hold
-    updater = OtaUpdater(host)
+    updater = updater_for(host)
     replies: list[Ack] = []
     updater.start_update(env.request(env.v2), "u1", replies.append)
     assert entered.wait(120)
     assert updater.busy
     with pytest.raises(OtaError, match=r"^busy: another model update is in progress$"):
         updater.start_update(env.request(env.v2), "u2", replies.append)
-    assert updater.rollback("r1") == Ack("r1", "failed", "busy: a model update is in progress")
+    # A rollback during the install and swap waits for it (issue 11: it is never refused as busy).
+    rolled: list[Ack] = []
+    rollback = threading.Thread(target=lambda: rolled.append(updater.rollback("r1")))
+    rollback.start()
+    host.before_reload = lambda: None  # the rollback's own reload works
     release.set()
     updater.join(120)
+    rollback.join(120)
     assert not updater.busy
     assert replies[-1] == Ack("u1", "failed", "internal_error: RuntimeError")
+    assert [(a.id, a.status) for a in rolled] == [("r1", "succeeded")]
+    assert _active_sha(state) == sha256_file(env.v1)
 
 
 # --------------------------------------------------------------------------- the commands
@@ -464,13 +476,16 @@ def test_update_and_rollback_commands(env: Env, tmp_path: Path) -> None:
     assert ota._cmd_rollback(_ctx(None, {})) == Ack("c1", "failed", "no running agent")
 
     state = env.store(tmp_path)
-    updater = OtaUpdater(Host(state, env.public))
+    updater = updater_for(Host(state, env.public))
     control = Control(updater)
     replies: list[Ack] = []
     size = env.v2.stat().st_size
-    ack = ota._cmd_update_model(_ctx(control, {"url": f"file://{env.v2}", "sha256": sha256_file(env.v2),
-                                               "size": size, "probation_s": 0}, replies))
+    ctx = _ctx(control, {"url": f"file://{env.v2}", "sha256": sha256_file(env.v2), "size": size,
+                         "probation_s": 0}, replies)
+    ack = ota._cmd_update_model(ctx)
     assert ack == Ack("c1", "in_progress", f"downloading {size} bytes")
+    assert replies == [] and updater.busy  # the worker starts only once the handler sent this ack
+    ctx.run_after_ack()
     updater.join(120)
     assert [(a.id, a.status) for a in replies] == [("c1", "in_progress"), ("c1", "succeeded")]
     assert ota._cmd_rollback(_ctx(control, {})).reason == "rolled back"
@@ -490,7 +505,7 @@ def test_commands_are_privileged() -> None:
 def test_probation_latency_counts_from_exactly_min_samples(env: Env, tmp_path: Path) -> None:
     state = env.store(tmp_path)
     host = Host(state, env.public, lambda n: ProbeSample(5 * n, 0, 3.5))  # 5 inferences after the swap
-    ack = OtaUpdater(host).update(env.request(env.v2, probation_s=0), "u1", lambda a: None)
+    ack = updater_for(host).update(env.request(env.v2, probation_s=0), "u1", lambda a: None)
     assert ack.status == "failed" and "p95 inference latency 3.50 ms" in ack.reason
 
 
@@ -498,16 +513,16 @@ def test_an_agent_reporting_another_bundle_is_rolled_back(env: Env, tmp_path: Pa
     state = env.store(tmp_path)
     host = Host(state, env.public)
     host.report_identity = "f" * 64
-    ack = OtaUpdater(host).update(env.request(env.v2), "u1", lambda a: None)
+    ack = updater_for(host).update(env.request(env.v2), "u1", lambda a: None)
     assert ack.status == "failed"
     assert ack.reason.startswith("the running agent reports bundle ffffffffffff, not the installed bundle ")
     assert ack.result is not None and ack.result["active"]["bundle_sha256"] == sha256_file(env.v1)
     assert _active_sha(state) == sha256_file(env.v1)
     # the signed rollback command checks the same after its reload
     host.report_identity = None
-    assert OtaUpdater(host).update(env.request(env.v2), "u2", lambda a: None).status == "succeeded"
+    assert updater_for(host).update(env.request(env.v2), "u2", lambda a: None).status == "succeeded"
     host.report_identity = "e" * 64
-    back = OtaUpdater(host).rollback("r1")
+    back = updater_for(host).rollback("r1")
     assert back.status == "failed"
     assert back.reason.startswith("rolled back on disk but the running agent reports bundle eeeeeeeeeeee, not the "
                                   "installed bundle ")
@@ -518,7 +533,7 @@ def test_an_agent_reporting_another_bundle_is_rolled_back(env: Env, tmp_path: Pa
 def test_update_needs_the_pinned_bundle_key(env: Env, tmp_path: Path) -> None:
     unsigned = make_bundle(tmp_path / "unsigned.bundle", version="9.0")
     state = env.store(tmp_path)
-    ack = OtaUpdater(Host(state, env.public)).update(env.request(unsigned), "u1", lambda a: None)
+    ack = updater_for(Host(state, env.public)).update(env.request(unsigned), "u1", lambda a: None)
     assert ack.status == "failed" and ack.reason.startswith("verify: ") and "is not signed" in ack.reason
 
 
@@ -532,11 +547,13 @@ def test_update_command_while_busy(env: Env, tmp_path: Path) -> None:
         assert release.wait(120)
 
     host.before_reload = hold
-    updater = OtaUpdater(host)
+    updater = updater_for(host)
     control = Control(updater)
     args = {"url": f"file://{env.v2}", "sha256": sha256_file(env.v2), "size": env.v2.stat().st_size,
             "probation_s": 0}
-    assert ota._cmd_update_model(_ctx(control, args)).status == "in_progress"
+    ctx = _ctx(control, args)
+    assert ota._cmd_update_model(ctx).status == "in_progress"
+    ctx.run_after_ack()
     assert entered.wait(120)
     busy = Ack("c1", "failed", "busy: another model update is in progress")
     assert ota._cmd_update_model(_ctx(control, args)) == busy
@@ -559,7 +576,8 @@ def test_download_from_a_server_that_never_answers_times_out(tmp_path: Path) -> 
     silent.listen(1)
     try:
         with pytest.raises(DownloadError) as info:
-            download(f"http://127.0.0.1:{silent.getsockname()[1]}/m", tmp_path / "m", 5, SHA, timeout_s=0.2)
+            download(f"http://127.0.0.1:{silent.getsockname()[1]}/m", tmp_path / "m", 5, SHA,
+                     OtaSection(read_timeout_s=0.2))
         assert str(info.value) == "download failed: timed out"
     finally:
         silent.close()
@@ -574,7 +592,7 @@ def test_probation_records_the_command_id(env: Env, tmp_path: Path) -> None:
         seen.append(probation.command_id if probation else "")
         return ProbeSample(0, 0, None)
 
-    ack = OtaUpdater(Host(state, env.public, probes)).update(env.request(env.v2), "u7", lambda a: None)
+    ack = updater_for(Host(state, env.public, probes)).update(env.request(env.v2), "u7", lambda a: None)
     assert ack.status == "succeeded" and seen and set(seen) == {"u7"}
 
 
@@ -582,7 +600,7 @@ def test_probation_failure_timings_lie_within_the_call(env: Env, tmp_path: Path)
     state = env.store(tmp_path)
     host = Host(state, env.public, lambda n: ProbeSample(3, 2 + 5 * n, None))
     before = time.monotonic()
-    ack = OtaUpdater(host).update(env.request(env.v2, probation_s=600), "u1", lambda a: None)
+    ack = updater_for(host).update(env.request(env.v2, probation_s=600), "u1", lambda a: None)
     elapsed = time.monotonic() - before
     assert ack.result is not None
     assert all(0.0 <= v <= elapsed + 0.001 for v in ack.result["timings"].values())
@@ -592,7 +610,7 @@ def test_fixed_model_agent_refuses_with_the_active_model(env: Env, tmp_path: Pat
     state = env.store(tmp_path)
     host = Host(state, env.public)
     host.fixed_model = tmp_path / "model.bundle"
-    ack = OtaUpdater(host).update(env.request(env.v2), "u1", lambda a: None)
+    ack = updater_for(host).update(env.request(env.v2), "u1", lambda a: None)
     assert ack.id == "u1" and ack.status == "failed"
     assert ack.reason == (f"the agent runs the fixed model file {tmp_path / 'model.bundle'} (model.bundle / --bundle); "
                           "over-the-air updates need the model store: unset it")
@@ -632,7 +650,7 @@ def _manifest_identity(bundle: Path) -> str:
 
 def test_acks_carry_the_command_id(env: Env, tmp_path: Path) -> None:
     state = env.store(tmp_path)
-    updater = OtaUpdater(Host(state, env.public))
+    updater = updater_for(Host(state, env.public))
     assert updater.rollback("r0").id == "r0"  # refused: no previous model
     assert updater.update(env.request(env.v2), "u1", lambda a: None).id == "u1"
     already = updater.update(env.request(env.v2), "u2", lambda a: None)
@@ -646,7 +664,7 @@ def test_acks_carry_the_command_id(env: Env, tmp_path: Path) -> None:
 def test_a_foreign_bundle_is_named_by_twelve_hex_digits(env: Env, tmp_path: Path) -> None:
     host = Host(env.store(tmp_path), env.public)
     host.report_identity = "f" * 64
-    ack = OtaUpdater(host).update(env.request(env.v2), "u1", lambda a: None)
+    ack = updater_for(host).update(env.request(env.v2), "u1", lambda a: None)
     new, old = _manifest_identity(env.v2)[:12], _manifest_identity(env.v1)[:12]
     assert ack.reason == (f"the running agent reports bundle ffffffffffff, not the installed bundle {new} (manifest "
                           f"sha256); rolled back on disk but the running agent reports bundle ffffffffffff, not the "
@@ -656,7 +674,7 @@ def test_a_foreign_bundle_is_named_by_twelve_hex_digits(env: Env, tmp_path: Path
 def test_stale_downloads_that_cannot_be_removed_are_left(env: Env, tmp_path: Path) -> None:
     state = env.store(tmp_path)
     (state / ota.DOWNLOADS / "stuck").mkdir(parents=True)  # unlink() fails on a directory
-    ack = OtaUpdater(Host(state, env.public)).update(env.request(env.v2), "u1", lambda a: None)
+    ack = updater_for(Host(state, env.public)).update(env.request(env.v2), "u1", lambda a: None)
     assert ack.status == "succeeded", ack.reason
     assert [p.name for p in (state / ota.DOWNLOADS).iterdir()] == ["stuck"]
 
@@ -664,7 +682,7 @@ def test_stale_downloads_that_cannot_be_removed_are_left(env: Env, tmp_path: Pat
 def test_probation_waits_between_probes_until_the_deadline(env: Env, tmp_path: Path) -> None:
     state = env.store(tmp_path)
     host = Host(state, env.public, lambda n: ProbeSample(0, 0, None))
-    ack = OtaUpdater(host).update(env.request(env.v2, probation_s=0.3), "u1", lambda a: None)
+    ack = updater_for(host).update(env.request(env.v2, probation_s=0.3), "u1", lambda a: None)
     assert ack.status == "succeeded", ack.reason
     assert host._probe_count >= 3  # the baseline, then a probe per tick: it slept in between
 
@@ -680,7 +698,7 @@ def test_failure_acks_describe_the_current_link_without_rehashing(env: Env, tmp_
     data[-1] ^= 0xFF  # same size, other content: only a deep check (a re-hash) sees it
     weights.write_bytes(bytes(data))
     bad = parse_update_args({"url": f"file://{env.v2}", "sha256": SHA, "size": env.v2.stat().st_size})
-    ack = OtaUpdater(Host(state, env.public)).update(bad, "u1", lambda a: None)
+    ack = updater_for(Host(state, env.public)).update(bad, "u1", lambda a: None)
     assert ack.status == "failed" and ack.result is not None
     assert ack.result["active"]["bundle_sha256"] == sha256_file(env.v1)
 
@@ -707,10 +725,10 @@ def test_ota_reloads_the_agent_itself_and_never_signals_it(env: Env, tmp_path: P
         assert agent.stdout is not None and agent.stdout.readline() == "ready\n"
         (state / store_pidfile.PID_FILE).write_text(f"{agent.pid}\n")
         assert store_pidfile.read_agent_pid(state) == agent.pid  # it would be signalled if asked to
-        updater = OtaUpdater(Host(state, env.public))
+        updater = updater_for(Host(state, env.public))
         assert updater.update(env.request(env.v2), "u1", lambda a: None).status == "succeeded"
         assert updater.rollback("r1").status == "succeeded"
-        failing = OtaUpdater(Host(state, env.public, lambda n: ProbeSample(3, 2 + 5 * n, None)))
+        failing = updater_for(Host(state, env.public, lambda n: ProbeSample(3, 2 + 5 * n, None)))
         assert failing.update(env.request(env.v2, probation_s=600), "u2", lambda a: None).status == "failed"
     finally:
         out, _ = agent.communicate(input="", timeout=60)
@@ -730,7 +748,7 @@ def test_the_update_worker_is_a_daemon_thread(tmp_path: Path) -> None:
             seen.append(threading.current_thread())
             return tmp_path
 
-    updater = OtaUpdater(FixedHost())  # type: ignore[arg-type]
+    updater = updater_for(FixedHost())  # type: ignore[arg-type]
     replies: list[Ack] = []
     updater.start_update(UpdateRequest("file:///m", SHA, 1), "u1", replies.append)
     updater.join(60)
@@ -750,7 +768,7 @@ def test_join_gives_up_after_its_timeout(tmp_path: Path) -> None:
             assert release.wait(120)
             return tmp_path
 
-    updater = OtaUpdater(StuckHost())  # type: ignore[arg-type]
+    updater = updater_for(StuckHost())  # type: ignore[arg-type]
     updater.start_update(UpdateRequest("file:///m", SHA, 1), "u1", lambda a: None)
     try:
         updater.join(0.01)  # returns although the worker still runs
@@ -764,12 +782,12 @@ def test_join_gives_up_after_its_timeout(tmp_path: Path) -> None:
 def test_rollback_acks_in_detail(env: Env, tmp_path: Path) -> None:
     fixed = Host(env.store(tmp_path / "f"), env.public)
     fixed.fixed_model = tmp_path / "model.bundle"  # type: ignore[attr-defined]
-    assert OtaUpdater(fixed).rollback("r0") == Ack(
+    assert updater_for(fixed).rollback("r0") == Ack(
         "r0", "failed", f"the agent runs the fixed model file {tmp_path / 'model.bundle'}; nothing to roll back")
 
     state = env.store(tmp_path)
     host = Host(state, env.public)
-    updater = OtaUpdater(host)
+    updater = updater_for(host)
     assert updater.update(env.request(env.v2), "u1", lambda a: None).status == "succeeded"
     host.report_identity = "e" * 64
     assert updater.rollback("r1").id == "r1"  # rolled back on disk, but the agent reports another bundle
@@ -800,7 +818,7 @@ def test_watch_probation_without_a_command_id(env: Env, tmp_path: Path) -> None:
     state = env.store(tmp_path)
     model = store_layout.active_model(state)
     assert model is not None
-    assert OtaUpdater(Host(state, env.public)).watch_probation(model, 0.0) is None
+    assert updater_for(Host(state, env.public)).watch_probation(model, 0.0) is None
     probation = store_probation.read_probation(state)
     assert probation is not None and probation.command_id == ""  # no command: none recorded
 
@@ -809,7 +827,7 @@ def test_rollback_ms_is_the_time_the_rollback_took(env: Env, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """With OTA's clock replaced, rollback_ms is exactly the elapsed milliseconds (kills a wrong scale)."""
     state = env.store(tmp_path)
-    updater = OtaUpdater(Host(state, env.public))
+    updater = updater_for(Host(state, env.public))
     assert updater.update(env.request(env.v2), "u1", lambda a: None).status == "succeeded"
     readings = iter([100.0, 101.25])
 
@@ -876,7 +894,7 @@ def test_signature_base64_is_decoded_strictly() -> None:
 def test_update_into_a_state_dir_that_does_not_exist_yet(env: Env, tmp_path: Path) -> None:
     """The downloads directory is made with its parents: the first update of a fresh device installs."""
     state = tmp_path / "fresh" / "state"
-    ack = OtaUpdater(Host(state, env.public)).update(env.request(env.v1), "u1", lambda a: None)
+    ack = updater_for(Host(state, env.public)).update(env.request(env.v1), "u1", lambda a: None)
     assert (ack.id, ack.status, ack.reason) == ("u1", "succeeded", "colours 1.9 active, probation passed")
     assert ack.result is not None and ack.result["previous"] is None
     assert _active_sha(state) == sha256_file(env.v1)
@@ -886,11 +904,11 @@ def test_update_into_a_state_dir_that_does_not_exist_yet(env: Env, tmp_path: Pat
 def test_update_with_allow_new_input_installs_a_model_with_another_input(env: Env, tmp_path: Path) -> None:
     key = load_private_key(env.private)
     other = shared("ota-other-input", lambda d: make_bundle(d / "other.bundle", version="2.0", size=8, sign_key=key))
-    refused = OtaUpdater(Host(env.store(tmp_path / "a"), env.public)).update(env.request(other), "u1", lambda a: None)
+    refused = updater_for(Host(env.store(tmp_path / "a"), env.public)).update(env.request(other), "u1", lambda a: None)
     assert refused.status == "failed" and refused.reason.startswith(
         "verify: the new model does not fit the active model's input (")
     state = env.store(tmp_path / "b")
-    ack = OtaUpdater(Host(state, env.public)).update(env.request(other, allow_new_input=True), "u2", lambda a: None)
+    ack = updater_for(Host(state, env.public)).update(env.request(other, allow_new_input=True), "u2", lambda a: None)
     assert (ack.status, ack.reason) == ("succeeded", "colours 2.0 active, probation passed")
     assert _active_sha(state) == sha256_file(other)
 
@@ -935,7 +953,7 @@ def test_the_store_checks_the_downloaded_file_again(env: Env, tmp_path: Path) ->
         ("flipped", _flip_last_byte, None),
     ]:
         state = env.store(tmp_path / name)
-        ack = OtaUpdater(TamperingHost(state, env.public, tamper)).update(request, "u1", lambda a: None)
+        ack = updater_for(TamperingHost(state, env.public, tamper)).update(request, "u1", lambda a: None)
         assert (ack.id, ack.status) == ("u1", "failed")
         if reason is not None:
             assert ack.reason == reason
@@ -950,7 +968,7 @@ def test_a_download_that_vanishes_before_the_install_fails_with_the_install_reas
     """The cleanup after the install tolerates a download already gone (unlink's missing_ok=True): the
     ack gives the store's reason, not the cleanup's FileNotFoundError."""
     state = env.store(tmp_path)
-    ack = OtaUpdater(TamperingHost(state, env.public, Path.unlink)).update(env.request(env.v2), "u1", lambda a: None)
+    ack = updater_for(TamperingHost(state, env.public, Path.unlink)).update(env.request(env.v2), "u1", lambda a: None)
     assert (ack.id, ack.status) == ("u1", "failed")
     assert ack.reason.startswith(f"copy: bundle {state / ota.DOWNLOADS}/")
     assert ack.reason.endswith(".bundle: No such file or directory")
@@ -960,17 +978,17 @@ def test_a_download_that_vanishes_before_the_install_fails_with_the_install_reas
 def test_failure_acks_carry_the_command_id(env: Env, tmp_path: Path) -> None:
     state = env.store(tmp_path / "download")
     bad = parse_update_args({"url": f"file://{env.v2}", "sha256": SHA, "size": env.v2.stat().st_size})
-    ack = OtaUpdater(Host(state, env.public)).update(bad, "u1", lambda a: None)
+    ack = updater_for(Host(state, env.public)).update(bad, "u1", lambda a: None)
     assert (ack.id, ack.status) == ("u1", "failed")
 
     host = Host(env.store(tmp_path / "reload"), env.public)
     host.fail_reload = EdgeError("no")
-    ack = OtaUpdater(host).update(env.request(env.v2), "u2", lambda a: None)
+    ack = updater_for(host).update(env.request(env.v2), "u2", lambda a: None)
     assert (ack.id, ack.status) == ("u2", "failed")
 
     host = Host(env.store(tmp_path / "identity"), env.public)
     host.report_identity = "f" * 64
-    ack = OtaUpdater(host).update(env.request(env.v2), "u3", lambda a: None)
+    ack = updater_for(host).update(env.request(env.v2), "u3", lambda a: None)
     assert (ack.id, ack.status) == ("u3", "failed")
 
 
@@ -981,7 +999,7 @@ def test_probation_checks_the_current_link_without_rehashing(env: Env, tmp_path:
     model = store_layout.active_model(state)
     assert model is not None
     _flip_last_byte(model.directory / MODEL)  # same size, other content: only a re-hash sees it
-    assert OtaUpdater(Host(state, env.public)).watch_probation(model, 0.0, "c1") is None
+    assert updater_for(Host(state, env.public)).watch_probation(model, 0.0, "c1") is None
 
 
 class FakeClock:
@@ -1018,7 +1036,7 @@ def test_probation_ends_exactly_at_its_deadline(env: Env, tmp_path: Path, monkey
     host = Host(state, env.public, lambda n: ProbeSample(0, 0, None))
     clock = FakeClock()
     monkeypatch.setattr(ota, "time", clock)
-    assert OtaUpdater(host).watch_probation(model, duration, "c1") is None
+    assert updater_for(host).watch_probation(model, duration, "c1") is None
     assert clock.sleeps == sleeps
     assert clock.now == 1000.0 + duration
     assert host._probe_count == 2 + len(sleeps)  # the baseline, then one probe per check
