@@ -25,6 +25,7 @@ from edge_agent.control import ProbeSample
 from edge_agent.errors import ConfigError, EdgeError
 from edge_agent.messaging.envelope import EnvelopeFactory
 from edge_agent.messaging.publishers import Publisher, create_publisher
+from edge_agent.model.bundle import BundleLimits
 from edge_agent.model.loader import LoadedModel, ModelFile
 from edge_agent.model.manifest import AudioPreprocess
 from edge_agent.sources import Source, create_source
@@ -148,6 +149,7 @@ class Agent:
             with self._updater_lock:
                 if self._updater is not None:
                     self._updater.settings = new.ota  # the next update uses the new [ota] limits
+                    self._updater.limits = BundleLimits.with_model_mb(new.model.max_model_mb)
         self.reload_model()
 
     def reload_model(self) -> dict[str, str]:
@@ -188,7 +190,8 @@ class Agent:
             if self._updater is None:
                 from edge_agent.remote.ota import OtaUpdater
 
-                self._updater = OtaUpdater(self, settings=self.config.ota)
+                self._updater = OtaUpdater(self, settings=self.config.ota,
+                                           limits=BundleLimits.with_model_mb(self.config.model.max_model_mb))
             return self._updater
 
     # ------------------------------------------------------------------ lifecycle

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 from edge_agent.config import OtaSection
 from edge_agent.control import AgentControl, ModelHost
 from edge_agent.errors import EdgeError
-from edge_agent.model.bundle import MANIFEST, read_bundle
+from edge_agent.model.bundle import MANIFEST, BundleLimits, read_manifest_bytes
 from edge_agent.model.loader import bundle_identity
 from edge_agent.remote.download import Abort, download, file_url_problem, url_problem
 from edge_agent.remote.protocol import Ack, CommandContext, CommandError, CommandSpec, command
@@ -141,10 +141,11 @@ class OtaUpdater:
     """
 
     def __init__(self, host: ModelHost, policy: ProbationPolicy | None = None,
-                 settings: OtaSection | None = None) -> None:
+                 settings: OtaSection | None = None, limits: BundleLimits | None = None) -> None:
         self.host = host
         self.policy = policy or ProbationPolicy()
         self.settings = settings or OtaSection()  # the agent's [ota] section, replaced on reload
+        self.limits = limits or BundleLimits()  # the agent's [model] max_model_mb, replaced on reload
         self._busy = threading.Lock()  # one update job at a time
         self._store = threading.Lock()  # store changes: install + swap, rollbacks, the probation record
         self._abort = Abort()  # the running (or last) update's
@@ -259,10 +260,11 @@ class OtaUpdater:
         state_dir = Path(self.host.state_dir)
         key = resolve_public_key(state_dir, self.host.bundle_key)
         if request.signature is not None:
-            _verify_detached(target, request.signature, key)
+            _verify_detached(target, request.signature, key, self.limits)
         return install_model(
             target, state_dir, key, expected_sha256=request.sha256, expected_size=request.size,
             allow_new_input=request.allow_new_input, allow_downgrade=False, signal_agent=False,
+            limits=self.limits,
         )
 
     def _swap_in(self, new: dict[str, Any]) -> str | None:
@@ -360,12 +362,13 @@ class OtaUpdater:
                     "rollback_ms": round((time.monotonic() - t0) * 1000, 1)})
 
 
-def _verify_detached(bundle_path: Path, signature: bytes, key: Ed25519PublicKey | None) -> None:
+def _verify_detached(bundle_path: Path, signature: bytes, key: Ed25519PublicKey | None,
+                     limits: BundleLimits) -> None:
     if key is None:
         raise OtaError("the command carries a bundle signature but no bundle key is pinned")
     from cryptography.exceptions import InvalidSignature
 
-    manifest_bytes = read_bundle(bundle_path, require_signature=False).manifest_bytes
+    manifest_bytes = read_manifest_bytes(bundle_path, limits)
     try:
         key.verify(signature, manifest_bytes)
     except InvalidSignature as exc:

@@ -13,10 +13,13 @@ from typing import Any
 from edge_agent.agent.agent import Agent
 from edge_agent.config import AgentConfig
 from edge_agent.control import ProbeSample
+from edge_agent.model.bundle import BundleLimits, read_bundle
 from edge_agent.remote import ota
 from edge_agent.remote.handler import CommandHandler
 from edge_agent.remote.protocol import Ack, Route, command_registry, sign_command
 from edge_agent.store import install as store_install
+from edge_agent.store.layout import active_model
+from edge_agent.util.fs import sha256_file
 from tests.tiny_store import make_bundle, shared
 
 
@@ -149,3 +152,23 @@ def test_a_signed_rollback_onto_a_model_that_cannot_load_acks_with_its_id(tmp_pa
     signed = _Signed(Control())
     signed.send("rollback", "r1", {})
     assert signed.acks == [Ack("r1", "failed", "internal_error: UnicodeDecodeError")]
+
+
+def test_updates_use_the_agents_model_size_limit(tmp_path: Path) -> None:
+    """``[model] max_model_mb`` bounds what OTA installs, as it bounds ``install-model`` and ``run``."""
+    config = AgentConfig.model_validate({"state_dir": str(tmp_path / "state"), "model": {"max_model_mb": 3},
+                                         "ota": {"file_root": str(tmp_path)}})
+    agent = Agent(config)
+    assert agent.updater.limits == BundleLimits(model_bytes=3 * 1024 * 1024)
+    v1 = shared("ota-unit-v1", lambda d: make_bundle(d / "v1.bundle", version="1.0"))
+    offered = tmp_path / "v1.bundle"
+    offered.write_bytes(v1.read_bytes())
+    model_size = len(read_bundle(v1, require_signature=False).model_bytes)
+    updater = ota.OtaUpdater(agent, settings=config.ota, limits=BundleLimits(model_bytes=model_size - 1))
+    request = ota.parse_update_args({"url": f"file://{offered}", "sha256": sha256_file(offered),
+                                     "size": offered.stat().st_size, "probation_s": 0})
+    ack = updater.update(request, "u1", lambda ack: None)
+    assert (ack.id, ack.status) == ("u1", "failed")
+    assert f"model.tflite is {model_size} bytes, more than the {model_size - 1} bytes a device accepts" \
+        in ack.reason, ack.reason
+    assert active_model(tmp_path / "state") is None
