@@ -15,10 +15,11 @@ from typing import Any
 
 from edge_agent.control import AgentControl
 from edge_agent.errors import EdgeError
-from edge_agent.remote.guards import MAX_COMMAND_BYTES, MAX_DEPTH, SET_CONFIG_MAX_KEYS, RejectError, depth, loads_strict
+from edge_agent.remote.guards import MAX_COMMAND_BYTES, MAX_DEPTH, SET_CONFIG_MAX_KEYS, RejectError, loads_strict
 from edge_agent.remote.protocol import CommandError, Publish
 from edge_agent.util.fs import atomic_write
 from edge_agent.util.statefiles import set_aside
+from edge_agent.util.strict_json import depth
 
 log = logging.getLogger(__name__)
 

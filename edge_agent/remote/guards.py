@@ -21,6 +21,7 @@ from typing import Any
 
 from edge_agent.util.fs import atomic_write
 from edge_agent.util.statefiles import set_aside
+from edge_agent.util.strict_json import depth
 
 log = logging.getLogger(__name__)
 
@@ -90,21 +91,6 @@ def _id_of(text: str) -> str | None:
         return None
     raw = body.get("id") if isinstance(body, dict) else None
     return raw if isinstance(raw, str) and ID_RE.fullmatch(raw) else None
-
-
-def depth(value: Any, limit: int) -> int:
-    """Nesting depth of containers, iteratively (never recursion on hostile input)."""
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, level = stack.pop()
-        if isinstance(item, dict | list):
-            deepest = max(deepest, level)
-            if deepest > limit:
-                return deepest
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, level + 1) for child in children)
-    return deepest
 
 
 def _is_number(value: Any) -> bool:
