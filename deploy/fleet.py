@@ -96,7 +96,7 @@ def send_command(
             ack = json.loads(message.payload)
         except ValueError:
             return
-        if isinstance(ack, dict) and ack.get("id") == cmd_id:
+        if isinstance(ack, dict) and ack.get("id") == cmd_id and not done.is_set():  # a final ack stays final
             if on_ack is not None:
                 on_ack(ack)
             result.clear()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -85,3 +86,32 @@ def test_no_broker_is_a_clear_error():
     out = fleet_cli("status", "--broker", "http://nowhere")
     assert out.returncode == 2 and "mqtt://host:port" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_send_keeps_the_first_final_ack(mqtt_broker, unique_id: str) -> None:
+    """A device whose ``in_progress`` arrives after its ``failed`` (an agent before issue 11):
+    the final answer stays ``failed``; a late progress ack must not replace it."""
+    from deploy.fleet import send_command
+    from edge_agent.messaging.link import MqttLink
+    from edge_agent.messaging.paho_client import InboundMessage
+
+    settings = MqttSettings(broker=mqtt_broker.url, keepalive=5)
+    device = MqttLink(settings, f"{unique_id}-device", subscriptions=(f"edge/v1/{unique_id}/cmd/#",))
+    subscribed = threading.Event()
+    device.callbacks.on_subscribed = lambda mid, codes: subscribed.set()
+
+    def answer(message: InboundMessage) -> None:
+        cmd_id = json.loads(message.payload)["id"]
+        for status in ("failed", "in_progress"):
+            device.publish(f"edge/v1/{unique_id}/ack", json.dumps({"id": cmd_id, "status": status}).encode(), qos=1)
+
+    device.callbacks.on_message = answer
+    device.start()
+    try:
+        assert subscribed.wait(10)
+        progress: list[dict] = []
+        final = send_command(settings, unique_id, "ping", {}, timeout=10, on_ack=progress.append)
+    finally:
+        device.stop()
+    assert final is not None and final["status"] == "failed", final
+    assert [a["status"] for a in progress] == ["failed"]
