@@ -17,7 +17,8 @@ from tools.pi_check.steps import StepError
 _IMPORTS = r"""
 import importlib, pkgutil, platform, sys
 import edge_agent
-names = [m.name for m in pkgutil.walk_packages(edge_agent.__path__, "edge_agent.")]
+names = [m.name for m in pkgutil.walk_packages(edge_agent.__path__, "edge_agent.")
+         if not m.name.endswith("__main__")]
 for name in names:
     importlib.import_module(name)
 import ai_edge_litert.interpreter, cv2, numpy, paho.mqtt.client, cryptography
