@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+from pathlib import Path
 from typing import Any
 
 from tools.pi_check.cpus import PiCpu
@@ -26,6 +28,7 @@ from importlib.metadata import version
 print(platform.machine(), len(names), "modules;", "ai-edge-litert", version("ai-edge-litert"),
       "numpy", numpy.__version__, "opencv", cv2.__version__)
 """
+UNIT_TIMEOUT = 1800.0
 DEVICE_TESTS = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
                 "-m", "not tensorflow and not sklearn", "--ignore=tests/unit/bench", "tests/unit"]
 
@@ -73,12 +76,24 @@ def check_run(guest: Guest, cpu: PiCpu, host_stdout: str) -> str:
     return f"{len(pi)} frames, every result identical to the host's; {_tail(proc.stderr, 1)}"
 
 
-def check_unit_tests(guest: Guest, cpu: PiCpu) -> str:
-    proc = guest.run([*guest.python(), *DEVICE_TESTS], cpu, cwd=f"{WORK}/src", timeout=1800)
-    summary = _tail(proc.stdout, 1)
+def start_unit_tests(guest: Guest, cpu: PiCpu, log: Path) -> subprocess.Popen[bytes]:
+    """Start the device-only unit tests in the background (the slowest check: both CPUs run at once)."""
+    argv = [*guest.python(), *DEVICE_TESTS, f"--basetemp={WORK}/pytest-{cpu.key}"]
+    return guest.start(argv, cpu, log, cwd=f"{WORK}/src")
+
+
+def finish_unit_tests(proc: subprocess.Popen[bytes], log: Path, timeout: float = UNIT_TIMEOUT) -> str:
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise StepError(f"still running after {timeout:.0f} s; output in {log}") from None
+    output = log.read_text(errors="replace")
+    summary = _tail(output, 1)
     if proc.returncode != 0:
-        failed = [line for line in proc.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
-        raise StepError(f"{summary}: {'; '.join(failed[:5]) or _tail(proc.stdout + proc.stderr)}")
+        failed = [line for line in output.splitlines() if line.startswith(("FAILED", "ERROR"))]
+        raise StepError(f"{summary}: {'; '.join(failed[:5]) or _tail(output)} (output in {log})")
     return summary
 
 

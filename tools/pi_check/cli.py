@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -52,8 +53,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with locked(cache), tempfile.TemporaryDirectory(prefix="pi-check-") as tmp:
             guest, host_stdout = _set_up(report, cache, Path(tmp), args.route)
-            for cpu in cpus:
-                _check_cpu(report, guest, cpu, host_stdout)
+            logs = cache / "logs"
+            logs.mkdir(exist_ok=True)
+            unit_runs = {cpu.key: (checks.start_unit_tests(guest, cpu, logs / f"unit-{cpu.key}.log"),
+                                   logs / f"unit-{cpu.key}.log") for cpu in cpus if guest.can_spawn}
+            try:
+                for cpu in cpus:
+                    _check_cpu(report, guest, cpu, host_stdout, unit_runs.get(cpu.key))
+            finally:
+                for proc, _ in unit_runs.values():
+                    if proc.poll() is None:
+                        proc.kill()
+                        proc.wait()
     except StepError:
         pass  # already reported by its step
     report.say("summary (cache " + str(cache) + ")\n" + report.summary(time.perf_counter() - start))
@@ -103,15 +114,23 @@ def _set_up(report: StepReport, cache: Path, tmp: Path, route: str) -> tuple[Gue
     return guest, host_stdout
 
 
-def _check_cpu(report: StepReport, guest: Guest, cpu: PiCpu, host_stdout: str) -> None:
-    """Every check on one CPU; a failure is reported and the next check still runs."""
+def _check_cpu(report: StepReport, guest: Guest, cpu: PiCpu, host_stdout: str,
+               unit_run: tuple[subprocess.Popen[bytes], Path] | None) -> None:
+    """Every check on one CPU; a failure is reported and the next check still runs.
+
+    The unit tests were started in the background for every CPU at once; their step waits here.
+    """
     steps: list[tuple[str, Callable[[], str], bool]] = [
         ("imports", lambda: checks.check_imports(guest, cpu), False),
         ("edge-agent check", lambda: checks.check_bundle(guest, cpu), False),
         ("edge-agent run vs host", lambda: checks.check_run(guest, cpu, host_stdout), False),
-        ("device unit tests", lambda: checks.check_unit_tests(guest, cpu), True),
         ("install-model smoke child", lambda: checks.check_install_model(guest, cpu), True),
     ]
+    if unit_run is not None:
+        steps.append(("device unit tests (started with the first CPU)",
+                      lambda: checks.finish_unit_tests(*unit_run), True))
+    elif not guest.can_spawn:
+        steps.append(("device unit tests", lambda: "", True))
     for name, check, spawns in steps:
         title = f"[{cpu.label}] {name}"
         if spawns and not guest.can_spawn:

@@ -20,7 +20,7 @@ from tools.pi_check.cpus import PiCpu
 BINFMT = Path("/proc/sys/fs/binfmt_misc")
 BINFMT_CONF = Path("/usr/lib/binfmt.d/qemu-aarch64.conf")
 QEMU = "qemu-aarch64-static"
-VENV = "/opt/edge-venv"  # the chroot route's venv, as a Pi user makes one
+VENV = "/opt/edge-agent/venv"  # the chroot route's venv: where docs/raspberry-pi.md and the unit put it
 SITE = "/opt/edge-site"  # the -L route's packages (installed by the host's pip)
 GUEST_PATH = "/usr/local/bin:/usr/bin:/bin"
 
@@ -87,6 +87,17 @@ class Guest:
     def run(self, argv: list[str], cpu: PiCpu, cwd: str = "/", timeout: float = 900
             ) -> subprocess.CompletedProcess[str]:
         """Run ``argv`` (guest paths) on the emulated ``cpu``; never raises for a non-zero exit."""
+        cmd, env, host_cwd = self._command(argv, cpu, cwd)
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, check=False,
+                              cwd=host_cwd)
+
+    def start(self, argv: list[str], cpu: PiCpu, output: Path, cwd: str = "/") -> subprocess.Popen[bytes]:
+        """Start ``argv`` in the background, stdout and stderr to the host file ``output``."""
+        cmd, env, host_cwd = self._command(argv, cpu, cwd)
+        with output.open("wb") as out:
+            return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=host_cwd)
+
+    def _command(self, argv: list[str], cpu: PiCpu, cwd: str) -> tuple[list[str], dict[str, str], str | None]:
         env = {"PATH": os.environ.get("PATH", GUEST_PATH), "QEMU_CPU": cpu.qemu_cpu, "GUEST_PATH": GUEST_PATH,
                "LANG": "C.UTF-8"}
         if self.route == "chroot":
@@ -94,14 +105,11 @@ class Guest:
             cpuinfo.write_text(cpu.cpuinfo())
             cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c", _CHROOT_SCRIPT, "sh",
                    str(self.root), str(cpuinfo), cwd, *argv]
-            host_cwd = None
-        else:
-            (self.root / "proc/cpuinfo").write_text(cpu.cpuinfo())  # qemu -L reads ROOT/proc/cpuinfo first
-            cmd = [QEMU, "-L", str(self.root), "-cpu", cpu.qemu_cpu, str(self.root) + argv[0], *argv[1:]]
-            env |= {"PYTHONPATH": SITE, "HOME": "/root"}
-            host_cwd = str(self.root) + cwd
-        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, check=False,
-                              cwd=host_cwd)
+            return cmd, env, None
+        (self.root / "proc/cpuinfo").write_text(cpu.cpuinfo())  # qemu -L reads ROOT/proc/cpuinfo first
+        cmd = [QEMU, "-L", str(self.root), "-cpu", cpu.qemu_cpu, str(self.root) + argv[0], *argv[1:]]
+        env |= {"PYTHONPATH": SITE, "HOME": "/root"}
+        return cmd, env, str(self.root) + cwd
 
 
 def host_tools_problem() -> str | None:

@@ -50,7 +50,7 @@ class StepReport:
         self.say(f"SKIPPED {name}: {reason}")
 
     def summary(self, total: float) -> str:
-        lines = [f"{seconds:7.1f} s  {name}" + ("" if status == "ok" else f"  [{status}]")
+        lines = [f"{seconds:7.1f} s  {name}" + ("  FAILED" if status == "FAILED" else "")
                  for name, seconds, status in self.timings]
         lines.append(f"{total:7.1f} s  total")
         lines += [f"SKIPPED {text}" for text in self.skipped]
