@@ -19,12 +19,14 @@ _VIDEO_SCRIPT = ("import sys; from pathlib import Path; from deploy.demo import 
 
 
 def bundle_key(project: Path) -> str:
-    """Rebuilt when the converter, the agent's bundle code or TensorFlow changes."""
+    """Rebuilt when the converter, the code it shares with the agent or TensorFlow changes."""
     try:
         tf = metadata.version("tensorflow")
     except metadata.PackageNotFoundError:
         tf = "none"
-    return digest([tree_digest(project, ["converter/**/*.py", "edge_agent/**/*.py"]), tf])
+    shared = ["converter/**/*.py", "edge_agent/model/**/*.py", "edge_agent/runtimes/**/*.py",
+              "edge_agent/tasks/**/*.py", "edge_agent/util/**/*.py", "edge_agent/*.py"]
+    return digest([tree_digest(project, shared), tf])
 
 
 def _env(project: Path) -> dict[str, str]:
