@@ -30,7 +30,8 @@ print(platform.machine(), len(names), "modules;", "ai-edge-litert", version("ai-
 """
 UNIT_TIMEOUT = 1800.0
 DEVICE_TESTS = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
-                "-m", "not tensorflow and not sklearn", "--ignore=tests/unit/bench", "tests/unit"]
+                "-m", "not tensorflow and not sklearn", "--ignore=tests/unit/bench", "--ignore=tests/unit/tools",
+                "tests/unit"]
 
 
 def _tail(text: str, lines: int = 3) -> str:

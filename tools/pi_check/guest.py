@@ -23,6 +23,8 @@ QEMU = "qemu-aarch64-static"
 VENV = "/opt/edge-agent/venv"  # the chroot route's venv: where docs/raspberry-pi.md and the unit put it
 SITE = "/opt/edge-site"  # the -L route's packages (installed by the host's pip)
 GUEST_PATH = "/usr/local/bin:/usr/bin:/bin"
+# chroot, debootstrap and mount live in sbin, which a non-login PATH may lack.
+HOST_PATH = os.pathsep.join([os.environ.get("PATH", "/usr/bin:/bin"), "/usr/local/sbin", "/usr/sbin", "/sbin"])
 
 # $1 root, $2 cpuinfo file, $3 working directory, then the command.
 _CHROOT_SCRIPT = r"""
@@ -48,8 +50,9 @@ def binfmt_problem() -> str | None:
             return f"{BINFMT_CONF} missing; install qemu-user-static"
         try:
             if not (BINFMT / "register").exists():
-                subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT)],
-                               check=True, capture_output=True)
+                mount = shutil.which("mount", path=HOST_PATH) or "mount"
+                subprocess.run([mount, "-t", "binfmt_misc", "binfmt_misc", str(BINFMT)], check=True,
+                               capture_output=True)
             (BINFMT / "register").write_text(BINFMT_CONF.read_text().strip())
         except (OSError, subprocess.CalledProcessError) as exc:
             return f"cannot register qemu-aarch64 with binfmt_misc: {exc}"
@@ -98,7 +101,7 @@ class Guest:
             return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=host_cwd)
 
     def _command(self, argv: list[str], cpu: PiCpu, cwd: str) -> tuple[list[str], dict[str, str], str | None]:
-        env = {"PATH": os.environ.get("PATH", GUEST_PATH), "QEMU_CPU": cpu.qemu_cpu, "GUEST_PATH": GUEST_PATH,
+        env = {"PATH": HOST_PATH, "QEMU_CPU": cpu.qemu_cpu, "GUEST_PATH": GUEST_PATH,
                "LANG": "C.UTF-8"}
         if self.route == "chroot":
             cpuinfo = self.scratch / f"cpuinfo-{cpu.key}"
@@ -114,7 +117,8 @@ class Guest:
 
 def host_tools_problem() -> str | None:
     """None when qemu-user-static, debootstrap and unshare are installed."""
-    missing = [tool for tool in (QEMU, "debootstrap", "unshare", "dpkg-deb") if not shutil.which(tool)]
+    missing = [tool for tool in (QEMU, "debootstrap", "unshare", "chroot", "dpkg-deb")
+               if not shutil.which(tool, path=HOST_PATH)]
     if missing:
         return (f"missing {', '.join(missing)}; install them: "
                 "apt-get install --no-install-recommends qemu-user-static debootstrap binfmt-support")

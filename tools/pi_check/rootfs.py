@@ -12,6 +12,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from tools.pi_check.guest import HOST_PATH
 from tools.pi_check.steps import StepError
 
 SUITE = "bookworm"
@@ -31,11 +32,13 @@ def rootfs_key_parts() -> list[str]:
 
 def build_rootfs(root: Path) -> None:
     """Populate ``root`` with the arm64 userland; raises StepError with debootstrap's last lines."""
-    if not shutil.which("debootstrap"):
+    debootstrap = shutil.which("debootstrap", path=HOST_PATH)
+    if not debootstrap:
         raise StepError("debootstrap is missing; install it: apt-get install debootstrap qemu-user-static")
-    cmd = ["debootstrap", "--foreign", "--arch=arm64", "--variant=minbase",
+    cmd = [debootstrap, "--foreign", "--arch=arm64", "--variant=minbase",
            f"--include={','.join(INCLUDE)}", SUITE, str(root), mirror()]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    env = dict(os.environ, PATH=HOST_PATH)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         raise StepError(f"debootstrap failed (exit {proc.returncode}): {' | '.join(tail)}")
