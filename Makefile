@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: all install sysdeps test unit lint demo bench mutate clean
+.PHONY: all install sysdeps test unit lint demo bench mutate pi-check clean
 
 all: test
 
@@ -45,6 +45,12 @@ demo: install sysdeps
 
 bench: install sysdeps
 	$(PY) -m bench.run
+
+# The device install on an emulated Raspberry Pi 4 and 5 (Debian 12 arm64 under qemu-user),
+# every frame's result compared with the host's (docs/raspberry-pi.md). Needs root for the
+# chroot; the rootfs, wheels and bundle are cached ($EDGE_PI_CACHE, else /var/cache/edge-pi-check).
+pi-check: install sysdeps
+	$(PY) -m tools.pi_check
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache demo-out mutants

@@ -10,6 +10,7 @@ pytest_plugins = [
     "tests.fixtures_models",
     "tests.fixtures_mqtt",
     "tests.fixtures_ssh",
+    "tests.markers",
 ]
 
 

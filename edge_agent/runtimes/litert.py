@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import platform
+import struct
 import sys
 import tempfile
 import time
@@ -22,6 +24,9 @@ from edge_agent.model.manifest import TensorSpec
 from edge_agent.runtimes import Runtime
 
 log = logging.getLogger(__name__)
+
+# 32-bit ARM userlands (Raspberry Pi OS 32-bit): no ai-edge-litert wheels.
+ARM32 = frozenset({"armv7l", "armv6l", "armv8l"})
 
 
 def _import_interpreter() -> tuple[Any, Any, str]:
@@ -43,9 +48,15 @@ def _import_interpreter() -> tuple[Any, Any, str]:
 
         return tf.lite.Interpreter, tf.lite.experimental.load_delegate, "tf.lite"
     except ImportError as exc:
-        raise RuntimeLoadError(
-            "no TFLite interpreter found; install ai-edge-litert (pip install ai-edge-litert)"
-        ) from exc
+        raise RuntimeLoadError(_no_interpreter_message(platform.machine(), struct.calcsize("P"))) from exc
+
+
+def _no_interpreter_message(machine: str, pointer_bytes: int) -> str:
+    # A 32-bit userland on a 64-bit kernel (Raspberry Pi OS 32-bit on a Pi 4/5) reports aarch64.
+    if machine in ARM32 or (machine == "aarch64" and pointer_bytes == 4):
+        return (f"no TFLite interpreter found: ai-edge-litert has no wheels for 32-bit ARM ({machine}); "
+                "install the 64-bit Raspberry Pi OS (docs/raspberry-pi.md)")
+    return "no TFLite interpreter found; install ai-edge-litert (pip install ai-edge-litert)"
 
 
 def backend_version() -> str:

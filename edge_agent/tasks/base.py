@@ -93,9 +93,9 @@ def top_classes(scores: np.ndarray, labels: list[str], k: int, threshold: float)
     """Best-first classes with a score at or above ``threshold`` (at most ``k``)."""
     if scores.size == 0:
         return []
-    k = min(k, scores.size)
-    idx = np.argpartition(-scores, k - 1)[:k] if k < scores.size else np.arange(scores.size)
-    idx = idx[np.argsort(-scores[idx], kind="stable")]
+    # A stable sort of all scores: equal scores keep class order, the same on every CPU (which
+    # tied classes argpartition picks depends on numpy's SIMD kernel: x86 and ARM differ).
+    idx = np.argsort(-scores, kind="stable")[:k]
     return [
         ClassScore(label_of(labels, int(i)), float(scores[i])) for i in idx if scores[i] >= threshold
     ]

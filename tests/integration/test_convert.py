@@ -24,7 +24,7 @@ from edge_agent.preprocess import dequantize, preprocess_image, quantize
 from edge_agent.runtimes.litert import LiteRTRuntime
 from tests.fixtures_models import run_convert, run_python
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.tensorflow]
 
 
 def _figures_ok(report: dict[str, Any]) -> None:

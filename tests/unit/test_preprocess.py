@@ -84,6 +84,7 @@ def test_logmel_tone_peaks_in_the_right_band() -> None:
     assert int(np.argmax(low)) < int(np.argmax(high))
 
 
+@pytest.mark.sklearn  # SciPy comes with scikit-learn
 def test_mfcc_is_orthonormal_dct_of_logmel() -> None:
     from scipy.fft import dct
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -113,7 +114,7 @@ def test_default_cap_is_clearly_below_the_shipped_broker_limit() -> None:
 
     from edge_agent.config import MqttSection
 
-    conf = (Path(__file__).resolve().parents[3] / "deploy/mosquitto/mosquitto.conf").read_text()
+    conf = (resources.files("deploy") / "mosquitto/mosquitto.conf").read_text()  # also on an install
     broker_max = int(re.search(r"^max_packet_size (\d+)", conf, re.M).group(1))
     assert MqttSettings().max_payload_bytes <= broker_max // 2
     assert MqttSection().max_payload_bytes == MqttSettings().max_payload_bytes

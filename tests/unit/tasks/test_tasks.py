@@ -42,6 +42,17 @@ def test_top_classes_best_first_with_threshold_and_k() -> None:
     assert len(top_classes(scores, ["a", "b", "c", "d"], k=2, threshold=0.4)) == 1
 
 
+def test_top_classes_breaks_ties_at_k_by_class_index() -> None:
+    # An int8 softmax gives exactly 0.0 for most classes; which of them make the top k must not
+    # depend on numpy's partition kernel (x86 and ARM pick differently), so lower index first.
+    scores = np.zeros(10, dtype=np.float32)
+    scores[7] = 0.9961
+    labels = [str(i) for i in range(10)]
+    assert [c.label for c in top_classes(scores, labels, k=3, threshold=0.0)] == ["7", "0", "1"]
+    scores[[2, 5]] = 0.25
+    assert [c.label for c in top_classes(scores, labels, k=4, threshold=0.0)] == ["7", "2", "5", "0"]
+
+
 def test_top_classes_unknown_label_index_falls_back_to_number() -> None:
     assert top_classes(np.array([0.2, 0.8]), ["only"], k=1, threshold=0.0)[0].label == "1"
 
