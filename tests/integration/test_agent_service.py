@@ -137,7 +137,7 @@ def test_running_agent_picks_up_installed_model(state: Path, stream: MjpegServer
     try:
         agent.wait(lambda: len(agent.topic("/evt/classification")) >= 10)
         # the agent announces itself for install-model (pipeline -> store_pidfile.write_pid_file)
-        assert (state / store_pidfile.PID_FILE).read_text().strip() == str(agent.proc.pid)
+        assert (state / store_pidfile.PID_FILE).read_text().split()[0] == str(agent.proc.pid)
         proc = subprocess.run([sys.executable, "-m", "edge_agent", "install-model",
                                str(test_bundles.good_v2), "--state-dir", str(state), "--json"],
                               capture_output=True, text=True, timeout=120, env=agent_env(), check=False)

@@ -704,7 +704,7 @@ def test_failure_acks_describe_the_current_link_without_rehashing(env: Env, tmp_
 
 
 _FAKE_AGENT = """
-import signal, sys  # stands in for the edge agent: its command line must mention edge
+import signal, sys  # stands in for the edge agent (its command line names edge-agent)
 signal.signal(signal.SIGHUP, lambda *a: (sys.stdout.write("HUP\\n"), sys.stdout.flush()))
 sys.stdout.write("ready\\n")
 sys.stdout.flush()
@@ -719,8 +719,8 @@ def test_ota_reloads_the_agent_itself_and_never_signals_it(env: Env, tmp_path: P
     import sys
 
     state = env.store(tmp_path)
-    agent = subprocess.Popen([sys.executable, "-c", _FAKE_AGENT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             text=True)
+    agent = subprocess.Popen([sys.executable, "-c", _FAKE_AGENT, "edge-agent"], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
     try:
         assert agent.stdout is not None and agent.stdout.readline() == "ready\n"
         (state / store_pidfile.PID_FILE).write_text(f"{agent.pid}\n")

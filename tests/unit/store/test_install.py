@@ -289,8 +289,8 @@ time.sleep(30)
 
 
 def test_install_signals_running_agent(store: Path, test_bundles: BundleSet) -> None:
-    # argv contains "edge" (the script name) like a real edge-agent process
-    script = store.parent / "fake_edge_agent.py"
+    # the script is called edge-agent, like the real console script run by its interpreter
+    script = store.parent / "edge-agent"
     script.write_text(_FAKE_AGENT)
     proc = subprocess.Popen([sys.executable, str(script), str(store)], stdout=subprocess.PIPE)
     try:
