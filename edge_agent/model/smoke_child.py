@@ -12,6 +12,7 @@ cannot take the installer or the agent with it.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import sys
 from collections.abc import Sequence
@@ -31,6 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runtime", default="litert")
     parser.add_argument("--max-model-bytes", type=int, default=BundleLimits().model_bytes)
     args = parser.parse_args(argv)
+    faulthandler.enable(all_threads=True)  # the installer reports where a native crash happened
     try:
         verified = verify_model(args.model, limits=BundleLimits(model_bytes=args.max_model_bytes))
         started = start_model(verified, threads=args.threads, runtime_kind=args.runtime)

@@ -6,6 +6,7 @@ This is the only module that imports an interpreter package.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import logging
 import os
 import platform
@@ -88,19 +89,28 @@ _NOISE = (b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",)
 
 @contextlib.contextmanager
 def _filter_native_stderr() -> Iterator[None]:
-    """Drop the interpreter's start-up INFO line from fd 2; anything else is passed on."""
+    """Drop the interpreter's start-up INFO line from fd 2; anything else is passed on.
+
+    While fd 2 points at the capture file, :mod:`faulthandler` (when enabled) writes to the
+    real stderr, so a native crash inside the interpreter still leaves its stack there.
+    """
     try:
         sys.stderr.flush()
         saved = os.dup(2)
     except (OSError, ValueError):
         yield
         return
+    crash_report = faulthandler.is_enabled()
     with tempfile.TemporaryFile() as capture:
         os.dup2(capture.fileno(), 2)
+        if crash_report:
+            faulthandler.enable(file=saved, all_threads=True)
         try:
             yield
         finally:
             os.dup2(saved, 2)
+            if crash_report:
+                faulthandler.enable(file=2, all_threads=True)
             os.close(saved)
             capture.seek(0)
             kept = [line for line in capture.read().splitlines(keepends=True)

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -203,6 +204,9 @@ def run_smoke_child(
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired as exc:
         raise InstallError(f"smoke test did not finish within {timeout_s:g} s", step="smoke") from exc
+    except OSError as exc:  # e.g. Exec format error: an interpreter built for another CPU
+        raise InstallError(f"cannot start the smoke test ({sys.executable}): {exc.strerror or exc}",
+                           step="smoke") from exc
     report: dict[str, Any] = {}
     for line in reversed(proc.stdout.splitlines()):
         with contextlib.suppress(ValueError):
@@ -212,11 +216,28 @@ def run_smoke_child(
                 break
     if proc.returncode < 0:
         name = signal.Signals(-proc.returncode).name
-        raise InstallError(f"smoke test crashed the interpreter ({name})", step="smoke")
+        where = crash_site(proc.stderr)
+        raise InstallError(f"smoke test crashed the interpreter ({name})" + (f" at {where}" if where else ""),
+                           step="smoke")
     if proc.returncode != 0 or not report.get("passed"):
         reason = report.get("summary") or report.get("error") or proc.stderr.strip()[-300:]
         raise InstallError(f"smoke test failed: {reason}", step="smoke")
     return report
+
+
+def crash_site(stderr: str) -> str | None:
+    """Where faulthandler saw the crashing thread: its innermost Python frame, or None.
+
+    Other threads' stacks (``Thread 0x…``) are skipped.
+
+    ``Current thread 0x… (most recent call first):`` is followed by ``  File "F", line N in FUNC``.
+    """
+    lines = stderr.splitlines()
+    for i, line in enumerate(lines[:-1]):
+        if line.startswith("Current thread"):
+            frame = re.match(r'\s+File "(.+)", line (\d+) in (\S+)', lines[i + 1])
+            return f"{frame[1]}:{frame[2]} in {frame[3]}" if frame else None
+    return None
 
 
 def _step(step: str, func: Callable[[], _T]) -> _T:

@@ -7,6 +7,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -352,8 +353,51 @@ def test_smoke_child_killed_by_a_signal_refuses_the_install(
     with pytest.raises(store_install.InstallError) as info:
         store_install.install_model(test_bundles.good_v2, store)
     assert info.value.step == "smoke"
-    assert str(info.value) == f"smoke test crashed the interpreter ({signame})"
+    if signame == "SIGKILL":  # no handler runs: nothing says where
+        assert str(info.value) == "smoke test crashed the interpreter (SIGKILL)"
+    else:  # faulthandler's stack names the frame that died
+        assert re.fullmatch(rf"smoke test crashed the interpreter \({signame}\) at "
+                            r".+/crashing_runtime/sitecustomize\.py:\d+ in infer", str(info.value)), str(info.value)
     assert _tree(store) == before
+
+
+def test_a_crash_while_the_interpreter_loads_is_located(
+    store: Path, test_bundles: BundleSet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The child dies inside interpreter creation, while the runtime has fd 2 redirected: the
+    faulthandler stack still reaches the installer, which names the crashing frame."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(CRASHING_RUNTIME),
+                                                                     os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("EDGE_TEST_RUNTIME_CRASH_AT", "load")
+    with pytest.raises(store_install.InstallError) as info:
+        store_install.install_model(test_bundles.good, store)
+    assert info.value.step == "smoke"
+    assert re.fullmatch(r"smoke test crashed the interpreter \(SIGSEGV\) at "
+                        r".+/crashing_runtime/sitecustomize\.py:\d+ in _die", str(info.value)), str(info.value)
+
+
+def test_a_smoke_child_that_cannot_start_is_one_line(
+    store: Path, test_bundles: BundleSet, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """An interpreter built for another CPU (Exec format error) was a traceback."""
+    foreign = tmp_path / "python3.11"
+    foreign.write_bytes(b"\x7fELF" + bytes(60))  # an ELF header for no machine this kernel runs
+    foreign.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(foreign))
+    with pytest.raises(store_install.InstallError) as info:
+        store_install.install_model(test_bundles.good, store)
+    assert info.value.step == "smoke"
+    assert str(info.value) == f"cannot start the smoke test ({foreign}): Exec format error"
+    assert store_layout.active_model(store) is None
+
+
+def test_crash_site_reads_the_innermost_frame() -> None:
+    stderr = ('Fatal Python error: Segmentation fault\n\nThread 0x01 (most recent call first):\n'
+              '  File "/x/other.py", line 3 in idle\n\nCurrent thread 0x02 (most recent call first):\n'
+              '  File "/x/litert.py", line 153 in __init__\n  File "/x/startup.py", line 9 in start\n')
+    assert store_install.crash_site(stderr) == "/x/litert.py:153 in __init__"  # not the other thread's
+    assert store_install.crash_site("Segmentation fault\n") is None
+    assert store_install.crash_site("Current thread 0x02 (most recent call first):\n  <no Python frame>\n") is None
 
 
 def test_two_installs_at_once_are_serialised(
