@@ -105,6 +105,12 @@ class ModelSection(_Section):
         description="Largest model.tflite the agent loads (bundles declaring more are refused before "
                     "anything is inflated).",
     )
+    latency_budget_ms: float | None = Field(
+        default=None, ge=0, le=600_000,
+        description="This device's budget for one inference in smoke tests (check, install, OTA) and "
+                    "probation; unset: the bundle's own (set by the converter from its host's speed); "
+                    "0: latency is not judged.",
+    )
 
 
 SourceType = Literal["auto", "camera", "video", "stream", "folder", "wav", "stdin", "mic"]

@@ -150,6 +150,7 @@ class Agent:
                 if self._updater is not None:
                     self._updater.settings = new.ota  # the next update uses the new [ota] limits
                     self._updater.limits = BundleLimits.with_model_mb(new.model.max_model_mb)
+                    self._updater.latency_budget_ms = new.model.latency_budget_ms
         self.reload_model()
 
     def reload_model(self) -> dict[str, str]:
@@ -192,6 +193,7 @@ class Agent:
 
                 self._updater = OtaUpdater(self, settings=self.config.ota,
                                            limits=BundleLimits.with_model_mb(self.config.model.max_model_mb))
+                self._updater.latency_budget_ms = self.config.model.latency_budget_ms
             return self._updater
 
     # ------------------------------------------------------------------ lifecycle

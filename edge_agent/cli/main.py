@@ -9,6 +9,7 @@ stderr and a non-zero exit code.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import faulthandler
 import importlib
 import logging
@@ -46,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     # a native crash (a broken delegate or model, a CPU the runtime misdetects) leaves at least
     # the Python stack on stderr instead of a bare exit code -11
-    faulthandler.enable(all_threads=True)
+    with contextlib.suppress(ValueError, OSError):  # a stderr without a file descriptor (embedded)
+        faulthandler.enable(all_threads=True)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

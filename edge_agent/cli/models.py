@@ -33,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--max-model-mb", type=int, default=None,
                    help=f"largest model.tflite accepted (default {MAX_MODEL_BYTES >> 20} MiB, as the agent's "
                         "[model] max_model_mb)")
+    p.add_argument("--latency-budget-ms", type=float, default=None,
+                   help="this device's budget for one inference in the smoke test (default the bundle's, "
+                        "set from the converting host; 0: not judged), as the agent's [model] latency_budget_ms")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     p.set_defaults(handler=_cmd_install)
 
@@ -63,7 +66,7 @@ def _cmd_install(args: argparse.Namespace) -> int:
         result = install_model(
             args.bundle, args.state_dir, args.public_key, allow_new_input=args.allow_new_input,
             allow_downgrade=not args.no_downgrade, threads=args.threads,
-            limits=BundleLimits.with_model_mb(args.max_model_mb),
+            limits=BundleLimits.with_model_mb(args.max_model_mb), latency_budget_ms=args.latency_budget_ms,
         )
     except EdgeError as exc:
         if not args.json:

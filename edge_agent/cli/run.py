@@ -30,6 +30,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--public-key", type=Path, help="pinned Ed25519 public key; bundles must be signed")
     parser.add_argument("--threads", type=int, help="interpreter threads")
     parser.add_argument("--delegate", help="external delegate library (e.g. libedgetpu.so.1)")
+    parser.add_argument("--latency-budget-ms", type=float,
+                        help="this device's budget for one inference (smoke tests, probation); default the "
+                             "bundle's; 0: not judged")
     parser.add_argument("--config", type=Path, help="TOML configuration file")
     parser.add_argument("--state-dir", type=Path, help="state directory (default $STATE_DIRECTORY, else "
                         "/var/lib/edge-agent for root or when writable, else $XDG_STATE_HOME/edge-agent or "
@@ -83,7 +86,7 @@ def cli_settings(args: argparse.Namespace) -> dict[str, Any]:
         "duration_s": get("duration"),
         "model": {
             "bundle": get("bundle"), "sidecar": get("sidecar"), "public_key": get("public_key"),
-            "threads": get("threads"), "delegate": get("delegate"),
+            "threads": get("threads"), "delegate": get("delegate"), "latency_budget_ms": get("latency_budget_ms"),
         },
         "source": {
             "uri": get("source"), "type": get("source_type"), "fps": get("fps"),
@@ -147,7 +150,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     model = started.model
     load_ms = (time.perf_counter() - t0) * 1000.0
     try:
-        result = run_smoke_test(model.manifest, model.runtime, timing_runs=max(1, args.runs))
+        result = run_smoke_test(model.manifest, model.runtime, timing_runs=max(1, args.runs),
+                                budget_ms=cfg.latency_budget_ms)
     except EdgeError:
         raise
     except (ValueError, RuntimeError) as exc:

@@ -31,13 +31,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--runtime", default="litert")
     parser.add_argument("--max-model-bytes", type=int, default=BundleLimits().model_bytes)
+    parser.add_argument("--latency-budget-ms", type=float, default=None, help="the device's budget")
     args = parser.parse_args(argv)
     faulthandler.enable(all_threads=True)  # the installer reports where a native crash happened
     try:
         verified = verify_model(args.model, limits=BundleLimits(model_bytes=args.max_model_bytes))
         started = start_model(verified, threads=args.threads, runtime_kind=args.runtime)
         try:
-            result = run_smoke_test(started.model.manifest, started.model.runtime)
+            result = run_smoke_test(started.model.manifest, started.model.runtime,
+                                    budget_ms=args.latency_budget_ms)
         finally:
             started.close()
     except (EdgeError, ValueError, TypeError) as exc:

@@ -146,6 +146,7 @@ class OtaUpdater:
         self.policy = policy or ProbationPolicy()
         self.settings = settings or OtaSection()  # the agent's [ota] section, replaced on reload
         self.limits = limits or BundleLimits()  # the agent's [model] max_model_mb, replaced on reload
+        self.latency_budget_ms: float | None = None  # the agent's [model] latency_budget_ms (None: the bundle's)
         self._busy = threading.Lock()  # one update job at a time
         self._store = threading.Lock()  # store changes: install + swap, rollbacks, the probation record
         self._abort = Abort()  # the running (or last) update's
@@ -264,7 +265,7 @@ class OtaUpdater:
         return install_model(
             target, state_dir, key, expected_sha256=request.sha256, expected_size=request.size,
             allow_new_input=request.allow_new_input, allow_downgrade=False, signal_agent=False,
-            limits=self.limits,
+            limits=self.limits, latency_budget_ms=self.latency_budget_ms,
         )
 
     def _swap_in(self, new: dict[str, Any]) -> str | None:
@@ -286,7 +287,7 @@ class OtaUpdater:
             if abort.reason is not None:
                 return abort.reason
             start_probation(state_dir, model, duration_s, self.policy.max_crashes, cmd_id)
-        budget = model.manifest.latency_budget_ms
+        budget = model.manifest.latency_budget_ms if self.latency_budget_ms is None else self.latency_budget_ms
         start = self.host.probe()
         deadline = time.monotonic() + duration_s
         while True:

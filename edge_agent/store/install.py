@@ -89,6 +89,7 @@ def install_model(
     smoke_timeout_s: float = SMOKE_TIMEOUT_S,
     signal_agent: bool = True,
     limits: BundleLimits | None = None,
+    latency_budget_ms: float | None = None,
 ) -> InstallResult:
     """Verify, smoke-test and activate a bundle; keep the old model as ``previous``.
 
@@ -103,6 +104,8 @@ def install_model(
         threads: interpreter threads for the smoke test.
         signal_agent: send SIGHUP to a running agent after the swap.
         limits: the largest bundle members accepted (default :class:`BundleLimits`).
+        latency_budget_ms: this device's smoke-test latency budget (``[model]
+            latency_budget_ms``); None: the bundle's; 0: latency not judged.
 
     Raises:
         InstallError: refused at some step; the active model is unchanged.
@@ -134,7 +137,8 @@ def install_model(
                 )
 
             t0 = time.perf_counter()
-            smoke = run_smoke_child(staging, threads=threads, timeout_s=smoke_timeout_s, limits=limits)
+            smoke = run_smoke_child(staging, threads=threads, timeout_s=smoke_timeout_s, limits=limits,
+                                    latency_budget_ms=latency_budget_ms)
             timings["smoke"] = _ms_since(t0)
 
             t0 = time.perf_counter()
@@ -195,11 +199,14 @@ def rollback(state_dir: Path | None = None, signal_agent: bool = True) -> Instal
 
 def run_smoke_child(
     model: Path, threads: int = 1, timeout_s: float = SMOKE_TIMEOUT_S, limits: BundleLimits | None = None,
+    latency_budget_ms: float | None = None,
 ) -> dict[str, Any]:
     """Smoke-test ``model`` (an unpacked model directory, or a bundle file) in a child process that
     loads it as ``edge-agent run`` does; raise InstallError unless it passes."""
     cmd = [sys.executable, "-m", "edge_agent.model.smoke_child", str(model), "--threads", str(threads),
            "--max-model-bytes", str((limits or BundleLimits()).model_bytes)]
+    if latency_budget_ms is not None:
+        cmd += ["--latency-budget-ms", repr(float(latency_budget_ms))]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired as exc:

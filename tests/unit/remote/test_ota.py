@@ -156,10 +156,12 @@ def test_a_signed_rollback_onto_a_model_that_cannot_load_acks_with_its_id(tmp_pa
 
 def test_updates_use_the_agents_model_size_limit(tmp_path: Path) -> None:
     """``[model] max_model_mb`` bounds what OTA installs, as it bounds ``install-model`` and ``run``."""
-    config = AgentConfig.model_validate({"state_dir": str(tmp_path / "state"), "model": {"max_model_mb": 3},
+    config = AgentConfig.model_validate({"state_dir": str(tmp_path / "state"),
+                                         "model": {"max_model_mb": 3, "latency_budget_ms": 250},
                                          "ota": {"file_root": str(tmp_path)}})
     agent = Agent(config)
     assert agent.updater.limits == BundleLimits(model_bytes=3 * 1024 * 1024)
+    assert agent.updater.latency_budget_ms == 250
     v1 = shared("ota-unit-v1", lambda d: make_bundle(d / "v1.bundle", version="1.0"))
     offered = tmp_path / "v1.bundle"
     offered.write_bytes(v1.read_bytes())

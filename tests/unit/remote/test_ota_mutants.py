@@ -361,6 +361,21 @@ def test_probation_fails_on_latency_against_the_budget(env: Env, tmp_path: Path)
     assert ack.reason.startswith("probation failed: p95 inference latency 3.50 ms above 3 x the 1 ms budget; ")
 
 
+def test_probation_judges_latency_against_the_devices_budget(env: Env, tmp_path: Path) -> None:
+    """``[model] latency_budget_ms`` replaces the bundle's 1 ms: 3.5 ms passes a 2 ms budget
+    (3 x 2 = 6 ms allowed), and fails a 1.1 ms one, named in the reason."""
+    state = env.store(tmp_path)
+    updater = updater_for(Host(state, env.public, lambda n: ProbeSample(100 * n, 0, 3.5)))
+    updater.latency_budget_ms = 2.0
+    ack = updater.update(env.request(env.v2, probation_s=1.0), "u1", lambda a: None)
+    assert ack.status == "succeeded", ack.reason
+    state = env.store(tmp_path / "b")
+    updater = updater_for(Host(state, env.public, lambda n: ProbeSample(100 * n, 0, 3.5)))
+    updater.latency_budget_ms = 1.1
+    ack = updater.update(env.request(env.v2, probation_s=600), "u1", lambda a: None)
+    assert ack.reason.startswith("probation failed: p95 inference latency 3.50 ms above 3 x the 1.1 ms budget; ")
+
+
 def test_probation_policy_thresholds_are_inclusive_limits(env: Env, tmp_path: Path) -> None:
     """At exactly the allowed error rate and latency the model passes; counts start at the swap."""
     state = env.store(tmp_path)

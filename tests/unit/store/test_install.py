@@ -465,3 +465,19 @@ def test_signed_bundle_whose_outputs_do_not_fit_is_refused_at_install(
     assert info.value.step == "smoke"
     assert f"{list(manifest.outputs[0].shape)}" in str(info.value) and "labels" in str(info.value)
     assert _active_sha(store) == before
+
+
+def test_the_devices_latency_budget_replaces_the_bundles(store: Path, test_bundles: BundleSet,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """The converter sets the budget from its own host's speed (0.0001 ms here); a slower device
+    sets its own ([model] latency_budget_ms / --latency-budget-ms), or 0 to not judge latency."""
+    store_install.install_model(test_bundles.good, store)
+    with pytest.raises(store_install.InstallError) as info:
+        store_install.install_model(test_bundles.too_slow, store, latency_budget_ms=0.00001)
+    assert "exceeds the budget of 0.00 ms" in str(info.value)
+    result = store_install.install_model(test_bundles.too_slow, store, latency_budget_ms=0)
+    assert result.status == "installed" and result.active.sha256 == sha256_file(test_bundles.too_slow)
+    assert agent_main(["check", "--bundle", str(test_bundles.too_slow), "--runs", "2"]) == 1
+    assert agent_main(["check", "--bundle", str(test_bundles.too_slow), "--runs", "2",
+                       "--latency-budget-ms", "60000"]) == 0
+    capsys.readouterr()
