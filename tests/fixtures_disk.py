@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import subprocess
@@ -20,7 +21,15 @@ import pytest
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "disk"
     path.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0755", "tmpfs", str(path)],
+    with tmpfs(path, "4m"):
+        yield path
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` (mount's syntax, e.g. ``24m``) on the existing directory ``path`` for the
+    block; skips the test where mounting is not allowed (not root)."""
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)],
                           capture_output=True, text=True, timeout=30, check=False)
     if proc.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs (needs root): {proc.stderr.strip()}")

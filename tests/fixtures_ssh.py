@@ -24,6 +24,7 @@ import pytest
 
 from edge_agent.model.bundle import sign_bundle
 from edge_agent.model.keys import generate_keypair, load_private_key
+from edge_agent.store import layout as store_layout
 from tests import deploy_helpers
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
@@ -229,3 +230,12 @@ def test_bundles(
         wrong_signature=deploy_helpers.wrongly_signed(good_v2, base / "wrong_sig.bundle"),
         from_digits=from_digits,
     )
+
+
+@pytest.fixture
+def device_state(tmp_path: Path, deploy_keys: DeployKeys) -> Path:
+    """An empty model store (``device-state``) that pins the deploy key, as a provisioned device's."""
+    state = tmp_path / "device-state"
+    state.mkdir()
+    shutil.copy(deploy_keys.public, state / store_layout.TRUSTED_KEY)
+    return state

@@ -33,14 +33,6 @@ def _deploy(*args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=180, check=False)
 
 
-@pytest.fixture
-def device_state(tmp_path: Path, deploy_keys: DeployKeys) -> Path:
-    state = tmp_path / "device-state"
-    state.mkdir()
-    shutil.copy(deploy_keys.public, state / store_layout.TRUSTED_KEY)
-    return state
-
-
 def _push(device: SshDevice, state: Path, bundle: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return _deploy("push", str(bundle), *device.ssh_args(), "--state-dir", str(state), *extra)
 

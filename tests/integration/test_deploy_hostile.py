@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import pytest
 
 from edge_agent.store import layout as store_layout
 from edge_agent.util.fs import sha256_file
-from tests.fixtures_ssh import BundleSet, DeployKeys, HostileDevice, SshDevice
+from tests.fixtures_ssh import BundleSet, HostileDevice, SshDevice
 
 pytestmark = pytest.mark.integration
 
@@ -48,14 +47,6 @@ def _deploy(*args: str) -> tuple[subprocess.CompletedProcess[str], int]:
     lines = proc.stderr.splitlines()
     assert lines and lines[-1].isdigit(), proc.stderr[-2000:]
     return proc, int(lines[-1]) // (1024 * 1024)
-
-
-@pytest.fixture
-def device_state(tmp_path: Path, deploy_keys: DeployKeys) -> Path:
-    state = tmp_path / "device-state"
-    state.mkdir()
-    shutil.copy(deploy_keys.public, state / store_layout.TRUSTED_KEY)
-    return state
 
 
 def _two_hosts(honest: SshDevice, hostile: HostileDevice) -> list[str]:

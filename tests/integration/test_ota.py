@@ -12,7 +12,6 @@ import functools
 import http.server
 import shutil
 import ssl
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -33,6 +32,7 @@ from edge_agent.store import probation as store_probation
 from edge_agent.util import fs
 from edge_agent.util.fs import sha256_file
 from tests import deploy_helpers
+from tests.fixtures_disk import tmpfs
 from tests.fixtures_mqtt import Pki
 from tests.fixtures_ssh import BundleSet, DeployKeys
 from tests.ota_device import InferenceHost, StuckHost
@@ -379,15 +379,8 @@ def small_downloads(device: InferenceHost) -> Iterator[Path]:
     """``downloads/`` on a 24 MiB tmpfs (root only; skipped elsewhere)."""
     downloads = device.state_dir / ota.DOWNLOADS
     downloads.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m,mode=0755", "tmpfs", str(downloads)],
-                          capture_output=True, text=True, timeout=30, check=False)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (needs root): {proc.stderr.strip()}")
-    try:
+    with tmpfs(downloads, "24m"):
         yield downloads
-    finally:
-        if subprocess.run(["umount", str(downloads)], capture_output=True, timeout=30, check=False).returncode:
-            subprocess.run(["umount", "-l", str(downloads)], capture_output=True, timeout=30, check=False)
 
 
 def test_not_enough_free_space(device: InferenceHost, http_root: tuple[Path, str], test_bundles: BundleSet,
