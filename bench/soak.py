@@ -25,6 +25,7 @@ import http.server
 import json
 import os
 import sqlite3
+import statistics
 import subprocess
 import tempfile
 import threading
@@ -123,12 +124,14 @@ def _identity(bundle: Path) -> str:
     return bundle_identity(read_bundle(bundle, require_signature=False).manifest_bytes)
 
 
-def _outbox_rows(state: Path) -> int:
+def _queued_seqs(state: Path) -> set[int]:
+    """The seq of every result still in ``outbox.db`` (some may be delivered but not yet deleted)."""
     db = state / "outbox.db"
     if not db.exists():
-        return 0
+        return set()
     with contextlib.closing(sqlite3.connect(db)) as conn:
-        return int(conn.execute("SELECT COUNT(*) FROM outbox WHERE topic LIKE '%/evt/%'").fetchone()[0])
+        rows = conn.execute("SELECT payload FROM outbox WHERE topic LIKE '%/evt/%'").fetchall()
+    return {int(json.loads(payload)["seq"]) for (payload,) in rows}
 
 
 def _dropped(health: dict[str, Any]) -> dict[str, int]:
@@ -209,7 +212,7 @@ def soak(work: Path, seconds: float) -> dict[str, Any]:
                 code = agent.wait()
             watcher.stop()
             stderr = agent.stderr.read() if agent.stderr else ""
-            queued = _outbox_rows(state)
+            queued_seqs = _queued_seqs(state)
             time.sleep(3.0)  # the collector's last messages
     finally:
         collector.link.stop()
@@ -220,6 +223,7 @@ def soak(work: Path, seconds: float) -> dict[str, Any]:
         raise RuntimeError(f"the agent exited with {code}: {stderr[-2000:]}")
     with collector.lock:
         delivered = len(collector.results)
+        queued = len(queued_seqs - set(collector.results))  # delivered rows not yet deleted count once
         by_model = {"v1": sum(1 for m in collector.results.values() if m == _identity(v1)),
                     "v2": sum(1 for m in collector.results.values() if m == _identity(v2))}
         last_health = collector.health[-1] if collector.health else {}
@@ -228,6 +232,8 @@ def soak(work: Path, seconds: float) -> dict[str, Any]:
     samples = [mb for t, mb in watcher.samples if t >= 10.0]
     tenth = max(1, len(samples) // 10)
     first, last = sum(samples[:tenth]) / tenth, sum(samples[-tenth:]) / tenth
+    by_cycle = [round(statistics.median([mb for t, mb in watcher.samples if c * cycle_s <= t < (c + 1) * cycle_s]
+                                        or [0.0]), 1) for c in range(CYCLES)]
     return {
         "seconds": round(seconds), "cycles": CYCLES, "state_on_tmpfs": on_tmpfs, "produced": frames,
         "delivered": delivered, "queued_after_exit": queued, "dropped": dropped,
@@ -235,6 +241,7 @@ def soak(work: Path, seconds: float) -> dict[str, Any]:
         "duplicates": duplicates, "results_by_model": by_model, "acks": acks, "events": events,
         "rss_first_tenth_mb": round(first, 1), "rss_last_tenth_mb": round(last, 1),
         "rss_change_mb": round(last - first, 1), "rss_max_mb": round(max(samples), 1),
+        "rss_median_by_cycle_mb": by_cycle,
     }
 
 
@@ -261,6 +268,7 @@ cycles, each with the broker stopped for its last third, plus:
 | results from v1 / v2 | {f['results_by_model']['v1']:,} / {f['results_by_model']['v2']:,} |
 | RSS first tenth → last tenth (max) | {f['rss_first_tenth_mb']} → {f['rss_last_tenth_mb']} MB \
 ({f['rss_change_mb']:+} MB; max {f['rss_max_mb']}) |
+| RSS median per cycle, MB | {' / '.join(str(v) for v in f['rss_median_by_cycle_mb'])} |
 """
     result = BenchResult("soak", "Soak: outages, a full disk and an update in one run", f, markdown,
                          targets={"unaccounted": "0", "rss_change_mb": "< 5"})
