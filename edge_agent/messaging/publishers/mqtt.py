@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,9 @@ class MqttPublisher(Publisher):
     ) -> None:
         self.settings = MqttSettings.from_any(config, **overrides)
         self.envelope = envelope
+        # health (its own thread) and results (the inference thread) take a seq and queue a row
+        # under one lock, so the outbox holds them in seq order (a consumer's gap detection)
+        self._queue_lock = threading.Lock()
         self.device_id = envelope.device_id
         self.root = topic_root(self.device_id)
         self.control = control
@@ -144,15 +148,17 @@ class MqttPublisher(Publisher):
             return
         if kind != "health" and not kind.startswith("evt/"):
             raise ValueError(f"unknown message kind {kind!r}: use status, health, evt/<type>, ack, config/reported")
-        body = self.envelope.wrap(payload)
-        topic, data = f"{self.root}/{kind}", encode(body)
-        if not self.link.fits(topic, len(data)):
-            # payload + topic + header over the cap (or the broker's Maximum Packet Size):
-            # refused here, counted, never queued (the broker would drop the connection).
-            self.outbox.refuse_oversize(topic, len(data), self.link.packet_limit)
-            return
-        if self.outbox.put(topic, data, "health" if kind == "health" else "result",
-                           live=lambda: self._send_live(topic, data)):
+        topic = f"{self.root}/{kind}"
+        with self._queue_lock:
+            data = encode(self.envelope.wrap(payload))
+            if not self.link.fits(topic, len(data)):
+                # payload + topic + header over the cap (or the broker's Maximum Packet Size):
+                # refused here, counted, never queued (the broker would drop the connection).
+                self.outbox.refuse_oversize(topic, len(data), self.link.packet_limit)
+                return
+            stored = self.outbox.put(topic, data, "health" if kind == "health" else "result",
+                                     live=lambda: self._send_live(topic, data))
+        if stored:
             self.sender.wake()
 
     def _send_live(self, topic: str, data: bytes) -> bool:

@@ -1187,7 +1187,8 @@ HELP = {
     ("install-model",): [
         "Install a bundle into the model store; the previous model is kept for rollback.",
         "usage: edge-agent install-model [-h] [--state-dir STATE_DIR] [--public-key PUBLIC_KEY] "
-        "[--allow-new-input] [--no-downgrade] [--threads THREADS] [--max-model-mb MAX_MODEL_MB] [--json] BUNDLE",
+        "[--allow-new-input] [--no-downgrade] [--threads THREADS] [--max-model-mb MAX_MODEL_MB] "
+        "[--latency-budget-ms LATENCY_BUDGET_MS] [--json] BUNDLE",
         "  --state-dir STATE_DIR  model store (default: the agent's, see edge-agent run --help)",
         f"  --public-key PUBLIC_KEY  Ed25519 public key (PEM); default the pinned state-dir/trusted.pub or "
         f"{store_layout.SYSTEM_TRUSTED_KEY}",

@@ -219,3 +219,31 @@ def test_agent_passes_command_rate_and_burst(tmp_path: Path) -> None:
     assert isinstance(pub, MqttPublisher)
     assert (pub.inbox.commands.bucket.rate, pub.inbox.commands.bucket.burst) == (2, 3)
     pub.outbox.close()
+
+
+def test_rows_are_queued_in_seq_order_across_threads(tmp_path: Path) -> None:
+    """Health (its own thread) and results (the inference thread) publish at once: taking a seq
+    and queueing the row happen under one lock, so the outbox (what is replayed after a crash,
+    in row order) holds them in seq order. Without the lock rows interleave out of order."""
+    import json
+    import sqlite3
+
+    pub = _publisher(tmp_path)  # broker refused: everything stays queued
+    pub.start()
+    start = threading.Barrier(2)
+
+    def produce(kind: str) -> None:
+        start.wait()
+        for i in range(1500):
+            pub.publish(kind, {"n": i})
+
+    threads = [threading.Thread(target=produce, args=(k,)) for k in ("health", "evt/classification")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(HANG)
+    assert _returns(lambda: pub.stop(timeout=0.5))
+    with sqlite3.connect(tmp_path / "outbox.db") as conn:
+        seqs = [json.loads(p)["seq"] for (p,) in conn.execute("SELECT payload FROM outbox ORDER BY id")]
+    assert len(seqs) == 3000
+    assert seqs == sorted(seqs)
