@@ -30,7 +30,7 @@ from bench.models import ensure_models
 from deploy.broker import Mosquitto, free_port, plain_config
 
 FRAMES = 900  # per agent round on digits_big: ~3 s of inference at 1 thread
-ROUNDS = 6
+ROUNDS = 8
 RSS_FRAMES = 600  # memory runs: 600 frames paced at 50 fps (12 s)
 FIRST_RESULT_RUNS = 3
 CORE_BUDGETS = (1, 2, 4)
@@ -92,6 +92,7 @@ class Throughput:
     bare: Spread
     ratio: Spread
     stages_ms: dict[str, float]
+    rounds: list[tuple[float, float]]  # (agent fps, bare fps) of each round, in order
 
 
 def throughput(bundle: Path, video: Path, budget: Budget, cpus: str) -> Throughput:
@@ -111,7 +112,7 @@ def throughput(bundle: Path, video: Path, budget: Budget, cpus: str) -> Throughp
     stages = {s: statistics.median(r[f"stage_{s}_ms"] for r in runs) for s in STAGES
               if all(f"stage_{s}_ms" in r for r in runs)}
     return Throughput(spread([a for a, _ in pairs]), spread([b for _, b in pairs]),
-                      spread([a / b for a, b in pairs]), stages)
+                      spread([a / b for a, b in pairs]), stages, pairs)
 
 
 @contextmanager
@@ -164,13 +165,14 @@ def _verdict(value: float, target: float, at_least: bool) -> str:
 
 
 def throughput_rows(results: dict[Budget, Throughput | None]) -> list[str]:
-    rows = []
+    rows, busy = [], unscaled(results)
     for b, t in results.items():
         head = f"| {b.cores} | {b.threads} | ≥ {b.target:.1f} "
         if t is None:
             rows.append(head + f"| n/a (machine has {len(os.sched_getaffinity(0))} cores) | | | |")
             continue
-        rows.append(head + f"| **{t.ratio.text()}** | {_verdict(t.ratio.median, b.target, True)} "
+        verdict = _verdict(t.ratio.median, b.target, True) + (" (not clean, see below)" if b in busy else "")
+        rows.append(head + f"| **{t.ratio.text()}** | {verdict} "
                     f"| {t.agent.text('.0f')} | {t.bare.text('.0f')} |")
     return rows
 
@@ -227,6 +229,7 @@ def throughput_figures(results: dict[Budget, Throughput | None]) -> dict[str, ob
         figures.update(t.ratio.figures(f"ratio_{b.key}"))
         figures.update(t.agent.figures(f"agent_fps_{b.key}", 1))
         figures.update(t.bare.figures(f"bare_fps_{b.key}", 1))
+        figures[f"rounds_{b.key}"] = [[round(a, 1), round(r, 1)] for a, r in t.rounds]
         for stage, ms in t.stages_ms.items():
             figures[f"stage_{stage}_ms_{b.key}"] = round(ms, 3)
     return figures
@@ -299,7 +302,7 @@ def markdown(f: dict[str, object], results: dict[Budget, Throughput | None], cor
         "| budget | agent ms/frame | bare ms/inference | capture | preprocess | invoke | decode | publish "
         "| invoke − bare | rest |\n|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(stage_rows(results))
         + "\n\n"
-        + explanation(results) + "\n\n"
+        + "\n\n".join(x for x in (caveat(results), explanation(results)) if x) + "\n\n"
         f"Private memory on 1 core with 1 thread: the largest RssAnon sampled every 20 ms (anonymous pages: "
         f"heap, interpreter arena, thread stacks; what the agent costs a Pi beyond shared libraries), and "
         f"VmHWM (peak RSS including mapped library files), {RSS_FRAMES} frames paced at {RSS_FPS} fps, every "
@@ -316,6 +319,32 @@ def markdown(f: dict[str, object], results: dict[Budget, Throughput | None], cor
         f"after them and {loads[2]:.2f} at the end ({cores_here} CPUs shared with other jobs, among them a "
         "mutation-testing run at nice 19 and a soak benchmark when this was measured)."
     )
+
+
+def unscaled(results: dict[Budget, Throughput | None]) -> list[Budget]:
+    """Budgets whose bare loop ran no faster (< 5 %) than with one thread fewer on the same cores: those
+    cores were not free for the benchmark while it ran, and the ratio says more about the host than the agent."""
+    out = []
+    for b, t in results.items():
+        fewer = results.get(Budget(b.cores, b.threads - 1))
+        if t is not None and fewer is not None and t.bare.median < 1.05 * fewer.bare.median:
+            out.append(b)
+    return out
+
+
+def caveat(results: dict[Budget, Throughput | None]) -> str:
+    lines = []
+    for b in unscaled(results):
+        t, fewer = results[b], results[Budget(b.cores, b.threads - 1)]
+        assert t is not None and fewer is not None
+        lines.append(
+            f"**Not a clean measurement:** on {_plural(b.cores, 'core')} the bare loop ran at {t.bare.median:.0f} fps "
+            f"with {_plural(b.threads, 'thread')} and {fewer.bare.median:.0f} fps with {b.threads - 1}: a second "
+            "interpreter thread did not speed it up, so the cores were not free while this ran (an XNNPACK "
+            "operator split across threads waits for the slowest one, so a thread that loses its core to "
+            "another job stalls the whole inference), and its agent ÷ bare ratio describes the host's load "
+            "rather than the agent. The per-round pairs (agent fps, bare fps) are in `pi_budget.json`.")
+    return "\n\n".join(lines)
 
 
 def explanation(results: dict[Budget, Throughput | None]) -> str:
