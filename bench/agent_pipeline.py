@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -115,13 +116,16 @@ def import_costs() -> list[tuple[str, float]]:
 
 
 def run_agent(bundle: Path, video: Path, threads: int, frames: int, extra: tuple[str, ...] = (),
-              state_dir: Path | None = None) -> dict[str, float]:
+              state_dir: Path | None = None, prefix: tuple[str, ...] = ()) -> dict[str, float]:
     """Run the agent on a video, results as JSON lines on stdout (``extra``: more options).
 
     Returns fps (first→last result, by the results' own timestamps) and that span,
-    first-result latency (arrival on the pipe) and peak RSS.
+    first-result latency (arrival on the pipe), peak RSS, and the mean time of each
+    pipeline stage from the agent's last health message (``stage_<name>_ms``) and, from its
+    summary line, the time from the pipeline's start to its first result (``pipeline_first_result_s``).
+    ``prefix`` goes before the command (e.g. ``taskset -c 0``, which execs it: same PID).
     """
-    cmd = [tool("edge-agent"), "run", "--bundle", str(bundle), "--source", str(video), "--events", "every",
+    cmd = [*prefix, tool("edge-agent"), "run", "--bundle", str(bundle), "--source", str(video), "--events", "every",
            "--threads", str(threads), "--max-frames", str(frames), "--health-interval", "3600",
            "--state-dir", str(state_dir or CACHE / "agent-state"), *extra]
     start = time.monotonic()
@@ -129,11 +133,15 @@ def run_agent(bundle: Path, video: Path, threads: int, frames: int, extra: tuple
     watcher = RssWatcher(proc.pid)
     first_result = None
     stamps: list[float] = []
+    stages: dict[str, float] = {}
     assert proc.stdout is not None
     for line in proc.stdout:
         try:
             msg = json.loads(line)
         except json.JSONDecodeError:
+            continue
+        if msg.get("topic", "").endswith("/health"):
+            stages = _stage_means(msg["payload"])
             continue
         if "/evt/" not in msg.get("topic", ""):
             continue
@@ -145,19 +153,33 @@ def run_agent(bundle: Path, video: Path, threads: int, frames: int, extra: tuple
         stamps.append(msg["payload"]["ts_ms"] / 1000.0)
     proc.wait()
     watcher.stop()
+    err = proc.stderr.read() if proc.stderr else ""
     if proc.returncode != 0 or len(stamps) < 2:
-        err = proc.stderr.read() if proc.stderr else ""
         raise RuntimeError(f"agent failed ({proc.returncode}, {len(stamps)} results): {err[-2000:]}")
     fps = (len(stamps) - 1) / (stamps[-1] - stamps[0])
+    pipeline_first = re.search(r"first result after ([0-9.]+) s", err)  # the agent's own summary line
+    if pipeline_first:
+        stages["pipeline_first_result_s"] = float(pipeline_first[1])
     return {"fps": fps, "span_s": stamps[-1] - stamps[0], "first_result_s": first_result or 0.0,
             "peak_rss_mb": watcher.peak_mb,
             "results": float(len(stamps)), "rss_anon_mb": watcher.peak_sample.get("RssAnon", 0.0),
-            "rss_file_mb": watcher.peak_sample.get("RssFile", 0.0)}
+            "rss_file_mb": watcher.peak_sample.get("RssFile", 0.0), "rss_anon_max_mb": watcher.peak_anon_mb,
+            **stages}
 
 
-def run_agent_mqtt(bundle: Path, video: Path, frames: int, broker_url: str, state_dir: Path) -> dict[str, float]:
+def _stage_means(health: dict[str, object]) -> dict[str, float]:
+    """``stage_<name>_ms``: the mean of each stage the health message reports (ms)."""
+    latency = health.get("latency_ms")
+    if not isinstance(latency, dict):
+        return {}
+    return {f"stage_{name}_ms": float(fig["mean"]) for name, fig in latency.items()
+            if isinstance(fig, dict) and fig.get("mean") is not None}
+
+
+def run_agent_mqtt(bundle: Path, video: Path, frames: int, broker_url: str, state_dir: Path,
+                   prefix: tuple[str, ...] = ()) -> dict[str, float]:
     """Run the agent publishing every result over MQTT (broker up); returns peak RSS (MB)."""
-    cmd = [tool("edge-agent"), "run", "--bundle", str(bundle), "--source", str(video), "--events", "every",
+    cmd = [*prefix, tool("edge-agent"), "run", "--bundle", str(bundle), "--source", str(video), "--events", "every",
            "--threads", "1", "--max-frames", str(frames), "--fps", str(RSS_FPS), "--health-interval", "5",
            "--device-id", "bench-rss", "--state-dir", str(state_dir), "--broker", broker_url]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -167,7 +189,7 @@ def run_agent_mqtt(bundle: Path, video: Path, frames: int, broker_url: str, stat
     if proc.returncode != 0:
         raise RuntimeError(f"agent over MQTT failed ({proc.returncode}): {err[-2000:]}")
     return {"peak_rss_mb": watcher.peak_mb, "rss_anon_mb": watcher.peak_sample.get("RssAnon", 0.0),
-            "rss_file_mb": watcher.peak_sample.get("RssFile", 0.0)}
+            "rss_file_mb": watcher.peak_sample.get("RssFile", 0.0), "rss_anon_max_mb": watcher.peak_anon_mb}
 
 
 def memory(paths: dict[str, Path], video32: Path) -> dict[str, float]:

@@ -79,11 +79,12 @@ def evict_shared_libraries() -> int:
 
 
 class RssWatcher:
-    """Polls a process's peak RSS until it exits (VmHWM only grows)."""
+    """Polls a process's peak RSS until it exits (VmHWM only grows) and its largest RssAnon."""
 
     def __init__(self, pid: int, interval: float = 0.02) -> None:
         self.pid = pid
         self.peak_mb = 0.0
+        self.peak_anon_mb = 0.0  # the largest RssAnon sampled (private memory; no kernel high-water mark)
         self.samples: list[tuple[float, float]] = []
         self.peak_sample: dict[str, float] = {}  # VmRSS, RssAnon, RssFile at the largest sample
         self._stop = threading.Event()
@@ -98,6 +99,7 @@ class RssWatcher:
             if "VmRSS" not in status:
                 continue
             self.peak_mb = max(self.peak_mb, status["VmHWM"])
+            self.peak_anon_mb = max(self.peak_anon_mb, status.get("RssAnon", 0.0))
             self.samples.append((time.monotonic() - start, status["VmRSS"]))
             if status["VmRSS"] >= self.peak_sample.get("VmRSS", 0.0):
                 self.peak_sample = status

@@ -8,7 +8,8 @@ import traceback
 
 from bench.common import write_docs
 
-BENCHES = ("bench.agent_pipeline", "bench.mqtt_outbox", "bench.model_update", "bench.detect", "bench.soak")
+BENCHES = ("bench.agent_pipeline", "bench.pi_budget", "bench.mqtt_outbox", "bench.model_update", "bench.detect",
+           "bench.soak")
 
 
 def main(argv: list[str] | None = None) -> int:
