@@ -1,11 +1,12 @@
 """The running agent's pid file in the state directory, and signalling that agent.
 
 The agent writes ``agent.pid`` at start; ``install-model`` and rollbacks send it SIGHUP
-so it reloads ``models/current``. Only a live edge-agent process is ever signalled: the file
-holds the pid and the process's start time (``/proc/PID/stat``), so a pid the kernel gave to
-another process since is recognised, and the process must be ``edge-agent`` by its command
-line (``…/edge-agent`` or ``python -m edge_agent``; a path that merely contains "edge", such as
-a venv in ``/opt/edge-agent``, is not enough).
+so it reloads ``models/current``. Only a live edge-agent process is ever signalled: a pid the
+kernel has given to another process since must be ``edge-agent`` by its command line
+(``…/edge-agent`` or ``python -m edge_agent``; a path that merely contains "edge", such as a
+venv in ``/opt/edge-agent``, is not enough). The process start time is not used: under
+qemu-user (pi-check) a process sees its own ``/proc/PID/stat`` faked, with another start time
+than the one other processes read.
 """
 
 from __future__ import annotations
@@ -25,26 +26,16 @@ PID_FILE = "agent.pid"
 
 
 def write_pid_file(state_dir: Path, pid: int | None = None) -> Path:
-    """Called by the agent at start so installs can signal it: ``PID START_TIME``."""
+    """Called by the agent at start so installs can signal it."""
     path = Path(state_dir) / PID_FILE
-    pid = pid or os.getpid()
-    started = _start_time(pid)
-    atomic_write(path, (f"{pid} {started}\n" if started is not None else f"{pid}\n").encode())
+    atomic_write(path, f"{pid or os.getpid()}\n".encode())
     return path
 
 
-def _start_time(pid: int) -> int | None:
-    """When ``pid`` started, in clock ticks since boot (field 22 of /proc/PID/stat), or None."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-        return int(stat.rpartition(b")")[2].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def _is_agent(cmdline: bytes) -> bool:
-    """``edge-agent …``, ``python …/edge-agent …`` or ``python -m edge_agent …``."""
-    argv = cmdline.split(b"\0")[:4]
+    """``edge-agent …``, ``python …/edge-agent …`` or ``python -m edge_agent …`` (anywhere in
+    argv: an emulator such as qemu-binfmt puts its own arguments first)."""
+    argv = cmdline.split(b"\0")
     if any(os.path.basename(arg) == b"edge-agent" for arg in argv):
         return True
     return any(a == b"-m" and b.split(b".")[0] == b"edge_agent" for a, b in itertools.pairwise(argv))
@@ -61,18 +52,14 @@ def remove_pid_file(state_dir: Path) -> None:
 def read_agent_pid(state_dir: Path) -> int | None:
     """The pid of the running agent, or None when the pid file is missing or stale."""
     try:
-        fields = (state_dir / PID_FILE).read_text().split()
-        pid = int(fields[0])
-        started = int(fields[1]) if len(fields) > 1 else None
+        pid = int((state_dir / PID_FILE).read_text().split()[0])  # a second field is ignored
     except (OSError, ValueError, IndexError):
         return None
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return None  # not running (stale pid file)
-    # guard against a recycled pid: only the process that wrote the file, an edge-agent
-    if started is not None and _start_time(pid) != started:
-        return None
+    # guard against a recycled pid: only an edge-agent process is ever signalled
     return pid if _is_agent(cmdline) else None
 
 

@@ -370,7 +370,7 @@ def test_only_a_running_edge_agent_is_signalled(tmp_path: Path) -> None:
     other = _child("something-else")
     try:
         path = store_pidfile.write_pid_file(tmp_path, agent.pid)
-        assert path == tmp_path / "agent.pid" and path.read_text().split()[0] == str(agent.pid)
+        assert path == tmp_path / "agent.pid" and path.read_text() == f"{agent.pid}\n"
         assert store_layout.store_status(tmp_path)["agent_pid"] == agent.pid
         assert store_pidfile.signal_running_agent(tmp_path) is True
         assert agent.wait(timeout=60) == 7  # it got SIGHUP
@@ -395,14 +395,9 @@ def test_a_recycled_pid_or_a_look_alike_is_never_signalled(tmp_path: Path) -> No
         store_pidfile.write_pid_file(tmp_path, venv_python.pid)
         assert store_pidfile.read_agent_pid(tmp_path) is None
         assert store_pidfile.signal_running_agent(tmp_path) is False and venv_python.poll() is None
-        # the agent's pid with another process's start time: the pid was given to it since
-        started = int((tmp_path / "agent.pid").read_text().split()[1])
-        (tmp_path / "agent.pid").write_text(f"{agent.pid} {started - 1}\n")
-        assert store_pidfile.read_agent_pid(tmp_path) is None
-        # an old pid file without a start time: the command line decides
-        (tmp_path / "agent.pid").write_text(f"{agent.pid}\n")
-        assert store_pidfile.read_agent_pid(tmp_path) == agent.pid
         store_pidfile.write_pid_file(tmp_path, agent.pid)
+        assert store_pidfile.read_agent_pid(tmp_path) == agent.pid
+        (tmp_path / "agent.pid").write_text(f"{agent.pid} 12345\n")  # an extra field is ignored
         assert store_pidfile.read_agent_pid(tmp_path) == agent.pid
     finally:
         for proc in (venv_python, agent):
@@ -429,8 +424,7 @@ def test_an_agent_started_as_a_module_is_recognised(tmp_path: Path) -> None:
 
 def test_pid_file_defaults_to_this_process_and_is_removed_only_by_it(tmp_path: Path) -> None:
     path = store_pidfile.write_pid_file(tmp_path)
-    started = Path("/proc/self/stat").read_text().rpartition(")")[2].split()[19]
-    assert path.read_text() == f"{os.getpid()} {started}\n"
+    assert path.read_text() == f"{os.getpid()}\n"
     store_pidfile.remove_pid_file(tmp_path)  # ours only if /proc says so; either way no exception
     other = tmp_path / "other"
     other.mkdir()
@@ -1095,7 +1089,7 @@ def test_the_agent_never_signals_itself_and_removes_only_its_own_pid_file(tmp_pa
         # this process is "the agent": its pid is the child's, whose command line names edge-agent
         monkeypatch.setattr(os, "getpid", lambda: agent.pid)
         path = store_pidfile.write_pid_file(tmp_path)
-        assert path.read_text().split()[0] == str(agent.pid)
+        assert path.read_text() == f"{agent.pid}\n"
         assert store_pidfile.signal_running_agent(tmp_path) is False
         store_pidfile.remove_pid_file(tmp_path)
         assert not path.exists()
