@@ -133,7 +133,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 @contextlib.contextmanager
 def _serve(tls: ssl.SSLContext | None = None) -> Iterator[tuple[str, list[str]]]:
     """A server on 127.0.0.1 (HTTPS with ``tls``): its base URL and the paths it was asked for."""
-    handler = type("Handler", (_Handler,), {"stop": threading.Event(), "requests": []})
+    handler: type[_Handler] = type("Handler", (_Handler,), {"stop": threading.Event(), "requests": []})
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     httpd.daemon_threads = True
     if tls is not None:
