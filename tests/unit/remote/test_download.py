@@ -277,6 +277,29 @@ def test_a_cancel_after_the_download_is_harmless(tmp_path: Path, server: tuple[s
         abort.check()
 
 
+def test_a_download_never_holds_up_the_exit(tmp_path: Path, server: tuple[str, list[str]]) -> None:
+    """The OTA worker is a daemon thread, so a shutdown does not wait for a download; neither may the
+    download's deadline timer (a non-daemon timer would keep the process alive for up to
+    ota.download_timeout_s after the agent was told to stop)."""
+    base, requests = server
+    before = {t for t in threading.enumerate() if not t.daemon}
+    abort = Abort()
+    limits = OtaSection(download_timeout_s=600, read_timeout_s=HANG_S)
+    result: list[str] = []
+    worker = threading.Thread(target=lambda: result.append(_error(f"{base}/silent", tmp_path / "dl", limits, abort)),
+                              daemon=True)
+    worker.start()
+    waited = threading.Event()
+    for _ in range(int(HANG_S / 0.01)):  # bounds a hang only
+        if "/silent" in requests or waited.wait(0.01):
+            break
+    lingering = [t.name for t in threading.enumerate() if not t.daemon and t not in before]
+    abort.cancel("cancelled: shutting down")
+    worker.join(HANG_S)
+    assert result == ["cancelled: shutting down"]
+    assert lingering == []
+
+
 # --------------------------------------------------------------------------- redirects
 
 
@@ -316,7 +339,7 @@ def test_a_relative_redirect_a_uri_header_and_a_loop(tmp_path: Path, server: tup
     assert requests == ["/loop"] * 6
 
 
-# --------------------------------------------------------------------------- https
+# --------------------------------------------------------------------------- https and timeouts
 
 
 def test_https_against_the_configured_trust_store(tmp_path: Path, https: tuple[str, list[str]],
@@ -334,11 +357,12 @@ def test_https_against_the_configured_trust_store(tmp_path: Path, https: tuple[s
     assert "/good" not in plain_requests  # nothing went out in clear text
 
 
-def test_https_reads_time_out(tmp_path: Path, https: tuple[str, list[str]]) -> None:
-    """The read timeout reaches the TLS connection (the deadline is far away)."""
-    base, _ = https
+@pytest.mark.parametrize(("scheme", "reason"), [("http", "timed out"), ("https", "The read operation timed out")])
+def test_reads_time_out(tmp_path: Path, request: pytest.FixtureRequest, scheme: str, reason: str) -> None:
+    """The read timeout reaches the connection, plain or TLS (the deadline is far away)."""
+    base, _ = request.getfixturevalue("server" if scheme == "http" else "https")
     limits = OtaSection(read_timeout_s=0.5, download_timeout_s=HANG_S / 3)
-    assert _error(f"{base}/silent", tmp_path / "dl", limits) == "download failed: The read operation timed out"
+    assert _error(f"{base}/silent", tmp_path / "dl", limits) == f"download failed: {reason}"
 
 
 def test_https_verifies_even_if_the_process_default_does_not(tmp_path: Path, pki: Pki,
