@@ -83,7 +83,11 @@ def _shut(sock: socket.socket) -> None:
 
 def url_problem(url: str) -> str | None:
     """Why ``url`` cannot be downloaded (http://, https:// or an absolute local file://), or None."""
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+        _ = parts.port  # a port that is no number in 0..65535 raises
+    except ValueError as exc:
+        return f"url is malformed: {exc}"
     if parts.scheme not in ("http", "https", "file"):
         return "url must be http://, https:// or file://"
     if parts.scheme == "file" and (parts.netloc not in ("", "localhost") or not parts.path.startswith("/")):
