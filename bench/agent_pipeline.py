@@ -18,16 +18,24 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from bench.common import CACHE, BenchResult, RssWatcher, Spread, alternate, evict_shared_libraries, spread, tool
+from bench.common import (
+    CACHE,
+    BenchResult,
+    RssWatcher,
+    Spread,
+    alternate,
+    evict_shared_libraries,
+    local_broker,
+    spread,
+    tool,
+)
 from bench.models import ensure_models
-from deploy.broker import Mosquitto, free_port, plain_config
 
 FRAMES = 1200  # per agent round: ~4 s of inference on digits_big at 1 thread
 ROUNDS = 5
@@ -199,17 +207,9 @@ def memory(paths: dict[str, Path], video32: Path) -> dict[str, float]:
     as_found = run_agent(bundle, video32, 1, RSS_FRAMES, pace)  # page cache as it happens to be
     evict_shared_libraries()
     stdout = run_agent(bundle, video32, 1, RSS_FRAMES, pace)  # shared libraries read from disk: a cold start
-    with tempfile.TemporaryDirectory(prefix="bench-rss-") as tmp:
-        work = Path(tmp)
-        (work / "broker").mkdir()
-        port = free_port()
-        broker = Mosquitto(work / "broker", plain_config(work / "broker", port), port)
-        broker.start()
-        try:
-            evict_shared_libraries()
-            mqtt = run_agent_mqtt(bundle, video32, RSS_FRAMES, broker.url, work / "state")
-        finally:
-            broker.stop()
+    with local_broker("bench-rss-") as (broker, work):
+        evict_shared_libraries()
+        mqtt = run_agent_mqtt(bundle, video32, RSS_FRAMES, broker.url, work / "state")
     return {"digits_peak_rss_mb": round(stdout["peak_rss_mb"], 1),
             "digits_rss_anon_mb": round(stdout["rss_anon_mb"], 1),
             "digits_rss_file_mb": round(stdout["rss_file_mb"], 1),

@@ -13,13 +13,17 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from deploy.broker import Mosquitto, free_port, plain_config
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("EDGE_BENCH_CACHE", ROOT / ".bench-cache"))
@@ -301,3 +305,19 @@ def check_claims(text: str, results: Path = RESULTS) -> list[str]:
         if saved != claim.quoted:
             problems.append(f"{claim.bench}.{claim.key}: README says {claim.quoted}, {path.name} has {saved}")
     return problems
+
+
+@contextmanager
+def local_broker(prefix: str = "bench-") -> Iterator[tuple[Mosquitto, Path]]:
+    """A Mosquitto on 127.0.0.1 with persistence, and a scratch directory beside it, both gone
+    after the block."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        work = Path(tmp)
+        (work / "broker").mkdir()
+        port = free_port()
+        broker = Mosquitto(work / "broker", plain_config(work / "broker", port), port)
+        broker.start()
+        try:
+            yield broker, work
+        finally:
+            broker.stop()

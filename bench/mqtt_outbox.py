@@ -20,16 +20,15 @@ import json
 import os
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from bench.agent_pipeline import render_video
-from bench.common import CACHE, BenchResult, RssWatcher, alternate, evict_shared_libraries, spread, tool
+from bench.common import CACHE, BenchResult, RssWatcher, alternate, evict_shared_libraries, local_broker, spread, tool
 from bench.models import ensure_models
-from deploy.broker import Mosquitto, free_port, plain_config
+from deploy.broker import Mosquitto
 from edge_agent.messaging.envelope import EnvelopeFactory
 from edge_agent.messaging.link import MqttLink, MqttSettings
 from edge_agent.messaging.publishers.mqtt import MqttPublisher
@@ -173,18 +172,10 @@ def _outbox_rows(state: Path) -> int:
 
 
 def main() -> BenchResult:
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        (work / "broker").mkdir()
-        port = free_port()
-        broker = Mosquitto(work / "broker", plain_config(work / "broker", port), port)
-        broker.start()
-        try:
-            figures = outbox_throughput(broker, work)
-            figures.update(drain_time(broker, work))
-            figures.update(outage_rss(broker, work))
-        finally:
-            broker.stop()
+    with local_broker() as (broker, work):
+        figures = outbox_throughput(broker, work)
+        figures.update(drain_time(broker, work))
+        figures.update(outage_rss(broker, work))
     f = figures
     markdown = f"""
 Local Mosquitto 2 on loopback, QoS 1, {WINDOW} messages in flight, one ~300-byte result each.

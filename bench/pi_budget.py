@@ -18,16 +18,12 @@ from __future__ import annotations
 import os
 import statistics
 import sys
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench.agent_pipeline import RSS_FPS, render_video, run_agent, run_agent_mqtt
-from bench.common import CACHE, ROOT, BenchResult, Spread, alternate, evict_shared_libraries, run, spread
+from bench.common import CACHE, ROOT, BenchResult, Spread, alternate, evict_shared_libraries, local_broker, run, spread
 from bench.models import ensure_models
-from deploy.broker import Mosquitto, free_port, plain_config
 
 FRAMES = 900  # per agent round on digits_big: ~3 s of inference at 1 thread
 ROUNDS = 8
@@ -136,21 +132,6 @@ def throughput(bundle: Path, video: Path, budget: Budget, cpus: str) -> Throughp
                       spread([a / b for a, b in pairs]), stages, pairs)
 
 
-@contextmanager
-def local_broker() -> Iterator[tuple[str, Path]]:
-    """A Mosquitto on 127.0.0.1 and a scratch directory, for the MQTT runs."""
-    with tempfile.TemporaryDirectory(prefix="bench-pi-") as tmp:
-        work = Path(tmp)
-        (work / "broker").mkdir()
-        port = free_port()
-        broker = Mosquitto(work / "broker", plain_config(work / "broker", port), port)
-        broker.start()
-        try:
-            yield broker.url, work
-        finally:
-            broker.stop()
-
-
 def private_after_imports(bundle: Path, video: Path, cpus: str, broker_url: str, work: Path) -> dict[str, float]:
     """RssAnon (MB) of a process that has imported every module a real run imports, to stdout and over MQTT."""
     figures = {}
@@ -168,7 +149,8 @@ def memory(bundles: dict[str, Path], videos: dict[str, Path], cpus: str) -> dict
     """Largest RssAnon and VmHWM of the agent on ``cpus`` with 1 thread, stdout and MQTT, cold starts."""
     figures: dict[str, float] = {}
     pace = ("--fps", str(RSS_FPS))
-    with local_broker() as (url, work):
+    with local_broker("bench-pi-") as (broker, work):
+        url = broker.url
         imports = private_after_imports(bundles["digits"], videos["digits"], cpus, url, work)
         for mode, mb in imports.items():
             figures[f"{mode}_rss_anon_after_imports_mb"] = round(mb, 1)
