@@ -57,17 +57,31 @@ def inflating(source: Path, target: Path, member: str, mib: int, sign_key: Ed255
     return target
 
 
-def declaring(source: Path, target: Path, member: str, size: int) -> Path:
-    """``source`` with the local and central headers of ``member`` declaring ``size`` bytes (a zip lying)."""
-    data = bytearray(source.read_bytes())
+# (signature, offset of the name length, offset of the name, shift of the fields after it) of a
+# local and a central zip header
+_HEADERS = ((b"PK\x03\x04", 26, 30, 0), (b"PK\x01\x02", 28, 46, 2))
+
+
+def _member_headers(data: bytearray, member: str) -> list[tuple[int, int]]:
+    """(offset, shift) of ``member``'s local and central headers in ``data``; ``shift`` is 2 for the
+    central header, whose fields after "version made by" sit two bytes further on."""
     name = member.encode()
-    for signature, name_len_at, size_at, name_at in ((b"PK\x03\x04", 26, 22, 30), (b"PK\x01\x02", 28, 24, 46)):
+    found = []
+    for signature, name_len_at, name_at, shift in _HEADERS:
         pos = 0
         while (pos := data.find(signature, pos)) >= 0:
             length = struct.unpack_from("<H", data, pos + name_len_at)[0]
             if data[pos + name_at:pos + name_at + length] == name:
-                struct.pack_into("<I", data, pos + size_at, size)
+                found.append((pos, shift))
             pos += 4
+    return found
+
+
+def declaring(source: Path, target: Path, member: str, size: int) -> Path:
+    """``source`` with the local and central headers of ``member`` declaring ``size`` bytes (a zip lying)."""
+    data = bytearray(source.read_bytes())
+    for pos, shift in _member_headers(data, member):
+        struct.pack_into("<I", data, pos + 22 + shift, size)
     target.write_bytes(bytes(data))
     return target
 
@@ -76,17 +90,11 @@ def header_patched(source: Path, target: Path, member: str, *, method: int | Non
                    flags: int | None = None) -> Path:
     """``source`` with ``member``'s compression method or general-purpose flags set in both headers."""
     data = bytearray(source.read_bytes())
-    name = member.encode()
-    for signature, name_len_at, flags_at, name_at in ((b"PK\x03\x04", 26, 6, 30), (b"PK\x01\x02", 28, 8, 46)):
-        pos = 0
-        while (pos := data.find(signature, pos)) >= 0:
-            length = struct.unpack_from("<H", data, pos + name_len_at)[0]
-            if data[pos + name_at:pos + name_at + length] == name:
-                if flags is not None:
-                    struct.pack_into("<H", data, pos + flags_at, flags)
-                if method is not None:
-                    struct.pack_into("<H", data, pos + flags_at + 2, method)
-            pos += 4
+    for pos, shift in _member_headers(data, member):
+        if flags is not None:
+            struct.pack_into("<H", data, pos + 6 + shift, flags)
+        if method is not None:
+            struct.pack_into("<H", data, pos + 8 + shift, method)
     target.write_bytes(bytes(data))
     return target
 
