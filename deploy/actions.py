@@ -19,17 +19,23 @@ from pathlib import Path
 
 from deploy.answers import AnswerError, ChangeAnswer, StatusAnswer, describe_model, parse_answer
 from deploy.ssh import Completed, HostResult, Ssh, ssh_failure
+from deploy.wheelhouse import check_wheelhouse
 
 DEFAULT_AGENT_PATH = "/opt/edge-agent/venv/bin/edge-agent"
 DEFAULT_VENV = "/opt/edge-agent/venv"
 DEFAULT_PACKAGE = "edge-infer"
 UNIT_PATH = "/etc/systemd/system/edge-agent.service"
+TEMPLATE_PATH = "/etc/systemd/system/edge-agent@.service"
+INSTANCE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+SERVICE_STATE_ROOT = "/var/lib/edge-agent"  # StateDirectory=edge-agent, edge-agent-%i for instances
+WAITING_FOR_MODEL = "waiting-for-model"
 CONFIG_DIR = "/etc/edge-agent"
 CREDENTIALS = ("mqtt-password", "mqtt-ca.crt", "mqtt-client.crt", "mqtt-client.key")
 # Package data (pyproject [tool.setuptools.package-data]), so `install-agent` works from an
 # installed wheel too; pip never installs zipped, so these are real files to upload.
 # systemd/edge-agent.service at the top of the repository links to the same unit.
 DEFAULT_UNIT_FILE = Path(str(resources.files("deploy") / "systemd" / "edge-agent.service"))
+DEFAULT_TEMPLATE_FILE = Path(str(resources.files("deploy") / "systemd" / "edge-agent@.service"))
 DEFAULT_CONFIG_FILE = Path(str(resources.files("deploy") / "agent-config.toml"))
 SERVICE_MARKER = "--edge-deploy-service--"
 DEFAULT_UPLOAD_DIR = "/tmp"
@@ -80,7 +86,8 @@ def push_one(ssh: Ssh, bundle: Path, args: argparse.Namespace) -> HostResult:
         return HostResult(ssh.target, False, "upload failed", _upload_failure(ssh, bundle, remote, copied))
     extra = ["--allow-new-input"] if args.allow_new_input else []
     install = _agent_command(args, "install-model", remote, "--json", *extra)
-    proc = ssh.run(_then_remove(install, remote))
+    service = service_for_state_dir(str(args.state_dir)) if args.state_dir else None
+    proc = ssh.run(_then_remove(install, remote, _start_if_waiting(service) if service else ""))
     result = _change_result(ssh, proc, "install")
     # The device's shell removes the upload after the install, unless the agent died, the connection
     # dropped or we stopped waiting: then it is removed from here, so it is never left behind.
@@ -156,6 +163,10 @@ class Step:
     command: str = ""
     upload: Path | None = None
     destination: str = ""
+    # A remote directory this step creates and a later step removes (``done_with``); removed
+    # by install_agent_one if a step in between fails.
+    creates_dir: str = ""
+    done_with: str = ""
 
 
 def install_agent_steps(args: argparse.Namespace) -> list[Step]:
@@ -168,7 +179,6 @@ def install_agent_steps(args: argparse.Namespace) -> list[Step]:
     sudo = "sudo -n " if args.sudo else ""
     root = str(args.root).rstrip("/") if args.root else ""
     venv = shlex.quote(f"{root}{args.venv}")
-    unit_path = f"{root}{UNIT_PATH}"
     config_dir = f"{root}{CONFIG_DIR}"
     q_config = shlex.quote(config_dir)
     upload_dir = _upload_dir(args)
@@ -178,7 +188,9 @@ def install_agent_steps(args: argparse.Namespace) -> list[Step]:
     ]
     package = args.package
     pip = f"{sudo}{venv}/bin/pip --disable-pip-version-check install --upgrade"
-    if Path(package).is_file():
+    if args.wheelhouse is not None:
+        steps += _wheelhouse_steps(Path(args.wheelhouse), pip, upload_dir)
+    elif Path(package).is_file():
         remote_pkg = f"{upload_dir}/{Path(package).name}"  # pip needs the wheel's own file name
         steps += [
             Step(f"upload {Path(package).name}", upload=Path(package), destination=remote_pkg),
@@ -187,9 +199,14 @@ def install_agent_steps(args: argparse.Namespace) -> list[Step]:
         ]
     else:
         steps.append(Step("install the agent (base profile, no TensorFlow)", f"{pip} {shlex.quote(package)}"))
+    instance = args.instance
+    unit_file = args.unit_file or (DEFAULT_TEMPLATE_FILE if instance else DEFAULT_UNIT_FILE)
+    unit_path = f"{root}{TEMPLATE_PATH if instance else UNIT_PATH}"
+    service = f"edge-agent@{instance}" if instance else "edge-agent"
+    config_name = f"{instance}.toml" if instance else "config.toml"
     tmp_unit = f"{upload_dir}/edge-agent.service.{uuid.uuid4().hex[:8]}"
     steps += [
-        Step("upload the unit file", upload=args.unit_file, destination=tmp_unit),
+        Step("upload the unit file", upload=unit_file, destination=tmp_unit),
         Step(f"install the unit file as {unit_path}",
              _then_remove(f"{sudo}install -D -m 0644 {shlex.quote(tmp_unit)} {shlex.quote(unit_path)}", tmp_unit)),
         Step(f"create {config_dir} and its credentials directory",
@@ -210,11 +227,11 @@ def install_agent_steps(args: argparse.Namespace) -> list[Step]:
                                   tmp_cred)),
             ]
     tmp_config = f"{upload_dir}/edge-agent-config.{uuid.uuid4().hex[:8]}.toml"
-    keep = "" if args.force_config else f"test -e {q_config}/config.toml || "
-    install_config = f"{keep}install -m 0644 {shlex.quote(tmp_config)} {q_config}/config.toml"
+    keep = "" if args.force_config else f"test -e {q_config}/{config_name} || "
+    install_config = f"{keep}install -m 0644 {shlex.quote(tmp_config)} {q_config}/{config_name}"
     steps += [
         Step("upload the agent configuration", upload=args.config, destination=tmp_config),
-        Step(f"install the configuration as {config_dir}/config.toml"
+        Step(f"install the configuration as {config_dir}/{config_name}"
              + ("" if args.force_config else " (kept if present)"),
              _then_remove(f"{sudo}sh -c {shlex.quote(install_config)}", tmp_config)),
     ]
@@ -226,18 +243,62 @@ def install_agent_steps(args: argparse.Namespace) -> list[Step]:
                  _then_remove(f"{sudo}install -m 0644 {shlex.quote(tmp_key)} {q_config}/trusted.pub", tmp_key)),
         ]
     if root:
-        steps.append(Step(f"enable the service in {root} (not started)",
-                          f"{sudo}systemctl --root={shlex.quote(root)} enable edge-agent"))
+        steps.append(Step(f"enable {service} in {root} (not started)",
+                          f"{sudo}systemctl --root={shlex.quote(root)} enable {service}"))
     else:
-        steps.append(Step("enable and start the service",
-                          f"{sudo}systemctl daemon-reload && {sudo}systemctl enable --now edge-agent"
-                          f" && systemctl is-active edge-agent"))
+        steps.append(Step(f"enable and start {service}", _enable_and_start(sudo, service)))
     return steps
 
 
-def _then_remove(command: str, uploaded: str) -> str:
-    """``command``, then remove the uploaded file whatever happened; the exit code is the command's."""
-    return f"{command}; rc=$?; rm -f {shlex.quote(uploaded)}; exit $rc"
+def _enable_and_start(sudo: str, service: str) -> str:
+    """Enable and start; succeeds when the service is active, or skipped only because it has no model yet.
+
+    The unit's ConditionPathExists= skips (does not fail) a start before the first model; then
+    this prints ``WAITING_FOR_MODEL`` and ``edge-deploy push`` starts the service.
+    """
+    return (f"{sudo}systemctl daemon-reload && {sudo}systemctl enable --now {service} || exit 1; "
+            f"systemctl is-active --quiet {service} && exit 0; "
+            f'[ "$(systemctl show -p ConditionResult --value {service})" = no ] && echo {WAITING_FOR_MODEL} '
+            f"&& exit 0; systemctl is-active {service}; exit 1")
+
+
+def service_for_state_dir(state_dir: str) -> str | None:
+    """The unit whose StateDirectory= is ``state_dir`` (edge-agent or edge-agent@NAME), else None."""
+    path = state_dir.rstrip("/")
+    if path == SERVICE_STATE_ROOT:
+        return "edge-agent"
+    prefix = SERVICE_STATE_ROOT + "-"
+    if path.startswith(prefix) and INSTANCE_NAME.fullmatch(path[len(prefix):]):
+        return f"edge-agent@{path[len(prefix):]}"
+    return None
+
+
+def _start_if_waiting(service: str) -> str:
+    """Shell: after a successful install, start ``service`` when it is enabled but not running
+    (installed before its first model); what it says goes to stderr, the JSON answer stays alone."""
+    return (f"if [ $rc = 0 ] && [ -d /run/systemd/system ] && systemctl is-enabled --quiet {service} 2>/dev/null "
+            f"&& ! systemctl is-active --quiet {service}; then systemctl start {service} >&2 "
+            f"|| echo 'edge-deploy: the model is installed but {service} did not start' >&2; fi; ")
+
+
+def _wheelhouse_steps(directory: Path, pip: str, upload_dir: str) -> list[Step]:
+    """Upload every wheel to a private directory, then install from it alone (``--no-index``)."""
+    agent_wheel = check_wheelhouse(directory)
+    wheels = sorted(directory.glob("*.whl"))
+    remote = f"{upload_dir}/edge-agent-wheels.{uuid.uuid4().hex[:8]}"
+    q = shlex.quote(remote)
+    steps = [Step(f"create {remote} for {len(wheels)} wheels", f"mkdir -m 0700 {q}", creates_dir=remote)]
+    steps += [Step(f"upload {wheel.name}", upload=wheel, destination=f"{remote}/{wheel.name}") for wheel in wheels]
+    install = (f"{pip} --no-index --find-links {q} {shlex.quote(f'{remote}/{agent_wheel.name}')}; "
+               f"rc=$?; rm -rf {q}; exit $rc")
+    steps.append(Step("install the agent from the uploaded wheels (no package index)", install, done_with=remote))
+    return steps
+
+
+def _then_remove(command: str, uploaded: str, after: str = "") -> str:
+    """``command``, then remove the uploaded file whatever happened (then ``after``, which may read
+    ``$rc``); the exit code is the command's."""
+    return f"{command}; rc=$?; rm -f {shlex.quote(uploaded)}; {after}exit $rc"
 
 
 def _touch_private(path: str) -> str:
@@ -251,6 +312,7 @@ def install_agent_one(ssh: Ssh, args: argparse.Namespace, out: Callable[[str], N
             return refused
     steps = install_agent_steps(args)
     uploaded = ""  # removed by the step after its upload; by us if that step fails
+    created = ""  # a directory of uploads, removed by a later step; by us if a step fails before
     for number, step in enumerate(steps, 1):
         argv = ssh.scp_argv(step.upload, step.destination) if step.upload else ssh.ssh_argv(step.command)
         out(f"[{ssh.target}] step {number}/{len(steps)}: {step.description}")
@@ -265,10 +327,16 @@ def install_agent_one(ssh: Ssh, args: argparse.Namespace, out: Callable[[str], N
                 detail = ssh_failure(proc)
                 if uploaded and not ssh.remove(uploaded):
                     detail += f"; the upload is left at {uploaded}"
+            if created and ssh.run_briefly(f"rm -rf -- {shlex.quote(created)}").returncode != 0:
+                detail += f"; uploads are left in {created}"
             return HostResult(ssh.target, False, f"failed at step {number}: {step.description}", detail)
-        uploaded = step.destination if step.upload else ""
+        uploaded = step.destination if step.upload and not created else ""
+        created = step.creates_dir or ("" if step.done_with else created)
     if args.dry_run:
         return HostResult(ssh.target, True, f"dry run: {len(steps)} steps shown")
     if args.root:
         return HostResult(ssh.target, True, f"agent installed under {args.root}; service enabled there, not started")
+    if WAITING_FOR_MODEL in proc.stdout:
+        return HostResult(ssh.target, True, "agent installed; the service starts with its first model",
+                          "edge-deploy push a bundle to this device")
     return HostResult(ssh.target, True, "agent installed and started")

@@ -30,9 +30,9 @@ from deploy.actions import (
     DEFAULT_AGENT_PATH,
     DEFAULT_CONFIG_FILE,
     DEFAULT_PACKAGE,
-    DEFAULT_UNIT_FILE,
     DEFAULT_UPLOAD_DIR,
     DEFAULT_VENV,
+    INSTANCE_NAME,
     install_agent_one,
     push_one,
     rollback_one,
@@ -40,6 +40,7 @@ from deploy.actions import (
 )
 from deploy.answers import printable
 from deploy.ssh import DeployError, HostResult, Ssh, Target, collect_targets, default_known_hosts
+from deploy.wheelhouse import ARCHES, build_wheelhouse, check_wheelhouse
 from edge_agent.cli.main import dispatch
 from edge_agent.config import SERVICE_STATE_DIR
 from edge_agent.errors import EdgeError
@@ -157,10 +158,23 @@ def cmd_install_agent(args: argparse.Namespace) -> int:
     _check_device_path("--venv", args.venv)
     if args.credentials_dir is not None and not Path(args.credentials_dir).is_dir():
         raise DeployError(f"{args.credentials_dir} is not a directory")
+    if args.instance is not None and not INSTANCE_NAME.fullmatch(args.instance):
+        raise DeployError(f"--instance must be 1-32 of a-z 0-9 _ - (starting with a letter or digit), "
+                          f"not {args.instance!r}")
     for path in (args.unit_file, args.config, args.public_key):
         if path is not None and not Path(path).is_file():
             raise DeployError(f"{path} not found")
+    if args.wheelhouse is not None:
+        check_wheelhouse(args.wheelhouse)
     return _for_each_host(args, lambda ssh: install_agent_one(ssh, args, print))
+
+
+def cmd_wheelhouse(args: argparse.Namespace) -> int:
+    wheels = build_wheelhouse(args.output, args.platform, args.package)
+    size = sum(w.stat().st_size for w in wheels)
+    print(f"{len(wheels)} wheels for {args.platform} ({size / 1e6:.1f} MB) in {args.output}; install them with "
+          f"edge-deploy install-agent --wheelhouse {args.output}")
+    return 0
 
 
 def _host_args(parser: argparse.ArgumentParser, with_agent: bool = True) -> None:
@@ -252,8 +266,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print every step, change nothing")
     p.add_argument("--package", default=DEFAULT_PACKAGE,
                    help="pip requirement or a local wheel to upload (default: edge-infer)")
+    p.add_argument("--wheelhouse", type=Path, default=None, metavar="DIR",
+                   help="install from these wheels only (edge-deploy wheelhouse), uploaded to the device: "
+                        "no package index needed there; overrides --package")
     p.add_argument("--venv", default=DEFAULT_VENV, help=f"virtualenv on the device ({DEFAULT_VENV})")
-    p.add_argument("--unit-file", type=Path, default=DEFAULT_UNIT_FILE)
+    p.add_argument("--unit-file", type=Path, default=None,
+                   help="unit to install (default: the shipped edge-agent.service, or edge-agent@.service "
+                        "with --instance)")
+    p.add_argument("--instance", default=None, metavar="NAME",
+                   help="install the edge-agent@.service template and run it as edge-agent@NAME with "
+                        "/etc/edge-agent/NAME.toml and /var/lib/edge-agent-NAME: one agent per camera")
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG_FILE, help="agent config.toml")
     p.add_argument("--force-config", action="store_true", help="replace an existing device config")
     p.add_argument("--public-key", type=Path, default=None, help="model signing key to pin")
@@ -265,6 +287,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "service there (systemctl --root), never start it: a staging tree to inspect or test")
     _upload_arg(p)
     p.set_defaults(handler=cmd_install_agent)
+
+    p = sub.add_parser("wheelhouse", help="download the agent and its dependencies as wheels for devices")
+    p.add_argument("--platform", required=True, choices=ARCHES, help="the device's CPU (uname -m)")
+    p.add_argument("--output", type=Path, required=True, metavar="DIR", help="new directory for the wheels")
+    p.add_argument("--package", default=None, metavar="WHEEL_OR_REQUIREMENT",
+                   help="the agent to resolve (default: this checkout's wheel, or the installed edge-infer)")
+    p.set_defaults(handler=cmd_wheelhouse)
     return parser
 
 

@@ -1,32 +1,26 @@
 """aarch64 wheels resolved on the host, and the project's own wheel.
 
-pip on the host resolves for the Pi (CPython 3.11, glibc 2.36). The platform tags are listed
-newest first and without gaps: leaving out ``manylinux_2_27`` makes pip fall back to
-ai-edge-litert 1.x and to older OpenCV and cryptography builds.
+pip on the host resolves for the Pi (CPython 3.11, glibc 2.36) with the platform tags of
+:mod:`deploy.wheelhouse` (what ``edge-deploy wheelhouse --platform aarch64`` uses too).
 """
 
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import tomllib
 from importlib import metadata
 from pathlib import Path
 
+from deploy import wheelhouse
 from tools.pi_check.steps import StepError
 
-PYTHON_VERSION = "3.11"
-GLIBC_MINORS = range(36, 16, -1)  # Debian 12 has glibc 2.36
-PLATFORMS = [f"manylinux_2_{minor}_aarch64" for minor in GLIBC_MINORS] + ["manylinux2014_aarch64"]
+PYTHON_VERSION = wheelhouse.PYTHON_VERSION
+PLATFORMS = wheelhouse.platform_tags("aarch64")
 # From the [dev] extra, what the device-only unit tests need.
 TEST_PACKAGES = ("pytest", "pytest-timeout", "hypothesis")
 _NAME = re.compile(r"^[A-Za-z0-9._-]+")
-# Not copied when building the project wheel.
-_IGNORE = shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__", ".*_cache",
-                                 "demo-out", "mutants", ".bench-cache", "state", ".notes")
 
 
 def requirement_name(req: str) -> str:
@@ -54,10 +48,7 @@ def device_requirements(project: Path) -> list[str]:
 
 
 def platform_args() -> list[str]:
-    args = ["--only-binary=:all:", "--python-version", PYTHON_VERSION, "--implementation", "cp"]
-    for tag in PLATFORMS:
-        args += ["--platform", tag]
-    return args
+    return wheelhouse.platform_args("aarch64")
 
 
 def download_wheels(requirements: list[str], dest: Path) -> None:
@@ -68,15 +59,10 @@ def download_wheels(requirements: list[str], dest: Path) -> None:
 
 def build_project_wheel(project: Path, dest: Path) -> Path:
     """The project's wheel (pure Python), built from a copy so the work tree stays clean."""
-    with tempfile.TemporaryDirectory(prefix="pi-check-src-") as tmp:
-        src = Path(tmp) / "src"
-        shutil.copytree(project, src, ignore=_IGNORE, symlinks=True)
-        _pip([sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check", "--no-deps",
-              "-w", str(dest), str(src)], "building the project wheel")
-    wheels = sorted(dest.glob("edge_infer-*.whl"))
-    if not wheels:
-        raise StepError(f"pip wheel left no edge_infer-*.whl in {dest}")
-    return wheels[-1]
+    try:
+        return wheelhouse.build_project_wheel(project, dest)
+    except wheelhouse.WheelhouseError as exc:
+        raise StepError(str(exc)) from exc
 
 
 def _pip(cmd: list[str], what: str) -> None:

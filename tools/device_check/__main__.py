@@ -1,0 +1,5 @@
+import sys
+
+from tools.device_check.cli import main
+
+sys.exit(main())
