@@ -37,7 +37,7 @@ DROP_REASONS = ("disk_full", "io_error", "corrupt", "other")
 
 def failure_reason(exc: BaseException) -> str:
     """Which of :data:`DROP_REASONS` a failed statement (or a failed open) is."""
-    name = str(getattr(exc, "sqlite_errorname", "") or "")
+    name = str(getattr(exc, "sqlite_errorname", ""))  # None (a code without a name) reads "None"
     if name == "SQLITE_FULL" or (isinstance(exc, OSError) and exc.errno == errno.ENOSPC):
         return "disk_full"
     if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
@@ -137,7 +137,7 @@ class OutboxTable:
         ).fetchall()
         return rows
 
-    def head(self, limit: int, after: int = 0) -> list[StoredRow]:
+    def head(self, limit: int, after: int) -> list[StoredRow]:
         """The oldest ``limit`` rows with an id above ``after``, for sending; ``replayed`` is
         1 for the rows queued by an earlier run."""
         rows: list[StoredRow] = self.db.execute(

@@ -192,6 +192,18 @@ def test_read_wav_mixes_stereo_and_names_bad_files(tmp_path: Path) -> None:
     assert str(info.value).startswith(f"{junk} is not a PCM WAV file: ")
 
 
+def test_read_wav_accepts_the_bounds_of_rate_and_sample_width(tmp_path: Path) -> None:
+    """The highest sample rate and the narrowest (8-bit, unsigned) samples are readable audio."""
+    path = tmp_path / "u8.wav"
+    with wave.open(str(path), "wb") as handle:
+        handle.setnchannels(1)
+        handle.setsampwidth(1)
+        handle.setframerate(192000)
+        handle.writeframes(bytes([128, 255, 0, 64]))
+    samples, rate = read_wav(path)
+    assert rate == 192000 and samples.tolist() == [0.0, 127 / 128, -1.0, -0.5]
+
+
 def test_resample_interpolates_linearly() -> None:
     samples = np.array([0.0, 1.0, 0.0, -1.0], dtype=np.float32)
     up = resample(samples, 8000, 16000)

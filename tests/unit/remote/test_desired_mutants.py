@@ -8,6 +8,7 @@ recorder in place of the publisher.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,27 @@ def test_a_damaged_version_file_means_no_version_and_is_set_aside(tmp_path: Path
     assert d.version is None
     assert [p.read_bytes() for p in tmp_path.glob(f"{VERSION_FILE}.corrupt-*")] == [content]
     assert set_aside_counts()[VERSION_FILE] == before + 1
+
+
+@pytest.mark.parametrize(("content", "why"), [(b"seven", "not a version number"), (b"-3", "a negative version")])
+def test_the_set_aside_warning_says_what_is_wrong(tmp_path: Path, content: bytes, why: str,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / VERSION_FILE).write_bytes(content)
+    caplog.set_level(logging.WARNING)
+    make(tmp_path)
+    [aside] = tmp_path.glob(f"{VERSION_FILE}.corrupt-*")
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.startswith(f"damaged state file {tmp_path / VERSION_FILE} ({why}) set aside as {aside.name}")
+
+
+def test_a_persisted_version_0_is_read_not_set_aside(tmp_path: Path) -> None:
+    """0 is the smallest version parse_desired accepts: a restart must not apply it again."""
+    (tmp_path / VERSION_FILE).write_text("0")
+    d, rec, ctl = make(tmp_path)
+    assert d.version == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [VERSION_FILE]
+    d.apply(desired(0))
+    assert rec.published == [] and ctl.applied == []
 
 
 def test_without_state_dir_the_version_is_kept_in_memory_only() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -35,3 +36,27 @@ def test_a_damaged_record_is_set_aside(tmp_path: Path, content: bytes) -> None:
 def test_no_record_is_none_and_nothing_is_set_aside(tmp_path: Path) -> None:
     assert read_probation(tmp_path) is None
     assert list(tmp_path.iterdir()) == []
+
+
+def test_whole_seconds_are_read_as_times(tmp_path: Path) -> None:
+    """JSON writes 2.0 as 2 when another tool wrote the record: an int is a valid time."""
+    (tmp_path / PROBATION_FILE).write_text(json.dumps({**GOOD, "started": 1, "until": 3}))
+    probation = read_probation(tmp_path)
+    assert probation is not None and (probation.started, probation.until) == (1, 3)
+    assert not list(tmp_path.glob(f"{PROBATION_FILE}.corrupt-*"))
+
+
+@pytest.mark.parametrize(("content", "why"), [
+    (b"[]", "not an object"),
+    (json.dumps({**GOOD, "crashes": "1"}).encode(), "crashes is not a int"),
+    (json.dumps({**GOOD, "until": "soon"}).encode(), "until is not a float"),
+])
+def test_the_set_aside_warning_says_what_is_wrong(tmp_path: Path, content: bytes, why: str,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / PROBATION_FILE).write_bytes(content)
+    caplog.set_level(logging.WARNING)
+    assert read_probation(tmp_path) is None
+    [aside] = tmp_path.glob(f"{PROBATION_FILE}.corrupt-*")
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.startswith(f"damaged state file {tmp_path / PROBATION_FILE} (not a probation record: {why}) "
+                              f"set aside as {aside.name}")
