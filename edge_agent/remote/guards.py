@@ -83,10 +83,10 @@ def loads_strict(text: str) -> Any:
 
 
 def _id_of(text: str) -> str | None:
-    """The id of a command, if well formed, whatever its numbers (read as 0 here, only to find it)."""
+    """The id of a command, if well formed, whatever its numbers: integers stay text here (``int()``
+    refuses over 4300 digits and is slow long before); a float of any length converts fast."""
     try:
-        body = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants,
-                          parse_int=lambda _: 0, parse_float=lambda _: 0.0)
+        body = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants, parse_int=str)
     except (ValueError, RecursionError, RejectError):
         return None
     raw = body.get("id") if isinstance(body, dict) else None
@@ -98,13 +98,9 @@ def _is_number(value: Any) -> bool:
 
 
 def _is_time(value: Any) -> bool:
-    """A finite number of seconds (``1e999`` parses as infinity, a 400-digit int overflows a float)."""
-    if not _is_number(value):
-        return False
-    try:
-        return math.isfinite(float(value))
-    except OverflowError:
-        return False
+    """A finite number of seconds (``1e999`` parses as infinity; an int has at most
+    MAX_NUMBER_DIGITS digits, so it never overflows a float)."""
+    return _is_number(value) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -275,8 +271,10 @@ class ReplayCache:
 def _parse_entry(raw: bytes) -> tuple[str, float] | None:
     """``<id> <expiry>`` of one replay-cache line, or None when it is not one."""
     try:
-        cmd_id, sep, exp = raw.decode("utf-8").strip().partition(" ")
+        cmd_id, _, exp = raw.decode("utf-8").strip().partition(" ")
         expires = float(exp)
     except ValueError:
         return None
-    return (cmd_id, expires) if sep and cmd_id and math.isfinite(expires) else None
+    # No separator leaves exp empty and float("") raises; the line is stripped, so an id before
+    # the first space is never empty: only the expiry is left to check.
+    return (cmd_id, expires) if math.isfinite(expires) else None

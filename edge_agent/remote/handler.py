@@ -142,8 +142,8 @@ class CommandHandler:
             ack = Ack(rej.cmd_id, "rejected", rej.reason)
         except Exception as exc:  # hostile input must never crash the agent
             log.exception("command %s crashed", name)
-            known = started[0].id if started else peek_id(payload, self.max_bytes)
-            ack = Ack(known, "failed", f"internal_error: {type(exc).__name__}")
+            # the id as parse_command read it, whether or not the command had started
+            ack = Ack(peek_id(payload, self.max_bytes), "failed", f"internal_error: {type(exc).__name__}")
         self._count(ack)
         self._send(ack, route)
         for ctx in started:  # work that replies later starts only now: its acks come after this one

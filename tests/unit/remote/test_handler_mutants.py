@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge_agent.errors import ConfigError
+from edge_agent.errors import ConfigError, EdgeError
 from edge_agent.model.keys import load_command_public_key as load_public_key
 from edge_agent.remote.builtin import SNAPSHOT_MAX_BYTES, builtin_commands
 from edge_agent.remote.desired import parse_desired
@@ -515,6 +515,32 @@ def test_a_crashing_command_is_named_by_its_exception_type() -> None:
     h = Harness(registry={"crash": CommandSpec("crash", crash)}, clock=lambda: NOW)
     # issue 11: the ack of a crashed command still carries its id
     assert h.send("crash", _body()) == Ack("c1", "failed", "internal_error: KeyError")
+
+
+class _UnprintableError(EdgeError):
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
+def test_a_crash_outside_the_command_is_a_failed_ack_with_the_id() -> None:
+    """An exception that escapes the checks (here the clock) or the handling of a command's own error
+    (an EdgeError whose str() raises) is caught by handle(): one failed ack naming the exception's
+    type, with the id read from the payload, and counted as failed (mutants: the id, the status,
+    the reason, the arguments of peek_id, no ack at all)."""
+
+    def clock() -> float:
+        raise OSError("no clock")
+
+    h = Harness(registry={"ping": CommandSpec("ping", lambda ctx: Ack(ctx.id, "succeeded"))}, clock=clock)
+    assert h.send("ping", _body("k1")) == Ack("k1", "failed", "internal_error: OSError")
+
+    def unprintable(ctx: CommandContext) -> Ack:
+        raise _UnprintableError()
+
+    started = Harness(registry={"odd": CommandSpec("odd", unprintable)}, clock=lambda: NOW)
+    assert started.send("odd", _body("k2")) == Ack("k2", "failed", "internal_error: RuntimeError")
+    assert [s.handler.snapshot() for s in (h, started)] == 2 * [
+        {"received": 1, "accepted": 0, "rejected": 0, "failed": 1, "rejected_reasons": {}}]
 
 
 def test_response_topics_may_hold_any_other_character() -> None:

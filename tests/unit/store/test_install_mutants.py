@@ -1509,3 +1509,22 @@ def test_free_space_figures_are_whole_mebibytes(tmp_path: Path, monkeypatch: pyt
     with pytest.raises(InstallError) as info:
         fs.check_free_space(tmp_path, 64 * mib)
     assert str(info.value) == f"not enough free space in {tmp_path}: 64 MiB free, 80 MiB needed"
+
+
+def test_cli_max_model_mb_bounds_the_model(installed: Path, tmp_path: Path, bundles: Bundles,
+                                           monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """``--max-model-mb`` reaches the bundle check and the smoke child (mutants: the limits not passed,
+    the option not read as an int)."""
+    state = _copy_store(installed, tmp_path)
+    before = _links(state)
+    args = _fake_python(monkeypatch, tmp_path, PASSING_SMOKE)
+    size = len(read_bundle(bundles.v2, require_signature=False).model_bytes)
+    assert agent_main(["install-model", str(bundles.v2), "--state-dir", str(state), "--public-key",
+                       str(bundles.public), "--max-model-mb", "0", "--json"]) == 2
+    out = json.loads(capsys.readouterr().out)
+    assert (out["ok"], out["step"]) == (False, "verify"), out
+    assert f"model.tflite is {size} bytes, more than the 0 bytes a device accepts (max_model_mb)" in out["error"]
+    assert _links(state) == before and not args.exists()
+    assert agent_main(["install-model", str(bundles.v2), "--state-dir", str(state), "--public-key",
+                       str(bundles.public), "--max-model-mb", "1"]) == 0
+    assert args.read_text().splitlines()[3:] == ["--threads", "1", "--max-model-bytes", str(1 << 20)]
