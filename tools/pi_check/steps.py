@@ -19,12 +19,13 @@ class StepReport:
     """What happened to each step, in order, with its wall-clock time."""
 
     out: TextIO = field(default_factory=lambda: sys.stderr)
+    prefix: str = "pi-check"
     timings: list[tuple[str, float, str]] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
 
     def say(self, text: str) -> None:
-        print(f"pi-check: {text}", file=self.out, flush=True)
+        print(f"{self.prefix}: {text}", file=self.out, flush=True)
 
     @contextmanager
     def step(self, name: str) -> Iterator[Callable[[str], None]]:
