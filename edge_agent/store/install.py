@@ -270,7 +270,7 @@ def _name_given_bundle(exc: EdgeError, private: tuple[Path, ...], given: Path) -
     if message == str(exc):
         return exc
     renamed = copy.copy(exc)
-    renamed.args = (message, *exc.args[1:])
+    renamed.args = (message,)  # str(renamed) is str(exc) renamed, whatever args exc had
     return renamed
 
 

@@ -27,6 +27,8 @@ from edge_agent.model.bundle import (
     extract_bundle,
     pack_bundle,
     read_bundle,
+    read_bundle_dir,
+    read_manifest_bytes,
     sign_bundle,
     write_bundle,
 )
@@ -307,3 +309,86 @@ def test_extract_writes_every_member_and_the_signature_only_when_there_is_one(
     extract_bundle(read_bundle(bundle_path, keys[1]), signed)
     assert (signed / SIGNATURE).read_bytes() == _members(bundle_path)[SIGNATURE]
     assert sorted(p.name for p in signed.iterdir()) == sorted([MANIFEST, MODEL, LABELS, REPORT, SIGNATURE])
+
+
+# --------------------------------------------------------------------------- installed model directories
+
+
+def _installed(bundle_path: Path, directory: Path, public_key: Path | None = None) -> Path:
+    """``bundle_path`` extracted into ``directory`` as the store installs it (``models/<sha256>/``)."""
+    directory.mkdir()
+    extract_bundle(read_bundle(bundle_path, public_key), directory)
+    return directory
+
+
+def test_read_bundle_dir_reads_every_member_of_an_installed_model(tmp_path: Path, bundle_path: Path) -> None:
+    directory = _installed(bundle_path, tmp_path / "model")
+    bundle = read_bundle_dir(str(directory))  # type: ignore[arg-type]  # a str is taken as a path
+    assert bundle.path == directory
+    assert bundle.model_bytes == MODEL_BYTES  # kept (keep_model=True), not streamed away
+    assert bundle.manifest_bytes == _members(bundle_path)[MANIFEST]
+    assert dict(bundle.files) == {LABELS: _extra()[LABELS], REPORT: _extra()[REPORT]}
+    assert bundle.labels == ["a", "b", "c"] and bundle.report == {"size_ratio": 0.25}
+    assert (bundle.signature, bundle.signature_verified) == (None, False)
+
+
+def test_read_bundle_dir_applies_the_limits_given(tmp_path: Path, bundle_path: Path) -> None:
+    directory = _installed(bundle_path, tmp_path / "model")
+    size = len(MODEL_BYTES)
+    assert read_bundle_dir(directory, limits=BundleLimits(model_bytes=size)).model_bytes == MODEL_BYTES
+    assert _error(BundleError, lambda: read_bundle_dir(directory, limits=BundleLimits(model_bytes=size - 1))) == (
+        f"{directory}: {MODEL} is {size} bytes, more than the {size - 1} bytes a device accepts (max_model_mb); "
+        "refusing the bundle")
+
+
+def test_read_bundle_dir_checks_the_signature_with_the_key_given(tmp_path: Path, bundle_path: Path,
+                                                                  keys: tuple[Path, Path]) -> None:
+    unsigned = _installed(bundle_path, tmp_path / "unsigned")
+    assert _error(SignatureError, lambda: read_bundle_dir(unsigned, keys[1])) == (
+        f"{unsigned} is not signed but a signature is required; sign it with `edge-deploy sign`")
+    assert not read_bundle_dir(unsigned, keys[1], require_signature=False).signature_verified  # waived
+    sign_bundle(bundle_path, load_private_key(keys[0]))
+    signed = _installed(bundle_path, tmp_path / "signed", keys[1])
+    assert read_bundle_dir(signed, keys[1]).signature_verified
+
+
+def test_read_bundle_dir_names_the_directory_in_its_errors(tmp_path: Path, bundle_path: Path) -> None:
+    directory = _installed(bundle_path, tmp_path / "model")
+    weights = directory / MODEL
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # same size, other content
+    weights.write_bytes(bytes(data))
+    assert _error(BundleError, lambda: read_bundle_dir(directory)) == (
+        f"{directory}: {MODEL} does not match the manifest sha256 (altered or corrupt)")
+
+
+def test_read_bundle_dir_takes_only_regular_files_as_members(tmp_path: Path, bundle_path: Path) -> None:
+    """A symlink (or a directory) under a member's name is no member, even when it leads to the right
+    bytes: an installed model is plain files (guards S_ISREG of _DirectoryMembers.size)."""
+    directory = _installed(bundle_path, tmp_path / "model")
+    elsewhere = tmp_path / "labels-elsewhere.txt"
+    (directory / LABELS).rename(elsewhere)
+    (directory / LABELS).symlink_to(elsewhere)
+    assert _error(BundleError, lambda: read_bundle_dir(directory)) == (
+        f"{directory}: {LABELS} is listed in the manifest but missing")
+    (directory / LABELS).unlink()
+    (directory / LABELS).mkdir()
+    assert _error(BundleError, lambda: read_bundle_dir(directory)) == (
+        f"{directory}: {LABELS} is listed in the manifest but missing")
+
+
+def test_read_manifest_bytes_names_the_bundle_in_its_errors(tmp_path: Path, bundle_path: Path) -> None:
+    members = _members(bundle_path)
+    del members[MANIFEST]
+    incomplete = tmp_path / "incomplete.bundle"
+    _rezip(incomplete, members)
+    assert _error(BundleError, lambda: read_manifest_bytes(incomplete)) == (
+        f"{incomplete} has no {MANIFEST}; it is not a complete bundle")
+    data = bytearray(bundle_path.read_bytes())
+    start = data.index(b"PK\x03\x04")  # the first local header: the manifest, deflated
+    name_len, extra_len = int.from_bytes(data[start + 26:start + 28], "little"), int.from_bytes(
+        data[start + 28:start + 30], "little")
+    data[start + 30 + name_len + extra_len + 5] ^= 0xFF
+    bundle_path.write_bytes(bytes(data))
+    assert _error(BundleError, lambda: read_manifest_bytes(bundle_path)).startswith(
+        f"{bundle_path}: member {MANIFEST} is corrupt (")

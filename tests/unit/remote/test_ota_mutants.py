@@ -10,6 +10,7 @@ import http.server
 import shutil
 import threading
 import time
+import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -20,10 +21,10 @@ from edge_agent.agent.agent import Agent
 from edge_agent.config import AgentConfig, OtaSection
 from edge_agent.control import ProbeSample
 from edge_agent.errors import EdgeError
-from edge_agent.model.bundle import MANIFEST, MODEL, read_bundle
+from edge_agent.model.bundle import MANIFEST, MODEL, BundleLimits, read_bundle
 from edge_agent.model.keys import generate_keypair, load_private_key
 from edge_agent.remote import ota
-from edge_agent.remote.download import DownloadError, download
+from edge_agent.remote.download import Abort, DownloadError, download
 from edge_agent.remote.ota import OtaError, OtaUpdater, ProbationPolicy, UpdateRequest, parse_update_args
 from edge_agent.remote.protocol import Ack, CommandContext, CommandError, Route
 from edge_agent.store import install as store_install
@@ -769,6 +770,7 @@ def test_the_update_worker_is_a_daemon_thread(tmp_path: Path) -> None:
     updater.join(60)
     assert [a.status for a in replies] == ["failed"]
     assert seen and seen[0] is not threading.main_thread() and seen[0].daemon
+    assert seen[0].name == "ota"  # how the worker shows in thread dumps (py-spy, threading.enumerate)
 
 
 def test_join_gives_up_after_its_timeout(tmp_path: Path) -> None:
@@ -1055,3 +1057,117 @@ def test_probation_ends_exactly_at_its_deadline(env: Env, tmp_path: Path, monkey
     assert clock.sleeps == sleeps
     assert clock.now == 1000.0 + duration
     assert host._probe_count == 2 + len(sleeps)  # the baseline, then one probe per check
+
+
+# --------------------------------------------------------------------------- survivors of the fourth mutation run
+
+
+def test_a_rollback_between_reserve_and_launch_cancels_the_update(env: Env, tmp_path: Path) -> None:
+    """The update command claims the updater, acks, and only then launches the worker: a rollback in
+    between cancels the claimed update (reserve makes its Abort, the worker gets that very one)."""
+    state = env.store(tmp_path)
+    updater = updater_for(Host(state, env.public))
+    updater.reserve()
+    back = updater.rollback("r1")
+    assert (back.id, back.status, back.reason) == (
+        "r1", "failed", "rollback: there is no previous model to roll back to")
+    replies: list[Ack] = []
+    updater.launch(env.request(env.v2), "u1", replies.append)
+    updater.join(120)
+    assert [(a.id, a.status, a.reason) for a in replies] == [
+        ("u1", "failed", "cancelled: the rollback command r1 took over")]
+    assert not updater.busy and _active_sha(state) == sha256_file(env.v1)
+
+
+def test_a_cancelled_update_never_requests_the_bundle(env: Env, tmp_path: Path) -> None:
+    """The update's Abort reaches the download: once cancelled, its connection is shut down before the
+    request goes out (a download without it would fetch the whole bundle first)."""
+    requested: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # the http.server API
+            requested.append(self.path)
+            body = env.v2.read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        state = env.store(tmp_path)
+        request = env.request(env.v2, url=f"http://127.0.0.1:{httpd.server_address[1]}/v2.bundle")
+        abort = Abort()
+        abort.cancel("cancelled: the rollback command r1 took over")
+        ack = updater_for(Host(state, env.public)).update(request, "u1", lambda a: None, abort)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
+    assert (ack.id, ack.status, ack.reason) == ("u1", "failed", "cancelled: the rollback command r1 took over")
+    assert requested == []
+    assert list((state / ota.DOWNLOADS).iterdir()) == [] and _active_sha(state) == sha256_file(env.v1)
+
+
+def test_a_rollback_before_probation_leaves_no_probation_record(env: Env, tmp_path: Path) -> None:
+    """A rollback that takes over right after the swap (here: while the in_progress ack is sent) ends
+    the update without touching the store again: probation never starts on the model rolled back."""
+    state = env.store(tmp_path)
+    updater = updater_for(Host(state, env.public))
+    replies: list[Ack] = []
+    rolled: list[Ack] = []
+
+    def reply(ack: Ack) -> None:
+        replies.append(ack)
+        if ack.status == "in_progress":
+            rolled.append(updater.rollback("r1"))
+
+    updater.start_update(env.request(env.v2, probation_s=600), "u1", reply)
+    updater.join(120)
+    assert [(a.id, a.status) for a in rolled] == [("r1", "succeeded")]
+    assert [(a.id, a.status, a.reason) for a in replies[1:]] == [
+        ("u1", "failed", "cancelled: the rollback command r1 took over")]
+    assert store_probation.read_probation(state) is None
+    assert _active_sha(state) == sha256_file(env.v1) and not updater.busy
+
+
+def test_the_command_signature_is_checked_within_the_devices_limits(env: Env, tmp_path: Path) -> None:
+    """The detached signature check opens the bundle with the agent's limits ([model] max_model_mb),
+    so a bundle too large for the device is refused before anything is installed."""
+    manifest = read_bundle(env.v2, require_signature=False).manifest
+    size = manifest.model.size_bytes
+    signature = base64.b64encode(load_private_key(env.private).sign(
+        read_bundle(env.v2, require_signature=False).manifest_bytes)).decode()
+    state = env.store(tmp_path)
+    updater = updater_for(Host(state, env.public))
+    updater.limits = BundleLimits(model_bytes=size - 1)
+    ack = updater.update(env.request(env.v2, signature=signature), "u1", lambda a: None)
+    assert (ack.id, ack.status) == ("u1", "failed")
+    assert ack.reason.startswith(f"{state / ota.DOWNLOADS}/")  # no step: refused before the store's copy
+    assert ack.reason.endswith(f": {MODEL} is {size} bytes, more than the {size - 1} bytes a device accepts "
+                               "(max_model_mb); refusing the bundle")
+    assert _active_sha(state) == sha256_file(env.v1)
+
+
+def test_an_update_without_a_thread_is_answered_and_frees_the_updater(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    class NoThread(threading.Thread):  # the OS refuses a new thread
+        def start(self) -> None:
+            raise RuntimeError("can't start new thread")
+
+    class FixedHost:
+        bundle_key = None
+        fixed_model = tmp_path / "model.bundle"
+        state_dir = tmp_path
+
+    updater = updater_for(FixedHost())
+    monkeypatch.setattr(ota, "threading", types.SimpleNamespace(Thread=NoThread))
+    replies: list[Ack] = []
+    updater.start_update(UpdateRequest("file:///m", SHA, 1), "u1", replies.append)
+    assert replies == [Ack("u1", "failed", "internal_error: cannot start the update thread")]
+    assert not updater.busy

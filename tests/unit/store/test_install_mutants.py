@@ -22,7 +22,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent.cli.main import main as agent_main
-from edge_agent.errors import BundleError
+from edge_agent.errors import BundleError, EdgeError
 from edge_agent.model import compat
 from edge_agent.model.bundle import MANIFEST, MAX_MODEL_BYTES, MODEL, read_bundle
 from edge_agent.model.keys import generate_keypair, load_private_key
@@ -1528,3 +1528,19 @@ def test_cli_max_model_mb_bounds_the_model(installed: Path, tmp_path: Path, bund
     assert agent_main(["install-model", str(bundles.v2), "--state-dir", str(state), "--public-key",
                        str(bundles.public), "--max-model-mb", "1"]) == 0
     assert args.read_text().splitlines()[3:] == ["--threads", "1", "--max-model-bytes", str(1 << 20)]
+
+
+def test_name_given_bundle_renames_only_messages_that_name_a_private_copy(tmp_path: Path) -> None:
+    """An error naming the internal copy or staging directory gets the user's path in a copy that keeps its
+    type and step; one naming neither is the very same error (raised as is, no chain)."""
+    temp, staging = tmp_path / "tmp" / "incoming-1.part", tmp_path / "tmp" / "staging-1"
+    given = Path("/home/me/colours.bundle")
+    plain = InstallError("colours 1.0 is older than the active 1.9", step="verify")
+    assert store_install._name_given_bundle(plain, (temp, staging), given) is plain
+    smoke = InstallError(f"smoke test of {staging} failed", step="smoke")
+    renamed = store_install._name_given_bundle(smoke, (temp, staging), given)
+    assert type(renamed) is InstallError and renamed.step == "smoke"  # type: ignore[attr-defined]
+    assert str(renamed) == f"smoke test of {given} failed" and str(smoke) == f"smoke test of {staging} failed"
+    detailed = EdgeError(f"{temp}: damaged", "a second argument")  # str() is the repr of both args
+    assert str(store_install._name_given_bundle(detailed, (temp, staging), given)) == (
+        str(detailed).replace(str(temp), str(given)))
