@@ -189,12 +189,11 @@ class Outbox:
         except sqlite3.Error as exc:
             log.warning("outbox: cannot number new rows above %d: %s", top_id, exc)
 
-    def _discard_damaged(self, error: sqlite3.Error) -> None:
-        """The database turned out damaged while running: set it aside; the next put opens an
-        empty one. Rows in flight are forgotten (their ids mean nothing in the new file)."""
-        if self._table is not None:
-            with contextlib.suppress(sqlite3.Error):
-                self._table.close()
+    def _discard_damaged(self, table: OutboxTable, error: sqlite3.Error) -> None:
+        """The open ``table`` turned out damaged while running: set it aside; the next put opens
+        an empty one. Rows in flight are forgotten (their ids mean nothing in the new file)."""
+        with contextlib.suppress(sqlite3.Error):
+            table.close()
         self._table = None
         self._inflight.clear()
         self._retry_after.clear()
@@ -247,7 +246,7 @@ class Outbox:
         except sqlite3.Error as exc:
             reason = failure_reason(exc)
             if reason == "corrupt":
-                self._discard_damaged(exc)
+                self._discard_damaged(table, exc)
             return reason
         self.counters.enqueued += 1
         self._failure.recovered()
@@ -282,9 +281,8 @@ class Outbox:
 
     # ---- sender side --------------------------------------------------------------------
     def take(self, limit: int) -> list[OutboxRow]:
-        """The next ``limit`` rows not already in flight, oldest first; marks them in flight."""
-        if limit <= 0:
-            return []
+        """The next ``limit`` rows not already in flight, oldest first (none for a ``limit`` of 0
+        or less); marks them in flight."""
         now = time.monotonic()
         with self._lock:
             table = self._usable()
@@ -295,7 +293,7 @@ class Outbox:
             except sqlite3.Error as exc:
                 log.warning("outbox: reading queued rows failed: %s", exc)
                 if failure_reason(exc) == "corrupt":
-                    self._discard_damaged(exc)
+                    self._discard_damaged(table, exc)
                 return []
 
     def _take(self, table: OutboxTable, limit: int, now: float) -> list[OutboxRow]:
@@ -349,14 +347,14 @@ class Outbox:
                 log.error("outbox: %d acknowledged row(s) were no longer queued", len(present) - len(found))
             self._undeleted.update(found)
             self.counters.delivered += len(found)
-            self._delete_acknowledged()
+            self._delete_acknowledged(table)
 
-    def _delete_acknowledged(self) -> None:
-        """Delete the acknowledged rows still in the table (all or none)."""
-        if not self._undeleted or self._table is None:
+    def _delete_acknowledged(self, table: OutboxTable) -> None:
+        """Delete the acknowledged rows still in the open ``table`` (all or none)."""
+        if not self._undeleted:
             return
         try:
-            with self._table.transaction():
+            with table.transaction():
                 self._delete(list(self._undeleted), sum(self._undeleted.values()))
         except sqlite3.Error as exc:
             self._failure.note_undeleted(failure_reason(exc), len(self._undeleted))
@@ -423,7 +421,7 @@ class Outbox:
             table = self._usable()
             if table is None:
                 return 0
-            self._delete_acknowledged()
+            self._delete_acknowledged(table)
             try:
                 rows = table.created_before(cutoff)
                 victims = [(rid, sz) for rid, sz in rows if rid not in self._inflight and rid not in self._undeleted]
@@ -491,7 +489,7 @@ class _FailureLog:
         self.reason = "other"
         self._failing = False
         self._since_log = 0
-        self._logged_at = 0.0
+        self._logged_at = -LOG_EVERY_S  # the first failure is logged even in the first minute after boot
         self._opened_logged_at = -LOG_EVERY_S
 
     def note(self, reason: str, sent: bool) -> None:
