@@ -89,3 +89,34 @@ def test_unit_contract() -> None:
     assert {"char-video4linux rw", "char-alsa rw"} <= set(settings["DeviceAllow"])
     assert any(v.startswith("mqtt-password:") for v in settings["LoadCredential"])
     assert settings["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+
+
+TEMPLATE = UNIT.with_name("edge-agent@.service")
+# The only lines in which edge-agent@.service may differ from edge-agent.service: what makes an
+# instance (its config, state directory and name). Every hardening line is shared.
+INSTANCE_LINES = ("Description=", "ConditionPathExists=", "ExecStart=", "StateDirectory=")
+
+
+def _settings_lines(path: Path) -> list[str]:
+    return [line for line in path.read_text().splitlines() if line and not line.startswith("#")]
+
+
+def test_template_is_the_unit_with_an_instance() -> None:
+    """edge-agent@.service runs with the same sandbox as edge-agent.service; only the instance lines differ."""
+    unit, template = _settings_lines(UNIT), _settings_lines(TEMPLATE)
+    assert [line for line in unit if not line.startswith(INSTANCE_LINES)] == \
+        [line for line in template if not line.startswith(INSTANCE_LINES)]
+    instance = {line.partition("=")[0]: line.partition("=")[2] for line in template if line.startswith(INSTANCE_LINES)}
+    assert instance["ExecStart"].endswith("--config /etc/edge-agent/%i.toml")
+    assert instance["StateDirectory"] == "edge-agent-%i"
+    assert instance["ConditionPathExists"] == "/var/lib/edge-agent-%i/models/current"
+    assert "%i" in instance["Description"]
+
+
+@pytest.mark.parametrize("unit", [UNIT, TEMPLATE], ids=["unit", "template"])
+def test_start_waits_for_the_first_model(unit: Path) -> None:
+    """Installed before any model, a start is skipped by a condition on the store, not failed (and retried)."""
+    text = unit.read_text()
+    state = "edge-agent-%i" if "@" in unit.name else "edge-agent"
+    assert f"ConditionPathExists=/var/lib/{state}/models/current" in text
+    assert f"StateDirectory={state}\n" in text

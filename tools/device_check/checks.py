@@ -130,15 +130,16 @@ def check_first_push(fleet: Fleet, bundle: Path) -> str:
     """push starts the service; active only after READY=1 (model loaded); results and health arrive."""
     fleet.deploy("push", bundle)
     fleet.wait_state("active")
-    journal = fleet.box.run(["journalctl", "-u", SERVICE, "-o", "cat", "--no-pager"]).stdout.splitlines()
-    started = _first(journal, lambda line: line.startswith("Started "))
-    loaded = _first(journal, lambda line: "model" in line and "loaded" in line)
-    if started is None or loaded is None or loaded > started:
-        raise StepError(f"systemd did not report the start after the model was loaded (loaded at line {loaded}, "
-                        f"started at {started})")
+    # READY=1 carries STATUS=model NAME VERSION: systemd left "activating" only once the model was loaded
+    status = fleet.service("StatusText")
+    manifest = read_bundle(bundle, require_signature=False).manifest
+    if f"model {manifest.name} {manifest.version}" not in status:
+        raise StepError(f"the service is active but its READY status is {status!r}, not the loaded model")
+    started = int(fleet.service("ExecMainStartTimestampMonotonic") or 0)
+    active = int(fleet.service("ActiveEnterTimestampMonotonic") or 0)
     fleet.serving(bundle)
     fleet.wait(lambda: len(fleet.watcher.on("/health")) >= 2, HANG_S, "no health messages")
-    return f"active after READY=1 (journal: model loaded at line {loaded}, Started at {started}); results and health"
+    return f"activating for {(active - started) / 1e6:.2f} s until READY=1 ({status!r}); results and health"
 
 
 def check_push_and_reload(fleet: Fleet, bundle: Path) -> str:
@@ -268,10 +269,6 @@ def check_instances(fleet: Fleet, wheelhouse: Path, bundle: Path, configs: dict[
 
 def _grown(fleet: Fleet, device: str, count: int) -> bool:
     return len(fleet.results(device)) >= count
-
-
-def _first(lines: list[str], predicate: Callable[[str], bool]) -> int | None:
-    return next((i for i, line in enumerate(lines) if predicate(line)), None)
 
 
 def _last_seq(results: list[Seen]) -> int:

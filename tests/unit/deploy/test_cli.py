@@ -98,7 +98,7 @@ def test_install_agent_steps(tmp_path: Path) -> None:
     assert all(c.startswith("sudo -n ") for c in commands)
     uploads = [s.upload for s in steps if s.upload]
     assert actions.DEFAULT_UNIT_FILE in uploads and actions.DEFAULT_CONFIG_FILE in uploads
-    assert steps[-1].description == "enable and start the service"
+    assert steps[-1].description == "enable and start edge-agent"
     assert any("credentials/mqtt-password (mode 0600)" in s.description for s in steps)
     assert not any("mqtt-client.key (mode" in s.description for s in steps)
     assert isinstance(args, argparse.Namespace)
@@ -171,8 +171,8 @@ def test_install_agent_default_paths_unchanged() -> None:
     assert f" {actions.UNIT_PATH};" in commands and f"{actions.CONFIG_DIR}/config.toml" in commands
     assert "python3 -m venv /opt/edge-agent/venv" in commands
     assert all(s.destination.startswith("/tmp/") for s in actions.install_agent_steps(args) if s.upload)
-    assert actions.install_agent_steps(args)[-1].command.endswith(
-        "systemctl enable --now edge-agent && systemctl is-active edge-agent")
+    assert "systemctl daemon-reload && systemctl enable --now edge-agent || exit 1; " \
+        "systemctl is-active --quiet edge-agent && exit 0; " in actions.install_agent_steps(args)[-1].command
 
 
 @pytest.mark.parametrize("flag", ["--root", "--upload-dir", "--venv"])
