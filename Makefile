@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: all install sysdeps test unit lint demo bench mutate pi-check clean
+.PHONY: all install sysdeps test unit lint demo bench mutate pi-check device-check clean
 
 all: test
 
@@ -51,6 +51,13 @@ bench: install sysdeps
 # chroot; the rootfs, wheels and bundle are cached ($EDGE_PI_CACHE, else /var/cache/edge-pi-check).
 pi-check: install sysdeps
 	$(PY) -m tools.pi_check
+
+# The agent as a real systemd service in a Debian 12 box (systemd-nspawn, systemd as PID 1),
+# installed with edge-deploy install-agent --wheelhouse and driven from the host only
+# (docs/device-check.md). Needs root; the rootfs and bundles are cached ($EDGE_DEVICE_CACHE,
+# else /var/cache/edge-device-check).
+device-check: install sysdeps
+	$(PY) -m tools.device_check
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache demo-out mutants

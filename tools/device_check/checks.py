@@ -208,6 +208,8 @@ def check_slow_broker(fleet: Fleet) -> str:
         os.kill(fleet.broker.proc.pid, signal.SIGCONT)
     after = before + 50
     fleet.wait(lambda: _last_seq(fleet.results()) > after, HANG_S, "results did not resume after the broker")
+    # queued results are replayed beside live ones, in any order: wait for the whole range
+    fleet.watcher.wait(lambda: not _missing(fleet.results(), before, after), HANG_S)
     missing = _missing(fleet.results(), before, after)
     if missing:
         raise StepError(f"{len(missing)} results produced while the broker was frozen never arrived: {missing[:5]}")
@@ -229,6 +231,7 @@ def check_reboot(fleet: Fleet, bundle: Path) -> str:
     if not queued:
         raise StepError("no result produced before the reboot arrived after it")
     upto = max(int(m.body["seq"]) for m in queued)
+    fleet.watcher.wait(lambda: not _missing(fleet.results(), before, upto), HANG_S)
     missing = _missing(fleet.results(), before, upto)
     if missing:
         raise StepError(f"{len(missing)} results queued before the reboot were lost: {missing[:5]}")
