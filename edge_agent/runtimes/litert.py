@@ -85,6 +85,19 @@ def tensor_spec(detail: dict[str, Any], layout: str = "") -> TensorSpec:
 
 # Lines the native runtime prints to stderr on every start; they say nothing to a user.
 _NOISE = (b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",)
+# What the cpuinfo library prints when it cannot read the CPU's description: XNNPACK does not
+# start then, and every model runs on the reference kernels (about 100x slower for the digits
+# model). A systemd unit with ProcSubset=pid hides /proc/cpuinfo and does exactly this.
+CPUINFO_ERROR = b"Error in cpuinfo"
+CPUINFO_WARNING = ("LiteRT cannot read /proc/cpuinfo, so XNNPACK is off and inference runs on slow reference "
+                   "kernels; if this runs under systemd, remove ProcSubset=pid from the unit")
+_cpuinfo_warned: set[str] = set()  # once per process
+
+
+def _warn_cpuinfo(lines: list[bytes]) -> None:
+    if not _cpuinfo_warned and any(line.startswith(CPUINFO_ERROR) for line in lines):
+        _cpuinfo_warned.add(CPUINFO_WARNING)
+        log.warning(CPUINFO_WARNING)
 
 
 @contextlib.contextmanager
@@ -117,6 +130,7 @@ def _filter_native_stderr() -> Iterator[None]:
                     if line.rstrip() not in _NOISE]
             if kept:
                 os.write(2, b"".join(kept))
+                _warn_cpuinfo(kept)
 
 
 def _check_delegate_library(path: str) -> None:

@@ -26,6 +26,7 @@ from deploy.fleet import send_command
 from edge_agent.messaging.settings import MqttSettings
 from edge_agent.model.bundle import read_bundle
 from edge_agent.model.loader import bundle_identity
+from edge_agent.runtimes.litert import CPUINFO_WARNING
 from edge_agent.util.fs import sha256_file
 from tools.device_check.artefacts import Operator
 from tools.device_check.box import Box
@@ -78,6 +79,11 @@ class Fleet:
         if found != {want}:
             raise StepError(f"results come from {sorted(map(str, found))}, not {bundle.name} ({want[:12]})")
         return fresh
+
+    def sent(self, device: str | None = None) -> list[Seen]:
+        """Everything the device published (results, health, status, acks): one ``seq`` numbers them all."""
+        device = device or self.device_id
+        return [m for m in self.watcher.on("") if f"/{device}/" in m.topic and "seq" in m.body]
 
     def service(self, prop: str, unit: str = SERVICE) -> str:
         return self.box.show(unit, prop)
@@ -135,11 +141,16 @@ def check_first_push(fleet: Fleet, bundle: Path) -> str:
     manifest = read_bundle(bundle, require_signature=False).manifest
     if f"model {manifest.name} {manifest.version}" not in status:
         raise StepError(f"the service is active but its READY status is {status!r}, not the loaded model")
+    journal = fleet.box.run(["journalctl", "-u", SERVICE, "-o", "cat", "--no-pager"]).stdout
+    if CPUINFO_WARNING in journal or "Error in cpuinfo" in journal:
+        raise StepError("under the unit's sandbox LiteRT cannot read /proc/cpuinfo: XNNPACK is off "
+                        "(ProcSubset=pid?)")
     started = int(fleet.service("ExecMainStartTimestampMonotonic") or 0)
     active = int(fleet.service("ActiveEnterTimestampMonotonic") or 0)
     fleet.serving(bundle)
     fleet.wait(lambda: len(fleet.watcher.on("/health")) >= 2, HANG_S, "no health messages")
-    return f"activating for {(active - started) / 1e6:.2f} s until READY=1 ({status!r}); results and health"
+    return (f"activating for {(active - started) / 1e6:.2f} s until READY=1 ({status!r}); XNNPACK on; "
+            "results and health")
 
 
 def check_push_and_reload(fleet: Fleet, bundle: Path) -> str:
@@ -209,10 +220,10 @@ def check_slow_broker(fleet: Fleet) -> str:
     after = before + 50
     fleet.wait(lambda: _last_seq(fleet.results()) > after, HANG_S, "results did not resume after the broker")
     # queued results are replayed beside live ones, in any order: wait for the whole range
-    fleet.watcher.wait(lambda: not _missing(fleet.results(), before, after), HANG_S)
-    missing = _missing(fleet.results(), before, after)
+    fleet.watcher.wait(lambda: not _missing(fleet.sent(), before, after), HANG_S)
+    missing = _missing(fleet.sent(), before, after)
     if missing:
-        raise StepError(f"{len(missing)} results produced while the broker was frozen never arrived: {missing[:5]}")
+        raise StepError(f"{len(missing)} messages sent while the broker was frozen never arrived: {missing[:5]}")
     return (f"broker frozen {WATCHDOG_S + 10} s: no restart (NRestarts {restarts}); "
             f"seq {before + 1}..{after} all arrived")
 
@@ -231,10 +242,10 @@ def check_reboot(fleet: Fleet, bundle: Path) -> str:
     if not queued:
         raise StepError("no result produced before the reboot arrived after it")
     upto = max(int(m.body["seq"]) for m in queued)
-    fleet.watcher.wait(lambda: not _missing(fleet.results(), before, upto), HANG_S)
-    missing = _missing(fleet.results(), before, upto)
+    fleet.watcher.wait(lambda: not _missing(fleet.sent(), before, upto), HANG_S)
+    missing = _missing(fleet.sent(), before, upto)
     if missing:
-        raise StepError(f"{len(missing)} results queued before the reboot were lost: {missing[:5]}")
+        raise StepError(f"{len(missing)} messages queued before the reboot were lost: {missing[:5]}")
     return f"box {state} again; {len(queued)} results queued before the reboot delivered (seq {before + 1}..{upto})"
 
 
@@ -278,8 +289,9 @@ def _last_seq(results: list[Seen]) -> int:
     return max((int(m.body.get("seq", 0)) for m in results), default=0)
 
 
-def _missing(results: list[Seen], after: int, upto: int) -> list[int]:
-    seen = {int(m.body.get("seq", 0)) for m in results}
+def _missing(sent: list[Seen], after: int, upto: int) -> list[int]:
+    """The numbers in (after, upto] that no message carried: lost messages."""
+    seen = {int(m.body.get("seq", 0)) for m in sent}
     return [n for n in range(after + 1, upto + 1) if n not in seen]
 
 
