@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -23,7 +22,7 @@ from edge_agent.store import pidfile as store_pidfile
 from tests.fixtures_ssh import BundleSet, DeployKeys
 from tests.integration.agent_helpers import agent_env
 from tests.integration.mjpeg import MjpegServer
-from tests.unit.agent.test_sdnotify import HANG, FakeSystemd, wait_for_true
+from tests.unit.agent.test_sdnotify import HANG
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,51 +82,10 @@ class Agent:
         return err.decode()
 
 
-QUIET_RUN = 4  # health STATUS lines in a row with no WATCHDOG=1 between them: the pings stopped
-
-
-def _quiet_run(lines: list[str], run: int) -> bool:
-    """``run`` consecutive health STATUS lines (sent every --health-interval by the agent's health
-    thread, whatever the camera does) with no WATCHDOG=1 among them. The window is bounded by the
-    agent's own messages, in the order the socket queued them: no clock, no sleep."""
-    quiet = 0
-    for line in lines:
-        if line == "WATCHDOG=1":
-            quiet = 0
-        elif line.startswith("STATUS=") and "fps inferred" in line:
-            quiet += 1
-            if quiet >= run:
-                return True
-    return False
-
-
-def test_real_agent_notifies_systemd(state: Path, stream: MjpegServer, tmp_path: Path) -> None:
-    fake = FakeSystemd(str(tmp_path / "notify.sock"))
-    env = {**agent_env(), "NOTIFY_SOCKET": fake.address, "WATCHDOG_USEC": "400000"}  # a tick every 0.2 s
-    agent = Agent("--state-dir", str(state), "--source", stream.url, "--events", "every",
-                  "--health-interval", "0.3", env=env)
-    try:
-        fake.wait_for("READY=1")
-        fake.wait_for("STATUS=")
-        fake.wait_for("STATUS=", after=fake.mark())  # periodic, with fps
-        assert any("fps" in line for line in fake.lines() if line.startswith("STATUS="))
-        fake.wait_count("WATCHDOG=1", 3, after=fake.mark())  # fed while inferring
-        stall = fake.mark()
-        stream.stop()  # the camera stalls: no frames, no inference progress
-        # The pings stop (a watchdog fed regardless of progress never leaves 0.9 s without one) …
-        wait_for_true(lambda: _quiet_run(fake.lines(after=stall), QUIET_RUN), what="pause in WATCHDOG=1")
-        # … and the agent stays up, just not feeding the watchdog, for another quiet run.
-        quiet = fake.mark()
-        wait_for_true(lambda: sum(line.startswith("STATUS=") for line in fake.lines(after=quiet)) >= QUIET_RUN,
-                      what="more health STATUS lines")
-        assert "WATCHDOG=1" not in fake.lines(after=quiet)
-        assert agent.proc.poll() is None  # alive, just not feeding the watchdog
-        agent.proc.send_signal(signal.SIGTERM)
-        assert agent.proc.wait(timeout=HANG) == 0
-        fake.wait_for("STOPPING=1")
-    finally:
-        agent.close()
-        fake.close()
+# Readiness and the watchdog of the real agent are checked under a real systemd by `make
+# device-check` (tools/device_check: READY=1 only after the model loaded, a stalled camera
+# caught by WatchdogSec= with SIGABRT and a restart, a frozen broker not); the precise
+# protocol checks against a stand-in socket stay in tests/unit/agent/test_sdnotify.py.
 
 
 def test_running_agent_picks_up_installed_model(state: Path, stream: MjpegServer,

@@ -149,7 +149,10 @@ def check_first_push(fleet: Fleet, bundle: Path) -> str:
     active = int(fleet.service("ActiveEnterTimestampMonotonic") or 0)
     fleet.serving(bundle)
     fleet.wait(lambda: len(fleet.watcher.on("/health")) >= 2, HANG_S, "no health messages")
-    return (f"activating for {(active - started) / 1e6:.2f} s until READY=1 ({status!r}); XNNPACK on; "
+    live = _poll(lambda: fleet.service("StatusText"), lambda text: "fps" in text, HANG_S)
+    if "fps" not in live:
+        raise StepError(f"systemctl status never showed the agent's live figures (StatusText {live!r})")
+    return (f"status {live!r}; activating for {(active - started) / 1e6:.2f} s until READY=1 ({status!r}); XNNPACK on; "
             "results and health")
 
 
@@ -287,6 +290,16 @@ def check_instances(fleet: Fleet, wheelhouse: Path, bundle: Path, configs: dict[
 
 def _grown(fleet: Fleet, device: str, count: int) -> bool:
     return len(fleet.results(device)) >= count
+
+
+def _poll(read: Callable[[], str], done: Callable[[str], bool], timeout: float) -> str:
+    """``read()`` until ``done`` says yes or ``timeout`` passes; the last value read."""
+    deadline = time.monotonic() + timeout
+    value = read()
+    while not done(value) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        value = read()
+    return value
 
 
 def _last_seq(results: list[Seen]) -> int:
