@@ -107,6 +107,8 @@ class Box:
         (ssh_dir / "authorized_keys").write_text(authorized_key.strip() + "\n")
         os.chmod(ssh_dir / "authorized_keys", 0o600)
         (self.root / "etc/hostname").write_text(self.name + "\n")
+        # a persistent journal: what the agent said before a reboot is still there after it
+        (self.root / "var/log/journal").mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------------ life cycle
 

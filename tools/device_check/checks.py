@@ -236,24 +236,41 @@ def check_slow_broker(fleet: Fleet) -> str:
 
 
 def check_reboot(fleet: Fleet, bundle: Path) -> str:
-    """Broker away, box rebooted: the service is back on the same model and the queued results arrive."""
+    """Broker away, box rebooted: the service is back on the same model and the queued results arrive.
+
+    Every result the agent made before the reboot is counted by the agent itself: its stop summary
+    (``N published``, in the box's persistent journal of the previous boot) must equal the results
+    received from that process (its envelope ``session``), with no ``seq`` gap among them.
+    """
+    session = fleet.results()[-1].body.get("session")
     before = _last_seq(fleet.sent())
     fleet.broker.kill()
     time.sleep(4)  # results queue in the outbox
-    rebooted_at = time.time()
     state = fleet.box.reboot()
     fleet.wait_state("active")
     fleet.broker.start()
     fleet.serving(bundle)
-    queued = [m for m in fleet.results() if m.body.get("seq", 0) > before and _ts(m) < rebooted_at]
-    if not queued:
-        raise StepError("no result produced before the reboot arrived after it")
-    upto = max(int(m.body["seq"]) for m in queued)
-    fleet.watcher.wait(lambda: not _missing(fleet.sent(), before, upto), HANG_S)
+    summary = [line for line in fleet.box.run(["journalctl", "-b", "-1", "-u", SERVICE, "-o", "cat", "--no-pager"]
+                                              ).stdout.splitlines() if "SIGTERM:" in line]
+    match = re.search(r"(\d+) published", summary[-1]) if summary else None
+    if match is None:
+        raise StepError("the agent's stop summary is not in the journal of the boot before")
+    published = int(match.group(1))
+
+    def from_old() -> list[Seen]:
+        return [m for m in fleet.results() if m.body.get("session") == session]
+
+    fleet.watcher.wait(lambda: len({m.body.get("seq") for m in from_old()}) >= published, HANG_S)
+    received = {int(m.body.get("seq", 0)) for m in from_old()}
+    if len(received) != published:
+        raise StepError(f"the agent published {published} results before the reboot, {len(received)} arrived")
+    upto = max(received)
     missing = _missing(fleet.sent(), before, upto)
     if missing:
         raise StepError(f"{len(missing)} messages queued before the reboot were lost: {missing[:5]}")
-    return f"box {state} again; {len(queued)} results queued before the reboot delivered (seq {before + 1}..{upto})"
+    queued = sum(1 for n in received if n > before)
+    return (f"box {state} again on the same model; all {published} results of the process before the reboot "
+            f"arrived, {queued} of them queued while the broker was away (seq {before + 1}..{upto}, no gap)")
 
 
 def check_security(fleet: Fleet, unit: str = SERVICE) -> str:
