@@ -31,7 +31,7 @@ from tests.integration.test_agent_service import Agent
 from tests.unit.agent.test_sdnotify import HANG
 
 pytestmark = pytest.mark.integration
-ROUNDS = 10  # races of two agents started at once
+ROUNDS = 8  # races of two agents started at once
 
 
 @pytest.fixture
