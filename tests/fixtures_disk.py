@@ -26,10 +26,12 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def tmpfs(path: Path, size: str) -> Iterator[Path]:
-    """A tmpfs of ``size`` (mount's syntax, e.g. ``24m``) on the existing directory ``path`` for the
-    block; skips the test where mounting is not allowed (not root)."""
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)],
+def tmpfs(path: Path, size: str, options: str = "") -> Iterator[Path]:
+    """A tmpfs of ``size`` (mount's syntax, e.g. ``24m``; ``options`` adds more, e.g.
+    ``nr_inodes=8``) on the existing directory ``path`` for the block; skips the test where
+    mounting is not allowed (not root)."""
+    opts = ",".join(filter(None, [f"size={size}", "mode=0755", options]))
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)],
                           capture_output=True, text=True, timeout=30, check=False)
     if proc.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs (needs root): {proc.stderr.strip()}")

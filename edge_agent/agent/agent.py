@@ -29,6 +29,7 @@ from edge_agent.model.bundle import BundleLimits
 from edge_agent.model.loader import LoadedModel, ModelFile
 from edge_agent.model.manifest import AudioPreprocess
 from edge_agent.sources import Source, create_source
+from edge_agent.store.agent_lock import StateDirLock, claim_state_dir
 
 if TYPE_CHECKING:
     from edge_agent.agent.sdnotify import Notifier, Watchdog
@@ -66,6 +67,7 @@ class Agent:
         self._watchdog: Watchdog | None = None
         self._updater: OtaUpdater | None = None
         self._updater_lock = threading.Lock()
+        self._state_lock: StateDirLock | None = None
 
     # ------------------------------------------------------------------ state
 
@@ -210,10 +212,17 @@ class Agent:
         """Load the model, open the source, start the publisher and the threads."""
         self.pipeline.t_start = time.monotonic()
         state_dir = ensure_state_dir(self.config)
+        self._state_lock = claim_state_dir(state_dir)  # before anything else there; writes agent.pid
+        try:
+            self._start(state_dir)
+        except BaseException:
+            self._release_state_dir()
+            raise
+
+    def _start(self, state_dir: Path) -> None:
         note_start(state_dir)
         self.settings.load(state_dir)
         source = open_source_and_model(self.engine, self.config)
-        write_pid_file(state_dir)
         self.envelope = EnvelopeFactory(self.config.device_id, state_dir)
         self.publisher = self._make_publisher()
         self.publisher.start(self)
@@ -262,6 +271,13 @@ class Agent:
             self.publisher.stop(timeout)
         if self.engine.current is not None:
             note_stop(self.config.state_dir)
+        self._release_state_dir()
+
+    def _release_state_dir(self) -> None:
+        """Remove the pid file (if still ours) and drop the state directory lock."""
+        if self._state_lock is not None:
+            self._state_lock.release()
+            self._state_lock = None
 
     def run(self) -> None:
         """start → wait → stop."""
@@ -315,23 +331,10 @@ def note_start(state_dir: Path) -> None:
         log.warning("model store rolled back after repeated crashes: %s", rolled_back)
 
 
-def write_pid_file(state_dir: Path) -> None:
-    """Let ``edge-agent install-model`` find (and SIGHUP) the running agent; without it (a full
-    disk) the agent runs on and an install asks for a restart instead."""
-    from edge_agent.store import pidfile
-
-    try:
-        pidfile.write_pid_file(state_dir)
-    except OSError as exc:
-        log.warning("cannot write the pid file in %s (%s): installs cannot signal this agent",
-                    state_dir, exc.strerror or exc)
-
-
 def note_stop(state_dir: Path) -> None:
-    """Tell the model store the agent stopped cleanly (pid file gone, probation crash count kept)."""
-    from edge_agent.store import pidfile, probation
+    """Tell the model store the agent stopped cleanly (probation crash count kept)."""
+    from edge_agent.store import probation
 
-    pidfile.remove_pid_file(state_dir)
     try:
         probation.note_agent_stop(state_dir)
     except OSError as exc:

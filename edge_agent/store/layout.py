@@ -10,7 +10,8 @@ Layout under the state directory (``/var/lib/edge-agent`` under systemd)::
     tmp/               incoming copies and staging directories (same filesystem)
     probation.json     the model on probation (edge_agent.store.probation)
     trusted.pub        optional pinned Ed25519 key (also /etc/edge-agent/trusted.pub)
-    agent.pid          written by a running agent (edge_agent.store.pidfile)
+    agent.lock         flock held by the running agent: one per state directory (edge_agent.store.agent_lock)
+    agent.pid          written by the agent holding agent.lock (edge_agent.store.pidfile)
     store.lock         serialises installs and rollbacks (flock)
 
 Every change to the links is an ``os.replace`` followed by an fsync of ``models/``, so

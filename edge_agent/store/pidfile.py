@@ -45,15 +45,21 @@ def remove_pid_file(state_dir: Path) -> None:
     """Called by the agent at a clean stop; leaves another process's pid file alone."""
     path = Path(state_dir) / PID_FILE
     with contextlib.suppress(OSError):
-        if read_agent_pid(Path(state_dir)) == os.getpid():
+        if _pid_in_file(path) == os.getpid():
             path.unlink()
+
+
+def _pid_in_file(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])  # a second field is ignored
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def read_agent_pid(state_dir: Path) -> int | None:
     """The pid of the running agent, or None when the pid file is missing or stale."""
-    try:
-        pid = int((state_dir / PID_FILE).read_text().split()[0])  # a second field is ignored
-    except (OSError, ValueError, IndexError):
+    pid = _pid_in_file(Path(state_dir) / PID_FILE)
+    if pid is None:
         return None
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()

@@ -425,7 +425,8 @@ def test_an_agent_started_as_a_module_is_recognised(tmp_path: Path) -> None:
 def test_pid_file_defaults_to_this_process_and_is_removed_only_by_it(tmp_path: Path) -> None:
     path = store_pidfile.write_pid_file(tmp_path)
     assert path.read_text() == f"{os.getpid()}\n"
-    store_pidfile.remove_pid_file(tmp_path)  # ours only if /proc says so; either way no exception
+    store_pidfile.remove_pid_file(tmp_path)  # ours by the pid in it (the agent's own check needs no /proc)
+    assert not path.exists()
     other = tmp_path / "other"
     other.mkdir()
     agent = _child("edge-agent")
