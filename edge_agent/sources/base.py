@@ -329,6 +329,8 @@ class ReconnectingSource(Source):
             if image is None:
                 self._disconnect()
                 self._connected = False
+                if self._stop.is_set():  # stop() cut the read short: not a failure of the source
+                    break
                 self._reconnects += 1
                 self._failed(failure)
                 self._stop.wait(self._backoff.next_delay())

@@ -46,7 +46,8 @@ def _describe(exc: BaseException) -> str:
     return text[:MAX_REASON_CHARS]
 
 
-def _hide_credentials(text: str, password: str | None) -> str:
+def hide_credentials(text: str, password: str | None) -> str:
+    """``text`` with ``//user:password@`` in URLs (and ``password`` anywhere) replaced by ``***``."""
     text = re.sub(r"//[^@/\s]*@", "//***@", text)
     return text.replace(password, "***") if password else text
 
@@ -148,7 +149,7 @@ class StreamSource(ReconnectingSource):
 
     def _safe(self, text: str) -> str:
         """``text`` without the URL's credentials: messages end up in logs and health payloads."""
-        return _hide_credentials(text, self._password)
+        return hide_credentials(text, self._password)
 
     def state(self) -> dict[str, Any]:
         state = super().state()
