@@ -29,6 +29,7 @@ POLL_S = 0.2  # a blocked read looks at stop() this often
 STDERR_KEEP_BYTES = 4096  # of the command's stderr held in memory
 STDERR_REASON_CHARS = 300  # of it quoted in last_error
 KILL_GRACE_S = 2.0  # between SIGTERM and SIGKILL of the command's process group
+EXIT_WAIT_S = 0.2  # for the exit status of a command whose output broke off
 
 
 def parse_command(uri: str) -> list[str]:
@@ -144,24 +145,25 @@ class CommandSource(ReconnectingSource):
             if data is None:
                 if self._stop.is_set():
                     return None
-                raise SourceError(self._exit_reason())
+                self._exit_reason(KILL_GRACE_S)  # the output ended: give the command time to exit
+                raise SourceError("the command closed its output but still runs")
             return decode_jpeg(data, self._max_pixels)
         except TimeoutError as exc:
             raise SourceStallError(self._with_stderr(f"exec: no output for {self._timeout:g} s")) from exc
         except SourceStallError as exc:
             raise SourceStallError(self._with_stderr(f"exec: {exc}")) from exc
-        except SourceError as exc:
-            raise SourceError(self._with_stderr(f"exec: {exc}")) from exc
+        except SourceError as exc:  # the output ended or is not MJPEG: say first whether the command exited
+            raise SourceError(self._with_stderr(f"exec: {self._exit_reason(EXIT_WAIT_S) or exc}")) from exc
         except OSError as exc:
             raise SourceError(self._with_stderr(f"exec: reading the command's output failed: {exc}")) from exc
 
-    def _exit_reason(self) -> str:
-        """Why stdout ended: the command's exit status (waited for briefly)."""
+    def _exit_reason(self, wait_s: float) -> str | None:
+        """The command's exit status (waited for up to ``wait_s``), or None while it runs."""
         assert self._proc is not None
         try:
-            code = self._proc.wait(KILL_GRACE_S)
+            code = self._proc.wait(wait_s)
         except subprocess.TimeoutExpired:
-            return "the command closed its output but is still running"
+            return None
         if code < 0:
             return f"the command was killed by signal {-code}"
         return f"the command exited with status {code}"
