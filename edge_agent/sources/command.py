@@ -45,20 +45,26 @@ def parse_command(uri: str) -> list[str]:
 
 
 class PipeReader:
-    """``read1`` on a pipe that gives up after ``timeout_s`` of silence and returns b"" once ``stop`` is set."""
+    """``read1`` on a pipe that gives up after ``timeout_s`` of silence and returns b"" once ``stop`` is set.
 
-    def __init__(self, fd: int, timeout_s: float, stop: threading.Event) -> None:
-        self._fd, self._timeout, self._stop = fd, timeout_s, stop
+    The first bytes may take ``first_timeout_s``: a camera command needs a moment to start.
+    """
+
+    def __init__(self, fd: int, timeout_s: float, stop: threading.Event, first_timeout_s: float | None = None) -> None:
+        self._fd, self._stop = fd, stop
+        self._timeout, self._next_timeout = timeout_s, max(timeout_s, first_timeout_s or 0.0)
         self._poll = select.poll()
         self._poll.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
 
     def read1(self, size: int) -> bytes:
-        deadline = time.monotonic() + self._timeout
+        timeout = self._next_timeout
+        deadline = time.monotonic() + timeout
         while not self._stop.is_set():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise TimeoutError(f"no data for {self._timeout:g} s")
+                raise TimeoutError(f"no output for {timeout:g} s")
             if self._poll.poll(min(POLL_S, remaining) * 1000):
+                self._next_timeout = self._timeout
                 return os.read(self._fd, size)
         return b""
 
@@ -135,7 +141,7 @@ class CommandSource(ReconnectingSource):
             raise SourceError(f"exec: cannot run {self._argv[0]!r}: {exc.strerror or exc}") from exc
         assert proc.stdout is not None and proc.stderr is not None
         self._proc, self._stderr = proc, StderrTail(proc.stderr)
-        pipe = PipeReader(proc.stdout.fileno(), self._timeout, self._stop)
+        pipe = PipeReader(proc.stdout.fileno(), self._timeout, self._stop, first_timeout_s=self._stall)
         self._reader = MjpegReader(pipe, None, self._stall, self._max_part)
 
     def _grab(self) -> np.ndarray | None:
@@ -149,7 +155,7 @@ class CommandSource(ReconnectingSource):
                 raise SourceError("the command closed its output but still runs")
             return decode_jpeg(data, self._max_pixels)
         except TimeoutError as exc:
-            raise SourceStallError(self._with_stderr(f"exec: no output for {self._timeout:g} s")) from exc
+            raise SourceStallError(self._with_stderr(f"exec: {exc}")) from exc
         except SourceStallError as exc:
             raise SourceStallError(self._with_stderr(f"exec: {exc}")) from exc
         except SourceError as exc:  # the output ended or is not MJPEG: say first whether the command exited
