@@ -29,6 +29,8 @@ POLL_S = 0.2  # a blocked read looks at stop() this often
 STDERR_KEEP_BYTES = 4096  # of the command's stderr held in memory
 STDERR_REASON_CHARS = 300  # of it quoted in last_error
 KILL_GRACE_S = 2.0  # between SIGTERM and SIGKILL of the command's process group
+NOT_MJPEG_HINT = "the command must write MJPEG on stdout: rpicam-vid --codec mjpeg, ffmpeg -f mjpeg, gst … jpegenc " \
+    "(and gst-launch-1.0 -q)"
 EXIT_WAIT_S = 0.2  # for the exit status of a command whose output broke off
 
 
@@ -159,7 +161,10 @@ class CommandSource(ReconnectingSource):
         except SourceStallError as exc:
             raise SourceStallError(self._with_stderr(f"exec: {exc}")) from exc
         except SourceError as exc:  # the output ended or is not MJPEG: say first whether the command exited
-            raise SourceError(self._with_stderr(f"exec: {self._exit_reason(EXIT_WAIT_S) or exc}")) from exc
+            reason = self._exit_reason(EXIT_WAIT_S) or str(exc)
+            if self._reader.framing == "other":
+                reason += f" ({NOT_MJPEG_HINT})"
+            raise SourceError(self._with_stderr(f"exec: {reason}")) from exc
         except OSError as exc:
             raise SourceError(self._with_stderr(f"exec: reading the command's output failed: {exc}")) from exc
 

@@ -38,6 +38,12 @@ def import_picamera2() -> Any:
             f"picamera2 cannot be imported ({exc}): on Raspberry Pi OS install python3-picamera2 and make the "
             f"virtualenv with --system-site-packages, or use --source \"{EXEC_RECIPE}\""
         ) from exc
+    except (ValueError, AttributeError) as exc:  # Debian's simplejpeg is built for numpy 1, the venv has numpy 2
+        raise SourceError(
+            f"picamera2 cannot be imported ({type(exc).__name__}: {' '.join(str(exc).split())[:120]}): "
+            "its simplejpeg was built for another numpy; run `pip install --force-reinstall simplejpeg` in the "
+            f"virtualenv, or use --source \"{EXEC_RECIPE}\""
+        ) from exc
     return module.Picamera2
 
 

@@ -125,6 +125,17 @@ def test_agent_infers_from_field_cameras(kind: str, request: pytest.FixtureReque
     assert "WARNING" not in stderr and "5 inferred" in stderr
 
 
+@pytest.mark.skipif(shutil.which("gst-launch-1.0") is None, reason="needs gst-launch-1.0")
+def test_exec_gstreamer_recipe() -> None:
+    pipeline = "videotestsrc is-live=true ! video/x-raw,width=64,height=48,framerate=10/1 ! videoconvert ! jpegenc"
+    with Capture(make_source(f"exec:gst-launch-1.0 -q {pipeline} ! fdsink fd=1", read_timeout_s=5.0)) as capture:
+        state = capture.wait_for(lambda s: capture.frames >= 5, "five frames")
+    assert (state["framing"], state["errors"], capture.shapes) == ("jpeg", 0, {(48, 64, 3)})
+    with Capture(make_source(f"exec:gst-launch-1.0 {pipeline} ! fdsink fd=1", read_timeout_s=5.0)) as capture:
+        state = capture.wait_for(lambda s: s["errors"] >= 1, "the error of a gst-launch-1.0 without -q")
+    assert "gst-launch-1.0 -q" in state["last_error"]  # its progress lines on stdout are not MJPEG
+
+
 def test_exec_ffmpeg_gives_frames_and_close_kills_its_process_group() -> None:
     # A shell whose background child shares the command's process group: close() must end both.
     with Capture(make_source(f"exec:sh -c 'sleep 300 & exec {FFMPEG} -f mjpeg -'", read_timeout_s=5.0)) as capture:

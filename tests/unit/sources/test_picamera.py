@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -30,3 +32,18 @@ def test_camera_numbers() -> None:
     assert (camera_number("picamera2"), camera_number("picamera2:1")) == (0, 1)
     with pytest.raises(SourceError, match="picamera2:INDEX"):
         camera_number("picamera2:front")
+
+
+def test_picamera2_built_for_another_numpy_says_how_to_fix_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Debian's python3-picamera2 in a venv with numpy 2 fails in simplejpeg with a ValueError, not an ImportError."""
+    package = tmp_path / "picamera2"
+    package.mkdir()
+    (package / "__init__.py").write_text('raise ValueError("numpy.dtype size changed, may indicate binary '
+                                         'incompatibility. Expected 96 from C header, got 88 from PyObject")\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "picamera2", raising=False)
+    with pytest.raises(SourceError) as info:
+        create_source(SourceSection(uri="picamera2")).start()
+    message = str(info.value)
+    assert "binary incompatibility" in message and "pip install --force-reinstall simplejpeg" in message
+    assert "exec:rpicam-vid" in message and "\n" not in message
