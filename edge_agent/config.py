@@ -113,7 +113,7 @@ class ModelSection(_Section):
     )
 
 
-SourceType = Literal["auto", "camera", "video", "stream", "folder", "wav", "stdin", "mic"]
+SourceType = Literal["auto", "camera", "picamera2", "video", "stream", "exec", "folder", "wav", "stdin", "mic"]
 
 
 class SourceSection(_Section):
@@ -121,8 +121,9 @@ class SourceSection(_Section):
 
     uri: str | None = Field(
         default=None,
-        description="Camera index or /dev/videoN, file, folder, rtsp:// or http(s):// URL, "
-        "*.wav, '-' / 'stdin' for raw PCM, 'mic' for the microphone.",
+        description="Camera index or /dev/videoN, picamera2[:N], file, folder, rtsp:// or http(s):// URL, "
+        "'exec:COMMAND' (a command writing MJPEG on stdout), *.wav, '-' / 'stdin' for raw PCM, "
+        "'mic' for the microphone.",
     )
     type: SourceType = "auto"
     fps: float | None = Field(default=None, gt=0, le=1000, description="Cap (live) or pace (files) the rate.")

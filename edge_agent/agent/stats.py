@@ -18,6 +18,8 @@ STAGES = ("capture", "preprocess", "invoke", "decode", "publish")
 MODEL_STAGES = ("preprocess", "invoke", "decode")
 LATENCY_WINDOW = 1024
 RATE_WINDOW_S = 5.0
+STALE_INTERVALS = 3.0  # a rate drops to 0 after this many of its recent intervals without an event
+MIN_STALE_S = 1.0
 
 
 class LatencyFigures(TypedDict):
@@ -79,7 +81,12 @@ class LatencyWindow:
 
 
 class RateMeter:
-    """Events per second over the last few seconds, from event timestamps."""
+    """Events per second over the last few seconds, from event timestamps.
+
+    0 once the events have stopped (none for ``STALE_INTERVALS`` of their recent
+    intervals, and at least ``MIN_STALE_S``): a camera that is reconnecting delivers
+    nothing, whatever it delivered a moment ago.
+    """
 
     def __init__(self, size: int = 2048) -> None:
         self._times: deque[float] = deque(maxlen=size)
@@ -90,6 +97,9 @@ class RateMeter:
     def rate(self, now: float, window_s: float = RATE_WINDOW_S) -> float:
         times = [t for t in tuple(self._times) if now - t <= window_s]
         if len(times) < 2:
+            return 0.0
+        interval = (times[-1] - times[0]) / (len(times) - 1)
+        if now - times[-1] > max(STALE_INTERVALS * interval, MIN_STALE_S):
             return 0.0
         span = max(now - times[0], times[-1] - times[0])
         return round((len(times) - 1) / span, 2) if span > 0 else 0.0

@@ -43,9 +43,10 @@ def register(subparsers: Any) -> None:
     """Add ``run`` and ``check`` to the ``edge-agent`` command line."""
     run = subparsers.add_parser("run", help="run inference on a camera, file, stream or audio source")
     _add_model_options(run)
-    run.add_argument("--source", help="camera index or /dev/videoN, file, folder, rtsp/http URL, "
-                                      "*.wav, '-' (PCM on stdin) or 'mic'")
-    run.add_argument("--source-type", choices=["camera", "video", "stream", "folder", "wav", "stdin", "mic"],
+    run.add_argument("--source", help="camera index or /dev/videoN, picamera2[:N], file, folder, rtsp/http URL, "
+                                      "'exec:COMMAND' (MJPEG on its stdout), *.wav, '-' (PCM on stdin) or 'mic'")
+    run.add_argument("--source-type", choices=["camera", "picamera2", "video", "stream", "exec", "folder", "wav",
+                                               "stdin", "mic"],
                      help="override source auto-detection")
     run.add_argument("--sample-rate", type=int, help="sample rate of PCM on stdin / microphone")
     run.add_argument("--device-id", help="device id (one MQTT topic level)")

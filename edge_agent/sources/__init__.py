@@ -1,7 +1,8 @@
 """Capture sources, one backend per module, created by type name.
 
 ``detect_source_type`` turns the ``--source`` string into a type:
-an integer or ``/dev/video*`` → camera, ``rtsp://`` / ``http(s)://`` → stream,
+an integer or ``/dev/video*`` → camera, ``picamera2[:N]`` → Pi camera,
+``rtsp://`` / ``http(s)://`` → stream, ``exec:COMMAND`` → MJPEG from a command,
 a directory → folder (images), ``*.wav`` (or a comma list of them) → wav,
 ``-`` / ``stdin`` → raw PCM on stdin, ``mic`` → microphone, else a video file.
 """
@@ -28,6 +29,10 @@ def detect_source_type(uri: str) -> str:
     lower = text.lower()
     if re.fullmatch(r"\d+", text) or lower.startswith("/dev/video"):
         return "camera"
+    if lower == "picamera2" or lower.startswith("picamera2:"):
+        return "picamera2"
+    if lower.startswith("exec:"):
+        return "exec"
     if lower.startswith(("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "udp://", "tcp://")):
         return "stream"
     if lower in ("-", "stdin"):
@@ -58,6 +63,19 @@ def _stream(uri: str, cfg: SourceSection, audio: AudioPreprocess | None) -> Sour
 
     return StreamSource(uri, cfg.read_timeout_s, cfg.reconnect_min_s, cfg.reconnect_max_s,
                         cfg.stall_timeout_s, cfg.max_part_bytes, cfg.max_image_pixels)
+
+
+def _exec(uri: str, cfg: SourceSection, audio: AudioPreprocess | None) -> Source:
+    from edge_agent.sources.command import CommandSource
+
+    return CommandSource(uri, cfg.read_timeout_s, cfg.reconnect_min_s, cfg.reconnect_max_s,
+                         cfg.stall_timeout_s, cfg.max_part_bytes, cfg.max_image_pixels)
+
+
+def _picamera2(uri: str, cfg: SourceSection, audio: AudioPreprocess | None) -> Source:
+    from edge_agent.sources.picamera import Picamera2Source
+
+    return Picamera2Source(uri, cfg.width, cfg.height, cfg.reconnect_min_s, cfg.reconnect_max_s)
 
 
 def _folder(uri: str, cfg: SourceSection, audio: AudioPreprocess | None) -> Source:
@@ -102,6 +120,8 @@ SOURCES: dict[str, SourceFactory] = {
     "camera": _camera,
     "video": _video,
     "stream": _stream,
+    "exec": _exec,
+    "picamera2": _picamera2,
     "folder": _folder,
     "wav": _wav,
     "stdin": _stdin,
@@ -112,7 +132,8 @@ SOURCES: dict[str, SourceFactory] = {
 def create_source(cfg: SourceSection, audio: AudioPreprocess | None = None) -> Source:
     """Create (not start) the configured source; ValueError for an unknown type."""
     if not cfg.uri:
-        raise SourceError("no source given: use --source (camera index, file, folder, URL, *.wav, -, mic)")
+        raise SourceError(
+            "no source given: use --source (camera index, picamera2, file, folder, URL, exec:COMMAND, *.wav, -, mic)")
     kind = detect_source_type(cfg.uri) if cfg.type == "auto" else cfg.type
     try:
         factory = SOURCES[kind]

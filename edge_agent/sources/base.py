@@ -266,18 +266,33 @@ class ReconnectingSource(Source):
         self._backoff = Backoff(reconnect_min_s, reconnect_max_s)
         self._stall_s = stall_s
         self._progress_at = time.monotonic()  # last connect or frame
+        self._frame_at: float | None = None  # last frame
+        self._down_since: float | None = None  # first failure since the last frame
+        self._recoveries = WarningLimiter(log)
         self._connected = False
         self._index = 0
 
     def state(self) -> dict[str, Any]:
         state = super().state()
-        waited = time.monotonic() - self._progress_at
+        now = time.monotonic()
+        waited = now - self._progress_at
         if self._stall_s is not None and state["state"] == "connected" and waited > self._stall_s:
             state["state"] = "stalled"
             state["last_error"] = f"no complete frame for {waited:.0f} s"
+        state["last_frame_age_s"] = None if self._frame_at is None else round(now - self._frame_at, 1)
         return state
 
+    def _recovered(self) -> None:
+        """A frame arrived: after failures, say so at WARNING (rate-limited), as the failures were."""
+        if self._down_since is not None:
+            self._recoveries.warn("source %s: frames again after %.1f s (%d errors so far; last: %s)",
+                                  self.type_name, time.monotonic() - self._down_since, self._errors,
+                                  self._last_error)
+            self._down_since = None
+
     def _failed(self, exc: SourceError) -> None:
+        if self._down_since is None:
+            self._down_since = time.monotonic()
         self._set_state("stalled" if isinstance(exc, SourceStallError) else "reconnecting", str(exc))
 
     @abstractmethod
@@ -290,6 +305,8 @@ class ReconnectingSource(Source):
     def _disconnect(self) -> None: ...
 
     def read(self) -> Item | None:
+        if self._state == "idle":
+            self._set_state("connecting")
         while not self._stop.is_set():
             if not self._connected:
                 try:
@@ -312,14 +329,17 @@ class ReconnectingSource(Source):
             if image is None:
                 self._disconnect()
                 self._connected = False
+                if self._stop.is_set():  # stop() cut the read short: not a failure of the source
+                    break
                 self._reconnects += 1
                 self._failed(failure)
                 self._stop.wait(self._backoff.next_delay())
                 continue
             self._backoff.reset()
-            self._progress_at = time.monotonic()
+            self._progress_at = self._frame_at = time.monotonic()
             if self._state != "connected":  # a frame after a stall ends it
                 self._set_state("connected")
+            self._recovered()
             frame = Frame(self._index, time.time(), image, time.perf_counter() - start)
             self._index += 1
             return frame

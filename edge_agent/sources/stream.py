@@ -1,5 +1,6 @@
-"""Network streams: HTTP(S) MJPEG (multipart/x-mixed-replace) and JPEG snapshot URLs
-read natively, RTSP and other URLs through OpenCV/FFmpeg. Reconnects with backoff.
+"""Network streams: HTTP(S) MJPEG and JPEG snapshot URLs read natively, on the one
+connection (MJPEG is recognised by its Content-Type or by its first bytes), RTSP and
+other URLs through OpenCV/FFmpeg. Reconnects with backoff.
 
 Everything a server sends is bounded: a silent server is dropped after
 ``read_timeout_s``; one that trickles (its answer, a part or a snapshot) is
@@ -12,14 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import io
 import logging
-import math
 import re
 import socket
 import ssl
 import threading
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -30,162 +28,15 @@ import numpy as np
 
 from edge_agent.errors import SourceError
 from edge_agent.sources.base import ReconnectingSource, SourceStallError, import_cv2
-from edge_agent.sources.imagesize import DEFAULT_MAX_PIXELS, check_image_size
+from edge_agent.sources.imagesize import DEFAULT_MAX_PIXELS
+from edge_agent.sources.mjpeg import MAX_PART_BYTES, MjpegReader, decode_jpeg, parse_boundary
+
+__all__ = ["MAX_PART_BYTES", "MjpegReader", "StreamSource", "parse_boundary"]
 
 log = logging.getLogger(__name__)
 
-MAX_PART_BYTES = 8 * 1024 * 1024  # default of source.max_part_bytes: the memory a server can make us hold
-MAX_HEADER_LINES = 64  # part headers (and blank lines between parts)
-MAX_LINE_BYTES = 8192  # one boundary or part header line
-MAX_PREAMBLE_BYTES = 64 * 1024  # data a server may send before its first boundary line
 STALL_FACTOR = 3.0  # default stall deadline: this many read timeouts
-READ_CHUNK = 64 * 1024
 MAX_REASON_CHARS = 200  # of a library error's text quoted in last_error
-
-_EOI = b"\xff\xd9"
-
-
-def parse_boundary(content_type: str) -> bytes | None:
-    """Boundary of a multipart content type (without the leading ``--``)."""
-    match = re.search(r'boundary="?([^";]+)"?', content_type, flags=re.IGNORECASE)
-    if not match:
-        return None
-    boundary = match.group(1).strip().lstrip("-")
-    return boundary.encode("latin-1") if boundary else None
-
-
-class MjpegReader:
-    """Splits a multipart/x-mixed-replace body into its parts, bounded in bytes and time.
-
-    ``stream`` needs ``read1`` (an ``http.client.HTTPResponse`` or ``io.BytesIO``).
-    Each limit raises :class:`SourceError` with a one-line reason; a part that does
-    not complete within ``stall_s`` raises :class:`SourceStallError`. ``scanned`` counts
-    the bytes examined for end markers: each byte once, plus one per read.
-    """
-
-    def __init__(self, stream: Any, boundary: bytes, stall_s: float | None = None,
-                 max_part_bytes: int = MAX_PART_BYTES) -> None:
-        self._stream = stream
-        self._boundary = boundary.lstrip(b"-")
-        self._stall_s = stall_s
-        self._max_part = max_part_bytes
-        self._deadline = math.inf
-        self._buffer = bytearray()
-        self._after_part = False  # past the preamble: only blank lines may precede a boundary
-        self.scanned = 0
-
-    def read_part(self) -> bytes | None:
-        """The next part's body, or None when the server ended the stream between parts."""
-        if self._stall_s is not None:
-            self._deadline = time.monotonic() + self._stall_s
-        if not self._skip_to_boundary():
-            return None
-        length = self._read_headers()
-        self._after_part = True
-        if length is None:
-            return self._read_to_end_of_image()
-        while len(self._buffer) < length:
-            if not self._fill():
-                raise SourceError(
-                    f"MJPEG: server closed the stream in the middle of a part ({len(self._buffer)} of {length} bytes)"
-                )
-        part = bytes(self._buffer[:length])
-        del self._buffer[:length]
-        return part
-
-    def _fill(self) -> bool:
-        """Append what one read returns; False at the end of the stream."""
-        if time.monotonic() > self._deadline:
-            raise SourceStallError(f"MJPEG: no complete frame within {self._stall_s:g} s (server trickles or stalls)")
-        chunk = self._stream.read1(READ_CHUNK)
-        if not chunk:
-            return False
-        self._buffer += chunk
-        return True
-
-    def _read_line(self, limit: int, too_long: str) -> bytes | None:
-        """One line with its newline (at most ``limit`` bytes), or None at the end of the stream."""
-        start = 0
-        while True:
-            end = self._buffer.find(b"\n", start)
-            if end >= limit or (end < 0 and len(self._buffer) >= limit):
-                raise SourceError(too_long)
-            if end >= 0:
-                line = bytes(self._buffer[: end + 1])
-                del self._buffer[: end + 1]
-                return line
-            start = len(self._buffer)
-            if not self._fill():
-                return None
-
-    def _skip_to_boundary(self) -> bool:
-        """Consume up to and including the next boundary line; False at the end of the stream."""
-        preamble = MAX_PREAMBLE_BYTES
-        blank_lines = 0
-        while True:
-            if self._after_part:
-                line = self._read_line(MAX_LINE_BYTES, "MJPEG: expected the boundary after a part, got a long line")
-            else:
-                line = self._read_line(preamble, f"MJPEG: no boundary line in the first {MAX_PREAMBLE_BYTES} bytes")
-            if line is None:
-                return False
-            core = line.strip()
-            if core.startswith(b"--") and core.lstrip(b"-") in (self._boundary, self._boundary + b"--"):
-                return core.lstrip(b"-") == self._boundary  # the closing boundary ends the stream
-            if not self._after_part:
-                preamble -= len(line)
-            elif core:
-                raise SourceError("MJPEG: expected the boundary after a part, got other data (wrong Content-Length?)")
-            else:
-                blank_lines += 1
-                if blank_lines > MAX_HEADER_LINES:
-                    raise SourceError(f"MJPEG: more than {MAX_HEADER_LINES} blank lines between parts")
-
-    def _read_headers(self) -> int | None:
-        """Part headers up to the blank line; returns the Content-Length, if any."""
-        length: int | None = None
-        for _ in range(MAX_HEADER_LINES):
-            line = self._read_line(MAX_LINE_BYTES, f"MJPEG: part header line longer than {MAX_LINE_BYTES} bytes")
-            if line is None:
-                raise SourceError("MJPEG: server closed the stream in the middle of part headers")
-            if not line.strip():
-                return length
-            name, _, value = line.decode("latin-1").partition(":")
-            if name.strip().lower() == "content-length":
-                text = value.strip()
-                if not re.fullmatch(r"[0-9]{1,12}", text):
-                    raise SourceError(f"MJPEG: bad Content-Length {text[:20]!r}")
-                length = int(text)
-                if length > self._max_part:
-                    raise SourceError(
-                        f"MJPEG: part too large: {length} bytes, over the {self._max_part}-byte limit "
-                        "(source.max_part_bytes)"
-                    )
-        raise SourceError(f"MJPEG: more than {MAX_HEADER_LINES} part headers")
-
-    def _read_to_end_of_image(self) -> bytes:
-        """A part without Content-Length: up to the JPEG end-of-image marker.
-
-        Each search covers only the bytes not searched yet, plus one for a marker
-        split across two reads: linear in the part's size, however it arrives.
-        """
-        start = 0
-        while True:
-            limit = min(len(self._buffer), self._max_part)
-            end = self._buffer.find(_EOI, start, limit)
-            self.scanned += limit - start
-            if end >= 0:
-                part = bytes(self._buffer[: end + 2])
-                del self._buffer[: end + 2]
-                return part
-            if limit >= self._max_part:
-                raise SourceError(
-                    f"MJPEG: part too large: no end marker in {self._max_part} bytes without Content-Length "
-                    "(source.max_part_bytes)"
-                )
-            start = max(0, limit - 1)  # the marker may straddle two reads
-            if not self._fill():
-                raise SourceError("MJPEG: server closed the stream in the middle of a part")
 
 
 def _describe(exc: BaseException) -> str:
@@ -195,7 +46,8 @@ def _describe(exc: BaseException) -> str:
     return text[:MAX_REASON_CHARS]
 
 
-def _hide_credentials(text: str, password: str | None) -> str:
+def hide_credentials(text: str, password: str | None) -> str:
+    """``text`` with ``//user:password@`` in URLs (and ``password`` anywhere) replaced by ``***``."""
     text = re.sub(r"//[^@/\s]*@", "//***@", text)
     return text.replace(password, "***") if password else text
 
@@ -290,18 +142,21 @@ class StreamSource(ReconnectingSource):
         self._reader: MjpegReader | None = None
         self._scanned = 0  # by readers of earlier connections
         self._cap: Any = None
+        self._content_type: str | None = None  # of the last HTTP answer
 
     def _track(self, sock: socket.socket) -> None:
         self._watch.track(sock)  # the watch of the exchange under way
 
     def _safe(self, text: str) -> str:
         """``text`` without the URL's credentials: messages end up in logs and health payloads."""
-        return _hide_credentials(text, self._password)
+        return hide_credentials(text, self._password)
 
     def state(self) -> dict[str, Any]:
         state = super().state()
         state["url"] = self._safe(self._url)
         state["mode"] = self._mode
+        if self._reader is not None:
+            state["framing"] = self._reader.framing
         state["bytes_scanned"] = self._scanned + (self._reader.scanned if self._reader else 0)
         return state
 
@@ -336,21 +191,45 @@ class StreamSource(ReconnectingSource):
                 raise SourceStallError(self._safe(f"cannot open {self._url}: {exc}")) from exc
             except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
                 raise SourceError(self._safe(f"cannot open {self._url}: {_describe(exc)}")) from exc
-            content_type = response.headers.get("Content-Type", "")
-            if "multipart" in content_type.lower():
-                boundary = parse_boundary(content_type)
-                if boundary is None:
-                    response.close()
-                    raise SourceError(self._safe(f"{self._url}: multipart stream without a boundary"))
-                self._response, self._mode = response, "mjpeg"
-                self._reader = MjpegReader(response, boundary, self._stall, self._max_part)
-                return
-            if content_type.lower().startswith("image/"):
-                self._response, self._mode = response, "snapshot"
+            if self._use_response(response):
                 return
             response.close()
             self._mode = "opencv"
+            log.info("%s is not MJPEG (Content-Type %r); opening it with OpenCV",
+                     self._safe(self._url), self._content_type)
         self._connect_opencv()
+
+    def _use_response(self, response: Any) -> bool:
+        """Read MJPEG (or a snapshot) from this very answer; False when it is neither.
+
+        The framing comes from the Content-Type or, when that says something else
+        (many cameras send ``application/octet-stream`` or nothing), from the first
+        bytes of the body: a camera that serves one client never sees a second
+        connection just for probing.
+        """
+        content_type = response.headers.get("Content-Type", "")
+        self._content_type = content_type[:100]
+        lower = content_type.lower()
+        if lower.startswith("image/"):
+            self._response, self._mode = response, "snapshot"
+            return True
+        reader = MjpegReader(response, parse_boundary(content_type), self._stall, self._max_part)
+        try:
+            framing = reader.sniff()
+        except TimeoutError as exc:
+            response.close()
+            raise SourceStallError(f"no data from the server for {self._timeout:g} s (read timeout)") from exc
+        except (SourceError, OSError, http.client.HTTPException, ValueError) as exc:
+            response.close()
+            reason = exc if isinstance(exc, SourceError) else _describe(exc)
+            raise SourceError(self._safe(f"{self._url}: {reason}")) from exc
+        if framing == "other":
+            if "multipart" not in lower:
+                return False
+            response.close()
+            raise SourceError(self._safe(f"{self._url}: multipart stream without a boundary"))
+        self._response, self._mode, self._reader = response, "mjpeg", reader
+        return True
 
     def _connect_opencv(self) -> None:
         cv2 = import_cv2()
@@ -360,17 +239,9 @@ class StreamSource(ReconnectingSource):
         cap = cv2.VideoCapture(self._url, cv2.CAP_FFMPEG, params)
         if not cap.isOpened():
             cap.release()
-            raise SourceError(self._safe(f"cannot open stream {self._url}"))
+            seen = f" (Content-Type {self._content_type!r}, not MJPEG)" if self._content_type is not None else ""
+            raise SourceError(self._safe(f"cannot open stream {self._url}{seen}"))
         self._cap = cap
-
-    def _decode(self, data: bytes) -> np.ndarray:
-        check_image_size(io.BytesIO(data), self._max_pixels, f"frame of {len(data)} bytes")
-        cv2 = import_cv2()
-
-        image: np.ndarray | None = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
-        if image is None:
-            raise SourceError(f"undecodable image of {len(data)} bytes")
-        return image
 
     def _snapshot(self) -> bytes:
         """One snapshot: its answer and body within the stall deadline, its size within the part limit."""
@@ -391,9 +262,9 @@ class StreamSource(ReconnectingSource):
                 data = self._reader.read_part()
                 if data is None:
                     raise SourceError("server ended the MJPEG stream")
-                return self._decode(data)
+                return decode_jpeg(data, self._max_pixels)
             if self._mode == "snapshot":
-                return self._decode(self._snapshot())
+                return decode_jpeg(self._snapshot(), self._max_pixels)
             ok, image = self._cap.read()
             return image if ok and image is not None else None
         except TimeoutError as exc:

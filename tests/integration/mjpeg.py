@@ -30,6 +30,8 @@ FAULTS = {
     "http-garbage": "answer with something that is not HTTP",
     "http-many-headers": "more response headers than http.client accepts",
     "no-boundary-param": "multipart Content-Type without a boundary",
+    "octet-stream": "multipart parts under Content-Type application/octet-stream (as ffmpeg -f mpjpeg sends)",
+    "bare-jpegs": "JPEGs back to back, without boundaries, under Content-Type application/octet-stream",
     # In the multipart body.
     "stall-after-headers": "send the response headers, then nothing",
     "no-boundary-lines": "JPEGs back to back without boundary lines",
@@ -122,10 +124,13 @@ class MjpegServer:
                     if fault == "bad-chunk":
                         self.send_header("Transfer-Encoding", "chunked")
                     boundary = "" if fault == "no-boundary-param" else f"; boundary={BOUNDARY}"
-                    self.send_header("Content-Type", f"multipart/x-mixed-replace{boundary}")
+                    plain = fault in ("octet-stream", "bare-jpegs")
+                    self.send_header("Content-Type",
+                                     "application/octet-stream" if plain else f"multipart/x-mixed-replace{boundary}")
                     self.end_headers()
-                    if fault in (None, "no-boundary-param") or outer._write_fault(self.wfile, fault):
-                        outer._serve_frames(self.wfile)
+                    if fault in (None, "no-boundary-param", "octet-stream", "bare-jpegs") or outer._write_fault(
+                            self.wfile, fault):
+                        outer._serve_frames(self.wfile, bare=fault == "bare-jpegs")
                 except OSError:
                     pass
 
@@ -146,9 +151,13 @@ class MjpegServer:
         out.write(head + b"\r\n" + data + b"\r\n")
         out.flush()
 
-    def _serve_frames(self, out: BufferedIOBase) -> None:
+    def _serve_frames(self, out: BufferedIOBase, bare: bool = False) -> None:
         while self._alive.is_set():
-            self._write_part(out, self.jpeg(self.sent))
+            if bare:
+                out.write(self.jpeg(self.sent))
+                out.flush()
+            else:
+                self._write_part(out, self.jpeg(self.sent))
             self.sent += 1
             time.sleep(1.0 / self.fps)
 

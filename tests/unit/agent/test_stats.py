@@ -44,6 +44,20 @@ def test_rate_meter_over_recent_window() -> None:
     assert meter.rate(200.0) == 0.0  # all stale
 
 
+def test_rate_meter_says_zero_once_events_stop() -> None:
+    """A camera that is reconnecting delivers nothing: fps_in must not coast on the last seconds."""
+    meter = RateMeter()
+    for i in range(11):
+        meter.mark(100.0 + i * 0.1)  # 10 per second, then nothing
+    assert meter.rate(101.05) == pytest.approx(10 / 1.05, abs=0.01)  # still flowing: one interval late
+    assert meter.rate(102.5) == 0.0  # 1.5 s (15 intervals) without a frame, inside the 5 s window
+    slow = RateMeter()
+    for i in range(3):
+        slow.mark(100.0 + i * 2.0)  # one every 2 s
+    assert slow.rate(105.0) == pytest.approx(0.4, abs=0.01)  # 1 s late is not "stopped" at this rate
+    assert slow.rate(110.5) == 0.0
+
+
 def test_snapshot_is_pure_and_complete() -> None:
     stats = PipelineStats()
     for i in range(5):

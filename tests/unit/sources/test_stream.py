@@ -107,7 +107,6 @@ CONNECT_FAULTS = {
     "accept-silent": "timed out",
     "http-garbage": "BadStatusLine",
     "http-many-headers": "more than 100 headers",
-    "no-boundary-param": "multipart stream without a boundary",
 }
 BODY_FAULTS = {
     "stall-after-headers": "read timeout",
@@ -143,6 +142,22 @@ def test_mjpeg_fault_is_reported_and_survived(serve: Callable[..., MjpegServer],
         assert state["reconnects"] >= 1  # the broken connection was dropped, not resynchronised silently
     assert "\n" not in state["last_error"] and len(state["last_error"]) < 300
     assert capture.bad_frames == [], "a broken part was delivered as a frame"
+
+
+@pytest.mark.parametrize(("variant", "framing"), [
+    ("no-boundary-param", "multipart"), ("octet-stream", "multipart"), ("bare-jpegs", "jpeg")])
+def test_mjpeg_is_recognised_by_its_content_on_the_first_connection(
+        serve: Callable[..., MjpegServer], variant: str, framing: str) -> None:
+    """A camera whose Content-Type does not say multipart (or names no boundary) is read on the one connection."""
+    server = serve(fault=variant, faulty=10**6)
+    capture = Capture(stream_source(server.url))
+    capture.start()
+    try:
+        state = capture.wait_for(lambda s: capture.frames >= 5, "five frames")
+    finally:
+        capture.stop()
+    assert (state["mode"], state["framing"], state["errors"], server.connections) == ("mjpeg", framing, 0, 1)
+    assert capture.bad_frames == []
 
 
 def test_mjpeg_fault_on_every_connection_keeps_retrying(serve: Callable[..., MjpegServer]) -> None:
