@@ -31,6 +31,7 @@ from edge_agent.model.manifest import AudioPreprocess
 from edge_agent.sources import Source, create_source
 
 if TYPE_CHECKING:
+    from edge_agent.agent.preview import PreviewServer
     from edge_agent.agent.sdnotify import Notifier, Watchdog
     from edge_agent.remote.ota import OtaUpdater
 
@@ -66,6 +67,7 @@ class Agent:
         self._watchdog: Watchdog | None = None
         self._updater: OtaUpdater | None = None
         self._updater_lock = threading.Lock()
+        self._preview: PreviewServer | None = None
 
     # ------------------------------------------------------------------ state
 
@@ -174,7 +176,12 @@ class Agent:
         if self.publisher is not None:
             self.publisher.publish("status", {"state": "online", **self.status_info()})
 
-    def snapshot_jpeg(self, max_bytes: int) -> bytes | None:
+    def snapshot_jpeg(self, max_bytes: int, annotated: bool = False) -> bytes | None:
+        if annotated:
+            from edge_agent.agent.annotate import annotate
+
+            obs = self.pipeline.board.latest
+            return encode_jpeg(annotate(obs.frame.image, obs.result), max_bytes) if obs is not None else None
         frame = self.pipeline.latest_frame
         return encode_jpeg(frame.image, max_bytes) if frame is not None else None
 
@@ -210,6 +217,7 @@ class Agent:
         """Load the model, open the source, start the publisher and the threads."""
         self.pipeline.t_start = time.monotonic()
         state_dir = ensure_state_dir(self.config)
+        self._preview = start_preview(self)  # first: a port in use fails before anything else started
         note_start(state_dir)
         self.settings.load(state_dir)
         source = open_source_and_model(self.engine, self.config)
@@ -256,6 +264,8 @@ class Agent:
             self._reporter.join(timeout)
         if self._watchdog is not None:
             self._watchdog.stop()
+        if self._preview is not None:
+            self._preview.stop()
         if self.publisher is not None:
             if self._reporter is not None:
                 self._reporter.publish()
@@ -365,6 +375,28 @@ def make_publisher(config: AgentConfig, envelope: EnvelopeFactory | None, contro
         ) from exc
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
+
+
+def start_preview(agent: Agent) -> PreviewServer | None:
+    """The live preview when ``[preview] listen`` is set (serving the pipeline's latest frame).
+
+    Raises:
+        ConfigError: the address cannot be listened on.
+    """
+    settings = agent.config.preview
+    if settings.address is None:
+        return None
+    from edge_agent.agent.preview import PreviewServer
+
+    def status() -> dict[str, Any]:
+        active = agent.engine.current
+        return {"model": active.model.info() if active else None, "health": agent.health_extra()}
+
+    host, port = settings.address
+    server = PreviewServer(agent.pipeline.board, host, port, status, title=agent.config.device_id,
+                           max_clients=settings.max_clients, max_fps=settings.max_fps, quality=settings.quality)
+    server.start()
+    return server
 
 
 def start_systemd(agent: Agent) -> tuple[Notifier | None, Watchdog | None]:
