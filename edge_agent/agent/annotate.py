@@ -72,7 +72,7 @@ def _draw_detection(canvas: np.ndarray, det: Mapping[str, Any]) -> None:
             or not all(isinstance(v, int | float) and np.isfinite(v) for v in box):
         return
     h, w = canvas.shape[:2]
-    x0, y0, x1, y1 = (int(round(min(max(v, -1.0), float(limit)))) for v, limit in zip(box, (w, h, w, h), strict=True))
+    x0, y0, x1, y1 = (round(min(max(float(v), -1.0), float(limit))) for v, limit in zip(box, (w, h, w, h), strict=True))
     text = _caption(det)
     colour = _colour(text.split(" ")[0] if text else "")
     _, thickness = _scale(canvas)

@@ -6,6 +6,7 @@ asks for it, once however many watch, and a slow viewer skips frames instead of 
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import logging
@@ -62,11 +63,14 @@ class PreviewServer:
         max_clients: viewers of ``/stream.mjpg`` at once; one more gets 503.
         max_fps: frames per second sent to each viewer at most.
         quality: JPEG quality (1-100).
+        client_timeout_s: a client that sends nothing, or takes nothing, this long is dropped.
     """
 
     def __init__(self, board: LatestFrame, host: str, port: int, status: Callable[[], dict[str, Any]], *,
-                 title: str = "edge-agent", max_clients: int = 4, max_fps: float = 10.0, quality: int = 80) -> None:
+                 title: str = "edge-agent", max_clients: int = 4, max_fps: float = 10.0, quality: int = 80,
+                 client_timeout_s: float = 10.0) -> None:
         self.board, self.status, self.title = board, status, title
+        self.client_timeout_s = client_timeout_s
         self.max_clients, self.period_s = max_clients, 1.0 / max_fps
         self.encoder = FrameEncoder(quality)
         self.stopping = threading.Event()
@@ -174,23 +178,24 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
-    timeout = 10.0  # a client that sends nothing, or stops reading, for this long is dropped
     server_version = "edge-agent-preview"
     protocol_version = "HTTP/1.0"
 
-    def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+    def setup(self) -> None:
+        self.timeout = self.server.preview.client_timeout_s  # the socket's timeout for reads and writes
+        super().setup()
+
+    def do_GET(self) -> None:
         routes = {"/": self._page, "/index.html": self._page, "/stream.mjpg": self._stream,
                   "/snapshot.jpg": self._snapshot, "/results.json": self._results}
         route = routes.get(urlsplit(self.path).path)
         if route is None:
             self._send(404, "text/plain", b"not found: try / /stream.mjpg /snapshot.jpg /results.json\n")
             return
-        try:
+        with contextlib.suppress(ConnectionError, TimeoutError):  # the client left or stopped reading
             route()
-        except (ConnectionError, TimeoutError):
-            pass  # the client left or stopped reading: nothing to tell it
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's name
+    def log_message(self, format: str, *args: Any) -> None:
         log.debug("preview %s: " + format, self.client_address[0], *args)
 
     def _send(self, code: int, content_type: str, body: bytes) -> None:
