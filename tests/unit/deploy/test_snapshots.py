@@ -73,6 +73,6 @@ def test_snapshot_id_reads_only_what_it_can() -> None:
 
 
 def test_an_unwritable_output_is_one_line(tmp_path: Path) -> None:
-    with pytest.raises(EdgeError, match="cannot write .*missing"):
+    with pytest.raises(EdgeError, match=r"cannot write .*missing"):
         save_snapshot(_message(_jpeg()), tmp_path / "missing" / "snap.jpg")
     assert decode_snapshot(_message(_jpeg()))[1] == (64, 48)
