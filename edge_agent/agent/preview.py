@@ -182,8 +182,8 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.0"
 
     def setup(self) -> None:
-        self.timeout = self.server.preview.client_timeout_s  # the socket's timeout for reads and writes
         super().setup()
+        self.connection.settimeout(self.server.preview.client_timeout_s)  # for reads and writes alike
 
     def do_GET(self) -> None:
         routes = {"/": self._page, "/index.html": self._page, "/stream.mjpg": self._stream,
