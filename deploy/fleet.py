@@ -2,7 +2,7 @@
 
     edge-fleet status --broker URL [--json] [--wait S]
     edge-fleet watch  --broker URL [--interval S] [--duration S] [--json]
-    edge-fleet send DEVICE COMMAND [--args JSON] [--timeout S] [--sign-key KEY]
+    edge-fleet send DEVICE COMMAND [--args JSON] [--timeout S] [--sign-key KEY] [--output FILE]
 
 Every device seen under ``edge/v1/+/…``: online/offline (retained ``status``),
 model, fps, p95 latency, CPU temperature and outbox depth (from ``health``),
@@ -28,10 +28,12 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from deploy.fleet_state import FleetState
+from deploy.snapshots import SNAPSHOT_KIND, save_snapshot, snapshot_id
 from edge_agent.cli.main import dispatch
 from edge_agent.errors import EdgeError
 from edge_agent.messaging.envelope import TOPIC_ROOT
@@ -76,8 +78,13 @@ def send_command(
     sign_key: Path | None = None,
     expires_in: float | None = None,
     on_ack: Any = None,
+    output: CommandOutput | None = None,
 ) -> dict[str, Any] | None:
-    """Publish one command and wait for its terminal ack; returns it, or None on timeout."""
+    """Publish one command and wait for its terminal ack; returns it, or None on timeout.
+
+    With ``output``, a ``succeeded`` ack also waits (within ``timeout``) for the message the
+    command publishes on ``output.kind`` for this command id, kept in ``output.payload``.
+    """
     cmd_id = uuid.uuid4().hex
     now = time.time()
     body: dict[str, Any] = {"id": cmd_id, "ts": round(now, 3),
@@ -88,24 +95,40 @@ def send_command(
         body["sig"] = sign_command(load_private_key(sign_key), device, command, body)
     done = threading.Event()
     result: dict[str, Any] = {}
-    link = MqttLink(settings, f"fleet-send-{cmd_id[:8]}", subscriptions=(f"{TOPIC_ROOT}/{device}/ack",))
+    ack_topic = f"{TOPIC_ROOT}/{device}/ack"
+    topics = (ack_topic,) if output is None else (ack_topic, f"{TOPIC_ROOT}/{device}/{output.kind}")
+    link = MqttLink(settings, f"fleet-send-{cmd_id[:8]}", subscriptions=topics)
     subscribed = threading.Event()
 
+    def finished() -> bool:
+        return "status" in result and result["status"] in TERMINAL and (
+            output is None or result["status"] != "succeeded" or output.payload is not None)
+
     def on_message(message: InboundMessage) -> None:
+        if message.topic != ack_topic:
+            if output is not None and output.payload is None:
+                if snapshot_id(message.payload) == cmd_id:
+                    output.payload = message.payload
+                else:
+                    output.ignored += 1
+            if finished():
+                done.set()
+            return
         try:
             ack = json.loads(message.payload)
         except ValueError:
             return
-        if isinstance(ack, dict) and ack.get("id") == cmd_id and not done.is_set():  # a final ack stays final
+        final = "status" in result and result["status"] in TERMINAL
+        if isinstance(ack, dict) and ack.get("id") == cmd_id and not final:  # a final ack stays final
             if on_ack is not None:
                 on_ack(ack)
             result.clear()
             result.update(ack)
-            if ack.get("status") in TERMINAL:
+            if finished():
                 done.set()
 
     link.callbacks.on_message = on_message
-    link.callbacks.on_subscribed = lambda mid, codes: subscribed.set()
+    link.callbacks.on_subscribed = lambda mid, codes: subscribed.set()  # one SUBSCRIBE for every topic
     deadline = time.monotonic() + timeout
     link.start()
     try:
@@ -116,7 +139,19 @@ def send_command(
         done.wait(max(0.0, deadline - time.monotonic()))
     finally:
         link.stop()
-    return dict(result) if done.is_set() else None
+    if output is None:
+        return dict(result) if done.is_set() else None
+    return dict(result) if "status" in result and result["status"] in TERMINAL else None
+
+
+@dataclass
+class CommandOutput:
+    """A message a command publishes besides its ack (``snapshot``: ``evt/snapshot``), matched by
+    the ``cmd_id`` in its body; messages on that topic for other commands are counted in ``ignored``."""
+
+    kind: str
+    payload: bytes | None = None
+    ignored: int = 0
 
 
 # ---- presentation -----------------------------------------------------------------------
@@ -206,15 +241,37 @@ def cmd_send(args: argparse.Namespace) -> int:
         raise EdgeError(f"--args is not valid JSON: {exc}") from exc
     if not isinstance(cmd_args, dict):
         raise EdgeError("--args must be a JSON object")
+    if args.output is not None and args.command != "snapshot":
+        raise EdgeError("--output saves a picture: only the snapshot command sends one")
+    output = CommandOutput(SNAPSHOT_KIND) if args.output is not None else None
     ack = send_command(
         _settings(args), args.device, args.command, cmd_args, timeout=args.timeout,
         sign_key=args.sign_key, on_ack=lambda a: None if a.get("status") in TERMINAL else print(json.dumps(a)),
+        output=output,
     )
     if ack is None:
         print(f"edge-fleet: no ack from {args.device} within {args.timeout:g} s", file=sys.stderr)
         return EXIT_TIMEOUT
     print(json.dumps(ack))
-    return EXIT_OK if ack.get("status") in ("accepted", "succeeded") else EXIT_REJECTED
+    if ack.get("status") not in ("accepted", "succeeded"):
+        return EXIT_REJECTED
+    if output is not None:
+        return _save_output(output, args.output, args.device, args.timeout)
+    return EXIT_OK
+
+
+def _save_output(output: CommandOutput, path: Path, device: str, timeout: float) -> int:
+    if output.payload is None:
+        ignored = f" ({output.ignored} other message(s) on {output.kind} ignored)" if output.ignored else ""
+        print(f"edge-fleet: {device} acknowledged the snapshot but its picture did not arrive within "
+              f"{timeout:g} s{ignored}", file=sys.stderr)
+        return EXIT_TIMEOUT
+    try:
+        width, height = save_snapshot(output.payload, path)
+    except EdgeError as exc:
+        raise EdgeError(f"refusing the snapshot from {device}, nothing written: {exc}") from exc
+    print(f"edge-fleet: saved {width}x{height} JPEG to {path}", file=sys.stderr)
+    return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -247,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--args", help="JSON object of arguments")
     p.add_argument("--timeout", type=float, default=10.0)
     p.add_argument("--sign-key", type=Path, help="Ed25519 private key for privileged commands")
+    p.add_argument("--output", type=Path, metavar="FILE",
+                   help="snapshot: save the picture to FILE (checked first; written atomically)")
     p.set_defaults(handler=cmd_send)
     return parser
 

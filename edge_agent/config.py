@@ -259,6 +259,51 @@ class OtaSection(_Section):
     )
 
 
+_LISTEN_RE = re.compile(r"^(?:(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*):)?(\d{1,5})$")
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[IPv6]:PORT`` or a bare ``PORT`` (on 127.0.0.1) as (host, port)."""
+    match = _LISTEN_RE.match(value.strip())
+    if not match or int(match.group(2)) > 65535:
+        raise ValueError(f"{value!r} must be PORT or HOST:PORT (e.g. 8080, 127.0.0.1:8080, 0.0.0.0:8080, "
+                         "[::1]:8080) with a port of 0-65535")
+    host = (match.group(1) or "127.0.0.1").strip("[]")
+    return host, int(match.group(2))
+
+
+class PreviewSection(_Section):
+    """The live preview over HTTP (off unless `listen` is set)."""
+
+    listen: str | None = Field(
+        default=None,
+        description="PORT (on 127.0.0.1) or HOST:PORT; 0.0.0.0:PORT serves every network the device is on, "
+        "to anyone who can reach it (no authentication).")
+    max_clients: int = Field(default=4, ge=1, le=64, description="Viewers of /stream.mjpg at once; more get 503.")
+    max_fps: float = Field(default=10.0, gt=0, le=60, description="Frames per second sent to each viewer at most.")
+    quality: int = Field(default=80, ge=10, le=100, description="JPEG quality of the preview frames.")
+
+    @classmethod
+    def _prepare(cls, data: dict[str, Any]) -> dict[str, Any]:
+        listen = data.get("listen")
+        if isinstance(listen, int) and not isinstance(listen, bool):
+            data["listen"] = str(listen)  # `listen = 8080` in TOML (or the environment) means "8080"
+        return data
+
+    def _check(self) -> None:
+        if self.listen is not None:
+            try:
+                parse_listen(self.listen)
+            except ValueError as exc:
+                raise FieldError("listen", str(exc)) from None
+            self.listen = self.listen.strip()
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """(host, port) to listen on, or None when the preview is off."""
+        return parse_listen(self.listen) if self.listen else None
+
+
 class AgentConfig(_Section):
     """The whole agent configuration."""
 
@@ -281,6 +326,7 @@ class AgentConfig(_Section):
     mqtt: MqttSection = Field(default_factory=MqttSection)
     outbox: OutboxSection = Field(default_factory=OutboxSection)
     ota: OtaSection = Field(default_factory=OtaSection)
+    preview: PreviewSection = Field(default_factory=PreviewSection)
 
     @classmethod
     def _prepare(cls, data: dict[str, Any]) -> dict[str, Any]:

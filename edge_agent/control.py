@@ -79,8 +79,9 @@ class AgentControl(ModelHost, Protocol):
         """Re-read the configuration file and the active model."""
         ...
 
-    def snapshot_jpeg(self, max_bytes: int) -> bytes | None:
-        """The latest frame as a JPEG of at most ``max_bytes``, or None (no frame yet, or audio)."""
+    def snapshot_jpeg(self, max_bytes: int, annotated: bool = False) -> bytes | None:
+        """The latest frame as a JPEG of at most ``max_bytes``, or None (no frame yet, or audio);
+        ``annotated``: with its result drawn (boxes, labels, scores)."""
         ...
 
     def health_extra(self) -> dict[str, Any]:

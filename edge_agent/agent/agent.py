@@ -32,6 +32,7 @@ from edge_agent.sources import Source, create_source
 from edge_agent.store.agent_lock import StateDirLock, claim_state_dir
 
 if TYPE_CHECKING:
+    from edge_agent.agent.preview import PreviewServer
     from edge_agent.agent.sdnotify import Notifier, Watchdog
     from edge_agent.remote.ota import OtaUpdater
 
@@ -68,6 +69,7 @@ class Agent:
         self._updater: OtaUpdater | None = None
         self._updater_lock = threading.Lock()
         self._state_lock: StateDirLock | None = None
+        self._preview: PreviewServer | None = None
 
     # ------------------------------------------------------------------ state
 
@@ -176,7 +178,12 @@ class Agent:
         if self.publisher is not None:
             self.publisher.publish("status", {"state": "online", **self.status_info()})
 
-    def snapshot_jpeg(self, max_bytes: int) -> bytes | None:
+    def snapshot_jpeg(self, max_bytes: int, annotated: bool = False) -> bytes | None:
+        if annotated:
+            from edge_agent.agent.annotate import annotate
+
+            obs = self.pipeline.board.latest
+            return encode_jpeg(annotate(obs.frame.image, obs.result), max_bytes) if obs is not None else None
         frame = self.pipeline.latest_frame
         return encode_jpeg(frame.image, max_bytes) if frame is not None else None
 
@@ -216,10 +223,14 @@ class Agent:
         try:
             self._start(state_dir)
         except BaseException:
+            if self._preview is not None:  # a later start step failed: free the port too
+                self._preview.stop()
+                self._preview = None
             self._release_state_dir()
             raise
 
     def _start(self, state_dir: Path) -> None:
+        self._preview = start_preview(self)  # a port in use fails before anything else started
         note_start(state_dir)
         self.settings.load(state_dir)
         source = open_source_and_model(self.engine, self.config)
@@ -265,6 +276,8 @@ class Agent:
             self._reporter.join(timeout)
         if self._watchdog is not None:
             self._watchdog.stop()
+        if self._preview is not None:
+            self._preview.stop()
         if self.publisher is not None:
             if self._reporter is not None:
                 self._reporter.publish()
@@ -368,6 +381,28 @@ def make_publisher(config: AgentConfig, envelope: EnvelopeFactory | None, contro
         ) from exc
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
+
+
+def start_preview(agent: Agent) -> PreviewServer | None:
+    """The live preview when ``[preview] listen`` is set (serving the pipeline's latest frame).
+
+    Raises:
+        ConfigError: the address cannot be listened on.
+    """
+    settings = agent.config.preview
+    if settings.address is None:
+        return None
+    from edge_agent.agent.preview import PreviewServer
+
+    def status() -> dict[str, Any]:
+        active = agent.engine.current
+        return {"model": active.model.info() if active else None, "health": agent.health_extra()}
+
+    host, port = settings.address
+    server = PreviewServer(agent.pipeline.board, host, port, status, title=agent.config.device_id,
+                           max_clients=settings.max_clients, max_fps=settings.max_fps, quality=settings.quality)
+    server.start()
+    return server
 
 
 def start_systemd(agent: Agent) -> tuple[Notifier | None, Watchdog | None]:

@@ -18,6 +18,7 @@ from typing import Any
 
 from edge_agent.agent.engine import ActiveModel, Engine
 from edge_agent.agent.health import PipelineHealth
+from edge_agent.agent.latest import LatestFrame
 from edge_agent.agent.settings import Settings
 from edge_agent.agent.stats import PipelineStats
 from edge_agent.errors import EdgeError
@@ -109,6 +110,7 @@ class Pipeline:
         self.t_start = time.monotonic()
         self.first_result_s: float | None = None
         self.latest_frame: Frame | None = None
+        self.board = LatestFrame()  # the latest frame with its result (preview, annotated snapshot)
         self.source: Source | None = None
         self.queue: FrameQueue | None = None
         self.threads: list[threading.Thread] = []
@@ -292,6 +294,8 @@ class Pipeline:
                     publisher.publish(f"evt/{result.event_type}", body)
                     stats.results_published += 1
                     add("publish", perf() - t3)
+                if isinstance(item, Frame):
+                    self.board.post(item, result)  # by reference, never waits for a reader
                 if max_frames is not None and stats.frames_inferred >= max_frames:
                     self.request_stop("max frames reached")
                     break

@@ -66,6 +66,9 @@ def register(subparsers: Any) -> None:
     run.add_argument("--mqtt-protocol", choices=["5", "3.1.1"], help="MQTT protocol version")
     run.add_argument("--keepalive", type=int, help="MQTT keepalive (s)")
     run.add_argument("--will-delay", type=int, help="MQTT v5 will delay (s)")
+    run.add_argument("--preview", metavar="[HOST:]PORT",
+                     help="serve a live preview (annotated MJPEG, snapshot, results) over HTTP; "
+                          "a bare PORT listens on 127.0.0.1")
     run.set_defaults(handler=cmd_run)
 
     check = subparsers.add_parser("check", help="smoke-test a model: golden vectors and latency")
@@ -95,6 +98,7 @@ def cli_settings(args: argparse.Namespace) -> dict[str, Any]:
         },
         "events": {"policy": get("events"), "score_threshold": get("threshold")},
         "health": {"interval_s": get("health_interval")},
+        "preview": {"listen": get("preview")},
         "mqtt": {
             "broker": get("broker"), "ca_file": get("ca_file"), "cert_file": get("cert_file"),
             "key_file": get("key_file"), "username": get("username"), "password_file": get("password_file"),

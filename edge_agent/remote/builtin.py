@@ -49,15 +49,16 @@ def _set_config(ctx: CommandContext) -> Ack:
 
 def _snapshot(ctx: CommandContext) -> Ack:
     max_bytes = ctx.args.get("max_bytes", SNAPSHOT_MAX_BYTES)
-    if set(ctx.args) - {"max_bytes"} or not isinstance(max_bytes, int) or isinstance(max_bytes, bool) \
-            or not 1024 <= max_bytes <= SNAPSHOT_MAX_BYTES:
-        raise CommandError(f"snapshot takes only max_bytes (1024..{SNAPSHOT_MAX_BYTES})")
+    annotated = ctx.args.get("annotated", False)
+    if set(ctx.args) - {"max_bytes", "annotated"} or not isinstance(max_bytes, int) or isinstance(max_bytes, bool) \
+            or not 1024 <= max_bytes <= SNAPSHOT_MAX_BYTES or not isinstance(annotated, bool):
+        raise CommandError(f"snapshot takes only max_bytes (1024..{SNAPSHOT_MAX_BYTES}) and annotated (true/false)")
     if ctx.control is None:
         return Ack(ctx.id, "failed", "no frame available")
-    jpeg = ctx.control.snapshot_jpeg(max_bytes)
+    jpeg = ctx.control.snapshot_jpeg(max_bytes, annotated=annotated)
     if not jpeg:
         return Ack(ctx.id, "failed", "no frame available")
-    ctx.publish("evt/snapshot", {"cmd_id": ctx.id, "format": "jpeg", "bytes": len(jpeg),
+    ctx.publish("evt/snapshot", {"cmd_id": ctx.id, "format": "jpeg", "bytes": len(jpeg), "annotated": annotated,
                                  "data_b64": base64.b64encode(jpeg).decode()})
     return Ack(ctx.id, "succeeded", "published on evt/snapshot", {"bytes": len(jpeg)})
 
@@ -68,5 +69,6 @@ def builtin_commands() -> tuple[CommandSpec, ...]:
         command("ping", _ping, description="answer with pong"),
         command("reload", _reload, description="re-read the configuration"),
         command("set_config", _set_config, description="change runtime settings (validated, persisted)"),
-        command("snapshot", _snapshot, description="publish the latest frame as JPEG on evt/snapshot"),
+        command("snapshot", _snapshot,
+                description="publish the latest frame as JPEG on evt/snapshot (annotated: with results drawn)"),
     )

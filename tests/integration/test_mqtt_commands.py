@@ -50,7 +50,7 @@ class FakeControl:
     def reload(self) -> None:
         pass
 
-    def snapshot_jpeg(self, max_bytes: int) -> bytes | None:
+    def snapshot_jpeg(self, max_bytes: int, annotated: bool = False) -> bytes | None:
         return b"\xff\xd8\xff\xe0fakejpeg\xff\xd9"
 
     def health_extra(self) -> dict[str, Any]:

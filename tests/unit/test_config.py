@@ -181,3 +181,26 @@ def test_model_store_commands_share_the_agent_default() -> None:
     from edge_agent.store import layout as store_layout
 
     assert store_layout.default_state_dir is default_state_dir  # install-model/models/rollback find `run`'s store
+
+
+@pytest.mark.parametrize(("listen", "address"), [
+    ("8080", ("127.0.0.1", 8080)), (" 0.0.0.0:9000 ", ("0.0.0.0", 9000)), ("[::1]:80", ("::1", 80)),
+    ("cam.local:0", ("cam.local", 0)), (8080, ("127.0.0.1", 8080)),
+])
+def test_preview_listen_forms(listen: object, address: tuple[str, int]) -> None:
+    assert load_config(cli={"preview": {"listen": listen}}, environ={}).preview.address == address
+
+
+def test_preview_is_off_by_default_and_set_from_toml_or_env(tmp_path: Path) -> None:
+    assert load_config(environ={}).preview.address is None
+    config = tmp_path / "agent.toml"
+    config.write_text("[preview]\nlisten = 8081\nmax_clients = 2\n")
+    loaded = load_config(config, environ={})
+    assert loaded.preview.address == ("127.0.0.1", 8081) and loaded.preview.max_clients == 2
+    assert load_config(environ={"EDGE_AGENT_PREVIEW__LISTEN": "0.0.0.0:8082"}).preview.address == ("0.0.0.0", 8082)
+
+
+@pytest.mark.parametrize("listen", ["x", "1:2:3", "70000", "host:", ":80", "a b:80", "[::1]"])
+def test_bad_preview_listen_names_the_setting_and_the_forms(listen: str) -> None:
+    with pytest.raises(ConfigError, match=r"invalid 'preview.listen': .* must be PORT or HOST:PORT"):
+        load_config(cli={"preview": {"listen": listen}}, environ={})

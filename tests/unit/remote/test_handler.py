@@ -45,7 +45,7 @@ class Control:
     def reload(self) -> None:
         self.reloads += 1
 
-    def snapshot_jpeg(self, max_bytes: int) -> bytes | None:
+    def snapshot_jpeg(self, max_bytes: int, annotated: bool = False) -> bytes | None:
         return b"\xff\xd8jpeg\xff\xd9"
 
     def health_extra(self) -> dict[str, Any]:

@@ -40,6 +40,7 @@ class Control:
     def __init__(self, jpeg: bytes | None = JPEG) -> None:
         self.jpeg = jpeg
         self.snapshot_sizes: list[int] = []
+        self.snapshot_annotated: list[bool] = []
         self.applied: list[dict[str, Any]] = []
         self.reloads = 0
 
@@ -50,8 +51,9 @@ class Control:
     def reload(self) -> None:
         self.reloads += 1
 
-    def snapshot_jpeg(self, max_bytes: int) -> bytes | None:
+    def snapshot_jpeg(self, max_bytes: int, annotated: bool = False) -> bytes | None:
         self.snapshot_sizes.append(max_bytes)
+        self.snapshot_annotated.append(annotated)
         return self.jpeg
 
 
@@ -308,11 +310,13 @@ def test_set_config_acks_and_report() -> None:
 
 
 @pytest.mark.parametrize("args", [{"max_bytes": 1023}, {"max_bytes": SNAPSHOT_MAX_BYTES + 1}, {"max_bytes": True},
-                                  {"max_bytes": 2048.0}, {"quality": 5}, {"max_bytes": 2048, "quality": 5}])
+                                  {"max_bytes": 2048.0}, {"quality": 5}, {"max_bytes": 2048, "quality": 5},
+                                  {"annotated": 1}, {"annotated": "yes"}, {"annotated": None}])
 def test_snapshot_argument_check(args: dict[str, Any]) -> None:
     control = Control()
     assert Harness(control).send("snapshot", cmd(args=args)) == Ack(
-        "c1", "rejected", f"invalid_args: snapshot takes only max_bytes (1024..{SNAPSHOT_MAX_BYTES})")
+        "c1", "rejected",
+        f"invalid_args: snapshot takes only max_bytes (1024..{SNAPSHOT_MAX_BYTES}) and annotated (true/false)")
     assert control.snapshot_sizes == []
 
 
@@ -324,8 +328,18 @@ def test_snapshot_publishes_the_frame(max_bytes: int | None) -> None:
     ack = h.send("snapshot", cmd("s1", args=args))
     assert ack == Ack("s1", "succeeded", "published on evt/snapshot", {"bytes": len(JPEG)})
     assert control.snapshot_sizes == [max_bytes or SNAPSHOT_MAX_BYTES]
+    assert control.snapshot_annotated == [False]
     assert h.published == [("evt/snapshot", {"cmd_id": "s1", "format": "jpeg", "bytes": len(JPEG),
-                                             "data_b64": base64.b64encode(JPEG).decode()})]
+                                             "annotated": False, "data_b64": base64.b64encode(JPEG).decode()})]
+
+
+@pytest.mark.parametrize("annotated", [True, False])
+def test_snapshot_passes_annotated_on(annotated: bool) -> None:
+    control = Control()
+    h = Harness(control)
+    assert h.send("snapshot", cmd("s1", args={"annotated": annotated})).status == "succeeded"
+    assert control.snapshot_annotated == [annotated]
+    assert h.published[0][1]["annotated"] is annotated
 
 
 @pytest.mark.parametrize("control", [None, Control(jpeg=None), Control(jpeg=b"")])
@@ -573,7 +587,7 @@ def test_builtin_commands_describe_themselves() -> None:
         "ping": "answer with pong",
         "reload": "re-read the configuration",
         "set_config": "change runtime settings (validated, persisted)",
-        "snapshot": "publish the latest frame as JPEG on evt/snapshot",
+        "snapshot": "publish the latest frame as JPEG on evt/snapshot (annotated: with results drawn)",
     }
     assert not any(spec.privileged for spec in registry.values())
 

@@ -143,7 +143,7 @@ class _Control:
     def reload(self) -> None:
         pass
 
-    def snapshot_jpeg(self, max_bytes: int) -> None:
+    def snapshot_jpeg(self, max_bytes: int, annotated: bool = False) -> None:
         return None
 
     def health_extra(self) -> dict:
