@@ -286,6 +286,8 @@ class Pipeline:
                 if result is not None and self._settings.policy.should_publish(result, time.monotonic()):
                     body = result.body
                     body["ts_frame_ms"] = int(item.ts * 1000)
+                    if isinstance(item, Frame):
+                        body.update(item.origin())  # file name, or position in the video
                     body["latency_ms"] = round((t3 - t1 + prep_s + item.capture_s) * 1000.0, 3)
                     body["model_sha256"] = active.model.sha256
                     body["manifest_sha256"] = active.model.manifest_sha256  # the whole bundle
