@@ -168,6 +168,32 @@ class EventsSection(_Section):
         self.policy = _checked_policy("policy", self.policy)
 
 
+class MotionSection(_Section):
+    """Motion gating: infer only while something moves in a fixed camera's picture.
+
+    Each frame is compared, small and grey, with a running average of the recent
+    ones (see :mod:`edge_agent.agent.motion`). Times are on the source's own clock:
+    a video file's position, a live source's capture time.
+    """
+
+    enabled: bool = Field(default=False, description="Gate inference on motion (--motion).")
+    threshold: int = Field(
+        default=25, ge=1, le=255,
+        description="Grey-level difference (0-255) from the background at which a pixel counts as changed.",
+    )
+    min_area_ratio: float = Field(
+        default=0.002, gt=0.0, le=1.0,
+        description="Share of the picture's pixels that must change for a frame to show motion.",
+    )
+    hold_s: float = Field(
+        default=2.0, ge=0.0, le=3600.0, description="Seconds inference goes on after the last motion.",
+    )
+    max_interval_s: float = Field(
+        default=10.0, gt=0.0, le=86400.0,
+        description="Longest time without an inference: a still scene is still inferred this often.",
+    )
+
+
 class HealthSection(_Section):
     interval_s: float = Field(default=30.0, ge=0.05, le=86400, description="Seconds between health messages.")
 
@@ -322,6 +348,7 @@ class AgentConfig(_Section):
     model: ModelSection = Field(default_factory=ModelSection)
     source: SourceSection = Field(default_factory=SourceSection)
     events: EventsSection = Field(default_factory=EventsSection)
+    motion: MotionSection = Field(default_factory=MotionSection)
     health: HealthSection = Field(default_factory=HealthSection)
     mqtt: MqttSection = Field(default_factory=MqttSection)
     outbox: OutboxSection = Field(default_factory=OutboxSection)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from edge_agent import __version__
 from edge_agent.agent.engine import ActiveModel, Engine
 from edge_agent.agent.health import HealthRecord, HealthReporter, HealthSampler
+from edge_agent.agent.motion import MotionGate
 from edge_agent.agent.pipeline import Pipeline
 from edge_agent.agent.settings import Settings
 from edge_agent.agent.snapshot import encode_jpeg
@@ -240,7 +241,8 @@ class Agent:
         self.publisher.publish("status", {"state": "online", **self.status_info()})
         self._reporter = HealthReporter(HealthSampler(state_dir), self.pipeline.health, self.publisher,
                                         lambda: self.settings.health_interval_s)
-        self.pipeline.start(source, self.publisher, self.config.source.queue_size, self.config.max_frames)
+        motion = MotionGate.from_config(self.config.motion) if self.config.motion.enabled else None
+        self.pipeline.start(source, self.publisher, self.config.source.queue_size, self.config.max_frames, motion)
         self._reporter.start(self.pipeline.stop_event)
         self._notifier, self._watchdog = start_systemd(self)
         self._reporter.notifier = self._notifier
@@ -324,6 +326,9 @@ def open_source_and_model(engine: Engine, config: AgentConfig) -> Source:
     def open_source(verified: ModelFile) -> Source:
         preprocess = verified.preprocess
         source = create_source(config.source, preprocess if isinstance(preprocess, AudioPreprocess) else None)
+        if config.motion.enabled and source.kind != "video":
+            raise ConfigError(f"motion gating needs pictures, but the {source.type_name} source gives audio; "
+                              "drop --motion (motion.enabled)")
         source.start()
         return source
 

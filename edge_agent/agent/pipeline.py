@@ -3,7 +3,8 @@
 Capture never waits for inference: on live sources (and files paced by
 ``fps``) a full queue drops its oldest item, counted in ``frames_dropped``.
 File sources otherwise block the capture thread instead, so every frame is
-inferred in order. Inference never waits for the network: publishers queue.
+inferred in order. With motion gating the capture thread skips frames of a still
+scene before they are queued. Inference never waits for the network: publishers queue.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from edge_agent.agent.engine import ActiveModel, Engine
 from edge_agent.agent.health import PipelineHealth
 from edge_agent.agent.latest import LatestFrame
+from edge_agent.agent.motion import MotionGate
 from edge_agent.agent.settings import Settings
 from edge_agent.agent.stats import PipelineStats
 from edge_agent.errors import EdgeError
@@ -116,6 +118,7 @@ class Pipeline:
         self.threads: list[threading.Thread] = []
         self._publisher: Publisher | None = None
         self._max_frames: int | None = None
+        self._motion: MotionGate | None = None
 
     @property
     def failed(self) -> bool:
@@ -128,9 +131,10 @@ class Pipeline:
             self.exit_reason = reason
         self.stop_event.set()
 
-    def start(self, source: Source, publisher: Publisher, queue_size: int, max_frames: int | None) -> None:
-        """Start capture and inference on an opened source."""
-        self.source, self._publisher, self._max_frames = source, publisher, max_frames
+    def start(self, source: Source, publisher: Publisher, queue_size: int, max_frames: int | None,
+              motion: MotionGate | None = None) -> None:
+        """Start capture and inference on an opened source (frames of a still scene skipped by ``motion``)."""
+        self.source, self._publisher, self._max_frames, self._motion = source, publisher, max_frames, motion
         self.queue = FrameQueue(queue_size)
         self.threads = [
             threading.Thread(target=self._capture_loop, name="capture", daemon=True),
@@ -183,7 +187,7 @@ class Pipeline:
         )
 
     def _capture_loop(self) -> None:
-        source, queue, stats, stop = self.source, self.queue, self.stats, self.stop_event
+        source, queue, stats, stop, motion = self.source, self.queue, self.stats, self.stop_event, self._motion
         assert source is not None and queue is not None
         next_slot = 0.0
         perf = time.perf_counter
@@ -209,6 +213,9 @@ class Pipeline:
                             break
                         next_slot = max(next_slot + period, time.monotonic())
                         paced = True
+                if motion is not None and isinstance(item, Frame) and not motion.admit(item):
+                    stats.frames_skipped_motion += 1
+                    continue
                 if source.live or paced:
                     # Live: never spend work on a frame that may be dropped; the
                     # inference thread prepares the freshest one.
@@ -288,6 +295,8 @@ class Pipeline:
                 if result is not None and self._settings.policy.should_publish(result, time.monotonic()):
                     body = result.body
                     body["ts_frame_ms"] = int(item.ts * 1000)
+                    if isinstance(item, Frame):
+                        body.update(item.origin())  # file name, or position in the video
                     body["latency_ms"] = round((t3 - t1 + prep_s + item.capture_s) * 1000.0, 3)
                     body["model_sha256"] = active.model.sha256
                     body["manifest_sha256"] = active.model.manifest_sha256  # the whole bundle

@@ -41,6 +41,7 @@ class StatsSnapshot(TypedDict):
     frames_inferred: int
     frames_dropped: int
     frames_skipped: int
+    frames_skipped_motion: int
     results_published: int
     errors: int
     queue_depth: int
@@ -114,7 +115,8 @@ class PipelineStats:
         self.frames_in = 0
         self.frames_inferred = 0
         self.frames_dropped = 0
-        self.frames_skipped = 0
+        self.frames_skipped = 0  # over the live fps cap
+        self.frames_skipped_motion = 0  # still scene (motion gating)
         self.results_published = 0
         self.errors = 0
         self.queue_depth = 0
@@ -153,6 +155,7 @@ class PipelineStats:
             "frames_inferred": self.frames_inferred,
             "frames_dropped": self.frames_dropped,
             "frames_skipped": self.frames_skipped,
+            "frames_skipped_motion": self.frames_skipped_motion,
             "results_published": self.results_published,
             "errors": self.errors,
             "queue_depth": self.queue_depth,
@@ -176,8 +179,9 @@ class PipelineStats:
             latency = "no inferences"
         else:
             latency = f"invoke p50 {invoke['p50']} ms p95 {invoke['p95']} ms"
+        still = f"{self.frames_skipped_motion} skipped (no motion), " if self.frames_skipped_motion else ""
         return (
-            f"{self.frames_in} in, {self.frames_inferred} inferred, {self.frames_dropped} dropped, "
+            f"{self.frames_in} in, {self.frames_inferred} inferred, {self.frames_dropped} dropped, {still}"
             f"{self.results_published} published in {snap['run_s']:.1f} s "
             f"({snap['mean_fps_inferred']:.1f} fps); {latency}"
         )

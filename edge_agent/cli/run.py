@@ -55,6 +55,8 @@ def register(subparsers: Any) -> None:
     run.add_argument("--fps", type=float, help="cap (live) or pace (files) the frame rate")
     run.add_argument("--loop", action="store_true", default=None, help="restart file sources at the end")
     run.add_argument("--events", help="result policy: every | change | interval:S (default change)")
+    run.add_argument("--motion", action="store_true", default=None,
+                     help="infer only while something moves (settings in [motion] of --config)")
     run.add_argument("--threshold", type=float, help="score threshold (overrides the manifest)")
     run.add_argument("--health-interval", type=float, help="seconds between health messages")
     run.add_argument("--broker", help="mqtt://host:port or mqtts://host:port (publish over MQTT)")
@@ -97,6 +99,7 @@ def cli_settings(args: argparse.Namespace) -> dict[str, Any]:
             "sample_rate": get("sample_rate"), "loop": get("loop"),
         },
         "events": {"policy": get("events"), "score_threshold": get("threshold")},
+        "motion": {"enabled": get("motion")},
         "health": {"interval_s": get("health_interval")},
         "preview": {"listen": get("preview")},
         "mqtt": {

@@ -80,12 +80,30 @@ def import_cv2() -> Any:
 
 @dataclass(frozen=True, slots=True)
 class Frame:
-    """One image from a video-like source."""
+    """One image from a video-like source, and where it came from (published with its results)."""
 
     index: int
     ts: float  # wall-clock capture time (time.time())
     image: np.ndarray
     capture_s: float  # time spent reading/decoding it
+    file: str | None = None  # image folder: the image's file name
+    position_ms: float | None = None  # video file: the frame's time on the video's own timeline
+    position_frame: int | None = None  # video file: the frame's index in the file (restarts on --loop)
+
+    @property
+    def timeline_s(self) -> float:
+        """Seconds on the source's own clock: the position in a video file, else the capture time."""
+        return self.position_ms / 1000.0 if self.position_ms is not None else self.ts
+
+    def origin(self) -> dict[str, Any]:
+        """The fields that say where the frame came from, for its results (none for live sources)."""
+        fields: dict[str, Any] = {}
+        if self.file is not None:
+            fields["file"] = self.file
+        if self.position_ms is not None:
+            fields["position_ms"] = self.position_ms
+            fields["position_frame"] = self.position_frame
+        return fields
 
 
 @dataclass(frozen=True, slots=True)

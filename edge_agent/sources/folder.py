@@ -71,7 +71,7 @@ class FolderSource(Source):
             if image is None:
                 self._set_state("reading", f"skipped {path.name}: cannot decode it")
                 continue
-            frame = Frame(self._index, time.time(), image, time.perf_counter() - start)
+            frame = Frame(self._index, time.time(), image, time.perf_counter() - start, file=path.name)
             self._index += 1
             return frame
         return None

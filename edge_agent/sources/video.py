@@ -1,7 +1,13 @@
-"""Video file through OpenCV: every frame in order; optional looping for demos."""
+"""Video file through OpenCV: every frame in order; optional looping for demos.
+
+Each frame carries its position in the file (milliseconds on the video's own
+timeline and the frame's index), which its results publish and motion gating
+uses as its clock.
+"""
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +26,8 @@ class VideoFileSource(Source):
         self._loop = loop
         self._cap: Any = None
         self._index = 0
+        self._in_file = 0  # index of the next frame in the file (restarts when looping)
+        self._last_ms = -math.inf
 
     def _open(self) -> Any:
         cv2 = import_cv2()
@@ -60,13 +68,33 @@ class VideoFileSource(Source):
                     return None
                 self._cap.release()
                 self._cap = self._open()
+                self._in_file, self._last_ms = 0, -math.inf
                 ok, image = self._cap.read()
                 if not ok or image is None:
                     self._set_state("ended")
                     return None
-        frame = Frame(self._index, time.time(), image, time.perf_counter() - start)
+        position = self._position_ms()
+        frame = Frame(self._index, time.time(), image, time.perf_counter() - start,
+                      position_ms=position, position_frame=self._in_file if position is not None else None)
         self._index += 1
+        self._in_file += 1
         return frame
+
+    def _position_ms(self) -> float | None:
+        """The time of the frame just read on the video's timeline (ms, to the microsecond).
+
+        The container's timestamp when it has one that moves forward; otherwise the
+        frame's index over the declared frame rate; None when neither is known.
+        """
+        cv2 = import_cv2()
+        position = float(self._cap.get(cv2.CAP_PROP_POS_MSEC))
+        if not math.isfinite(position) or position < 0 or (self._in_file and position <= self._last_ms):
+            fps = float(self._cap.get(cv2.CAP_PROP_FPS))
+            if not math.isfinite(fps) or fps <= 0:
+                return None
+            position = self._in_file * 1000.0 / fps
+        self._last_ms = position
+        return round(position, 3)
 
     def close(self) -> None:
         if self._cap is not None:

@@ -83,6 +83,10 @@ def test_unknown_key_is_one_clear_line(tmp_path: Path) -> None:
         ("device_id = \"a/b\"\n", "device_id"),
         ("[mqtt]\ncert_file = \"c.pem\"\n", "mqtt"),
         ("[source]\nfps = -1\n", "source.fps"),
+        ("[motion]\nthreshold = 0\n", "motion.threshold"),
+        ("[motion]\nmin_area_ratio = 0\n", "motion.min_area_ratio"),
+        ("[motion]\nhold_s = -1\n", "motion.hold_s"),
+        ("[motion]\nmax_interval_s = 0\n", "motion.max_interval_s"),
     ],
 )
 def test_bad_values_name_the_setting(tmp_path: Path, text: str, where: str) -> None:
@@ -204,3 +208,21 @@ def test_preview_is_off_by_default_and_set_from_toml_or_env(tmp_path: Path) -> N
 def test_bad_preview_listen_names_the_setting_and_the_forms(listen: str) -> None:
     with pytest.raises(ConfigError, match=r"invalid 'preview.listen': .* must be PORT or HOST:PORT"):
         load_config(cli={"preview": {"listen": listen}}, environ={})
+
+
+def test_motion_gating_from_file_env_and_command_line(tmp_path: Path) -> None:
+    from edge_agent.cli.run import cli_settings, register
+
+    assert not load_config(None, environ={}).motion.enabled
+    path = write(tmp_path, "[motion]\nthreshold = 40\nmin_area_ratio = 0.01\nhold_s = 1.5\nmax_interval_s = 60\n")
+    cfg = load_config(path, environ={"EDGE_AGENT_MOTION__ENABLED": "true"})
+    assert (cfg.motion.enabled, cfg.motion.threshold, cfg.motion.min_area_ratio) == (True, 40, 0.01)
+    assert (cfg.motion.hold_s, cfg.motion.max_interval_s) == (1.5, 60.0)
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    on = cli_settings(parser.parse_args(["run", "--motion"]))
+    off = cli_settings(parser.parse_args(["run"]))
+    assert load_config(None, on, environ={}).motion.enabled
+    assert not load_config(path, off, environ={}).motion.enabled  # not given: the file's (default) stays

@@ -122,3 +122,12 @@ def test_model_swap_forgets_model_latency_but_keeps_counts() -> None:
     assert snap["latency_ms"]["invoke"]["p95"] == 2.0
     assert snap["latency_ms"]["invoke"]["n"] == 51
     assert snap["latency_ms"]["capture"]["p95"] == 10.0  # not model-dependent: kept
+
+
+def test_frames_skipped_for_a_still_scene_are_counted_and_summarised() -> None:
+    stats = PipelineStats()
+    assert stats.snapshot()["frames_skipped_motion"] == 0
+    assert "no motion" not in stats.summary()
+    stats.frames_skipped_motion = 7
+    assert stats.snapshot()["frames_skipped_motion"] == 7
+    assert "7 skipped (no motion)" in stats.summary()

@@ -53,3 +53,14 @@ def test_the_pixel_limit_is_configurable(tmp_path: Path) -> None:
     source.start()
     frame = source.read()
     assert isinstance(frame, Frame) and frame.image.shape == (80, 100, 3)
+
+
+def test_each_image_carries_its_file_name(tmp_path: Path) -> None:
+    for name in ("b.png", "a.jpg", "c.bmp"):
+        cv2.imwrite(str(tmp_path / name), np.zeros((4, 6, 3), np.uint8))
+    source = create_source(SourceSection(uri=str(tmp_path)))
+    source.start()
+    frames = [source.read() for _ in range(3)]
+    assert [f.file for f in frames if isinstance(f, Frame)] == ["a.jpg", "b.png", "c.bmp"]
+    assert frames[0] is not None and isinstance(frames[0], Frame)
+    assert frames[0].origin() == {"file": "a.jpg"} and frames[0].position_ms is None
