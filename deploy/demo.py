@@ -28,13 +28,14 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from converter.demo import DEMO_DIR, run_converter_demo
-from deploy.broker import LocalPki, Mosquitto, make_pki, start_tls_broker
+from deploy.broker import LocalPki, Mosquitto, free_port, make_pki, start_tls_broker
 
 DEVICE = "demo-pi"
 BIN = Path(sys.executable).parent
@@ -117,14 +118,22 @@ def run_demo(out: Path = DEMO_DIR) -> int:
         )
         time.sleep(0.5)
         _banner(f"6 edge-agent run: device {DEVICE}, {len(labels)} frames of held-out digits over mqtts")
+        preview = free_port()
         agent_cmd = [_tool("edge-agent"), "run", "--state-dir", str(state), "--public-key", str(public),
-                     "--source", str(video), "--fps", "60", "--events", "every", "--device-id", DEVICE,
-                     "--health-interval", "1", "--broker", broker.url, *_tls_args(pki, DEVICE)]
+                     "--source", str(video), "--fps", "40", "--events", "every", "--device-id", DEVICE,
+                     "--health-interval", "1", "--broker", broker.url, *_tls_args(pki, DEVICE),
+                     "--preview", f"127.0.0.1:{preview}"]
         print("$ edge-agent " + " ".join(agent_cmd[1:]), flush=True)
         agent = subprocess.Popen(agent_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         time.sleep(3.0)
         _banner("7 operator view while the device works")
         fleet = [_tool("edge-fleet")]
+        # what the model sees, its answer drawn on it: the live preview page and an annotated snapshot
+        with urllib.request.urlopen(f"http://127.0.0.1:{preview}/snapshot.jpg", timeout=10) as response:
+            (out / "preview.jpg").write_bytes(response.read())
+        print(f"live preview: http://127.0.0.1:{preview}/ (one frame saved to {out / 'preview.jpg'})", flush=True)
+        _run([*fleet, "send", DEVICE, "snapshot", "--args", '{"annotated": true}', "--output",
+              str(out / "snapshot.jpg"), "--broker", broker.url, *_tls_args(pki, "fleet")])
         _run([*fleet, "status", "--broker", broker.url, *_tls_args(pki, "fleet"), "--wait", "2"])
         _run([*fleet, "send", DEVICE, "ping", "--broker", broker.url, *_tls_args(pki, "fleet")])
         agent.wait(timeout=120)
@@ -139,13 +148,16 @@ def run_demo(out: Path = DEMO_DIR) -> int:
 
         _banner("8 results as the operator received them")
         frames: dict[int, str] = {}
+        last: dict[str, object] = {}
         for line in events_file.read_text().splitlines():
             payload = json.loads(line)
             if payload.get("classes"):
                 frames[int(payload["frame"])] = payload["classes"][0]["label"]
+                last = payload
         predicted = np.array([int(frames.get(i, -1)) for i in range(len(labels))])
         accuracy = float(np.mean(predicted == labels))
-        print(f"events received: {len(frames)} of {len(labels)} frames")
+        print(f"events received: {len(frames)} of {len(labels)} frames; the last one came from "
+              f"{last.get('position_ms')} ms (frame {last.get('position_frame')}) into the video")
         print(f"agent per-frame accuracy over MQTT: {accuracy:.2%}; converter int8 accuracy: "
               f"{report['accuracy_int8']:.2%}; float: {report['accuracy_float']:.2%}")
         _run([*fleet, "status", "--broker", broker.url, *_tls_args(pki, "fleet"), "--wait", "1"])
