@@ -391,15 +391,6 @@ def test_a_smoke_child_that_cannot_start_is_one_line(
     assert store_layout.active_model(store) is None
 
 
-def test_crash_site_reads_the_innermost_frame() -> None:
-    stderr = ('Fatal Python error: Segmentation fault\n\nThread 0x01 (most recent call first):\n'
-              '  File "/x/other.py", line 3 in idle\n\nCurrent thread 0x02 (most recent call first):\n'
-              '  File "/x/litert.py", line 153 in __init__\n  File "/x/startup.py", line 9 in start\n')
-    assert store_install.crash_site(stderr) == "/x/litert.py:153 in __init__"  # not the other thread's
-    assert store_install.crash_site("Segmentation fault\n") is None
-    assert store_install.crash_site("Current thread 0x02 (most recent call first):\n  <no Python frame>\n") is None
-
-
 def test_two_installs_at_once_are_serialised(
     store: Path, test_bundles: BundleSet, deploy_keys: DeployKeys, tmp_path: Path
 ) -> None:

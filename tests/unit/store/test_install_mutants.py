@@ -685,6 +685,21 @@ def test_a_smoke_child_killed_by_a_signal_is_a_crash(installed: Path, tmp_path: 
     assert not Path(copy_arg[2]).exists()  # removed after the refusal
 
 
+def test_crash_site_reads_the_innermost_frame() -> None:
+    """faulthandler's dump of a crashed smoke child: the crashing thread's first frame, nothing else."""
+    stderr = ('Fatal Python error: Segmentation fault\n\nThread 0x01 (most recent call first):\n'
+              '  File "/x/other.py", line 3 in idle\n\nCurrent thread 0x02 (most recent call first):\n'
+              '  File "/x/litert.py", line 153 in __init__\n  File "/x/startup.py", line 9 in start\n')
+    assert store_install.crash_site(stderr) == "/x/litert.py:153 in __init__"  # not the other thread's
+    # the frame is the very last line (lines[:-2] would not look at its header)
+    assert store_install.crash_site('Current thread 0x7f (most recent call first):\n'
+                                    '  File "/opt/m.py", line 7 in load\n') == "/opt/m.py:7 in load"
+    assert store_install.crash_site("Segmentation fault\n") is None
+    assert store_install.crash_site("Current thread 0x02 (most recent call first):\n  <no Python frame>\n") is None
+    assert store_install.crash_site("Current thread 0x02 (most recent call first):\n") is None  # cut off
+    assert store_install.crash_site("") is None
+
+
 def test_smoke_child_output_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     bundle = tmp_path / "any.bundle"
 
