@@ -405,6 +405,24 @@ def test_a_recycled_pid_or_a_look_alike_is_never_signalled(tmp_path: Path) -> No
             proc.wait()
 
 
+def test_a_module_agent_needs_dash_m_and_edge_agent_together(tmp_path: Path) -> None:
+    """``-m`` before another module, or an ``edge_agent.…`` argument without ``-m``, is not the agent
+    (guards ``a == b"-m" and …`` against ``or``); the pid file's first field is the pid."""
+    other_module = _child("-m", "http.server")
+    not_after_dash_m = _child("edge_agent.sleeper", "run")
+    agent = _child("/usr/bin/qemu-aarch64", "/opt/venv/bin/edge-agent", "run")
+    try:
+        for proc in (other_module, not_after_dash_m):
+            store_pidfile.write_pid_file(tmp_path, proc.pid)
+            assert store_pidfile.read_agent_pid(tmp_path) is None
+        (tmp_path / "agent.pid").write_text(f"{agent.pid}\n")
+        assert store_pidfile.read_agent_pid(tmp_path) == agent.pid
+    finally:
+        for proc in (other_module, not_after_dash_m, agent):
+            proc.kill()
+            proc.wait()
+
+
 def test_an_agent_started_as_a_module_is_recognised(tmp_path: Path) -> None:
     """``python -m edge_agent …`` (a package named edge_agent that sleeps, run from its parent)."""
     package = tmp_path / "pkg" / "edge_agent"
