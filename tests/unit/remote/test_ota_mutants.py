@@ -1132,6 +1132,9 @@ def test_a_rollback_before_probation_leaves_no_probation_record(env: Env, tmp_pa
     assert [(a.id, a.status) for a in rolled] == [("r1", "succeeded")]
     assert [(a.id, a.status, a.reason) for a in replies[1:]] == [
         ("u1", "failed", "cancelled: the rollback command r1 took over")]
+    # the ack names the model active now: the one the rollback brought back
+    assert replies[-1].result == {"active": ota.describe(store_layout.active_model(state))}  # type: ignore[arg-type]
+    assert replies[-1].result["active"]["bundle_sha256"] == sha256_file(env.v1)
     assert store_probation.read_probation(state) is None
     assert _active_sha(state) == sha256_file(env.v1) and not updater.busy
 
@@ -1171,3 +1174,69 @@ def test_an_update_without_a_thread_is_answered_and_frees_the_updater(tmp_path: 
     updater.start_update(UpdateRequest("file:///m", SHA, 1), "u1", replies.append)
     assert replies == [Ack("u1", "failed", "internal_error: cannot start the update thread")]
     assert not updater.busy
+
+
+# --------------------------------------------------------------------------- survivors of the fifth mutation run
+
+
+def test_the_updater_passes_the_devices_latency_budget_to_the_smoke_test(env: Env, tmp_path: Path) -> None:
+    """``[model] latency_budget_ms`` reaches the install's smoke test, not only the probation: v2's own
+    1 ms budget passes (as every other test shows), a 1e-9 ms device budget cannot."""
+    state = env.store(tmp_path)
+    updater = updater_for(Host(state, env.public))
+    updater.latency_budget_ms = 1e-9
+    ack = updater.update(env.request(env.v2), "u1", lambda a: None)
+    assert (ack.id, ack.status) == ("u1", "failed")
+    assert ack.reason.startswith("smoke: ") and "exceeds the budget of 0.00 ms" in ack.reason, ack.reason
+    assert _active_sha(state) == sha256_file(env.v1)
+
+
+class _RollbackArrivesAtTheLastLock:
+    """The updater's store lock (a real lock), which starts the real rollback command when the update
+    asks for the lock the third time (install and swap, probation record, then clearing the record
+    after a passed probation) and lets the update have the lock only once that rollback has cancelled
+    it: the rollback lands after the probation passed, while the update waits for the store."""
+
+    def __init__(self, updater: OtaUpdater) -> None:
+        self.updater = updater
+        self.lock = threading.Lock()
+        self.entries = 0
+        self.rolled: list[Ack] = []
+        self.thread: threading.Thread | None = None
+
+    def __enter__(self) -> None:
+        self.entries += 1
+        self.lock.acquire()
+        if self.entries == 3:
+            abort = self.updater._abort
+            self.thread = threading.Thread(target=lambda: self.rolled.append(self.updater.rollback("r1")))
+            self.thread.start()
+            deadline = time.monotonic() + 120  # only bounds a hang
+            while abort.reason is None and time.monotonic() < deadline:
+                time.sleep(0.001)
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
+
+
+def test_a_rollback_after_a_passed_probation_ends_the_update_as_failed(env: Env, tmp_path: Path) -> None:
+    """Between a passed probation and clearing its record a rollback may take over: the update then
+    ends ``failed`` with the rollback's reason and the model active at that moment (the new one; the
+    rollback, waiting for the store, runs after) instead of claiming success."""
+    state = env.store(tmp_path)
+    updater = updater_for(Host(state, env.public))
+    store = _RollbackArrivesAtTheLastLock(updater)
+    updater._store = store  # type: ignore[assignment]
+    replies: list[Ack] = []
+    updater.start_update(env.request(env.v2), "u1", replies.append)
+    updater.join(120)
+    assert store.thread is not None
+    store.thread.join(120)
+    sha2 = sha256_file(env.v2)
+    assert [(a.id, a.status) for a in replies] == [("u1", "in_progress"), ("u1", "failed")]
+    assert replies[-1] == Ack("u1", "failed", "cancelled: the rollback command r1 took over",
+                              {"active": replies[0].result["active"]})  # type: ignore[index]
+    assert replies[0].result["active"]["bundle_sha256"] == sha2  # type: ignore[index]
+    assert [(a.id, a.status) for a in store.rolled] == [("r1", "succeeded")]
+    assert store.rolled[0].result["previous"]["bundle_sha256"] == sha2  # type: ignore[index]
+    assert _active_sha(state) == sha256_file(env.v1) and store_probation.read_probation(state) is None

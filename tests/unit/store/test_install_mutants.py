@@ -1225,6 +1225,9 @@ HELP = {
         "  --threads THREADS     interpreter threads for the smoke test",
         "  --max-model-mb MAX_MODEL_MB largest model.tflite accepted (default 256 MiB, as the agent's "
         "[model] max_model_mb)",
+        "  --latency-budget-ms LATENCY_BUDGET_MS this device's budget for one inference in the smoke test "
+        "(default the bundle's, set from the converting host; 0: not judged), as the agent's [model] "
+        "latency_budget_ms",
         "  --json                print the result as JSON on stdout",
     ],
     ("rollback",): ["  --state-dir STATE_DIR  model store (default: the agent's, see edge-agent run --help)",
@@ -1266,6 +1269,25 @@ def test_cli_install_options_and_outputs(installed: Path, tmp_path: Path, bundle
                        str(bundles.public), "--json"]) == 2
     out = json.loads(capsys.readouterr().out)
     assert (out["ok"], out["step"], out["active"]) == (False, "verify", None)
+
+
+def test_cli_latency_budget_reaches_the_smoke_child(installed: Path, tmp_path: Path, bundles: Bundles,
+                                                    monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    state = _copy_store(installed, tmp_path)
+    args = _fake_python(monkeypatch, tmp_path, PASSING_SMOKE)
+    assert agent_main(["install-model", str(bundles.v2), "--state-dir", str(state), "--public-key",
+                       str(bundles.public), "--latency-budget-ms", "2.5"]) == 0
+    assert args.read_text().splitlines()[3:] == ["--threads", "1", *LIMIT_ARGS, "--latency-budget-ms", "2.5"]
+    capsys.readouterr()
+    # type=float: a value that is no number is refused by argparse, before the store is touched
+    # (without it, "fast" would reach the install and fail there with a traceback)
+    args.unlink()
+    with pytest.raises(SystemExit) as info:
+        agent_main(["install-model", str(bundles.older), "--state-dir", str(state), "--public-key",
+                    str(bundles.public), "--latency-budget-ms", "fast"])
+    assert info.value.code == 2
+    assert "argument --latency-budget-ms: invalid float value: 'fast'" in capsys.readouterr().err
+    assert not args.exists() and store_layout.active_model(state).sha256 == sha256_file(bundles.v2)  # type: ignore[union-attr]
 
 
 def test_cli_rollback_refusal_names_the_active_model(installed: Path, tmp_path: Path, bundles: Bundles,
