@@ -23,11 +23,12 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -213,11 +214,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     monitor = FleetMonitor(_settings(args), args.client_id, session_expiry_s=args.session_expiry)
+    stop = threading.Event()
+    restore = _stop_on_signals(stop)
     monitor.start()
     end = time.monotonic() + args.duration if args.duration else None
     try:
         while end is None or time.monotonic() < end:
-            time.sleep(args.interval if end is None else min(args.interval, max(0.0, end - time.monotonic())))
+            if stop.wait(args.interval if end is None else min(args.interval, max(0.0, end - time.monotonic()))):
+                break
             if not args.json:
                 state = "connected" if monitor.link.connected else "reconnecting"
                 sys.stdout.write("\x1b[H\x1b[2J" if sys.stdout.isatty() else "\n")
@@ -229,9 +233,27 @@ def cmd_watch(args: argparse.Namespace) -> int:
         pass
     finally:
         monitor.stop()
+        restore()
     if args.json:
         print(json.dumps({"devices": monitor.state.snapshot()}, indent=2))
     return EXIT_OK
+
+
+def _stop_on_signals(stop: threading.Event) -> Callable[[], None]:
+    """SIGINT (Ctrl-C) and SIGTERM end ``watch`` cleanly, with its report.
+
+    Installed explicitly: a process started from a script's background job inherits SIGINT
+    ignored, and Python then never raises KeyboardInterrupt. Returns what puts the old handlers back.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    old = {sig: signal.signal(sig, lambda _signum, _frame: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore() -> None:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+    return restore
 
 
 def cmd_send(args: argparse.Namespace) -> int:
