@@ -8,23 +8,20 @@ no stale lock; ``install-model``, ``rollback`` and ``models`` are never blocked 
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from edge_agent.store import install as store_install
-from edge_agent.store import layout as store_layout
 from edge_agent.store import pidfile as store_pidfile
 from edge_agent.store.probation import read_probation
-from tests.fixtures_ssh import BundleSet, DeployKeys
+from tests.fixtures_ssh import BundleSet
+from tests.integration import test_agent_service
 from tests.integration.agent_helpers import agent_env
 from tests.integration.mjpeg import MjpegServer
 from tests.integration.test_agent_service import Agent
@@ -32,25 +29,9 @@ from tests.unit.agent.test_sdnotify import HANG
 
 pytestmark = pytest.mark.integration
 ROUNDS = 8  # races of two agents started at once
-
-
-@pytest.fixture
-def state(tmp_path: Path, deploy_keys: DeployKeys, test_bundles: BundleSet) -> Path:
-    state = tmp_path / "state"
-    state.mkdir()
-    shutil.copy(deploy_keys.public, state / store_layout.TRUSTED_KEY)
-    store_install.install_model(test_bundles.good, state)
-    return state
-
-
-@pytest.fixture
-def stream() -> Iterator[MjpegServer]:
-    rng = np.random.default_rng(1)
-    frames = [rng.integers(0, 255, (48, 48, 3), dtype=np.uint8) for _ in range(4)]
-    server = MjpegServer(lambda i: frames[i % 4], fps=40)
-    server.start()
-    yield server
-    server.stop()
+# the installed store and the camera of test_agent_service, as fixtures here too
+state = test_agent_service.state
+stream = test_agent_service.stream
 
 
 def _start(state: Path, stream: MjpegServer, *extra: str) -> Agent:
