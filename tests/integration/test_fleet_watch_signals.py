@@ -20,7 +20,8 @@ HANG = 60  # bounds a hang only
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_watch_stops_on_a_signal_it_inherited_ignored(mqtt_broker: Mosquitto, sig: signal.Signals) -> None:
+def test_watch_stops_on_a_signal_it_inherited_ignored(mqtt_broker_fn: Mosquitto, sig: signal.Signals) -> None:
+    mqtt_broker = mqtt_broker_fn  # its own broker: no retained status of other tests in the report
     client_id = f"watch-sig-{sig.name.lower()}"
     # `trap "" INT` then exec: the watch starts with SIGINT ignored, as in a background job
     watch = subprocess.Popen(
