@@ -7,6 +7,7 @@ The real install from a wheelhouse into a real systemd box is `make device-check
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -56,7 +57,7 @@ def test_build_refuses_a_non_empty_output_before_any_work(tmp_path: Path) -> Non
 
 def test_cli_refuses_a_bad_wheelhouse_before_connecting(tmp_path: Path) -> None:
     directory = _wheelhouse(tmp_path)
-    proc = subprocess.run(["python", "-m", "deploy.cli", "install-agent", "--host", "root@127.0.0.1:9",
+    proc = subprocess.run([sys.executable, "-m", "deploy.cli", "install-agent", "--host", "root@127.0.0.1:9",
                            "--wheelhouse", str(directory)], capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 2 and "exactly one edge_infer-*.whl" in proc.stderr, proc.stderr
     assert proc.stderr.count("\n") == 1
@@ -91,7 +92,7 @@ def test_instance_installs_the_template_with_its_own_config(tmp_path: Path) -> N
 
 @pytest.mark.parametrize("name", ["Door", "a b", "-x", "x" * 33, "../etc"])
 def test_a_bad_instance_name_is_refused(name: str) -> None:
-    proc = subprocess.run(["python", "-m", "deploy.cli", "install-agent", "--host", "root@127.0.0.1:9",
+    proc = subprocess.run([sys.executable, "-m", "deploy.cli", "install-agent", "--host", "root@127.0.0.1:9",
                            f"--instance={name}"], capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 2 and "--instance must be" in proc.stderr, proc.stderr
 
