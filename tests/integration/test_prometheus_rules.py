@@ -2,7 +2,7 @@
 
 ``promtool check config`` / ``check rules`` / ``test rules`` on the files as shipped; every dashboard
 query parsed by promtool (as a recording rule); every metric the files name is one the fleet contract
-defines (docs/fleet.md); every alert has a unit test where it fires and one where it does not.
+defines (docs/deploy.md); every alert has a unit test where it fires and one where it does not.
 """
 
 from __future__ import annotations
