@@ -17,13 +17,16 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.integration.mqtt_helpers import wait_until
 from tests.integration.prometheus_helpers import (
+    AGENT_JOB,
     ALERTS,
     ALERTS_TEST,
     CONFIG,
     DASHBOARD,
     PROMETHEUS_DIR,
     PROVISIONING,
+    Prometheus,
     dashboard_queries,
     load_yaml,
     panels,
@@ -53,6 +56,7 @@ EXPORTER_METRICS = {
     "edge_device_health_interval_seconds", "edge_exporter_devices", "edge_exporter_peers",
 }
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
+HANG = 60.0  # bounds a wait on a loaded machine; never a measurement
 NAME = re.compile(r"\b(edge_[a-z0-9_]+)")
 
 
@@ -206,3 +210,26 @@ def test_grafana_provisioning_files() -> None:
     provider = load_yaml(PROVISIONING / "dashboards" / "edge-fleet.yml")
     (prov,) = provider["providers"]
     assert prov["type"] == "file" and prov["options"]["path"]
+
+
+def test_agent_targets_get_their_device_id(tmp_path: Path) -> None:
+    """A real Prometheus with the shipped relabelling: an agent target keeps the device_id its file_sd entry
+    gives, and one without gets its address's host part (name, IPv4 or IPv6). Scrapes may fail: the
+    labels are what is checked. Every address is on loopback."""
+    agents = [{"targets": ["localhost:1", "127.0.0.2:1", "[::1]:1"]},
+              {"targets": ["127.0.0.3:1"], "labels": {"device_id": "cam-x"}}]
+    config = render_config(tmp_path, ["127.0.0.1:1"], agents)
+    prometheus = Prometheus(config, tmp_path)
+    try:
+        assert wait_until(prometheus.ready, HANG), prometheus.log()
+
+        def agent_targets() -> dict[str, str]:
+            active = prometheus.api("targets")["activeTargets"]
+            return {t["labels"]["instance"]: t["labels"].get("device_id", "")
+                    for t in active if t["labels"]["job"] == AGENT_JOB}
+
+        assert wait_until(lambda: len(agent_targets()) == 4, HANG), prometheus.api("targets")
+        assert agent_targets() == {"localhost:1": "localhost", "127.0.0.2:1": "127.0.0.2", "[::1]:1": "::1",
+                                   "127.0.0.3:1": "cam-x"}
+    finally:
+        prometheus.stop()
