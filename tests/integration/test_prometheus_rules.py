@@ -216,8 +216,8 @@ def test_agent_targets_get_their_device_id(tmp_path: Path) -> None:
     """A real Prometheus with the shipped relabelling: an agent target keeps the device_id its file_sd entry
     gives, and one without gets its address's host part (name, IPv4 or IPv6). Scrapes may fail: the
     labels are what is checked. Every address is on loopback."""
-    agents = [{"targets": ["localhost:1", "127.0.0.2:1", "[::1]:1"]},
-              {"targets": ["127.0.0.3:1"], "labels": {"device_id": "cam-x"}}]
+    agents: list[dict[str, Any]] = [{"targets": ["localhost:1", "127.0.0.2:1", "[::1]:1"]},
+                                    {"targets": ["127.0.0.3:1"], "labels": {"device_id": "cam-x"}}]
     config = render_config(tmp_path, ["127.0.0.1:1"], agents)
     prometheus = Prometheus(config, tmp_path)
     try:
