@@ -82,6 +82,11 @@ class Agent:
         return self.stats.frames_inferred
 
     @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """(host, port) of the Prometheus endpoint while it serves, else None."""
+        return self._metrics.address if self._metrics is not None else None
+
+    @property
     def model(self) -> LoadedModel:
         return self.engine.model
 

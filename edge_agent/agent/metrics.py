@@ -34,7 +34,7 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import Collector
 
-from edge_agent.agent.health import read_cpu_temp, read_throttled
+from edge_agent.agent.health import THERMAL_ROOT, read_cpu_temp, read_throttled
 from edge_agent.agent.stats import PipelineStats
 from edge_agent.errors import ConfigError
 
@@ -90,8 +90,10 @@ class BoardReader:
     """Reads the board at scrape time: the thermal zone and ``vcgencmd get_throttled`` (2 s timeout),
     at most once per :data:`BOARD_CACHE_S` however many scrape at once. Never raises."""
 
-    def __init__(self, vcgencmd: str | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, vcgencmd: str | None = None, thermal_root: Path = THERMAL_ROOT,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._vcgencmd = vcgencmd if vcgencmd is not None else shutil.which("vcgencmd")
+        self._thermal_root = thermal_root
         self._clock = clock
         self._lock = threading.Lock()
         self._last: tuple[float, BoardFigures] | None = None
@@ -102,7 +104,7 @@ class BoardReader:
             if self._last is not None and now - self._last[0] < BOARD_CACHE_S:
                 return self._last[1]
             try:
-                figures = BoardFigures(read_cpu_temp(), read_throttled(self._vcgencmd))
+                figures = BoardFigures(read_cpu_temp(self._thermal_root), read_throttled(self._vcgencmd))
             except Exception:  # a scrape never fails on the board
                 log.exception("reading the board's temperature and throttling failed")
                 figures = BoardFigures(None, None)
