@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import socket
 import stat
+import subprocess
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
@@ -148,6 +150,11 @@ def test_counters_histograms_and_board_figures_are_read_at_scrape_time(
     assert value(later, "edge_agent_reconnects_total") == 0
     assert value(later, "edge_agent_outbox_evicted_total", kind="health") == 0
     assert "edge_agent_outbox_bytes" not in families(later)  # the stdout queue does not count bytes
+    promtool = shutil.which("promtool")  # Debian's prometheus package; not on a device
+    if promtool is not None:
+        checked = subprocess.run([promtool, "check", "metrics"], input=later, capture_output=True, text=True,
+                                 timeout=HANG, check=False)
+        assert checked.returncode == 0 and checked.stdout == checked.stderr == "", checked.stdout + checked.stderr
 
     server.stop()  # the histograms are no longer fed, the port is free
     assert all(window.observer is None for window in stats.stages.values())
