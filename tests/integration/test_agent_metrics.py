@@ -1,6 +1,7 @@
 """``edge-agent run --metrics`` as a real child process publishing to a real Mosquitto: ``/metrics``
 scraped over HTTP, counters that grow with frames, the model info of the bundle it runs, Debian's
-``promtool check metrics`` clean on what it serves; a port in use is one line and a failed start."""
+``promtool check metrics`` clean on what it serves, the outbox and reconnect figures through a broker
+outage; a port in use is one line and a failed start."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -127,3 +129,36 @@ def test_a_metrics_port_in_use_is_one_line_and_the_agent_does_not_start(tmp_path
     assert done.stderr == (f"edge-agent: error: cannot serve metrics on 127.0.0.1:{port}: Address already in use; "
                            "choose another address with --metrics HOST:PORT ([metrics] listen)\n")
     assert not (tmp_path / "state" / "agent.pid").exists()  # nothing left behind
+
+
+def test_outbox_and_reconnects_follow_a_broker_outage(tmp_path: Path, mqtt_broker_fn: Mosquitto,
+                                                      unique_id: str) -> None:
+    port = free_port()
+    agent = RealAgent(mqtt_broker_fn.url, unique_id, tmp_path / "state", _bundle(), _frames(tmp_path / "frames"),
+                      "--metrics", f"127.0.0.1:{port}", fps=20, health_interval=0.2, keepalive=5)
+    try:
+        def metric(name: str, text: str) -> float:
+            return _samples(text).get((name, ()), -1.0)
+
+        def wait(predicate: Callable[[str], bool], what: str) -> str:
+            deadline = time.monotonic() + HANG
+            while True:
+                assert agent.alive, agent.log()
+                try:
+                    text = _scrape(port)
+                    if predicate(text):
+                        return text
+                except OSError:
+                    pass  # not listening yet
+                assert time.monotonic() < deadline, f"timed out waiting for {what}: {agent.log()}"
+                time.sleep(0.1)
+
+        wait(lambda t: metric("edge_agent_frames_inferred_total", t) >= 5, "inferences")
+        mqtt_broker_fn.kill()
+        down = wait(lambda t: metric("edge_agent_outbox_depth_messages", t) >= 5, "messages waiting in the outbox")
+        assert metric("edge_agent_outbox_bytes", down) > 0 and metric("edge_agent_reconnects_total", down) == 0
+        mqtt_broker_fn.start()
+        wait(lambda t: metric("edge_agent_reconnects_total", t) >= 1, "the reconnection to be counted")
+        assert agent.terminate() == 0, agent.log()
+    finally:
+        agent.close()
