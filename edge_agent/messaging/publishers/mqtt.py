@@ -208,6 +208,7 @@ class MqttPublisher(Publisher):
     def stats(self) -> dict[str, Any]:
         link = self.link.stats
         return {
+            "publisher": "mqtt",
             "connected": self.link.connected,
             "reconnects": link.reconnects,
             "connects": link.connects,
