@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 DIRECT_KINDS = {"status": True, "ack": False, "config/reported": True}  # kind -> retained
 OFFLINE_RESERVE_S = 1.5  # of the stop timeout, kept for publishing `offline`
+MAX_STATUS_BYTES = 64 * 1024  # a status message read back (duplicate check) larger than this is ignored
 
 
 def _json_default(value: Any) -> Any:
@@ -101,11 +102,15 @@ class MqttPublisher(Publisher):
         # The will is fixed at connect time and may never be sent: it carries no seq.
         will = Will(f"{self.root}/status", encode(self.envelope.will_body(self._status_body("offline"))),
                     qos=1, retain=True)
+        self._started_ms = int(time.time() * 1000)
+        # Our own status, read back: a birth of another agent session there means a second agent
+        # uses this device id (edge_agent.messaging.duplicate).
+        self._status_topic = f"{self.root}/status"
         self.link = MqttLink(
             self.settings,
             self.settings.client_id or self.device_id,
             will=will,
-            subscriptions=(),
+            subscriptions=(self._status_topic,),
             max_queued=self.window + 32,
             retain_as_published=True,
         )
@@ -171,7 +176,7 @@ class MqttPublisher(Publisher):
         same bytes on ``response_topic`` with ``correlation_data`` (request/response)."""
         if kind not in DIRECT_KINDS:
             raise ValueError(f"{kind!r} is not sent directly: use one of {sorted(DIRECT_KINDS)}")
-        data = encode(self.envelope.wrap(payload))
+        data = encode(self.envelope.wrap(self._mark_duplicate(kind, payload)))
         self.sender.queue_direct(Direct(f"{self.root}/{kind}", data, DIRECT_KINDS[kind]))
         if response_topic and self.link.v5:
             self.sender.queue_direct(Direct(response_topic, data, False, response_topic, correlation_data))
@@ -207,7 +212,9 @@ class MqttPublisher(Publisher):
 
     def stats(self) -> dict[str, Any]:
         link = self.link.stats
+        self.link.duplicates.still_connected()
         return {
+            **self.link.duplicates.stats(),
             "connected": self.link.connected,
             "reconnects": link.reconnects,
             "connects": link.connects,
@@ -217,6 +224,13 @@ class MqttPublisher(Publisher):
             "direct_refused_oversize": self.sender.refused_oversize,
             **(self.inbox.stats() if self.inbox is not None else {}),
         }
+
+    def problems(self) -> list[str]:
+        dup = self.link.duplicates
+        if not dup.count:
+            return []
+        return [f"duplicate_device_id: another client connected as {self.link.client_id} "
+                f"({dup.count} time(s), last seen by {dup.how or 'short_sessions'})"]
 
     @property
     def connected(self) -> bool:
@@ -243,18 +257,47 @@ class MqttPublisher(Publisher):
                 log.exception("status_info failed")
         return {"state": state, "agent_version": __version__, **info}
 
+    def _mark_duplicate(self, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """A birth while another agent uses our device id says so (``duplicate_device_id: true``)."""
+        if kind == "status" and payload.get("state") == "online" and self.link.duplicates.flagged:
+            return {**payload, "duplicate_device_id": True}
+        return payload
+
     # ---- paho-thread callbacks (only enqueue) -------------------------------------------
     def _on_connected(self) -> None:
-        birth = Direct(f"{self.root}/status", encode(self.envelope.wrap(self._status_body("online"))), True)
+        body = self._mark_duplicate("status", self._status_body("online"))
+        birth = Direct(f"{self.root}/status", encode(self.envelope.wrap(body)), True)
         self.sender.queue_direct(birth, front=True)
         if self.settings.homeassistant:
             for topic, config in homeassistant_discovery(self.device_id, self.root):
                 self.sender.queue_direct(Direct(topic, encode(config), True))
 
     def _on_message(self, message: InboundMessage) -> None:
-        """What arrives on the subscriptions: handed to the attached inbox (it only enqueues)."""
+        """What arrives on the subscriptions: our own status is checked for another agent's birth,
+        the rest handed to the attached inbox (it only enqueues)."""
+        if message.topic == self._status_topic:
+            self._check_status(message.payload)
+            return
         if self.inbox is not None:
             self.inbox.offer(message)
+
+    def _check_status(self, payload: bytes) -> None:
+        """A birth (``online``) of another agent session on our own status topic, made after this
+        agent started: another agent connected with our device id. Anything else is ignored
+        (our own birth, the will or a birth of an earlier run of this device)."""
+        if len(payload) > MAX_STATUS_BYTES:
+            return
+        try:
+            body = json.loads(payload)
+        except ValueError:
+            return
+        if not isinstance(body, dict) or body.get("state") != "online":
+            return
+        session, ts_ms = body.get("session"), body.get("ts_ms")
+        if not isinstance(session, str) or session == self.envelope.session or len(session) > 64:
+            return
+        if isinstance(ts_ms, int) and not isinstance(ts_ms, bool) and ts_ms >= self._started_ms:
+            self.link.duplicates.foreign_birth(session)
 
 
 def create_mqtt_publisher(**options: Any) -> Publisher:
