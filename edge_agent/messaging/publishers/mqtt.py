@@ -32,16 +32,18 @@ from edge_agent import __version__
 from edge_agent.control import AgentControl
 from edge_agent.errors import ConfigError
 from edge_agent.messaging.envelope import EnvelopeFactory, topic_root
-from edge_agent.messaging.homeassistant import homeassistant_discovery
+from edge_agent.messaging.homeassistant import DEFAULT_HEALTH_INTERVAL_S, DiscoveryModel, homeassistant_discovery
 from edge_agent.messaging.link import InboundMessage, MqttLink, MqttSettings, Will
 from edge_agent.messaging.outbox import DEFAULT_MAX_AGE_S, DEFAULT_MAX_BYTES, DEFAULT_MAX_MESSAGE_BYTES, Outbox
 from edge_agent.messaging.publishers import Inbound, Publisher, register_publisher
 from edge_agent.messaging.sender import Direct, Sender
+from edge_agent.util.fs import atomic_write
 
 log = logging.getLogger(__name__)
 
 DIRECT_KINDS = {"status": True, "ack": False, "config/reported": True}  # kind -> retained
 OFFLINE_RESERVE_S = 1.5  # of the stop timeout, kept for publishing `offline`
+HA_TOPICS_FILE = "homeassistant-topics.json"  # discovery topics last published (to remove stale ones)
 MAX_STATUS_BYTES = 64 * 1024  # a status message read back (duplicate check) larger than this is ignored
 
 
@@ -120,6 +122,9 @@ class MqttPublisher(Publisher):
         self.link.callbacks.on_message = self._on_message
         self.link.callbacks.on_published = self.sender.on_published
         self._started = False
+        self._ha_lock = threading.Lock()
+        self._ha_model: DiscoveryModel | None = None  # what the published discovery describes
+        self._ha_topics: set[str] | None = None  # topics published (None: not read from disk yet)
 
     # ---- Publisher API ------------------------------------------------------------------
     def attach(self, inbound: Inbound) -> None:
@@ -150,6 +155,8 @@ class MqttPublisher(Publisher):
             raise ValueError(f"invalid message kind {kind!r}")
         if kind in DIRECT_KINDS:
             self.publish_reply(kind, payload, None, None)
+            if kind == "status":  # a new model may have new labels
+                self._refresh_discovery(force=False)
             return
         if kind != "health" and not kind.startswith("evt/"):
             raise ValueError(f"unknown message kind {kind!r}: use status, health, evt/<type>, ack, config/reported")
@@ -165,6 +172,8 @@ class MqttPublisher(Publisher):
                                      live=lambda: self._send_live(topic, data))
         if stored:
             self.sender.wake()
+        if kind == "health":  # the health interval (expire_after) may have changed
+            self._refresh_discovery(force=False)
 
     def _send_live(self, topic: str, data: bytes) -> bool:
         """A message the outbox could not store (full disk): sent directly while connected."""
@@ -268,9 +277,76 @@ class MqttPublisher(Publisher):
         body = self._mark_duplicate("status", self._status_body("online"))
         birth = Direct(f"{self.root}/status", encode(self.envelope.wrap(body)), True)
         self.sender.queue_direct(birth, front=True)
-        if self.settings.homeassistant:
-            for topic, config in homeassistant_discovery(self.device_id, self.root):
+        self._refresh_discovery(force=True)
+
+    # ---- Home Assistant discovery ---------------------------------------------------------
+    def _discovery_model(self) -> DiscoveryModel:
+        """The running model and settings the discovery configs describe."""
+        if self.control is None:
+            return DiscoveryModel()
+        try:
+            info = self.control.status_info()
+            reported = self.control.reported_config()
+            labels = self.control.model_labels()
+        except Exception:  # discovery must not break the connection callbacks
+            log.exception("cannot read the model for Home Assistant discovery")
+            return DiscoveryModel()
+        model = info.get("model")
+        interval = reported.get("health_interval_s")
+        return DiscoveryModel(
+            task=info.get("task") if isinstance(info.get("task"), str) else None,
+            labels=tuple(labels),
+            health_interval_s=float(interval) if isinstance(interval, int | float) else DEFAULT_HEALTH_INTERVAL_S,
+            events=str(reported.get("events") or "change"),
+            model_name=str(model.get("name")) if isinstance(model, dict) and model.get("name") else None,
+        )
+
+    def _refresh_discovery(self, *, force: bool) -> None:
+        """Publish the discovery configs (retained) when asked to or when what they describe changed;
+        configs published before (also by an earlier run) and no longer wanted get an empty retained
+        message, which deletes the entity in Home Assistant."""
+        if not self.settings.homeassistant:
+            return
+        model = self._discovery_model()
+        with self._ha_lock:
+            if not force and (self._ha_model is None or model == self._ha_model):
+                return  # before the first connect, or nothing changed
+            self._ha_model = model
+            configs = homeassistant_discovery(self.device_id, self.root, model)
+            wanted = {topic for topic, _ in configs}
+            previous = self._ha_topics if self._ha_topics is not None else self._read_ha_topics()
+            for topic in sorted(previous - wanted):
+                self.sender.queue_direct(Direct(topic, b"", True))
+            for topic, config in configs:
                 self.sender.queue_direct(Direct(topic, encode(config), True))
+            self._ha_topics = wanted
+            if wanted != previous:
+                self._write_ha_topics(wanted)
+
+    def _ha_topics_path(self) -> Path | None:
+        return self.state_dir / HA_TOPICS_FILE if self.state_dir is not None else None
+
+    def _read_ha_topics(self) -> set[str]:
+        path = self._ha_topics_path()
+        prefix = "homeassistant/"
+        try:
+            data = json.loads(path.read_bytes()) if path is not None else []
+        except (OSError, ValueError):
+            return set()
+        if not isinstance(data, list):
+            return set()
+        # only configs of this device: a damaged file must not make us delete anything else
+        return {t for t in data if isinstance(t, str) and t.startswith(prefix) and f"/{self.device_id}/" in t
+                and t.count("/") == 4 and not any(c in t for c in "+#")}
+
+    def _write_ha_topics(self, topics: set[str]) -> None:
+        path = self._ha_topics_path()
+        if path is None:
+            return
+        try:
+            atomic_write(path, json.dumps(sorted(topics)).encode())
+        except OSError as exc:
+            log.warning("cannot record the Home Assistant discovery topics in %s: %s", path, exc.strerror or exc)
 
     def _on_message(self, message: InboundMessage) -> None:
         """What arrives on the subscriptions: our own status is checked for another agent's birth,

@@ -96,7 +96,8 @@ def test_invalid_kinds_raise(tmp_path: Path, kind: str) -> None:
 def test_homeassistant_discovery_binds_availability() -> None:
     configs = homeassistant_discovery("cam-01", "edge/v1/cam-01")
     topics = [t for t, _ in configs]
-    assert all(t.startswith("homeassistant/sensor/cam-01/") and t.endswith("/config") for t in topics)
+    assert all(t.startswith(("homeassistant/sensor/cam-01/", "homeassistant/binary_sensor/cam-01/"))
+               and t.endswith("/config") for t in topics)
     for _, config in configs:
         assert config["availability"][0]["topic"] == "edge/v1/cam-01/status"
         assert config["state_topic"] == "edge/v1/cam-01/health"
