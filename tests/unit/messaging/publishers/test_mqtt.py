@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -248,3 +249,58 @@ def test_rows_are_queued_in_seq_order_across_threads(tmp_path: Path) -> None:
         seqs = [json.loads(p)["seq"] for (p,) in conn.execute("SELECT payload FROM outbox ORDER BY id")]
     assert len(seqs) == 3000
     assert seqs == sorted(seqs)
+
+
+class _ModelControl(_Control):
+    """A running model with labels, for Home Assistant discovery."""
+
+    def __init__(self, labels: list[str], interval: float = 30.0) -> None:
+        super().__init__()
+        self.labels = labels
+        self.config.update({"events": "change", "health_interval_s": interval})
+
+    def status_info(self) -> dict:
+        return {"task": "detect", "model": {"name": "m"}, "config_version": 0}
+
+    def model_labels(self) -> list[str]:
+        return list(self.labels)
+
+
+def _discovery(pub: MqttPublisher) -> list[tuple[str, bytes]]:
+    items = [(d.topic, d.payload) for d in pub.sender._direct if d.topic.startswith("homeassistant/")]
+    pub.sender._direct.clear()
+    return items
+
+
+def test_discovery_follows_the_model_and_removes_what_is_gone(tmp_path: Path) -> None:
+    control = _ModelControl(["person", "car"])
+    pub = create_publisher("mqtt", config={"broker": "mqtt://127.0.0.1:1", "homeassistant": True},
+                           envelope=EnvelopeFactory("dev1", tmp_path), state_dir=tmp_path, control=control)
+    assert isinstance(pub, MqttPublisher)
+    pub._on_connected()  # what a connect does: birth and discovery
+    first = dict(_discovery(pub))
+    assert "homeassistant/binary_sensor/dev1/detected_car/config" in first
+    assert all(payload for payload in first.values())
+    pub.publish("status", {"state": "online"})  # nothing changed: nothing sent again
+    assert _discovery(pub) == []
+    control.labels = ["person", "bicycle"]  # a model swap: its birth brings the new labels
+    pub.publish("status", {"state": "online"})
+    second = _discovery(pub)
+    removed = {topic for topic, payload in second if payload == b""}
+    assert removed == {"homeassistant/binary_sensor/dev1/detected_car/config",
+                       "homeassistant/sensor/dev1/count_car/config"}
+    assert "homeassistant/binary_sensor/dev1/detected_bicycle/config" in dict(second)
+    control.config["health_interval_s"] = 2.0  # set_config: the next health brings a new expire_after
+    pub.publish("health", {})
+    third = dict(_discovery(pub))
+    assert json.loads(third["homeassistant/sensor/dev1/fps/config"])["expire_after"] == 5
+    pub.outbox.close()
+    # the next run (same state directory) with a model without "bicycle" removes its configs too
+    control.labels = ["person"]
+    again = create_publisher("mqtt", config={"broker": "mqtt://127.0.0.1:1", "homeassistant": True},
+                             envelope=EnvelopeFactory("dev1", tmp_path), state_dir=tmp_path, control=control)
+    assert isinstance(again, MqttPublisher)
+    again._on_connected()
+    assert {t for t, p in _discovery(again) if p == b""} == {
+        "homeassistant/binary_sensor/dev1/detected_bicycle/config", "homeassistant/sensor/dev1/count_bicycle/config"}
+    again.outbox.close()
