@@ -396,7 +396,7 @@ def _send_targets(args: argparse.Namespace) -> tuple[list[str], str]:
             raise EdgeError(f"{device!r} is not a device id (one topic level: letters, digits, '_', '.', '-')")
     if len(set(devices)) != len(devices):
         raise EdgeError("a device is named twice")
-    if not re.match(r"^[a-z][a-z0-9_]{0,63}$", command):
+    if not re.match(r"^[A-Za-z0-9_.-]{1,64}$", command):  # one topic level
         raise EdgeError(f"{command!r} is not a command name")
     if args.output is not None and (args.all or len(devices) != 1):
         raise EdgeError("--output saves one device's picture: name exactly one device")
