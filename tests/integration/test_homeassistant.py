@@ -6,6 +6,9 @@ to the fleet."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
 import threading
 import time
 import uuid
@@ -17,6 +20,7 @@ import pytest
 from deploy import certs
 from edge_agent.messaging.homeassistant import DiscoveryModel, homeassistant_discovery
 from tests.integration.colours_agent import LABELS, colour_frames, colours_bundle, start_colours_agent
+from tests.tiny_store import make_bundle
 
 pytestmark = pytest.mark.integration
 __all__ = ["colour_frames", "colours_bundle"]  # fixtures
@@ -37,8 +41,10 @@ def test_discovery_templates_and_read_only_identity(tls_broker, pki, collector_f
     ha_pair = certs.issue(pki.dir, "homeassistant", out_dir=tmp_path / "ha")
     ha = collector_factory(pki.client(ha_pair, tls_broker.url), f"homeassistant/+/{dev}/+/config",
                            f"{root}/status", f"{root}/health", f"{root}/evt/#", "homeassistant/status")
+    bundle = tmp_path / "model.bundle"  # its own copy: the test replaces it with other labels
+    shutil.copy(colours_bundle, bundle)
     agent = start_colours_agent(
-        tls_broker.url, dev, tmp_path / "state", colours_bundle, colour_frames,
+        tls_broker.url, dev, tmp_path / "state", bundle, colour_frames,
         "--ca-file", str(pki.ca.cert), "--cert-file", str(dev_pair.cert), "--key-file", str(dev_pair.key),
         config="[mqtt]\nhomeassistant = true\n", health_interval=1.0)
     # what the agent must announce: the colours classifier, results on every frame, health every 1 s
@@ -98,6 +104,17 @@ def test_discovery_templates_and_read_only_identity(tls_broker, pki, collector_f
         # and nothing of it reached a reader: the birth message, sent last, arrived; nothing forged before it
         assert ha.wait(lambda: any(m.topic == "homeassistant/status" for m in ha.messages), HANG)
         assert [m.topic for m in ha.messages if m.payload == b'{"forged": true}'] == []
+        assert agent.alive, agent.log()
+
+        # A model with other labels (same input and classes): after the swap (SIGHUP re-reads
+        # --bundle) the discovery follows, and the configs of the labels gone are deleted.
+        new_labels = ("cyan", "magenta", "yellow")
+        os.replace(make_bundle(tmp_path / "new.bundle", version="2.0", labels=new_labels), bundle)
+        agent.proc.send_signal(signal.SIGHUP)
+        gone = {f"homeassistant/binary_sensor/{dev}/detected_{label}/config" for label in LABELS}
+        added = {f"homeassistant/binary_sensor/{dev}/detected_{label}/config" for label in new_labels}
+        assert ha.wait(lambda: gone <= {m.topic for m in ha.messages if m.payload == b""}
+                       and added <= {m.topic for m in ha.messages if m.payload}, HANG), agent.log()
         assert agent.alive, agent.log()
     finally:
         agent.terminate()
