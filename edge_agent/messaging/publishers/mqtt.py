@@ -223,6 +223,7 @@ class MqttPublisher(Publisher):
         link = self.link.stats
         self.link.duplicates.still_connected()
         return {
+            "publisher": "mqtt",
             **self.link.duplicates.stats(),
             "connected": self.link.connected,
             "reconnects": link.reconnects,
