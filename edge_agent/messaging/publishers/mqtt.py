@@ -360,9 +360,11 @@ class MqttPublisher(Publisher):
 
     def _check_status(self, payload: bytes) -> None:
         """A birth (``online``) of another agent session on our own status topic, made after this
-        agent started: another agent connected with our device id. Anything else is ignored
-        (our own birth, the will or a birth of an earlier run of this device)."""
-        if len(payload) > MAX_STATUS_BYTES:
+        agent started and found after a reconnect: another agent connected with our device id.
+        Anything else is ignored: our own birth, the will, a birth of an earlier run of this device
+        (on the first connect it may look newer than our start: a board without a real-time clock
+        boots with an old time until NTP sets it)."""
+        if len(payload) > MAX_STATUS_BYTES or self.link.stats.connects < 2:
             return
         try:
             body = json.loads(payload)

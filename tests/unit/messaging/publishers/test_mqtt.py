@@ -304,3 +304,29 @@ def test_discovery_follows_the_model_and_removes_what_is_gone(tmp_path: Path) ->
     assert {t for t, p in _discovery(again) if p == b""} == {
         "homeassistant/binary_sensor/dev1/detected_bicycle/config", "homeassistant/sensor/dev1/count_bicycle/config"}
     again.outbox.close()
+
+
+def test_a_birth_of_another_session_on_our_status_after_a_reconnect_is_a_duplicate(tmp_path: Path) -> None:
+    from edge_agent.messaging.link import InboundMessage
+
+    pub = _publisher(tmp_path)
+    topic = "edge/v1/dev1/status"
+
+    def birth(**fields: Any) -> InboundMessage:
+        body = {"state": "online", "session": "other", "ts_ms": pub._started_ms + 5, **fields}
+        return InboundMessage(topic, json.dumps(body).encode(), 1, True)
+
+    pub.link.stats.connects = 1  # first connect: an earlier run's birth may look new (no RTC)
+    pub._on_message(birth())
+    assert not pub.link.duplicates.flagged
+    pub.link.stats.connects = 2
+    for ignored in (birth(session=pub.envelope.session), birth(state="offline"), birth(ts_ms=pub._started_ms - 1),
+                    birth(ts_ms="soon"), InboundMessage(topic, b"{not json", 1, True),
+                    InboundMessage(topic, b" " * (64 * 1024 + 1), 1, True)):
+        pub._on_message(ignored)
+    assert not pub.link.duplicates.flagged
+    pub._on_message(birth())
+    assert pub.stats()["duplicate_device_id"] is True and pub.stats()["duplicate_device_id_how"] == "foreign_birth"
+    assert pub.problems() == ["duplicate_device_id: another client connected as dev1 (1 time(s), last seen by "
+                              "foreign_birth)"]
+    pub.outbox.close()
