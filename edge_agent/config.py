@@ -232,6 +232,9 @@ class MqttSection(_Section):
     command_rate: float = Field(default=5.0, gt=0, le=1000, description="Commands per second (token bucket rate).")
     command_burst: float = Field(default=20.0, ge=1, le=10000, description="Command burst (token bucket size).")
     homeassistant: bool = False
+    duplicate_backoff_s: float = Field(
+        default=30.0, ge=1, le=3600,
+        description="After another client connected with this device id: reconnect after 1-2x this (s).")
 
     @classmethod
     def _prepare(cls, data: dict[str, Any]) -> dict[str, Any]:

@@ -143,6 +143,10 @@ class Agent:
             "model_fallback": self.engine.fallback,
         }
 
+    def model_labels(self) -> list[str]:
+        active = self.engine.current
+        return list(active.task.labels) if active else []
+
     def reported_config(self) -> dict[str, Any]:
         active = self.engine.current
         return self.settings.reported(active.task if active else None)

@@ -136,9 +136,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         agent.stop()
     first = agent.first_result_s
+    problems = agent.publisher.problems() if agent.publisher is not None else []
     print(
         f"edge-agent: {agent.exit_reason or 'stopped'}: {agent.stats.summary()}"
-        + (f"; first result after {first:.2f} s" if first is not None else ""),
+        + (f"; first result after {first:.2f} s" if first is not None else "")
+        + "".join(f"; {problem}" for problem in problems),
         file=sys.stderr,
     )
     return EXIT_FAIL if agent.failed else EXIT_OK

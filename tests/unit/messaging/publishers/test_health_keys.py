@@ -22,9 +22,9 @@ from tests.tiny_store import make_bundle, shared
 HANG = 60.0  # only bounds a hang
 ENVELOPE_KEYS = {"schema", "device_id", "boot_id", "session", "seq", "ts_ms", "replayed"}
 # What only a broker connection has: connection attempts, refusals, direct messages (status,
-# acks) paho could not take, and the command inbox's counters.
+# acks) paho could not take, the command inbox's counters, and another client with our id.
 MQTT_ONLY = {"connects", "refused", "direct_dropped", "direct_refused_oversize", "desired_dropped", "commands",
-             "commands_rejected"}
+             "commands_rejected", "duplicate_device_id", "duplicate_device_id_count", "duplicate_device_id_how"}
 # The stdout queue keeps no bytes, ages or rows in flight, and never stores to disk.
 OUTBOX_MQTT_ONLY = {"bytes", "inflight", "oldest_age_s", "evicted_age", "refused_oversize", "undeliverable",
                     "dropped", "sent_unstored", "replayed"}
