@@ -38,6 +38,7 @@ from deploy.actions import (
     rollback_one,
     status_one,
 )
+from deploy import pki_cli
 from deploy.answers import printable
 from deploy.ssh import DeployError, HostResult, Ssh, Target, collect_targets, default_known_hosts
 from deploy.wheelhouse import ARCHES, build_wheelhouse, check_wheelhouse
@@ -294,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--package", default=None, metavar="WHEEL_OR_REQUIREMENT",
                    help="the agent to resolve (default: this checkout's wheel, or the installed edge-infer)")
     p.set_defaults(handler=cmd_wheelhouse)
+
+    pki_cli.add_parser(sub)
     return parser
 
 
