@@ -20,11 +20,13 @@ import argparse
 import json
 import logging
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from deploy import pki_cli
 from deploy.actions import (
     CREDENTIALS,
     DEFAULT_AGENT_PATH,
@@ -33,13 +35,16 @@ from deploy.actions import (
     DEFAULT_UPLOAD_DIR,
     DEFAULT_VENV,
     INSTANCE_NAME,
+    PKI_CREDENTIALS,
+    credentials_directory,
     install_agent_one,
     push_one,
     rollback_one,
     status_one,
 )
-from deploy import pki_cli
 from deploy.answers import printable
+from deploy.pki import Pki
+from deploy.provision import HostSetup, host_config, plan_device_ids
 from deploy.ssh import DeployError, HostResult, Ssh, Target, collect_targets, default_known_hosts
 from deploy.wheelhouse import ARCHES, build_wheelhouse, check_wheelhouse
 from edge_agent.cli.main import dispatch
@@ -167,7 +172,27 @@ def cmd_install_agent(args: argparse.Namespace) -> int:
             raise DeployError(f"{path} not found")
     if args.wheelhouse is not None:
         check_wheelhouse(args.wheelhouse)
-    return _for_each_host(args, lambda ssh: install_agent_one(ssh, args, print))
+    if args.broker is not None and not args.broker.startswith(("mqtt://", "mqtts://")):
+        raise DeployError(f"--broker must be an mqtt:// or mqtts:// URL, not {args.broker!r}")
+    pki = None
+    if args.pki is not None:
+        pki = Pki(args.pki)
+        pki.entries()  # fails early, with one line, when it is not a fleet CA
+        if args.credentials_dir is not None and any((Path(args.credentials_dir) / n).is_file()
+                                                    for n in PKI_CREDENTIALS):
+            raise DeployError(f"--pki installs {', '.join(PKI_CREDENTIALS)}; remove them from --credentials-dir")
+    targets = collect_targets(args.host, args.hosts_file, args.port)
+    ids = plan_device_ids(targets, args.device_id_template)
+    base = args.config.read_text()
+    credentials = credentials_directory(args.instance) if pki is not None else None
+    with tempfile.TemporaryDirectory(prefix="edge-deploy-configs.") as tmp:
+        hosts: dict[Target, HostSetup] = {}
+        for target, device_id in ids.items():
+            config = Path(tmp) / f"{device_id}.toml"
+            config.write_text(host_config(base, device_id, broker=args.broker, credentials=credentials))
+            hosts[target] = HostSetup(device_id, config, pki.pair(device_id) if pki else None,
+                                      pki.ca_cert if pki else None)
+        return _for_each_host(args, lambda ssh: install_agent_one(ssh, args, print, hosts[ssh.target]))
 
 
 def cmd_wheelhouse(args: argparse.Namespace) -> int:
@@ -277,7 +302,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instance", default=None, metavar="NAME",
                    help="install the edge-agent@.service template and run it as edge-agent@NAME with "
                         "/etc/edge-agent/NAME.toml and /var/lib/edge-agent-NAME: one agent per camera")
-    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG_FILE, help="agent config.toml")
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG_FILE,
+                   help="agent config.toml; each host gets a copy with its own device_id")
+    p.add_argument("--device-id-template", default=None, metavar="TEMPLATE",
+                   help="each host's device id, e.g. 'cam-{host}': {host} is the SSH target's host name made "
+                        "into a device id, {short} its part before the first dot (default: '{host}')")
+    p.add_argument("--broker", default=None, metavar="URL", help="set [mqtt] broker in each host's config")
+    p.add_argument("--pki", type=Path, default=None, metavar="DIR",
+                   help="fleet CA (edge-deploy pki init): give each host a client certificate with CN = its "
+                        "device id (reused while valid) and install it, its key and the CA as credentials")
     p.add_argument("--force-config", action="store_true", help="replace an existing device config")
     p.add_argument("--public-key", type=Path, default=None, help="model signing key to pin")
     p.add_argument("--credentials-dir", type=Path, default=None,

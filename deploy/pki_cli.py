@@ -10,8 +10,8 @@ from pathlib import Path
 
 from deploy.pki import CRL_DAYS, DEFAULT_DAYS, MAX_DAYS, ROLES, Pki, PkiError
 
-RELOAD_HINT = ("the broker reads crl.pem only when it starts: copy it to the broker's crlfile and restart "
-               "Mosquitto (a SIGHUP does not reload it)")
+RELOAD_HINT = ("copy it to the broker's crlfile, then `systemctl reload mosquitto` (new connections) or "
+               "restart Mosquitto (also drops the revoked device if it is connected)")
 
 
 def default_pki_dir() -> Path:

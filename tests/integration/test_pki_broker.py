@@ -64,7 +64,7 @@ def test_revoked_device_refused_after_restart(crl_broker: tuple[Mosquitto, Pki])
 
     proc = _deploy("pki", "revoke", "cam-01", "--dir", str(pki.directory))
     assert proc.returncode == 0, proc.stderr
-    assert "restart Mosquitto" in proc.stdout
+    assert "restart Mosquitto" in proc.stdout and "crlfile" in proc.stdout
     broker.stop()
     broker.start()
 
