@@ -141,7 +141,7 @@ class Pki:
         _check_days(days)
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         pki = cls(directory)
-        with pki._locked():
+        with pki._locked(require_ca=False):
             if (directory / INDEX).exists():
                 raise PkiError(f"{directory / INDEX} already exists: {directory} already holds a fleet CA")
             try:
@@ -162,7 +162,7 @@ class Pki:
         """The newest valid (unrevoked, unexpired) certificate of ``name`` in ``role``, if any."""
         now = _now()
         found = [e for e in self.entries() if e.name == name and e.role == role and e.status(now) == "valid"]
-        return max(found, key=lambda e: e.not_before) if found else None
+        return found[-1] if found else None  # the index is in issue order
 
     def _load(self) -> tuple[list[Entry], int]:
         path = self.directory / INDEX
@@ -192,9 +192,11 @@ class Pki:
         atomic_write(self.directory / INDEX, text.encode() + b"\n", mode=0o600)
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self, require_ca: bool = True) -> Iterator[None]:
         """An exclusive lock on the directory (each call opens its own descriptor, so threads exclude
         each other too)."""
+        if require_ca and not self.ca_cert.is_file():
+            raise PkiError(f"no fleet CA in {self.directory} (edge-deploy pki init --dir {self.directory})")
         try:
             fd = os.open(self.directory / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
