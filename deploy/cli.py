@@ -182,7 +182,7 @@ def cmd_install_agent(args: argparse.Namespace) -> int:
                                                     for n in PKI_CREDENTIALS):
             raise DeployError(f"--pki installs {', '.join(PKI_CREDENTIALS)}; remove them from --credentials-dir")
     targets = collect_targets(args.host, args.hosts_file, args.port)
-    ids = plan_device_ids(targets, args.device_id_template)
+    ids = plan_device_ids(targets, args.device_id_template, args.instance)
     base = args.config.read_text()
     credentials = credentials_directory(args.instance) if pki is not None else None
     with tempfile.TemporaryDirectory(prefix="edge-deploy-configs.") as tmp:
@@ -306,7 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="agent config.toml; each host gets a copy with its own device_id")
     p.add_argument("--device-id-template", default=None, metavar="TEMPLATE",
                    help="each host's device id, e.g. 'cam-{host}': {host} is the SSH target's host name made "
-                        "into a device id, {short} its part before the first dot (default: '{host}')")
+                        "into a device id, {short} its part before the first dot, {instance} the --instance "
+                        "(default: '{host}', with --instance '{host}-{instance}')")
     p.add_argument("--broker", default=None, metavar="URL", help="set [mqtt] broker in each host's config")
     p.add_argument("--pki", type=Path, default=None, metavar="DIR",
                    help="fleet CA (edge-deploy pki init): give each host a client certificate with CN = its "

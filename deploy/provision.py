@@ -3,10 +3,11 @@
 The device id comes from the SSH target's host part as the operator wrote it
 (``pi@cam-kitchen.lan`` → ``cam-kitchen.lan``; an ``~/.ssh/config`` alias counts), made
 into a device id by :func:`edge_agent.device_id.sanitize`, or from
-``--device-id-template`` with ``{host}`` (that sanitised host) and ``{short}`` (its part
-before the first dot; all of it for an IP address). Not the device's own ``hostname``: the id is then known before
-any connection (``--dry-run`` shows it, clashes are refused before anything is changed),
-and every fresh Raspberry Pi OS image calls itself ``raspberrypi``.
+``--device-id-template`` with ``{host}`` (that sanitised host), ``{short}`` (its part
+before the first dot; all of it for an IP address) and ``{instance}`` (``--instance``; the
+default is then ``{host}-{instance}``). Not the device's own ``hostname``: the id is then
+known before any connection (``--dry-run`` shows it, clashes are refused before anything is
+changed), and every fresh Raspberry Pi OS image calls itself ``raspberrypi``.
 
 The per-host config is the ``--config`` file with ``device_id`` set and, as asked,
 ``[mqtt] broker`` and the certificate paths; comments and everything else are kept.
@@ -31,7 +32,7 @@ from deploy.pki import Pki, PkiError
 from deploy.ssh import DeployError, Target
 from edge_agent.device_id import is_device_id, sanitize
 
-TEMPLATE_FIELDS = ("host", "short")
+TEMPLATE_FIELDS = ("host", "short", "instance")
 MAX_TEMPLATE = 200
 _HEADER = re.compile(r"^\s*\[")
 
@@ -52,8 +53,9 @@ def host_part(target: Target) -> str:
     return target.host.rpartition("@")[2].strip("[]")
 
 
-def check_template(template: str) -> None:
-    """Refuse a template with fields other than ``{host}``/``{short}`` or with format specs."""
+def check_template(template: str, instance: str | None = None) -> None:
+    """Refuse a template with fields other than ``{host}``/``{short}``/``{instance}`` (this one only
+    with ``--instance``) or with format specs."""
     if len(template) > MAX_TEMPLATE:
         raise DeployError(f"--device-id-template is longer than {MAX_TEMPLATE} characters")
     try:
@@ -62,34 +64,41 @@ def check_template(template: str) -> None:
         raise DeployError(f"--device-id-template {template!r}: {exc}") from exc
     for _, field, spec, conversion in parts:
         if field is not None and (field not in TEMPLATE_FIELDS or spec or conversion):
-            raise DeployError(f"--device-id-template {template!r}: only {{host}} and {{short}} may be used, "
-                              f"not {{{field}{'!' + conversion if conversion else ''}{':' + spec if spec else ''}}}")
+            given = f"{field}{'!' + conversion if conversion else ''}{':' + spec if spec else ''}"
+            raise DeployError(f"--device-id-template {template!r}: only {{host}}, {{short}} and {{instance}} may be "
+                              f"used, not {{{given}}}")
+        if field == "instance" and instance is None:
+            raise DeployError(f"--device-id-template {template!r}: {{instance}} needs --instance")
 
 
-def device_id_for(target: Target, template: str | None = None) -> str:
-    """The device id of ``target`` (see the module docstring); :class:`DeployError` when none results."""
+def device_id_for(target: Target, template: str | None = None, instance: str | None = None) -> str:
+    """The device id of ``target`` (see the module docstring); :class:`DeployError` when none results.
+
+    The default template is ``{host}``, or ``{host}-{instance}`` with ``--instance`` (several
+    agents on one host each need their own id)."""
     raw = host_part(target)
     host = sanitize(raw)
     if not host:
         raise DeployError(f"{target}: the host name {raw!r} gives no usable device id; use --device-id-template")
     if template is None:
-        return host
-    check_template(template)
+        template = "{host}-{instance}" if instance else "{host}"
+    check_template(template, instance)
     try:
         ipaddress.ip_address(raw)
         short = host  # an address has no "first label"
     except ValueError:
         short = host.split(".")[0]
-    device_id = template.format(host=host, short=short)
+    device_id = template.format(host=host, short=short, instance=instance or "")
     if not is_device_id(device_id):
         raise DeployError(f"--device-id-template {template!r} gives {device_id!r} for {target}: not a device id "
                           "(1-64 letters, digits, '.', '_', '-', starting with a letter or digit)")
     return device_id
 
 
-def plan_device_ids(targets: Sequence[Target], template: str | None) -> dict[Target, str]:
+def plan_device_ids(targets: Sequence[Target], template: str | None,
+                    instance: str | None = None) -> dict[Target, str]:
     """Every target's device id; refuses when two targets would share one."""
-    ids = {target: device_id_for(target, template) for target in targets}
+    ids = {target: device_id_for(target, template, instance) for target in targets}
     seen: dict[str, Target] = {}
     for target, device_id in ids.items():
         if device_id in seen:

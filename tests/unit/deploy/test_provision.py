@@ -37,11 +37,18 @@ def test_device_id_for(host: str, template: str | None, expected: str) -> None:
     assert device_id_for(Target(host), template) == expected
 
 
+def test_instances_on_one_host_get_their_own_ids() -> None:
+    assert device_id_for(Target("pi@gate"), None, "door") == "gate-door"
+    assert device_id_for(Target("pi@gate.lan"), "{instance}.{short}", "yard") == "yard.gate"
+    with pytest.raises(DeployError, match="needs --instance"):
+        device_id_for(Target("pi@gate"), "{host}-{instance}")
+
+
 @pytest.mark.parametrize(("template", "message"), [
-    ("cam-{user}", "only {host} and {short}"),
-    ("cam-{host.__class__}", "only {host} and {short}"),
-    ("cam-{host!r}", "only {host} and {short}"),
-    ("cam-{host:>80}", "only {host} and {short}"),
+    ("cam-{user}", "only {host}, {short} and {instance}"),
+    ("cam-{host.__class__}", "only {host}, {short} and {instance}"),
+    ("cam-{host!r}", "only {host}, {short} and {instance}"),
+    ("cam-{host:>80}", "only {host}, {short} and {instance}"),
     ("cam-{", "--device-id-template"),
     ("cam/{host}", "not a device id"),
     ("{host}" * 20, "not a device id"),
@@ -143,7 +150,7 @@ def test_steps_install_the_certificate_and_check_the_kept_config(tmp_path: Path)
 @pytest.mark.parametrize(("argv", "message"), [
     (["--broker", "http://x"], "--broker must be an mqtt:// or mqtts:// URL"),
     (["--pki", "/nonexistent-pki"], "no fleet CA"),
-    (["--device-id-template", "{nope}"], "only {host} and {short}"),
+    (["--device-id-template", "{nope}"], "only {host}, {short} and {instance}"),
 ])
 def test_install_agent_operator_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["install-agent", "--host", "pi@cam-1", "--dry-run", *argv]) == 2
