@@ -174,14 +174,15 @@ def make_pki(directory: Path, clients: Sequence[str]) -> LocalPki:
     ca = certs.create_ca(directory)
     server = certs.issue(directory, "localhost", server=True, dns=["localhost"], ips=["127.0.0.1"])
     issued = {name: certs.issue(directory, name) for name in clients}
+    certs.write_crl(directory, [], directory / "crl.pem")  # the shipped config reads a CRL
     return LocalPki(directory, ca, server, issued)
 
 
 def start_tls_broker(workdir: Path, pki: LocalPki, port: int | None = None) -> Mosquitto:
     """Start the shipped TLS configuration on 127.0.0.1."""
     port = port or free_port()
-    broker = Mosquitto(workdir, tls_config(workdir, port, pki.ca.cert, pki.server.cert, pki.server.key), port,
-                       tls=True)
+    conf = tls_config(workdir, port, pki.ca.cert, pki.server.cert, pki.server.key, crl=pki.dir / "crl.pem")
+    broker = Mosquitto(workdir, conf, port, tls=True)
     broker.start()
     return broker
 
