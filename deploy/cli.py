@@ -10,6 +10,10 @@ Several hosts (``--host`` repeated or ``--hosts-file``) are handled in parallel
 and summarised in a per-host table. Exit code 0 when every host succeeded, 1 when
 one failed, 2 on an operator error or when a host's key does not match the pinned one.
 
+``install-agent`` gives each host its own device id, config and (``--pki``) client
+certificate (:mod:`deploy.provision`); ``pki`` is the fleet CA (:mod:`deploy.pki`,
+:mod:`deploy.pki_cli`).
+
 This module is the command line (arguments, ``cmd_*``, the result table); running ssh/scp
 is :mod:`deploy.ssh`, what is done on each host is :mod:`deploy.actions`.
 """
@@ -252,7 +256,8 @@ def _check_device_path(flag: str, value: str | None) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edge-deploy", description="Sign and flash model bundles.")
+    parser = argparse.ArgumentParser(prog="edge-deploy", description="Sign and flash model bundles, install "
+                                     "the agent, run the fleet CA.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("keygen", help="create an Ed25519 signing key pair")
