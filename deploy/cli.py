@@ -180,6 +180,9 @@ def cmd_install_agent(args: argparse.Namespace) -> int:
         raise DeployError(f"--broker must be an mqtt:// or mqtts:// URL, not {args.broker!r}")
     pki = None
     if args.pki is not None:
+        if args.instance is not None:
+            raise DeployError("--pki cannot be used with --instance: every edge-agent@ instance loads its client "
+                              "certificate from the same /etc/edge-agent/credentials, so they cannot have one each")
         pki = Pki(args.pki)
         pki.entries()  # fails early, with one line, when it is not a fleet CA
         if args.credentials_dir is not None and any((Path(args.credentials_dir) / n).is_file()

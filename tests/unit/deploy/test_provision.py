@@ -157,6 +157,13 @@ def test_install_agent_operator_errors(argv: list[str], message: str, capsys: py
     assert message in capsys.readouterr().err
 
 
+def test_pki_refused_with_instances(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pki = Pki.init(tmp_path / "pki")
+    code = cli.main(["install-agent", "--host", "pi@gate", "--dry-run", "--pki", str(pki.directory),
+                     "--instance", "door"])
+    assert code == 2 and "--pki cannot be used with --instance" in capsys.readouterr().err
+
+
 def test_pki_and_client_credentials_conflict(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pki = Pki.init(tmp_path / "pki")
     creds = tmp_path / "creds"
