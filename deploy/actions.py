@@ -223,6 +223,16 @@ def install_agent_steps(args: argparse.Namespace, host: HostSetup | None = None)
              + "".join(f" && {sudo}sh -c {shlex.quote(_touch_private(f'{q_config}/credentials/{c}'))}"
                        for c in CREDENTIALS)),
     ]
+    if host is not None and host.cert is not None and not args.force_config:
+        # A kept config with another device id would not match the certificate's CN: stop before
+        # any credential is replaced.
+        installed = shlex.quote(f"{config_dir}/{config_name}")
+        line = shlex.quote(f'device_id = "{host.device_id}"')
+        steps.append(Step(f"check that an existing {config_dir}/{config_name} says device_id = {host.device_id} "
+                          "(the certificate's CN)",
+                          f"test ! -e {installed} || grep -qxF {line} {installed} || {{ echo 'the kept {config_name} "
+                          f"has another device_id than the certificate CN {host.device_id}: use --force-config' >&2; "
+                          "exit 1; }"))
     credentials: dict[str, Path] = {}
     if args.credentials_dir is not None:
         credentials = {name: Path(args.credentials_dir) / name for name in CREDENTIALS
@@ -252,13 +262,6 @@ def install_agent_steps(args: argparse.Namespace, host: HostSetup | None = None)
              + ("" if args.force_config else " (kept if present)"),
              _then_remove(f"{sudo}sh -c {shlex.quote(install_config)}", tmp_config)),
     ]
-    if host is not None and host.cert is not None and not args.force_config:
-        # A kept config with another device id would not match the certificate's CN.
-        installed = shlex.quote(f"{config_dir}/{config_name}")
-        line = shlex.quote(f'device_id = "{host.device_id}"')
-        steps.append(Step(f"check that {config_dir}/{config_name} says device_id = {host.device_id} (the CN)",
-                          f"grep -qxF {line} {installed} || {{ echo 'the kept {config_name} has another device_id "
-                          f"than the certificate CN {host.device_id}: use --force-config' >&2; exit 1; }}"))
     if args.public_key is not None:
         tmp_key = f"{upload_dir}/edge-agent-trusted.{uuid.uuid4().hex[:8]}.pub"
         steps += [

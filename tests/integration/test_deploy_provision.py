@@ -111,10 +111,13 @@ def test_two_hosts_get_their_own_ids_and_certificates(sshd_device: SshDevice, tm
     assert Pki(pki_dir).entries() == entries
     config = root / "etc/edge-agent/config.toml"
     config.write_text('device_id = "someone-else"\n')
+    client_key = root / "etc/edge-agent/credentials/mqtt-client.key"
+    client_key.write_text("the device's own\n")
     proc = _deploy(*argv)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "has another device_id than the certificate CN cam-localhost" in proc.stdout
     assert config.read_text() == 'device_id = "someone-else"\n'
+    assert client_key.read_text() == "the device's own\n"  # refused before any credential was replaced
     proc = _deploy(*argv, "--force-config")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert tomllib.loads(config.read_text())["device_id"] == "cam-localhost"

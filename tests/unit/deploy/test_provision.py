@@ -142,7 +142,11 @@ def test_steps_install_the_certificate_and_check_the_kept_config(tmp_path: Path)
     pair = pki.pair("cam-1")
     for name, local in (("mqtt-ca.crt", pki.ca_cert), ("mqtt-client.crt", pair.cert), ("mqtt-client.key", pair.key)):
         assert f"install -m 0600 {uploads[local]} /etc/edge-agent/credentials/{name}" in commands, name
-    assert "grep -qxF 'device_id = \"cam-1\"' /etc/edge-agent/config.toml" in commands
+    check = next(i for i, step in enumerate(steps) if "grep -qxF" in step.command)
+    assert "test ! -e /etc/edge-agent/config.toml || grep -qxF 'device_id = \"cam-1\"' /etc/edge-agent/config.toml" \
+        in steps[check].command
+    # before any credential or the config is replaced
+    assert check < min(i for i, step in enumerate(steps) if step.upload in (pki.ca_cert, pair.cert, pair.key, config))
     forced = actions.install_agent_steps(_install_args(tmp_path, "--force-config"), host)
     assert "grep" not in "\n".join(s.command for s in forced)
 
