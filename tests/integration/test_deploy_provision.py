@@ -101,14 +101,11 @@ def test_two_hosts_get_their_own_ids_and_certificates(sshd_device: SshDevice, tm
     entries = Pki(pki_dir).entries()
     assert sorted(e.name for e in entries) == ["cam-127.0.0.1", "cam-localhost"]
 
-    # again: the certificate is reused while valid; a kept config naming another id is refused
+    # again: a kept config naming another id is refused; the certificate is reused while valid
     root = tmp_path / "root-localhost"
     argv = ["install-agent", "--host", _host(sshd_device, "localhost"), *_ssh(sshd_device), "--root", str(root),
             "--upload-dir", str(uploads), "--package", str(wheel), "--pki", str(pki_dir),
             "--device-id-template", "cam-{host}"]
-    proc = _deploy(*argv)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert Pki(pki_dir).entries() == entries
     config = root / "etc/edge-agent/config.toml"
     config.write_text('device_id = "someone-else"\n')
     client_key = root / "etc/edge-agent/credentials/mqtt-client.key"
@@ -121,3 +118,5 @@ def test_two_hosts_get_their_own_ids_and_certificates(sshd_device: SshDevice, tm
     proc = _deploy(*argv, "--force-config")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert tomllib.loads(config.read_text())["device_id"] == "cam-localhost"
+    assert _cn(root / "etc/edge-agent/credentials/mqtt-client.crt") == "cam-localhost"
+    assert Pki(pki_dir).entries() == entries  # both runs reused the valid certificate
