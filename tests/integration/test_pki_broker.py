@@ -6,13 +6,15 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from deploy.broker import Mosquitto, free_port, tls_config
 from deploy.pki import Pki
+from edge_agent.messaging.link import MqttSettings
 from tests.integration.mqtt_helpers import wait_until
 
 pytestmark = pytest.mark.integration
@@ -25,14 +27,15 @@ def _deploy(*args: str) -> subprocess.CompletedProcess[str]:
                           timeout=HANG, check=False)
 
 
-def _publish(broker: Mosquitto, pki: Pki, name: str, role: str = "device") -> subprocess.CompletedProcess[str]:
+def _publish(broker: Mosquitto, pki: Pki, name: str, role: str = "device",
+             topic: str | None = None) -> subprocess.CompletedProcess[str]:
     """One QoS 1 publish with ``name``'s certificate through the real mosquitto_pub: exit 0 only when the
     TLS handshake and CONNECT were accepted and the PUBACK came back."""
     pair = pki.pair(name, role)
     return subprocess.run(
         ["mosquitto_pub", "-h", "localhost", "-p", str(broker.port), "--cafile", str(pki.ca_cert),
          "--cert", str(pair.cert), "--key", str(pair.key), "-i", f"{name}-probe", "-q", "1",
-         "-t", f"edge/v1/{name}/status", "-m", "probe", "-d"],
+         "-t", topic or f"edge/v1/{name}/status", "-m", "probe", "-d"],
         capture_output=True, text=True, timeout=HANG, check=False)
 
 
@@ -41,7 +44,7 @@ def crl_broker(tmp_path: Path) -> Iterator[tuple[Mosquitto, Pki]]:
     """A fleet CA made by the real CLI, and the shipped config reading its crl.pem."""
     directory = tmp_path / "pki"
     for argv in (["init"], ["issue", "localhost", "--role", "server", "--ip", "127.0.0.1"],
-                 ["issue", "cam-01"], ["issue", "cam-02"]):
+                 ["issue", "cam-01"], ["issue", "cam-02"], ["issue", "fleet", "--role", "operator"]):
         proc = _deploy("pki", *argv, "--dir", str(directory))
         assert proc.returncode == 0, proc.stderr
     pki = Pki(directory)
@@ -82,11 +85,15 @@ def test_revoked_device_refused_after_restart(crl_broker: tuple[Mosquitto, Pki])
     assert _publish(broker, pki, "cam-01").returncode == 0
 
 
-def test_sighup_reloads_the_crl(crl_broker: tuple[Mosquitto, Pki]) -> None:
+def test_sighup_reloads_the_crl(crl_broker: tuple[Mosquitto, Pki], collector_factory: Callable[..., Any]) -> None:
     """What docs/deploy.md says: Mosquitto (2.0.11 here, Debian 12's) re-reads crlfile on SIGHUP
-    (``systemctl reload mosquitto``); new connections of a revoked certificate are then refused."""
+    (``systemctl reload mosquitto``): new connections of a revoked certificate are refused, and a
+    connection opened before is not checked again."""
     broker, pki = crl_broker
-    assert _publish(broker, pki, "cam-01").returncode == 0
+    pair = pki.pair("cam-01")
+    settings = MqttSettings(broker=broker.url, ca_file=pki.ca_cert, cert_file=pair.cert, key_file=pair.key,
+                            keepalive=5, reconnect_max_s=2)
+    device = collector_factory(settings, "edge/v1/cam-01/cmd/#", client_id="cam-01")  # connected before
     assert _deploy("pki", "revoke", "cam-01", "--dir", str(pki.directory)).returncode == 0
     assert broker.proc is not None
     offset = len(broker.log.read_text())
@@ -97,3 +104,8 @@ def test_sighup_reloads_the_crl(crl_broker: tuple[Mosquitto, Pki]) -> None:
     assert refused.returncode != 0, refused
     assert "certificate verify failed" in broker.log.read_text()[offset:]
     assert _publish(broker, pki, "cam-02").returncode == 0
+
+    # the connection opened before the revocation still works: only a restart cuts it off
+    assert _publish(broker, pki, "fleet", "operator", topic="edge/v1/cam-01/cmd/ping").returncode == 0
+    assert device.wait(lambda: bool(device.on("/cmd/ping")), HANG)
+    assert device.link.stats.connects == 1
