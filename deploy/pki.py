@@ -82,7 +82,10 @@ class Entry:
             raise ValueError(f"bad name or role in entry {name!r}")
         if not isinstance(serial, str) or not 0 < len(serial) <= 40:
             raise ValueError(f"bad serial in entry {name!r}")
-        return cls(int(serial, 16), name, role, _time(raw["not_before"]), _time(raw["not_after"]),
+        number = int(serial, 16)
+        if number <= 0:
+            raise ValueError(f"bad serial in entry {name!r}")
+        return cls(number, name, role, _time(raw["not_before"]), _time(raw["not_after"]),
                    None if revoked is None else _time(revoked))
 
 

@@ -171,6 +171,8 @@ def test_commands_without_a_ca_say_so(tmp_path: Path, capsys: pytest.CaptureFixt
 @pytest.mark.parametrize("damage", [
     b"{", b"[]", b'{"schema": 2, "crl_number": 1, "certs": []}', b'{"schema": 1, "crl_number": 0, "certs": []}',
     b'{"schema": 1, "crl_number": 1, "certs": [{"serial": "zz"}]}',
+    b'{"schema": 1, "crl_number": 1, "certs": [{"serial": "-1f", "name": "a", "role": "device", '
+    b'"not_before": "2026-01-01T00:00:00+00:00", "not_after": "2027-01-01T00:00:00+00:00", "revoked_at": null}]}',
     b'{"schema": 1, "crl_number": 1, "certs": [{"serial": "1f", "name": "a/b", "role": "device", '
     b'"not_before": "2026-01-01T00:00:00+00:00", "not_after": "2027-01-01T00:00:00+00:00", "revoked_at": null}]}',
     b'{"schema": 1, "crl_number": 1, "certs": [{"serial": "1f", "name": "a", "role": "device", '
