@@ -136,7 +136,7 @@ def test_hostname_is_checked(pki, tmp_path: Path):
     conf = render_config(SHIPPED_CONF.read_text(), {
         "user": run_as_user(), "listener": f"{port} 127.0.0.1", "acl_file": str(SHIPPED_ACL),
         "persistence_location": f"{tmp_path}/", "cafile": str(pki.ca.cert), "certfile": str(wrong.cert),
-        "keyfile": str(wrong.key),
+        "keyfile": str(wrong.key), "crlfile": None,
     })
     broker = Mosquitto(tmp_path, conf, port, tls=True)
     broker.start()
