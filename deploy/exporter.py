@@ -94,6 +94,8 @@ class Exporter:
         self.link = MqttLink(settings, f"edge-exporter-{self.member}", subscriptions=subscriptions(share_group),
                              max_queued=1000)
         self.link.callbacks.on_message = self._on_message
+        self.subscribed = threading.Event()  # the broker acknowledged the subscriptions
+        self.link.callbacks.on_subscribed = lambda mid, codes: self.subscribed.set()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(FleetCollector(self))
 
@@ -277,6 +279,8 @@ def run(settings: MqttSettings, args: argparse.Namespace, stop: threading.Event)
     except OSError as exc:
         raise EdgeError(f"cannot listen on {args.listen}: {exc.strerror or exc}") from exc
     exporter.start()
+    if not exporter.subscribed.wait(30):
+        log.warning("not subscribed yet (broker %s unreachable?): serving what arrives once it is", settings.broker)
     group = f", share group {args.share_group} as {exporter.member}" if args.share_group else ""
     print(f"edge-fleet exporter: serving http://{host}:{server.server_port}/metrics for {settings.broker}{group}",
           file=sys.stderr, flush=True)

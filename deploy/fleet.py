@@ -306,7 +306,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from deploy.simulate import simulate
 
     report = simulate(_settings(args), args.devices, args.rate, args.duration, prefix=args.prefix,
-                      connections=args.connections, drop_every=args.drop_every, duplicate_every=args.duplicate_every)
+                      connections=args.connections, drop_every=args.drop_every, duplicate_every=args.duplicate_every,
+                      leave_online=args.leave_online)
     print(json.dumps(report.to_json()))
     return EXIT_OK if report.refused == 0 else EXIT_ERROR
 

@@ -10,7 +10,8 @@ so the broker identity used needs write access to ``edge/v1/+/status`` and
 identity added for load tests). Prints how many messages of each kind were acknowledged.
 
 For tests and benchmarks only: ``--drop-every K`` skips every K-th health seq of each
-device (a real gap), ``--duplicate-every K`` publishes every K-th health twice.
+device (a real gap), ``--duplicate-every K`` publishes every K-th health twice,
+``--leave-online`` ends without the ``offline`` status.
 """
 
 from __future__ import annotations
@@ -113,7 +114,8 @@ class _Connection:
 
 
 def simulate(settings: MqttSettings, devices: int, rate: float, duration: float, *, prefix: str = "sim-",
-             connections: int = 2, drop_every: int = 0, duplicate_every: int = 0) -> SimReport:
+             connections: int = 2, drop_every: int = 0, duplicate_every: int = 0,
+             leave_online: bool = False) -> SimReport:
     """Run the simulated fleet for ``duration`` seconds; returns what was published."""
     if not 1 <= devices <= MAX_DEVICES:
         raise EdgeError(f"--devices must be 1..{MAX_DEVICES}")
@@ -151,7 +153,7 @@ def simulate(settings: MqttSettings, devices: int, rate: float, duration: float,
             for thread in threads:
                 thread.join()
             offline = {"state": "offline", "agent_version": __version__}
-            for i, env in enumerate(envelopes):
+            for i, env in enumerate(envelopes if not leave_online else []):
                 _send(conns[i % len(conns)], env, "status", offline, report, retain=True)
             for conn in conns:
                 conn.drain(60)
@@ -216,3 +218,5 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="tests/benchmarks: skip one seq every K health rounds per device (a real gap)")
     p.add_argument("--duplicate-every", type=int, default=0, metavar="K",
                    help="tests/benchmarks: publish every K-th health round twice (a duplicate)")
+    p.add_argument("--leave-online", action="store_true",
+                   help="tests/benchmarks: no offline at the end (the devices then go stale)")
