@@ -3,8 +3,8 @@
 For N device ids (``{prefix}{i:05d}``): a retained ``online`` status (with
 ``health_interval_s = 1/rate``), health at ``rate`` Hz with the real envelope
 (:class:`edge_agent.messaging.envelope.EnvelopeFactory`, one per device, its seq counter in a
-temporary state directory) and a health body shaped like :class:`HealthRecord`, then a
-retained ``offline`` at the end. A few MQTT connections publish on behalf of all the ids,
+temporary state directory, in ``/dev/shm`` where there is one) and a health body shaped like
+:class:`HealthRecord`, then a retained ``offline`` at the end. A few MQTT connections publish on behalf of all the ids,
 so the broker identity used needs write access to ``edge/v1/+/status`` and
 ``edge/v1/+/health`` (the shipped ACL gives that to no one: use a plain test broker, or an
 identity added for load tests). Prints how many messages of each kind were acknowledged.
@@ -57,25 +57,42 @@ class SimReport:
 
 def health_body(i: int, tick: int, interval_s: float) -> dict[str, Any]:
     """A health body of a plausible Pi (the keys of :class:`HealthRecord`'s three parts)."""
+    return {**_static_health(i, interval_s), **_dynamic_health(i, tick, interval_s)}
+
+
+def _dynamic_health(i: int, tick: int, interval_s: float) -> dict[str, Any]:
+    """The figures that change from one message to the next."""
+    inferred = int(tick * interval_s * (10.0 + i % 7))
+    return {"uptime_s": round(tick * interval_s, 1), "system_uptime_s": round(1000.0 + tick * interval_s, 1),
+            "frames_in": inferred, "frames_inferred": inferred, "results_published": inferred,
+            "run_s": round(tick * interval_s, 1)}
+
+
+def _static_health(i: int, interval_s: float) -> dict[str, Any]:
+    """The figures that stay the same for a simulated device."""
     fps = 10.0 + (i % 7)
-    inferred = int(tick * interval_s * fps)
     return {
         "cpu_temp_c": 48.0 + (i % 10), "throttled": None, "cpu_percent": 35.0 + (i % 20),
         "process_cpu_percent": 30.0, "mem": {"total_bytes": 4_000_000_000, "available_bytes": 3_000_000_000,
                                             "rss_bytes": 60_000_000 + i},
-        "disk_free_bytes": 10_000_000_000, "state_files_set_aside": {}, "uptime_s": round(tick * interval_s, 1),
-        "system_uptime_s": 1000.0 + tick * interval_s,
-        "fps_in": fps, "fps_inferred": fps, "frames_in": inferred, "frames_inferred": inferred, "frames_dropped": 0,
-        "frames_skipped": 0, "frames_skipped_motion": 0, "results_published": inferred, "errors": 0,
-        "queue_depth": 0, "run_s": round(tick * interval_s, 1), "mean_fps_inferred": fps,
-        "latency_ms": {"invoke": {"p50": 6.0, "p95": 7.5, "p99": 9.0, "mean": 6.2, "n": inferred},
-                       "total": {"p50": 9.0, "p95": 11.0, "p99": 14.0, "mean": 9.3, "n": inferred}},
+        "disk_free_bytes": 10_000_000_000, "state_files_set_aside": {},
+        "fps_in": fps, "fps_inferred": fps, "frames_dropped": 0,
+        "frames_skipped": 0, "frames_skipped_motion": 0, "errors": 0,
+        "queue_depth": 0, "mean_fps_inferred": fps,
+        "latency_ms": {"invoke": {"p50": 6.0, "p95": 7.5, "p99": 9.0, "mean": 6.2, "n": 1000},
+                       "total": {"p50": 9.0, "p95": 11.0, "p99": 14.0, "mean": 9.3, "n": 1000}},
         "source": {"type": "camera", "state": "connected"}, "model_sha256": SIM_MODEL["sha256"],
         "manifest_sha256": SIM_MODEL["manifest_sha256"], "config_version": 0, "model_fallback": None,
         "connected": True, "reconnects": 0, "connects": 1, "refused": 0,
         "outbox": {"depth": 0, "bytes": 0, "inflight": 0, "oldest_age_s": None, "evicted": 0},
         "health_interval_s": interval_s,
     }
+
+
+def _encode(env: EnvelopeFactory, dynamic: dict[str, Any], static_json: str) -> bytes:
+    """The envelope (next seq) with the changing figures, then the pre-encoded constant ones."""
+    head = json.dumps(env.wrap(dynamic), separators=(",", ":"))
+    return (head[:-1] + "," + static_json[1:]).encode()
 
 
 class _Connection:
@@ -129,8 +146,10 @@ def simulate(settings: MqttSettings, devices: int, rate: float, duration: float,
     report = SimReport(devices)
     lock = threading.Lock()
     tag = uuid.uuid4().hex[:6]
+    settings = MqttSettings.from_any(settings, max_inflight=max(settings.max_inflight, 20))
     conns = [_Connection(settings, f"sim-{tag}-{n}", report, lock) for n in range(max(1, connections))]
-    with tempfile.TemporaryDirectory(prefix="edge-sim-") as tmp:
+    shm = Path("/dev/shm")
+    with tempfile.TemporaryDirectory(prefix="edge-sim-", dir=shm if shm.is_dir() else None) as tmp:
         ids = [f"{prefix}{i:05d}" for i in range(devices)]
         envelopes = [EnvelopeFactory(d, Path(tmp) / d) for d in ids]
         for conn in conns:
@@ -175,37 +194,39 @@ def _send(conn: _Connection, env: EnvelopeFactory, kind: str, body: dict[str, An
 def _health_loop(conn: _Connection, envelopes: list[EnvelopeFactory], first: int, step: int, interval: float,
                  end: float, report: SimReport, lock: threading.Lock, drop_every: int, duplicate_every: int) -> None:
     """Every ``interval``: one health per device, spread evenly over the interval."""
-    tick = 0
     n = len(envelopes)
+    statics = [json.dumps(_static_health(first + k * step, interval), separators=(",", ":")) for k in range(n)]
+    topics = [f"{topic_root(env.device_id)}/health" for env in envelopes]
+    begin = time.monotonic()
+    tick = 0
     while True:
-        start = time.monotonic()
+        start = begin + tick * interval  # on schedule, whatever the last round took
+        now = time.monotonic()
         if start >= end:
             return
+        if now > start + interval / 4:
+            with lock:
+                report.late_ticks += 1  # this round starts late: the generator did not keep up
+        elif now < start:
+            time.sleep(start - now)
         for k, env in enumerate(envelopes):
-            i = first + k * step
             due = start + interval * k / n
             delay = due - time.monotonic()
             if delay > 0.002:
                 time.sleep(delay)
-            body = health_body(i, tick, interval)
             if drop_every and (tick + 1) % drop_every == 0:
                 env.wrap({})  # this seq is taken and never published: a real gap
                 with lock:
                     report.dropped_seqs += 1
-            data = _send(conn, env, "health", body, report)
-            if duplicate_every and (tick + 1) % duplicate_every == 0:
-                conn.publish(f"{topic_root(env.device_id)}/health", data)  # the same seq again
-                with lock:
-                    report.published["health"] += 1
-                    report.duplicated += 1
-        tick += 1
-        next_start = start + interval
-        wait = next_start - time.monotonic()
-        if wait > 0:
-            time.sleep(min(wait, max(0.0, end - time.monotonic())))
-        else:
+            data = _encode(env, _dynamic_health(first + k * step, tick, interval), statics[k])
+            conn.publish(topics[k], data)
+            copies = 2 if duplicate_every and (tick + 1) % duplicate_every == 0 else 1
+            if copies == 2:
+                conn.publish(topics[k], data)  # the same seq again
             with lock:
-                report.late_ticks += 1
+                report.published["health"] += copies
+                report.duplicated += copies - 1
+        tick += 1
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -238,3 +238,21 @@ def test_health_figures_and_result_labels() -> None:
     fleet.handle("edge/v1/d1/evt/snapshot", _msg(2, label="not-a-result"))
     assert view.results == {"car": 1, "bus": 1}
     assert fleet.kind_counts["evt"] == 2 and fleet.kind_counts["health"] == 1
+
+
+def test_simulated_health_is_an_enveloped_health_record(tmp_path: Any) -> None:
+    from deploy.simulate import _dynamic_health, _encode, _static_health, health_body
+    from edge_agent.agent.health import HealthRecord
+    from edge_agent.messaging.envelope import EnvelopeFactory
+
+    env = EnvelopeFactory("sim-1", tmp_path)
+    static = json.dumps(_static_health(3, 0.5))
+    first, second = (json.loads(_encode(env, _dynamic_health(3, tick, 0.5), static)) for tick in (1, 2))
+    assert (first["seq"], second["seq"]) == (0, 1) and first["device_id"] == "sim-1"
+    assert set(first) - {"schema", "device_id", "boot_id", "session", "seq", "ts_ms", "replayed"} == set(
+        health_body(3, 1, 0.5))
+    record = HealthRecord.from_json(second)
+    assert record.fps_inferred == 13.0 and record.p95_ms("invoke") == 7.5 and record.outbox_depth == 0
+    fleet = FleetState()
+    fleet.handle("edge/v1/sim-1/health", json.dumps(second).encode())
+    assert fleet.devices["sim-1"].health_interval_s == 0.5
