@@ -95,7 +95,8 @@ class Exporter:
                              max_queued=1000)
         self.link.callbacks.on_message = self._on_message
         self.subscribed = threading.Event()  # the broker acknowledged the subscriptions
-        self.link.callbacks.on_subscribed = lambda mid, codes: self.subscribed.set()
+        self.suback_codes: list[int] = []  # reason codes of the last SUBACK (>= 0x80: refused)
+        self.link.callbacks.on_subscribed = self._on_subscribed
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(FleetCollector(self))
 
@@ -121,6 +122,10 @@ class Exporter:
             return 1
         horizon = self.state.clock() - max(5.0, 3 * self.digest_s)
         return 1 + sum(1 for t in list(self.peers.values()) if t >= horizon)
+
+    def _on_subscribed(self, mid: int, codes: list[int]) -> None:
+        self.suback_codes = list(codes)
+        self.subscribed.set()
 
     # ---- messages --------------------------------------------------------------------------
     def _on_message(self, message: InboundMessage) -> None:

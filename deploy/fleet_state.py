@@ -26,9 +26,10 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from edge_agent.agent.health import HealthRecord
+from edge_agent.agent.health import HealthRecord, SystemHealth
+from edge_agent.agent.stats import StatsSnapshot
 from edge_agent.messaging.envelope import TOPIC_ROOT
 
 STALE_FACTOR = 2.5
@@ -449,7 +450,9 @@ class FleetState:
 
     @staticmethod
     def _health(view: DeviceView, body: dict[str, Any], now: float) -> None:
-        record = HealthRecord.from_json(body)
+        # The record's readers look keys up in its parts: the flat body serves as all three
+        # (HealthRecord.from_json would copy it into three dicts per message).
+        record = HealthRecord(cast(SystemHealth, body), cast(StatsSnapshot, body), body)
         view.last_health = now if view.last_health is None else max(view.last_health, now)
         view.health_interval_s = _interval(body.get("health_interval_s")) or view.health_interval_s
         view.fps = record.fps_inferred

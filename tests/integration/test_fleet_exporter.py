@@ -20,7 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from deploy.exporter import Exporter
-from edge_agent.messaging.link import MqttSettings
+from edge_agent.messaging.link import MqttLink, MqttSettings
 from tests.integration.mqtt_helpers import fleet_cli, fleet_cli_bg, wait_until
 
 pytestmark = pytest.mark.integration
@@ -181,3 +181,32 @@ def test_share_group_splits_the_load_without_false_gaps(mqtt_broker_fn, exporter
     clock.frozen = t0  # when every health arrived: up at both members
     for p in (port_a, port_b):
         assert set(per_device(scrape(p), "edge_device_up", prefix).values()) == {1.0}
+
+
+def test_share_group_with_the_shipped_acl(tls_broker, pki, unique_id: str) -> None:
+    """Over TLS with the shipped ACL, as the ``fleet`` identity: the shared subscriptions and the
+    digest topic are allowed, the members hear each other, a device's health reaches one of them."""
+    settings = pki.client(pki.fleet, tls_broker.url, keepalive=10)
+    made = []
+    try:
+        for member in ("a", "b"):
+            exporter = Exporter(settings, share_group=unique_id, digest_s=0.5, settle_s=5.0, member=member)
+            made.append(exporter)
+            exporter.start()
+            assert exporter.subscribed.wait(HANG), "exporter never subscribed"
+            assert exporter.suback_codes and max(exporter.suback_codes) < 0x80, exporter.suback_codes
+        assert wait_until(lambda: all(e.peer_count() == 2 for e in made), HANG), [e.peer_count() for e in made]
+        device = MqttLink(pki.client(pki.dev_a, tls_broker.url), f"dev-a-{unique_id}")
+        device.start()
+        try:
+            assert device.wait_connected(HANG)
+            body = {"schema": "edge/v1", "device_id": "dev-a", "boot_id": "b", "session": unique_id, "seq": 1,
+                    "ts_ms": 1, "replayed": False, "health_interval_s": 1.0}
+            device.publish("edge/v1/dev-a/health", json.dumps(body).encode(), qos=1)
+            assert wait_until(lambda: sum(e.state.kind_counts["health"] for e in made) == 1, HANG)
+        finally:
+            device.stop()
+        assert all(e.digests_refused == 0 for e in made)
+    finally:
+        for exporter in made:
+            exporter.stop()
