@@ -17,6 +17,7 @@ import json
 import os
 import re
 import resource
+import statistics
 import subprocess
 import sys
 import threading
@@ -135,7 +136,8 @@ def step(n: int, members: int) -> dict[str, Any]:
                     break
                 time.sleep(0.1)
             wall = time.monotonic() - t0
-            cpu = [(_cpu_s(p.pid) - c) / wall for (p, _), c in zip(exporters, cpu0, strict=True)]
+            cpu_s = [_cpu_s(p.pid) - c for (p, _), c in zip(exporters, cpu0, strict=True)]
+            cpu = [c / wall for c in cpu_s]
             rss = [_rss_mb(p.pid) for p, _ in exporters]
             broker_cpu = (_cpu_s(broker_pid) - broker0) / wall if broker_pid else 0.0
             host1 = _host_busy()
@@ -154,6 +156,7 @@ def step(n: int, members: int) -> dict[str, Any]:
         "drain_s": None if lag_s is None else round(lag_s, 2), "late_ticks": report["late_ticks"],
         "sim_s": round(report["seconds"], 1), "exporter_cpu": [round(c, 2) for c in cpu],
         "exporter_rss_mb": [round(r, 1) for r in rss], "per_member": [int(f["health"]) for f in figures],
+        "exporter_us_per_msg": round(sum(cpu_s) / max(1.0, received) * 1e6, 1),
         "simulate_cpu": round(sim_cpu, 2), "broker_cpu": round(broker_cpu, 2), "host_busy_cores": round(host_cores, 2),
         "kept_up": (lost == 0 and missing == 0 and lag_s is not None and lag_s <= KEEP_UP_LAG_S
                     and report["late_ticks"] == 0),
@@ -174,13 +177,14 @@ def ladder(members: int) -> list[dict[str, Any]]:
 
 def _table(rows: list[dict[str, Any]]) -> str:
     lines = ["| devices | health published | lost | missing seqs | all counted after end (s) | "
-             "generator late rounds | exporter CPU (cores) | exporter RSS (MB) | simulate / broker CPU | "
-             "host busy (of 2 cores) | kept up |",
-             "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|:--|"]
+             "generator late rounds | exporter CPU µs per message | exporter CPU (cores) | exporter RSS (MB) | "
+             "simulate / broker CPU | host busy (of 2 cores) | kept up |",
+             "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|:--|"]
     for r in rows:
         drain = "never" if r["drain_s"] is None else r["drain_s"]
         lines.append(f"| {r['devices']} | {r['published']} | {r['lost']} | {r['missing_seqs']} | {drain} | "
-                     f"{r['late_ticks']} | {' + '.join(str(c) for c in r['exporter_cpu'])} | "
+                     f"{r['late_ticks']} | {r['exporter_us_per_msg']} | "
+                     f"{' + '.join(str(c) for c in r['exporter_cpu'])} | "
                      f"{' + '.join(str(m) for m in r['exporter_rss_mb'])} | {r['simulate_cpu']} / {r['broker_cpu']} | "
                      f"{r['host_busy_cores']} | {'yes' if r['kept_up'] else 'no'} |")
     return "\n".join(lines)
@@ -192,6 +196,9 @@ def main() -> BenchResult:
     best_one = max((r["devices"] for r in one if r["kept_up"]), default=0)
     best_two = max((r["devices"] for r in two if r["kept_up"]), default=0)
     limit_one, limit_two = one[-1], two[-1]
+    cost_one = statistics.median(r["exporter_us_per_msg"] for r in one)
+    cost_two = statistics.median(r["exporter_us_per_msg"] for r in two)
+    per_core = int(1e6 / cost_one) if cost_one else 0
 
     def why(row: dict[str, Any]) -> str:
         if row["kept_up"]:
@@ -218,6 +225,13 @@ cores, so these are floors for an exporter on a machine of its own.
 
 - **One exporter**: largest fleet kept up with **{best_one}** devices at 1 health/s; {why(limit_one)}.
 - **Share group of two**: **{best_two}** devices; {why(limit_two)}.
+- **Exporter CPU per health message**: {cost_one:g} µs alone, {cost_two:g} µs in a group of two (digests
+  included; medians over the steps), so one core of this machine would carry about **{per_core}** devices
+  at 1 health/s once nothing else competes for it (a derived estimate, not a measured step).
+
+Every core of this host was busy during these runs (other jobs besides the benchmark, see "host
+busy"), so the steps end where the shared machine, not the exporter, ran out: the simulator
+falling behind its schedule ends a ladder as well.
 
 One exporter:
 
@@ -229,6 +243,8 @@ Share group of two (`--share-group`, digests every 1 s; CPU and RSS per member):
 """
     result = BenchResult("fleet_exporter", "Fleet exporter capacity (edge-fleet exporter + simulate)",
                          {"max_devices_one": best_one, "max_devices_group_of_two": best_two,
+                          "exporter_us_per_msg_one": cost_one, "exporter_us_per_msg_group_of_two": cost_two,
+                          "devices_per_core_estimate": per_core,
                           "duration_s": DURATION_S, "one": one, "group_of_two": two}, markdown)
     result.save()
     return result

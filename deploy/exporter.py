@@ -180,6 +180,8 @@ class Exporter:
 
 
 def _chunks(entries: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    """Entries in lists of under DIGEST_CHUNK_BYTES; one empty list when there are none (the
+    digest is also the members' heartbeat)."""
     chunk: list[dict[str, Any]] = []
     size = 0
     for entry in entries:
@@ -189,7 +191,7 @@ def _chunks(entries: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
             chunk, size = [], 0
         chunk.append(entry)
         size += n + 1
-    if chunk:
+    if chunk or not entries:
         yield chunk
 
 
