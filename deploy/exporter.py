@@ -68,10 +68,12 @@ class Exporter:
         digest_s: how often a group member publishes its digest.
         member: this member's name in the group (a topic level; default random).
         clock: wall clock (members compare last-health times, so keep hosts in NTP sync).
+        client_id: MQTT client id (default ``edge-exporter-MEMBER``).
     """
 
     def __init__(self, settings: MqttSettings, *, share_group: str | None = None, settle_s: float = 10.0,
-                 digest_s: float = 1.0, member: str | None = None, clock: Callable[[], float] = time.time) -> None:
+                 digest_s: float = 1.0, member: str | None = None, clock: Callable[[], float] = time.time,
+                 client_id: str | None = None) -> None:
         if share_group is not None and not NAME_RE.match(share_group):
             raise EdgeError("--share-group must be 1-64 letters, digits, '.', '_' or '-'")
         self.member = member or uuid.uuid4().hex[:12]
@@ -91,7 +93,7 @@ class Exporter:
         self.digests_refused = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.link = MqttLink(settings, f"edge-exporter-{self.member}", subscriptions=subscriptions(share_group),
+        self.link = MqttLink(settings, client_id or f"edge-exporter-{self.member}", subscriptions=subscriptions(share_group),
                              max_queued=1000)
         self.link.callbacks.on_message = self._on_message
         self.subscribed = threading.Event()  # the broker acknowledged the subscriptions
@@ -280,7 +282,7 @@ def run(settings: MqttSettings, args: argparse.Namespace, stop: threading.Event)
     """``edge-fleet exporter``: serve until ``stop`` is set."""
     host, port = parse_listen(args.listen)
     exporter = Exporter(settings, share_group=args.share_group, settle_s=args.settle_s, digest_s=args.digest_s,
-                        member=args.member)
+                        member=args.member, client_id=args.client_id)
     try:
         server, _ = exporter.serve(host, port)
     except OSError as exc:
