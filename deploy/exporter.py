@@ -93,8 +93,8 @@ class Exporter:
         self.digests_refused = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.link = MqttLink(settings, client_id or f"edge-exporter-{self.member}", subscriptions=subscriptions(share_group),
-                             max_queued=1000)
+        self.link = MqttLink(settings, client_id or f"edge-exporter-{self.member}",
+                             subscriptions=subscriptions(share_group), max_queued=1000)
         self.link.callbacks.on_message = self._on_message
         self.subscribed = threading.Event()  # the broker acknowledged the subscriptions
         self.suback_codes: list[int] = []  # reason codes of the last SUBACK (>= 0x80: refused)
