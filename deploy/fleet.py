@@ -4,7 +4,9 @@
     edge-fleet exporter --broker URL --listen HOST:PORT [--share-group NAME] [--settle-s S]
     edge-fleet simulate --broker URL --devices N --rate HZ --duration S [--prefix sim-]
     edge-fleet watch  --broker URL [--interval S] [--duration S] [--json]
-    edge-fleet send DEVICE COMMAND [--args JSON] [--timeout S] [--sign-key KEY] [--output FILE]
+    edge-fleet send DEVICE [DEVICE…] COMMAND [--args JSON] [--timeout S] [--sign-key KEY] [--json]
+    edge-fleet send --all COMMAND [--wait S] …   (every device whose retained status says online)
+    edge-fleet send DEVICE snapshot --output FILE
 
 Every device seen under ``edge/v1/+/…``: online/offline (retained ``status``),
 model, fps, p95 latency, CPU temperature and outbox depth (from ``health``),
@@ -29,6 +31,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -150,6 +153,131 @@ def send_command(
     if output is None:
         return dict(result) if done.is_set() else None
     return dict(result) if "status" in result and result["status"] in TERMINAL else None
+
+
+DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # one topic level (AgentConfig.device_id)
+MAX_STATUS_BYTES = 64 * 1024  # a retained status larger than this is not read
+
+
+def _command_body(device: str, command: str, args: dict[str, Any], timeout: float, sign_key: Any) -> dict[str, Any]:
+    now = time.time()
+    body: dict[str, Any] = {"id": uuid.uuid4().hex, "ts": round(now, 3),
+                            "expires": round(now + max(timeout, 1.0) + 30.0, 3), "args": args}
+    if sign_key is not None:
+        body["sig"] = sign_command(sign_key, device, command, body)
+    return body
+
+
+def online_devices(settings: MqttSettings, wait: float, quiet: float = 0.5) -> list[str]:
+    """Device ids whose retained ``status`` says ``online``, read within ``wait`` seconds.
+
+    The broker sends the retained statuses right after the SUBACK; the read ends once none has
+    arrived for ``quiet`` seconds (or at ``wait``).
+
+    Raises:
+        EdgeError: the broker cannot be reached within ``wait`` + 5 s.
+    """
+    states: dict[str, str] = {}
+    lock = threading.Lock()
+    last = [time.monotonic()]
+    subscribed = threading.Event()
+
+    def on_message(message: InboundMessage) -> None:
+        parts = message.topic.split("/")
+        if len(parts) != 4 or not DEVICE_ID_RE.match(parts[2]) or len(message.payload) > MAX_STATUS_BYTES:
+            return
+        try:
+            body = json.loads(message.payload)
+        except ValueError:
+            return
+        state = body.get("state") if isinstance(body, dict) else None
+        with lock:
+            states[parts[2]] = state if isinstance(state, str) else "unknown"
+            last[0] = time.monotonic()
+
+    link = MqttLink(settings, f"fleet-all-{uuid.uuid4().hex[:8]}", subscriptions=(f"{TOPIC_ROOT}/+/status",))
+    link.callbacks.on_message = on_message
+    link.callbacks.on_subscribed = lambda mid, codes: subscribed.set()
+    link.start()
+    try:
+        if not link.wait_connected(wait + 5):
+            raise EdgeError(f"cannot connect to {settings.broker} within {wait + 5:g} s")
+        deadline = time.monotonic() + wait
+        if subscribed.wait(wait):
+            with lock:
+                last[0] = time.monotonic()
+            while time.monotonic() < deadline:
+                with lock:
+                    if time.monotonic() - last[0] >= quiet:
+                        break
+                time.sleep(0.05)
+    finally:
+        link.stop()
+    return sorted(device for device, state in states.items() if state == "online")
+
+
+def send_many(
+    settings: MqttSettings,
+    devices: Sequence[str],
+    command: str,
+    args: dict[str, Any],
+    *,
+    timeout: float = 10.0,
+    sign_key: Path | None = None,
+    on_ack: Callable[[str, dict[str, Any]], None] | None = None,
+) -> dict[str, dict[str, Any] | None]:
+    """Send one command (its own id per device) over one connection and wait, within ``timeout``,
+    for each device's final ack; returns device → final ack, or None where none came in time."""
+    key = None
+    if sign_key is not None:
+        from edge_agent.model.keys import load_private_key
+
+        key = load_private_key(sign_key)
+    bodies = {device: _command_body(device, command, args, timeout, key) for device in devices}
+    waiting = {body["id"]: device for device, body in bodies.items()}
+    results: dict[str, dict[str, Any] | None] = dict.fromkeys(devices)
+    cond = threading.Condition()
+    # one wildcard subscription for many devices, one exact one per device for a few
+    filters = tuple(f"{TOPIC_ROOT}/{d}/ack" for d in devices) if len(devices) <= 16 else (f"{TOPIC_ROOT}/+/ack",)
+    link = MqttLink(settings, f"fleet-send-{uuid.uuid4().hex[:8]}", subscriptions=filters)
+    subscribed = threading.Event()
+
+    def on_message(message: InboundMessage) -> None:
+        parts = message.topic.split("/")
+        if len(parts) != 4 or parts[3] != "ack" or len(message.payload) > MAX_STATUS_BYTES:
+            return
+        try:
+            ack = json.loads(message.payload)
+        except ValueError:
+            return
+        if not isinstance(ack, dict):
+            return
+        with cond:
+            device = waiting.get(str(ack.get("id")))
+            if device is None or device != parts[2]:
+                return  # another command's ack, or an ack on the wrong device's topic
+            if on_ack is not None:
+                on_ack(device, ack)
+            if ack.get("status") in TERMINAL:
+                results[device] = ack
+                del waiting[ack["id"]]
+                cond.notify_all()
+
+    link.callbacks.on_message = on_message
+    link.callbacks.on_subscribed = lambda mid, codes: subscribed.set()  # one SUBSCRIBE for every filter
+    deadline = time.monotonic() + timeout
+    link.start()
+    try:
+        if not link.wait_connected(max(0.1, deadline - time.monotonic())):
+            raise EdgeError(f"cannot connect to {settings.broker} within {timeout:g} s")
+        subscribed.wait(max(0.1, deadline - time.monotonic()))
+        for device, body in bodies.items():
+            link.publish(f"{TOPIC_ROOT}/{device}/cmd/{command}", json.dumps(body).encode(), qos=1)
+        with cond:
+            cond.wait_for(lambda: not waiting, max(0.0, deadline - time.monotonic()))
+    finally:
+        link.stop()
+    return results
 
 
 @dataclass
@@ -312,6 +440,25 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return EXIT_OK if report.refused == 0 else EXIT_ERROR
 
 
+def _send_targets(args: argparse.Namespace) -> tuple[list[str], str]:
+    """(devices, command) from ``DEVICE [DEVICE…] COMMAND`` or ``--all COMMAND``; EdgeError when wrong."""
+    *devices, command = args.targets
+    if args.all and devices:
+        raise EdgeError("give either --all or device ids, not both")
+    if not args.all and not devices:
+        raise EdgeError("name the device(s) before the command, or use --all")
+    for device in devices:
+        if not DEVICE_ID_RE.match(device):
+            raise EdgeError(f"{device!r} is not a device id (one topic level: letters, digits, '_', '.', '-')")
+    if len(set(devices)) != len(devices):
+        raise EdgeError("a device is named twice")
+    if not re.match(r"^[A-Za-z0-9_.-]{1,64}$", command):  # one topic level
+        raise EdgeError(f"{command!r} is not a command name")
+    if args.output is not None and (args.all or len(devices) != 1):
+        raise EdgeError("--output saves one device's picture: name exactly one device")
+    return devices, command
+
+
 def cmd_send(args: argparse.Namespace) -> int:
     try:
         cmd_args = json.loads(args.args) if args.args else {}
@@ -319,22 +466,65 @@ def cmd_send(args: argparse.Namespace) -> int:
         raise EdgeError(f"--args is not valid JSON: {exc}") from exc
     if not isinstance(cmd_args, dict):
         raise EdgeError("--args must be a JSON object")
-    if args.output is not None and args.command != "snapshot":
+    devices, command = _send_targets(args)
+    if args.output is not None and command != "snapshot":
         raise EdgeError("--output saves a picture: only the snapshot command sends one")
+    settings = _settings(args)
+    if args.all:
+        devices = online_devices(settings, args.wait)
+        if not devices:
+            print(f"edge-fleet: no device is online (retained status) on {settings.broker}", file=sys.stderr)
+            return EXIT_ERROR
+    if len(devices) == 1 and not args.all and not args.json:
+        return _send_one(args, settings, devices[0], command, cmd_args)
+    acks = send_many(settings, devices, command, cmd_args, timeout=args.timeout, sign_key=args.sign_key,
+                     on_ack=None if args.json else _print_progress)
+    rows = [_outcome(device, acks[device], args.timeout) for device in devices]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        width = max(len(device) for device in devices)
+        for row in rows:
+            print(f"{row['device']:<{width}}  {row['status']:<10} {row['reason']}".rstrip())
+    statuses = {row["status"] for row in rows}
+    if statuses & {"rejected", "failed"}:
+        return EXIT_REJECTED
+    if "timeout" in statuses:
+        return EXIT_TIMEOUT
+    return EXIT_OK
+
+
+def _print_progress(device: str, ack: dict[str, Any]) -> None:
+    if ack.get("status") not in TERMINAL:
+        print(f"{device}: {ack.get('status')} {ack.get('reason') or ''}".rstrip(), file=sys.stderr)
+
+
+def _outcome(device: str, ack: dict[str, Any] | None, timeout: float) -> dict[str, Any]:
+    """One device's line of the report: device, status (the ack's, or ``timeout``), reason, ack."""
+    if ack is None:
+        return {"device": device, "status": "timeout", "reason": f"no final ack within {timeout:g} s", "ack": None}
+    reason = ack.get("reason")
+    return {"device": device, "status": str(ack.get("status")), "reason": reason if isinstance(reason, str) else "",
+            "ack": ack}
+
+
+def _send_one(args: argparse.Namespace, settings: MqttSettings, device: str, command: str,
+              cmd_args: dict[str, Any]) -> int:
+    """One device: intermediate acks as JSON lines, the final ack last (and a snapshot's picture)."""
     output = CommandOutput(SNAPSHOT_KIND) if args.output is not None else None
     ack = send_command(
-        _settings(args), args.device, args.command, cmd_args, timeout=args.timeout,
+        settings, device, command, cmd_args, timeout=args.timeout,
         sign_key=args.sign_key, on_ack=lambda a: None if a.get("status") in TERMINAL else print(json.dumps(a)),
         output=output,
     )
     if ack is None:
-        print(f"edge-fleet: no ack from {args.device} within {args.timeout:g} s", file=sys.stderr)
+        print(f"edge-fleet: no ack from {device} within {args.timeout:g} s", file=sys.stderr)
         return EXIT_TIMEOUT
     print(json.dumps(ack))
     if ack.get("status") not in ("accepted", "succeeded"):
         return EXIT_REJECTED
     if output is not None:
-        return _save_output(output, args.output, args.device, args.timeout)
+        return _save_output(output, args.output, device, args.timeout)
     return EXIT_OK
 
 
@@ -380,11 +570,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--session-expiry", type=int, default=0,
                    help="keep the MQTT session this long (with --client-id) so nothing is missed while away")
     p.set_defaults(handler=cmd_watch)
-    p = sub.add_parser("send", parents=[common], help="send a command and wait for its ack")
-    p.add_argument("device")
-    p.add_argument("command")
+    p = sub.add_parser("send", parents=[common], help="send a command to devices and report each ack",
+                       usage="edge-fleet send [options] (DEVICE [DEVICE ...] | --all) COMMAND")
+    p.add_argument("targets", nargs="+", metavar="DEVICE… COMMAND", help="device ids, then the command")
+    p.add_argument("--all", action="store_true", help="every device whose retained status says online")
+    p.add_argument("--wait", type=float, default=3.0,
+                   help="--all: seconds at most to read the retained statuses (default 3)")
+    p.add_argument("--json", action="store_true", help="print a JSON array: one object per device")
     p.add_argument("--args", help="JSON object of arguments")
-    p.add_argument("--timeout", type=float, default=10.0)
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for every final ack")
     p.add_argument("--sign-key", type=Path, help="Ed25519 private key for privileged commands")
     p.add_argument("--output", type=Path, metavar="FILE",
                    help="snapshot: save the picture to FILE (checked first; written atomically)")

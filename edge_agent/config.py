@@ -232,6 +232,9 @@ class MqttSection(_Section):
     command_rate: float = Field(default=5.0, gt=0, le=1000, description="Commands per second (token bucket rate).")
     command_burst: float = Field(default=20.0, ge=1, le=10000, description="Command burst (token bucket size).")
     homeassistant: bool = False
+    duplicate_backoff_s: float = Field(
+        default=30.0, ge=1, le=3600,
+        description="After another client connected with this device id: reconnect after 1-2x this (s).")
 
     @classmethod
     def _prepare(cls, data: dict[str, Any]) -> dict[str, Any]:
@@ -330,6 +333,32 @@ class PreviewSection(_Section):
         return parse_listen(self.listen) if self.listen else None
 
 
+class MetricsSection(_Section):
+    """Prometheus metrics over HTTP at ``/metrics`` (off unless `listen` is set)."""
+
+    listen: str | None = Field(
+        default=None,
+        description="PORT (on 127.0.0.1) or HOST:PORT; 0.0.0.0:PORT serves every network the device is on, "
+        "to anyone who can reach it (no authentication).")
+
+    @classmethod
+    def _prepare(cls, data: dict[str, Any]) -> dict[str, Any]:
+        return PreviewSection._prepare(data)
+
+    def _check(self) -> None:
+        if self.listen is not None:
+            try:
+                parse_listen(self.listen)
+            except ValueError as exc:
+                raise FieldError("listen", str(exc)) from None
+            self.listen = self.listen.strip()
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """(host, port) to listen on, or None when metrics are off."""
+        return parse_listen(self.listen) if self.listen else None
+
+
 class AgentConfig(_Section):
     """The whole agent configuration."""
 
@@ -354,6 +383,7 @@ class AgentConfig(_Section):
     outbox: OutboxSection = Field(default_factory=OutboxSection)
     ota: OtaSection = Field(default_factory=OtaSection)
     preview: PreviewSection = Field(default_factory=PreviewSection)
+    metrics: MetricsSection = Field(default_factory=MetricsSection)
 
     @classmethod
     def _prepare(cls, data: dict[str, Any]) -> dict[str, Any]:

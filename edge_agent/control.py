@@ -63,6 +63,10 @@ class AgentControl(ModelHost, Protocol):
         """Agent version, model name/version/sha256, task and config version (the birth message)."""
         ...
 
+    def model_labels(self) -> list[str]:
+        """The running model's labels (what its results can name; Home Assistant discovery)."""
+        ...
+
     def reported_config(self) -> dict[str, Any]:
         """The runtime settings in force, as published on ``config/reported``."""
         ...

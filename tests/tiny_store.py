@@ -35,6 +35,7 @@ def make_bundle(
     sign_key: Ed25519PrivateKey | None = None,
     latency_budget_ms: float = 0.0,
     wrong_golden: bool = False,
+    labels: tuple[str, str, str] = ("red", "green", "blue"),
 ) -> Path:
     """A classifier bundle ``[1, size, size, 3]`` → 3 colours; ``wrong_golden`` fails its smoke test."""
     model = colours_model(size=size)
@@ -56,7 +57,8 @@ def make_bundle(
         preprocess=ImagePreprocess(width=size, height=size, channels=3, color="rgb", std=[255.0]),
         golden=golden, latency_budget_ms=latency_budget_ms,
     )
-    write_bundle(path, manifest, model, {LABELS: b"red\ngreen\nblue\n", REPORT: b"{}"}, sign_key)
+    write_bundle(path, manifest, model, {LABELS: "".join(f"{label}\n" for label in labels).encode(), REPORT: b"{}"},
+                 sign_key)
     return path
 
 

@@ -33,6 +33,7 @@ from edge_agent.sources import Source, create_source
 from edge_agent.store.agent_lock import StateDirLock, claim_state_dir
 
 if TYPE_CHECKING:
+    from edge_agent.agent.metrics import MetricsServer
     from edge_agent.agent.preview import PreviewServer
     from edge_agent.agent.sdnotify import Notifier, Watchdog
     from edge_agent.remote.ota import OtaUpdater
@@ -71,6 +72,7 @@ class Agent:
         self._updater_lock = threading.Lock()
         self._state_lock: StateDirLock | None = None
         self._preview: PreviewServer | None = None
+        self._metrics: MetricsServer | None = None
 
     # ------------------------------------------------------------------ state
 
@@ -78,6 +80,11 @@ class Agent:
     def progress_counter(self) -> int:
         """Frames inferred so far (the watchdog checks that it grows)."""
         return self.stats.frames_inferred
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """(host, port) of the Prometheus endpoint while it serves, else None."""
+        return self._metrics.address if self._metrics is not None else None
 
     @property
     def model(self) -> LoadedModel:
@@ -132,16 +139,24 @@ class Agent:
             "model": active.model.info() if active else None,
             "task": active.model.manifest.task if active else None,
             "config_version": self.settings.version,
+            "health_interval_s": self.settings.health_interval_s,
             "model_fallback": self.engine.fallback,
         }
+
+    def model_labels(self) -> list[str]:
+        active = self.engine.current
+        return list(active.task.labels) if active else []
 
     def reported_config(self) -> dict[str, Any]:
         active = self.engine.current
         return self.settings.reported(active.task if active else None)
 
     def apply_config(self, changes: dict[str, Any]) -> dict[str, Any]:
-        """Validate, apply and persist runtime settings; returns the reported config."""
+        """Validate, apply and persist runtime settings; returns the reported config. The retained
+        ``status`` is published again: it carries the config version and the health interval."""
         self.settings.apply(changes, lambda: ensure_state_dir(self.config))
+        if self.publisher is not None:
+            self.publisher.publish("status", {"state": "online", **self.status_info()})
         return self.reported_config()
 
     def reload(self) -> None:
@@ -224,14 +239,13 @@ class Agent:
         try:
             self._start(state_dir)
         except BaseException:
-            if self._preview is not None:  # a later start step failed: free the port too
-                self._preview.stop()
-                self._preview = None
+            self._stop_servers()  # a later start step failed: free the ports too
             self._release_state_dir()
             raise
 
     def _start(self, state_dir: Path) -> None:
         self._preview = start_preview(self)  # a port in use fails before anything else started
+        self._metrics = start_metrics(self)
         note_start(state_dir)
         self.settings.load(state_dir)
         source = open_source_and_model(self.engine, self.config)
@@ -278,8 +292,7 @@ class Agent:
             self._reporter.join(timeout)
         if self._watchdog is not None:
             self._watchdog.stop()
-        if self._preview is not None:
-            self._preview.stop()
+        self._stop_servers()
         if self.publisher is not None:
             if self._reporter is not None:
                 self._reporter.publish()
@@ -287,6 +300,13 @@ class Agent:
         if self.engine.current is not None:
             note_stop(self.config.state_dir)
         self._release_state_dir()
+
+    def _stop_servers(self) -> None:
+        """Stop the preview and the metrics endpoint (their ports are free again)."""
+        for server in (self._preview, self._metrics):
+            if server is not None:
+                server.stop()
+        self._preview = self._metrics = None
 
     def _release_state_dir(self) -> None:
         """Remove the pid file (if still ours) and drop the state directory lock."""
@@ -406,6 +426,32 @@ def start_preview(agent: Agent) -> PreviewServer | None:
     host, port = settings.address
     server = PreviewServer(agent.pipeline.board, host, port, status, title=agent.config.device_id,
                            max_clients=settings.max_clients, max_fps=settings.max_fps, quality=settings.quality)
+    server.start()
+    return server
+
+
+def start_metrics(agent: Agent) -> MetricsServer | None:
+    """Prometheus ``/metrics`` when ``[metrics] listen`` is set (read from the agent at each scrape).
+
+    Raises:
+        ConfigError: the address cannot be listened on.
+    """
+    address = agent.config.metrics.address
+    if address is None:
+        return None
+    from edge_agent.agent.metrics import BoardReader, MetricsServer, Sources, process_start_time
+
+    def publisher_stats() -> dict[str, Any]:
+        publisher = agent.publisher
+        return publisher.stats() if publisher is not None else {}
+
+    def model_info() -> dict[str, str] | None:
+        active = agent.engine.current
+        return active.model.info() if active is not None else None
+
+    sources = Sources(agent.stats, publisher_stats, model_info, lambda: agent.settings.health_interval_s,
+                      BoardReader(), process_start_time())
+    server = MetricsServer(sources, *address)
     server.start()
     return server
 

@@ -155,6 +155,7 @@ class PipelineHealth(StatsSnapshot):
     model_sha256: str | None
     manifest_sha256: str | None
     config_version: int
+    health_interval_s: float  # the interval in force (a consumer judges staleness by it)
     model_fallback: str | None  # why the agent runs `previous` instead of `current` (None: it does not)
 
 
@@ -198,6 +199,11 @@ class HealthRecord:
     @property
     def fps_inferred(self) -> float | None:
         return _num(self.pipeline.get("fps_inferred")) if self.pipeline else None
+
+    @property
+    def health_interval_s(self) -> float | None:
+        """The interval the device publishes health at (None from agents that do not say)."""
+        return _num(self.pipeline.get("health_interval_s")) if self.pipeline else None
 
     @property
     def cpu_temp_c(self) -> float | None:

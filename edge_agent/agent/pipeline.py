@@ -183,6 +183,7 @@ class Pipeline:
             model_sha256=active.model.sha256 if active else None,
             manifest_sha256=active.model.manifest_sha256 if active else None,
             config_version=self._settings.version,
+            health_interval_s=self._settings.health_interval_s,
             model_fallback=self._engine.fallback,
         )
 
@@ -301,7 +302,7 @@ class Pipeline:
                     body["model_sha256"] = active.model.sha256
                     body["manifest_sha256"] = active.model.manifest_sha256  # the whole bundle
                     publisher.publish(f"evt/{result.event_type}", body)
-                    stats.results_published += 1
+                    stats.record_published(result.event_type, body)
                     add("publish", perf() - t3)
                 if isinstance(item, Frame):
                     self.board.post(item, result)  # by reference, never waits for a reader

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterable
-from typing import TypedDict
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -18,6 +18,8 @@ STAGES = ("capture", "preprocess", "invoke", "decode", "publish")
 MODEL_STAGES = ("preprocess", "invoke", "decode")
 LATENCY_WINDOW = 1024
 RATE_WINDOW_S = 5.0
+MAX_RESULT_LABELS = 1000  # distinct labels counted by name; more are counted under OTHER_LABEL
+OTHER_LABEL = "_other"
 STALE_INTERVALS = 3.0  # a rate drops to 0 after this many of its recent intervals without an event
 MIN_STALE_S = 1.0
 
@@ -57,11 +59,15 @@ class LatencyWindow:
         self._values: deque[float] = deque(maxlen=size)
         self.count = 0
         self.total_s = 0.0
+        self.observer: Callable[[float], None] | None = None  # e.g. a metrics histogram, fed every duration
 
     def add(self, seconds: float) -> None:
         self._values.append(seconds)
         self.count += 1
         self.total_s += seconds
+        observer = self.observer
+        if observer is not None:
+            observer(seconds)
 
     def forget(self) -> None:
         """Drop the recent durations (percentiles restart); lifetime count and total stay."""
@@ -118,6 +124,7 @@ class PipelineStats:
         self.frames_skipped = 0  # over the live fps cap
         self.frames_skipped_motion = 0  # still scene (motion gating)
         self.results_published = 0
+        self.results_by_label: dict[str, int] = {}  # published results per label (see result_labels)
         self.errors = 0
         self.queue_depth = 0
         self.first_inferred: float | None = None
@@ -138,6 +145,14 @@ class PipelineStats:
 
     def add(self, stage: str, seconds: float) -> None:
         self.stages[stage].add(seconds)
+
+    def record_published(self, event_type: str, body: Mapping[str, Any]) -> None:
+        """Count one published result, and each of its labels (:func:`result_labels`)."""
+        self.results_published += 1
+        counts = self.results_by_label
+        for label in result_labels(event_type, body):
+            key = label if label in counts or len(counts) < MAX_RESULT_LABELS else OTHER_LABEL
+            counts[key] = counts.get(key, 0) + 1
 
     def forget_model_latency(self) -> None:
         """After a model swap: percentiles of model-dependent stages describe the new model only."""
@@ -185,3 +200,19 @@ class PipelineStats:
             f"{self.results_published} published in {snap['run_s']:.1f} s "
             f"({snap['mean_fps_inferred']:.1f} fps); {latency}"
         )
+
+
+def result_labels(event_type: str, body: Mapping[str, Any]) -> list[str]:
+    """The labels a published result reports: every detection's label; an audio event's word (or
+    every class of a window event); a classification's top class. Nothing above the threshold: none."""
+    detections = body.get("detections")
+    if isinstance(detections, list):
+        return [str(d.get("label")) for d in detections if isinstance(d, dict)]
+    label = body.get("label")
+    if label is not None:
+        return [str(label)]
+    classes = body.get("classes")
+    if not isinstance(classes, list) or not classes:
+        return []
+    chosen = classes if event_type == "audio" else classes[:1]
+    return [str(c.get("label")) for c in chosen if isinstance(c, dict)]

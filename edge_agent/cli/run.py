@@ -71,6 +71,8 @@ def register(subparsers: Any) -> None:
     run.add_argument("--preview", metavar="[HOST:]PORT",
                      help="serve a live preview (annotated MJPEG, snapshot, results) over HTTP; "
                           "a bare PORT listens on 127.0.0.1")
+    run.add_argument("--metrics", metavar="[HOST:]PORT",
+                     help="serve Prometheus metrics at /metrics over HTTP; a bare PORT listens on 127.0.0.1")
     run.set_defaults(handler=cmd_run)
 
     check = subparsers.add_parser("check", help="smoke-test a model: golden vectors and latency")
@@ -102,6 +104,7 @@ def cli_settings(args: argparse.Namespace) -> dict[str, Any]:
         "motion": {"enabled": get("motion")},
         "health": {"interval_s": get("health_interval")},
         "preview": {"listen": get("preview")},
+        "metrics": {"listen": get("metrics")},
         "mqtt": {
             "broker": get("broker"), "ca_file": get("ca_file"), "cert_file": get("cert_file"),
             "key_file": get("key_file"), "username": get("username"), "password_file": get("password_file"),
@@ -133,9 +136,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         agent.stop()
     first = agent.first_result_s
+    problems = agent.publisher.problems() if agent.publisher is not None else []
     print(
         f"edge-agent: {agent.exit_reason or 'stopped'}: {agent.stats.summary()}"
-        + (f"; first result after {first:.2f} s" if first is not None else ""),
+        + (f"; first result after {first:.2f} s" if first is not None else "")
+        + "".join(f"; {problem}" for problem in problems),
         file=sys.stderr,
     )
     return EXIT_FAIL if agent.failed else EXIT_OK

@@ -17,6 +17,8 @@ module that imports paho) running its own network thread (``connect_async`` +
   jitter, so a fleet does not reconnect in whole-second waves) and restores its subscriptions
   after every reconnect, then calls ``on_connected`` (where the birth is sent);
 - treats a refused CONNACK as *not* connected;
+- notices another client connecting with the same client id (:mod:`.duplicate`): logs
+  ``duplicate_device_id`` as an error, counts it and reconnects only after a long jittered wait;
 - never lets a callback raise into paho: every callback is wrapped and logs.
 
 Callers see plain values (:class:`InboundMessage`, mids, booleans), never paho objects.
@@ -30,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from edge_agent.messaging import paho_client
+from edge_agent.messaging.duplicate import DuplicateGuard
 from edge_agent.messaging.paho_client import InboundMessage, PahoCallbacks, Will
 from edge_agent.messaging.settings import BrokerAddress, MqttError, MqttSettings, parse_broker_url, read_password
 from edge_agent.util.backoff import Backoff
@@ -113,6 +116,7 @@ class MqttLink:
         self._connected = threading.Event()
         self._lock = threading.Lock()
         self._backoff = Backoff(settings.reconnect_min_s, settings.reconnect_max_s)
+        self.duplicates = DuplicateGuard(client_id, settings.duplicate_backoff_s)
         self._broker_max_packet: int | None = None
         self._started = False
         self._stopping = False
@@ -230,6 +234,7 @@ class MqttLink:
             topics = list(self._subscriptions)
         if topics:
             paho_client.subscribe(self._client, topics, self._sub_options)
+        self.duplicates.connected()
         self._connected.set()
         log.info("connected to %s:%s as %s", self.address.host, self.address.port, self.client_id)
         if self.callbacks.on_connected:
@@ -240,13 +245,17 @@ class MqttLink:
         log.debug("connection to %s:%s failed", self.address.host, self.address.port)
         self._schedule_backoff()
 
-    def handle_disconnect(self, reason: str) -> None:
+    def handle_disconnect(self, reason: str, code: int | None = None) -> None:
         was = self._connected.is_set()
         self._connected.clear()
         if was and not self._stopping:
             self.stats.disconnects += 1
             log.warning("disconnected from broker: %s", reason)
-        self._schedule_backoff()
+        delay = self.duplicates.disconnected(code, by_us=self._stopping) if was else None
+        if delay is not None:
+            paho_client.set_reconnect_delay(self._client, delay)
+        else:
+            self._schedule_backoff()
         if self.callbacks.on_disconnected:
             self.callbacks.on_disconnected(reason)
 

@@ -57,6 +57,7 @@ class MqttSettings:
     # clearly below the shipped broker's ``max_packet_size 262144``.
     max_payload_bytes: int = _default("max_payload_bytes")
     homeassistant: bool = _default("homeassistant")
+    duplicate_backoff_s: float = _default("duplicate_backoff_s")
 
     @classmethod
     def from_any(cls, value: MqttSettings | Any | None = None, **overrides: Any) -> MqttSettings:

@@ -210,6 +210,24 @@ def test_bad_preview_listen_names_the_setting_and_the_forms(listen: str) -> None
         load_config(cli={"preview": {"listen": listen}}, environ={})
 
 
+def test_metrics_are_off_by_default_and_set_from_toml_env_or_command_line(tmp_path: Path) -> None:
+    import argparse
+
+    from edge_agent.cli.run import cli_settings, register
+
+    assert load_config(environ={}).metrics.address is None
+    config = tmp_path / "agent.toml"
+    config.write_text("[metrics]\nlisten = 9100\n")
+    assert load_config(config, environ={}).metrics.address == ("127.0.0.1", 9100)
+    assert load_config(environ={"EDGE_AGENT_METRICS__LISTEN": "0.0.0.0:9101"}).metrics.address == ("0.0.0.0", 9101)
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["run", "--metrics", "[::1]:9102"])
+    assert load_config(config, cli_settings(args), environ={}).metrics.address == ("::1", 9102)
+    with pytest.raises(ConfigError, match=r"invalid 'metrics.listen': .* must be PORT or HOST:PORT"):
+        load_config(cli={"metrics": {"listen": "host:"}}, environ={})
+
+
 def test_motion_gating_from_file_env_and_command_line(tmp_path: Path) -> None:
     from edge_agent.cli.run import cli_settings, register
 

@@ -67,6 +67,10 @@ class Publisher(ABC):
         """Delivery counters merged into the health payload (outbox depth, reconnects …)."""
         return {}
 
+    def problems(self) -> list[str]:
+        """Delivery problems worth a word in the agent's final summary (e.g. a duplicate device id)."""
+        return []
+
     @property
     def connected(self) -> bool:
         return False

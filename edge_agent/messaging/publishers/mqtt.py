@@ -32,16 +32,19 @@ from edge_agent import __version__
 from edge_agent.control import AgentControl
 from edge_agent.errors import ConfigError
 from edge_agent.messaging.envelope import EnvelopeFactory, topic_root
-from edge_agent.messaging.homeassistant import homeassistant_discovery
+from edge_agent.messaging.homeassistant import DEFAULT_HEALTH_INTERVAL_S, DiscoveryModel, homeassistant_discovery
 from edge_agent.messaging.link import InboundMessage, MqttLink, MqttSettings, Will
 from edge_agent.messaging.outbox import DEFAULT_MAX_AGE_S, DEFAULT_MAX_BYTES, DEFAULT_MAX_MESSAGE_BYTES, Outbox
 from edge_agent.messaging.publishers import Inbound, Publisher, register_publisher
 from edge_agent.messaging.sender import Direct, Sender
+from edge_agent.util.fs import atomic_write
 
 log = logging.getLogger(__name__)
 
 DIRECT_KINDS = {"status": True, "ack": False, "config/reported": True}  # kind -> retained
 OFFLINE_RESERVE_S = 1.5  # of the stop timeout, kept for publishing `offline`
+HA_TOPICS_FILE = "homeassistant-topics.json"  # discovery topics last published (to remove stale ones)
+MAX_STATUS_BYTES = 64 * 1024  # a status message read back (duplicate check) larger than this is ignored
 
 
 def _json_default(value: Any) -> Any:
@@ -101,11 +104,15 @@ class MqttPublisher(Publisher):
         # The will is fixed at connect time and may never be sent: it carries no seq.
         will = Will(f"{self.root}/status", encode(self.envelope.will_body(self._status_body("offline"))),
                     qos=1, retain=True)
+        self._started_ms = int(time.time() * 1000)
+        # Our own status, read back: a birth of another agent session there means a second agent
+        # uses this device id (edge_agent.messaging.duplicate).
+        self._status_topic = f"{self.root}/status"
         self.link = MqttLink(
             self.settings,
             self.settings.client_id or self.device_id,
             will=will,
-            subscriptions=(),
+            subscriptions=(self._status_topic,),
             max_queued=self.window + 32,
             retain_as_published=True,
         )
@@ -115,6 +122,9 @@ class MqttPublisher(Publisher):
         self.link.callbacks.on_message = self._on_message
         self.link.callbacks.on_published = self.sender.on_published
         self._started = False
+        self._ha_lock = threading.Lock()
+        self._ha_model: DiscoveryModel | None = None  # what the published discovery describes
+        self._ha_topics: set[str] | None = None  # topics published (None: not read from disk yet)
 
     # ---- Publisher API ------------------------------------------------------------------
     def attach(self, inbound: Inbound) -> None:
@@ -145,6 +155,8 @@ class MqttPublisher(Publisher):
             raise ValueError(f"invalid message kind {kind!r}")
         if kind in DIRECT_KINDS:
             self.publish_reply(kind, payload, None, None)
+            if kind == "status":  # a new model may have new labels
+                self._refresh_discovery(force=False)
             return
         if kind != "health" and not kind.startswith("evt/"):
             raise ValueError(f"unknown message kind {kind!r}: use status, health, evt/<type>, ack, config/reported")
@@ -160,6 +172,8 @@ class MqttPublisher(Publisher):
                                      live=lambda: self._send_live(topic, data))
         if stored:
             self.sender.wake()
+        if kind == "health":  # the health interval (expire_after) may have changed
+            self._refresh_discovery(force=False)
 
     def _send_live(self, topic: str, data: bytes) -> bool:
         """A message the outbox could not store (full disk): sent directly while connected."""
@@ -171,7 +185,7 @@ class MqttPublisher(Publisher):
         same bytes on ``response_topic`` with ``correlation_data`` (request/response)."""
         if kind not in DIRECT_KINDS:
             raise ValueError(f"{kind!r} is not sent directly: use one of {sorted(DIRECT_KINDS)}")
-        data = encode(self.envelope.wrap(payload))
+        data = encode(self.envelope.wrap(self._mark_duplicate(kind, payload)))
         self.sender.queue_direct(Direct(f"{self.root}/{kind}", data, DIRECT_KINDS[kind]))
         if response_topic and self.link.v5:
             self.sender.queue_direct(Direct(response_topic, data, False, response_topic, correlation_data))
@@ -207,7 +221,10 @@ class MqttPublisher(Publisher):
 
     def stats(self) -> dict[str, Any]:
         link = self.link.stats
+        self.link.duplicates.still_connected()
         return {
+            "publisher": "mqtt",
+            **self.link.duplicates.stats(),
             "connected": self.link.connected,
             "reconnects": link.reconnects,
             "connects": link.connects,
@@ -217,6 +234,13 @@ class MqttPublisher(Publisher):
             "direct_refused_oversize": self.sender.refused_oversize,
             **(self.inbox.stats() if self.inbox is not None else {}),
         }
+
+    def problems(self) -> list[str]:
+        dup = self.link.duplicates
+        if not dup.count:
+            return []
+        return [f"duplicate_device_id: another client connected as {self.link.client_id} "
+                f"({dup.count} time(s), last seen by {dup.how or 'short_sessions'})"]
 
     @property
     def connected(self) -> bool:
@@ -243,18 +267,116 @@ class MqttPublisher(Publisher):
                 log.exception("status_info failed")
         return {"state": state, "agent_version": __version__, **info}
 
+    def _mark_duplicate(self, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """A birth while another agent uses our device id says so (``duplicate_device_id: true``)."""
+        if kind == "status" and payload.get("state") == "online" and self.link.duplicates.flagged:
+            return {**payload, "duplicate_device_id": True}
+        return payload
+
     # ---- paho-thread callbacks (only enqueue) -------------------------------------------
     def _on_connected(self) -> None:
-        birth = Direct(f"{self.root}/status", encode(self.envelope.wrap(self._status_body("online"))), True)
+        body = self._mark_duplicate("status", self._status_body("online"))
+        birth = Direct(f"{self.root}/status", encode(self.envelope.wrap(body)), True)
         self.sender.queue_direct(birth, front=True)
-        if self.settings.homeassistant:
-            for topic, config in homeassistant_discovery(self.device_id, self.root):
+        self._refresh_discovery(force=True)
+
+    # ---- Home Assistant discovery ---------------------------------------------------------
+    def _discovery_model(self) -> DiscoveryModel:
+        """The running model and settings the discovery configs describe."""
+        if self.control is None:
+            return DiscoveryModel()
+        try:
+            info = self.control.status_info()
+            reported = self.control.reported_config()
+            labels = self.control.model_labels()
+        except Exception:  # discovery must not break the connection callbacks
+            log.exception("cannot read the model for Home Assistant discovery")
+            return DiscoveryModel()
+        model = info.get("model")
+        interval = reported.get("health_interval_s")
+        return DiscoveryModel(
+            task=info.get("task") if isinstance(info.get("task"), str) else None,
+            labels=tuple(labels),
+            health_interval_s=float(interval) if isinstance(interval, int | float) else DEFAULT_HEALTH_INTERVAL_S,
+            events=str(reported.get("events") or "change"),
+            model_name=str(model.get("name")) if isinstance(model, dict) and model.get("name") else None,
+        )
+
+    def _refresh_discovery(self, *, force: bool) -> None:
+        """Publish the discovery configs (retained) when asked to or when what they describe changed;
+        configs published before (also by an earlier run) and no longer wanted get an empty retained
+        message, which deletes the entity in Home Assistant."""
+        if not self.settings.homeassistant:
+            return
+        model = self._discovery_model()
+        with self._ha_lock:
+            if not force and (self._ha_model is None or model == self._ha_model):
+                return  # before the first connect, or nothing changed
+            self._ha_model = model
+            configs = homeassistant_discovery(self.device_id, self.root, model)
+            wanted = {topic for topic, _ in configs}
+            previous = self._ha_topics if self._ha_topics is not None else self._read_ha_topics()
+            for topic in sorted(previous - wanted):
+                self.sender.queue_direct(Direct(topic, b"", True))
+            for topic, config in configs:
                 self.sender.queue_direct(Direct(topic, encode(config), True))
+            self._ha_topics = wanted
+            if wanted != previous:
+                self._write_ha_topics(wanted)
+
+    def _ha_topics_path(self) -> Path | None:
+        return self.state_dir / HA_TOPICS_FILE if self.state_dir is not None else None
+
+    def _read_ha_topics(self) -> set[str]:
+        path = self._ha_topics_path()
+        prefix = "homeassistant/"
+        try:
+            data = json.loads(path.read_bytes()) if path is not None else []
+        except (OSError, ValueError):
+            return set()
+        if not isinstance(data, list):
+            return set()
+        # only configs of this device: a damaged file must not make us delete anything else
+        return {t for t in data if isinstance(t, str) and t.startswith(prefix) and f"/{self.device_id}/" in t
+                and t.count("/") == 4 and not any(c in t for c in "+#")}
+
+    def _write_ha_topics(self, topics: set[str]) -> None:
+        path = self._ha_topics_path()
+        if path is None:
+            return
+        try:
+            atomic_write(path, json.dumps(sorted(topics)).encode())
+        except OSError as exc:
+            log.warning("cannot record the Home Assistant discovery topics in %s: %s", path, exc.strerror or exc)
 
     def _on_message(self, message: InboundMessage) -> None:
-        """What arrives on the subscriptions: handed to the attached inbox (it only enqueues)."""
+        """What arrives on the subscriptions: our own status is checked for another agent's birth,
+        the rest handed to the attached inbox (it only enqueues)."""
+        if message.topic == self._status_topic:
+            self._check_status(message.payload)
+            return
         if self.inbox is not None:
             self.inbox.offer(message)
+
+    def _check_status(self, payload: bytes) -> None:
+        """A birth (``online``) of another agent session on our own status topic, made after this
+        agent started and found after a reconnect: another agent connected with our device id.
+        Anything else is ignored: our own birth, the will, a birth of an earlier run of this device
+        (on the first connect it may look newer than our start: a board without a real-time clock
+        boots with an old time until NTP sets it)."""
+        if len(payload) > MAX_STATUS_BYTES or self.link.stats.connects < 2:
+            return
+        try:
+            body = json.loads(payload)
+        except ValueError:
+            return
+        if not isinstance(body, dict) or body.get("state") != "online":
+            return
+        session, ts_ms = body.get("session"), body.get("ts_ms")
+        if not isinstance(session, str) or session == self.envelope.session or len(session) > 64:
+            return
+        if isinstance(ts_ms, int) and not isinstance(ts_ms, bool) and ts_ms >= self._started_ms:
+            self.link.duplicates.foreign_birth(session)
 
 
 def create_mqtt_publisher(**options: Any) -> Publisher:

@@ -35,7 +35,8 @@ class StdoutPublisher(Publisher):
         self._thread: threading.Thread | None = None
         self._control: AgentControl | None = None
         self.published = 0
-        self.dropped = 0
+        self.dropped = 0  # queue full: the message was not queued (counted by kind below)
+        self.dropped_health = 0
         self.write_errors = 0
 
     def start(self, control: AgentControl | None = None) -> None:
@@ -48,6 +49,8 @@ class StdoutPublisher(Publisher):
             self._queue.put_nowait((kind, self._envelope.wrap(payload)))
         except queue.Full:
             self.dropped += 1
+            if kind == "health":
+                self.dropped_health += 1
 
     def _run(self) -> None:
         stream = self._stream
@@ -78,12 +81,20 @@ class StdoutPublisher(Publisher):
             self._stream.flush()
 
     def stats(self) -> dict[str, Any]:
+        """The MQTT publisher's names for what this one has: its queue is the ``outbox``
+        (``depth``; a message it had no room for is ``evicted``; ``delivered``: lines written)."""
         return {
             "publisher": "stdout",
-            "published": self.published,
-            "publish_dropped": self.dropped,
-            "write_errors": self.write_errors,
-            "outbox_depth": self._queue.qsize(),
+            "connected": True,
+            "reconnects": 0,
+            "outbox": {
+                "depth": self._queue.qsize(),
+                "evicted": self.dropped,
+                "evicted_health": self.dropped_health,
+                "evicted_results": self.dropped - self.dropped_health,
+                "write_errors": self.write_errors,
+                "delivered": self.published,
+            },
         }
 
     @property

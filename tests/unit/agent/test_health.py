@@ -18,7 +18,7 @@ def _pipeline() -> PipelineHealth:
     snap = stats.snapshot()
     snap["queue_depth"] = 2
     return PipelineHealth(**snap, source={"type": "folder"}, model_sha256="a" * 64, manifest_sha256="b" * 64,
-                          model_fallback=None, config_version=3)
+                          model_fallback=None, config_version=3, health_interval_s=30.0)
 
 
 def test_to_json_is_the_flat_merge_in_order(tmp_path: Any) -> None:

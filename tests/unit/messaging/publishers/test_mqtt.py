@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -96,7 +97,8 @@ def test_invalid_kinds_raise(tmp_path: Path, kind: str) -> None:
 def test_homeassistant_discovery_binds_availability() -> None:
     configs = homeassistant_discovery("cam-01", "edge/v1/cam-01")
     topics = [t for t, _ in configs]
-    assert all(t.startswith("homeassistant/sensor/cam-01/") and t.endswith("/config") for t in topics)
+    assert all(t.startswith(("homeassistant/sensor/cam-01/", "homeassistant/binary_sensor/cam-01/"))
+               and t.endswith("/config") for t in topics)
     for _, config in configs:
         assert config["availability"][0]["topic"] == "edge/v1/cam-01/status"
         assert config["state_topic"] == "edge/v1/cam-01/health"
@@ -247,3 +249,84 @@ def test_rows_are_queued_in_seq_order_across_threads(tmp_path: Path) -> None:
         seqs = [json.loads(p)["seq"] for (p,) in conn.execute("SELECT payload FROM outbox ORDER BY id")]
     assert len(seqs) == 3000
     assert seqs == sorted(seqs)
+
+
+class _ModelControl(_Control):
+    """A running model with labels, for Home Assistant discovery."""
+
+    def __init__(self, labels: list[str], interval: float = 30.0) -> None:
+        super().__init__()
+        self.labels = labels
+        self.config.update({"events": "change", "health_interval_s": interval})
+
+    def status_info(self) -> dict:
+        return {"task": "detect", "model": {"name": "m"}, "config_version": 0}
+
+    def model_labels(self) -> list[str]:
+        return list(self.labels)
+
+
+def _discovery(pub: MqttPublisher) -> list[tuple[str, bytes]]:
+    items = [(d.topic, d.payload) for d in pub.sender._direct if d.topic.startswith("homeassistant/")]
+    pub.sender._direct.clear()
+    return items
+
+
+def test_discovery_follows_the_model_and_removes_what_is_gone(tmp_path: Path) -> None:
+    control = _ModelControl(["person", "car"])
+    pub = create_publisher("mqtt", config={"broker": "mqtt://127.0.0.1:1", "homeassistant": True},
+                           envelope=EnvelopeFactory("dev1", tmp_path), state_dir=tmp_path, control=control)
+    assert isinstance(pub, MqttPublisher)
+    pub._on_connected()  # what a connect does: birth and discovery
+    first = dict(_discovery(pub))
+    assert "homeassistant/binary_sensor/dev1/detected_car/config" in first
+    assert all(payload for payload in first.values())
+    pub.publish("status", {"state": "online"})  # nothing changed: nothing sent again
+    assert _discovery(pub) == []
+    control.labels = ["person", "bicycle"]  # a model swap: its birth brings the new labels
+    pub.publish("status", {"state": "online"})
+    second = _discovery(pub)
+    removed = {topic for topic, payload in second if payload == b""}
+    assert removed == {"homeassistant/binary_sensor/dev1/detected_car/config",
+                       "homeassistant/sensor/dev1/count_car/config"}
+    assert "homeassistant/binary_sensor/dev1/detected_bicycle/config" in dict(second)
+    control.config["health_interval_s"] = 2.0  # set_config: the next health brings a new expire_after
+    pub.publish("health", {})
+    third = dict(_discovery(pub))
+    assert json.loads(third["homeassistant/sensor/dev1/fps/config"])["expire_after"] == 5
+    pub.outbox.close()
+    # the next run (same state directory) with a model without "bicycle" removes its configs too
+    control.labels = ["person"]
+    again = create_publisher("mqtt", config={"broker": "mqtt://127.0.0.1:1", "homeassistant": True},
+                             envelope=EnvelopeFactory("dev1", tmp_path), state_dir=tmp_path, control=control)
+    assert isinstance(again, MqttPublisher)
+    again._on_connected()
+    assert {t for t, p in _discovery(again) if p == b""} == {
+        "homeassistant/binary_sensor/dev1/detected_bicycle/config", "homeassistant/sensor/dev1/count_bicycle/config"}
+    again.outbox.close()
+
+
+def test_a_birth_of_another_session_on_our_status_after_a_reconnect_is_a_duplicate(tmp_path: Path) -> None:
+    from edge_agent.messaging.link import InboundMessage
+
+    pub = _publisher(tmp_path)
+    topic = "edge/v1/dev1/status"
+
+    def birth(**fields: Any) -> InboundMessage:
+        body = {"state": "online", "session": "other", "ts_ms": pub._started_ms + 5, **fields}
+        return InboundMessage(topic, json.dumps(body).encode(), 1, True)
+
+    pub.link.stats.connects = 1  # first connect: an earlier run's birth may look new (no RTC)
+    pub._on_message(birth())
+    assert not pub.link.duplicates.flagged
+    pub.link.stats.connects = 2
+    for ignored in (birth(session=pub.envelope.session), birth(state="offline"), birth(ts_ms=pub._started_ms - 1),
+                    birth(ts_ms="soon"), InboundMessage(topic, b"{not json", 1, True),
+                    InboundMessage(topic, b" " * (64 * 1024 + 1), 1, True)):
+        pub._on_message(ignored)
+    assert not pub.link.duplicates.flagged
+    pub._on_message(birth())
+    assert pub.stats()["duplicate_device_id"] is True and pub.stats()["duplicate_device_id_how"] == "foreign_birth"
+    assert pub.problems() == ["duplicate_device_id: another client connected as dev1 (1 time(s), last seen by "
+                              "foreign_birth)"]
+    pub.outbox.close()
