@@ -17,7 +17,7 @@ from tests.integration.mqtt_helpers import RealAgent, fleet_cli
 
 pytestmark = pytest.mark.integration
 
-HANG = 300.0  # without health_interval_s in the agent's messages the default 30 s applies: stale after 75 s
+HANG = 300.0  # bounds a hang only (an agent without health_interval_s would be stale after 2.5 x 30 s)
 
 
 def _row(stdout: str, device: str) -> dict[str, object]:
