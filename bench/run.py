@@ -9,7 +9,7 @@ import traceback
 from bench.common import write_docs
 
 BENCHES = ("bench.agent_pipeline", "bench.pi_budget", "bench.mqtt_outbox", "bench.model_update", "bench.detect",
-           "bench.soak", "bench.motion")
+           "bench.soak", "bench.motion", "bench.fleet_exporter")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,8 @@ from importlib import resources
 from pathlib import Path
 
 from deploy.answers import AnswerError, ChangeAnswer, StatusAnswer, describe_model, parse_answer
+from deploy.pki import Pki
+from deploy.provision import HostSetup, device_certificate
 from deploy.ssh import Completed, HostResult, Ssh, ssh_failure
 from deploy.wheelhouse import check_wheelhouse
 
@@ -31,6 +33,7 @@ SERVICE_STATE_ROOT = "/var/lib/edge-agent"  # StateDirectory=edge-agent, edge-ag
 WAITING_FOR_MODEL = "waiting-for-model"
 CONFIG_DIR = "/etc/edge-agent"
 CREDENTIALS = ("mqtt-password", "mqtt-ca.crt", "mqtt-client.crt", "mqtt-client.key")
+PKI_CREDENTIALS = ("mqtt-ca.crt", "mqtt-client.crt", "mqtt-client.key")  # what --pki installs
 # Package data (pyproject [tool.setuptools.package-data]), so `install-agent` works from an
 # installed wheel too; pip never installs zipped, so these are real files to upload.
 # systemd/edge-agent.service at the top of the repository links to the same unit.
@@ -169,12 +172,18 @@ class Step:
     done_with: str = ""
 
 
-def install_agent_steps(args: argparse.Namespace) -> list[Step]:
+def credentials_directory(instance: str | None) -> str:
+    """The service's ``$CREDENTIALS_DIRECTORY`` (where LoadCredential= puts the files)."""
+    return f"/run/credentials/edge-agent{'@' + instance if instance else ''}.service"
+
+
+def install_agent_steps(args: argparse.Namespace, host: HostSetup | None = None) -> list[Step]:
     """Everything ``install-agent`` does, in order (``--dry-run`` prints exactly these).
 
     Uploaded files go to ``--upload-dir`` under random names and are removed by the step
     that installs them, whether it succeeds or not. With ``--root`` every path on the
     device is below that directory and the service is only enabled there, not started.
+    ``host`` (the per-host config, device id and certificate) replaces ``--config``.
     """
     sudo = "sudo -n " if args.sudo else ""
     root = str(args.root).rstrip("/") if args.root else ""
@@ -214,23 +223,41 @@ def install_agent_steps(args: argparse.Namespace) -> list[Step]:
              + "".join(f" && {sudo}sh -c {shlex.quote(_touch_private(f'{q_config}/credentials/{c}'))}"
                        for c in CREDENTIALS)),
     ]
+    if host is not None and host.cert is not None and not args.force_config:
+        # A kept config with another device id would not match the certificate's CN: stop before
+        # any credential is replaced.
+        installed = shlex.quote(f"{config_dir}/{config_name}")
+        line = shlex.quote(f'device_id = "{host.device_id}"')
+        steps.append(Step(f"check that an existing {config_dir}/{config_name} says device_id = {host.device_id} "
+                          "(the certificate's CN)",
+                          f"test ! -e {installed} || grep -qxF {line} {installed} || {{ echo 'the kept {config_name} "
+                          f"has another device_id than the certificate CN {host.device_id}: use --force-config' >&2; "
+                          "exit 1; }"))
+    credentials: dict[str, Path] = {}
     if args.credentials_dir is not None:
-        for name in CREDENTIALS:
-            local = Path(args.credentials_dir) / name
-            if not local.is_file():
-                continue
-            tmp_cred = f"{upload_dir}/edge-agent-cred.{uuid.uuid4().hex[:8]}"
-            steps += [
-                Step(f"upload credential {name}", upload=local, destination=tmp_cred),
-                Step(f"install it as {config_dir}/credentials/{name} (mode 0600)",
-                     _then_remove(f"{sudo}install -m 0600 {shlex.quote(tmp_cred)} {q_config}/credentials/{name}",
-                                  tmp_cred)),
-            ]
+        credentials = {name: Path(args.credentials_dir) / name for name in CREDENTIALS
+                       if (Path(args.credentials_dir) / name).is_file()}
+    if host is not None and host.cert is not None and host.ca is not None:
+        # issued just before the steps run (in a dry run perhaps never)
+        credentials |= {"mqtt-ca.crt": host.ca, "mqtt-client.crt": host.cert.cert, "mqtt-client.key": host.cert.key}
+    for name in CREDENTIALS:
+        local = credentials.get(name)
+        if local is None:
+            continue
+        tmp_cred = f"{upload_dir}/edge-agent-cred.{uuid.uuid4().hex[:8]}"
+        steps += [
+            Step(f"upload credential {name}", upload=local, destination=tmp_cred),
+            Step(f"install it as {config_dir}/credentials/{name} (mode 0600)",
+                 _then_remove(f"{sudo}install -m 0600 {shlex.quote(tmp_cred)} {q_config}/credentials/{name}",
+                              tmp_cred)),
+        ]
     tmp_config = f"{upload_dir}/edge-agent-config.{uuid.uuid4().hex[:8]}.toml"
     keep = "" if args.force_config else f"test -e {q_config}/{config_name} || "
     install_config = f"{keep}install -m 0644 {shlex.quote(tmp_config)} {q_config}/{config_name}"
+    what = f" (device id {host.device_id})" if host is not None else ""
     steps += [
-        Step("upload the agent configuration", upload=args.config, destination=tmp_config),
+        Step(f"upload the agent configuration{what}", upload=host.config if host else args.config,
+             destination=tmp_config),
         Step(f"install the configuration as {config_dir}/{config_name}"
              + ("" if args.force_config else " (kept if present)"),
              _then_remove(f"{sudo}sh -c {shlex.quote(install_config)}", tmp_config)),
@@ -305,12 +332,27 @@ def _touch_private(path: str) -> str:
     return f"test -e {path} || install -m 0600 /dev/null {path}"
 
 
-def install_agent_one(ssh: Ssh, args: argparse.Namespace, out: Callable[[str], None]) -> HostResult:
+def install_agent_one(ssh: Ssh, args: argparse.Namespace, out: Callable[[str], None],
+                      host: HostSetup | None = None) -> HostResult:
+    if host is not None:
+        certificate = "; client certificate from the fleet CA, CN = device id" if host.cert else ""
+        out(f"[{ssh.target}] device id {host.device_id}{certificate}")
     if not args.dry_run:
         refused = ssh.check_connection()
         if refused is not None:
             return refused
-    steps = install_agent_steps(args)
+        if host is not None and host.cert is not None:
+            device_certificate(Pki(args.pki), host.device_id)  # reused when valid, else issued
+    result = _install_agent_steps(ssh, args, out, host)
+    if host is not None:
+        result.data["device_id"] = host.device_id
+        result.detail = "; ".join(part for part in (f"device id {host.device_id}", result.detail) if part)
+    return result
+
+
+def _install_agent_steps(ssh: Ssh, args: argparse.Namespace, out: Callable[[str], None],
+                         host: HostSetup | None) -> HostResult:
+    steps = install_agent_steps(args, host)
     uploaded = ""  # removed by the step after its upload; by us if that step fails
     created = ""  # a directory of uploads, removed by a later step; by us if a step fails before
     for number, step in enumerate(steps, 1):

@@ -39,18 +39,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def render_config(template: str, values: dict[str, str]) -> str:
-    """Replace ``key value`` lines of a mosquitto.conf by key; append keys not present."""
+def render_config(template: str, values: dict[str, str | None]) -> str:
+    """Replace ``key value`` lines of a mosquitto.conf by key; append keys not present; drop keys
+    whose value is None."""
     out: list[str] = []
     seen: set[str] = set()
     for line in template.splitlines():
         key = line.split(" ", 1)[0] if line and not line.startswith("#") else ""
         if key in values:
-            out.append(f"{key} {values[key]}")
+            value = values[key]
+            if value is not None:
+                out.append(f"{key} {value}")
             seen.add(key)
         else:
             out.append(line)
-    out += [f"{k} {v}" for k, v in values.items() if k not in seen]
+    out += [f"{k} {v}" for k, v in values.items() if k not in seen and v is not None]
     return "\n".join(out) + "\n"
 
 
@@ -80,8 +83,10 @@ def plain_config(workdir: Path, port: int) -> str:
     ])
 
 
-def tls_config(workdir: Path, port: int, ca: Path, server_cert: Path, server_key: Path) -> str:
-    """The shipped TLS + client-certificate + ACL config, with local paths and port."""
+def tls_config(workdir: Path, port: int, ca: Path, server_cert: Path, server_key: Path,
+               crl: Path | None = None) -> str:
+    """The shipped TLS + client-certificate + ACL config, with local paths and port; without ``crl``
+    the ``crlfile`` line is left out (Mosquitto refuses to start on a missing CRL)."""
     workdir = Path(workdir).resolve()
     acl = workdir / "edge.acl"
     shutil.copy(SHIPPED_ACL, acl)
@@ -93,6 +98,7 @@ def tls_config(workdir: Path, port: int, ca: Path, server_cert: Path, server_key
         "cafile": str(ca),
         "certfile": str(server_cert),
         "keyfile": str(server_key),
+        "crlfile": str(crl) if crl is not None else None,
     })
 
 
@@ -168,14 +174,15 @@ def make_pki(directory: Path, clients: Sequence[str]) -> LocalPki:
     ca = certs.create_ca(directory)
     server = certs.issue(directory, "localhost", server=True, dns=["localhost"], ips=["127.0.0.1"])
     issued = {name: certs.issue(directory, name) for name in clients}
+    certs.write_crl(directory, [], directory / "crl.pem")  # the shipped config reads a CRL
     return LocalPki(directory, ca, server, issued)
 
 
 def start_tls_broker(workdir: Path, pki: LocalPki, port: int | None = None) -> Mosquitto:
     """Start the shipped TLS configuration on 127.0.0.1."""
     port = port or free_port()
-    broker = Mosquitto(workdir, tls_config(workdir, port, pki.ca.cert, pki.server.cert, pki.server.key), port,
-                       tls=True)
+    conf = tls_config(workdir, port, pki.ca.cert, pki.server.cert, pki.server.key, crl=pki.dir / "crl.pem")
+    broker = Mosquitto(workdir, conf, port, tls=True)
     broker.start()
     return broker
 

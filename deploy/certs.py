@@ -9,7 +9,9 @@ ACL (``pattern … edge/v1/%u/…``) matches.
     python -m deploy.certs client --dir pki --name cam-01
     python -m deploy.certs client --dir pki --name fleet     # the operator identity
 
-Files: ``ca.crt``/``ca.key``, ``<name>.crt``/``<name>.key`` (keys mode 0600).
+Files: ``ca.crt``/``ca.key``, ``<name>.crt``/``<name>.key`` (keys mode 0600), each written
+atomically. These are the building blocks; ``edge-deploy pki`` (:mod:`deploy.pki`) is the fleet
+CA on top of them: an index of issued certificates, revocation and the CRL.
 """
 
 from __future__ import annotations
@@ -17,8 +19,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import ipaddress
-import os
-import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,7 +29,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+from edge_agent.device_id import is_device_id
+from edge_agent.util.fs import atomic_write
 
 
 class CertError(Exception):
@@ -49,18 +50,22 @@ def _now() -> dt.datetime:
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
     data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
+    atomic_write(path, data, mode=0o600)  # the temp file is 0600 from the start (mkstemp)
 
 
 def _write_cert(path: Path, cert: x509.Certificate) -> None:
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    atomic_write(path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
 
 
-def create_ca(directory: Path, name: str = "edge-fleet CA", days: int = 3650) -> CertPair:
-    """Create ``ca.crt``/``ca.key`` in ``directory``."""
+def create_ca(directory: Path, name: str = "edge-fleet CA", days: int = 3650, *, overwrite: bool = True) -> CertPair:
+    """Create ``ca.crt``/``ca.key`` in ``directory`` (with ``overwrite=False``, refuse when either exists)."""
     directory.mkdir(parents=True, exist_ok=True)
+    pair = CertPair(directory / "ca.crt", directory / "ca.key")
+    if not overwrite:
+        present = [str(p) for p in (pair.cert, pair.key) if p.exists() or p.is_symlink()]
+        if present:
+            raise CertError(f"{' and '.join(present)} already exist: refusing to replace a CA "
+                            "(every certificate it issued would stop working)")
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = _now()
@@ -79,13 +84,12 @@ def create_ca(directory: Path, name: str = "edge-fleet CA", days: int = 3650) ->
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    pair = CertPair(directory / "ca.crt", directory / "ca.key")
     _write_key(pair.key, key)
     _write_cert(pair.cert, cert)
     return pair
 
 
-def _load_ca(directory: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+def load_ca(directory: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     try:
         cert = x509.load_pem_x509_certificate((directory / "ca.crt").read_bytes())
         key = serialization.load_pem_private_key((directory / "ca.key").read_bytes(), password=None)
@@ -110,9 +114,9 @@ def issue(
     out_dir: Path | None = None,
 ) -> CertPair:
     """Issue a client (CN = ``name``, the device id) or server certificate signed by the CA in ``directory``."""
-    if not NAME_RE.fullmatch(name):
+    if not is_device_id(name):
         raise CertError(f"invalid name {name!r}: letters, digits, '.', '_' and '-' only (it is an MQTT topic level)")
-    ca_cert, ca_key = _load_ca(directory)
+    ca_cert, ca_key = load_ca(directory)
     key = ec.generate_private_key(ec.SECP256R1())
     start = not_before or (_now() - dt.timedelta(minutes=5))
     end = not_after or (start + dt.timedelta(days=days))
@@ -140,6 +144,31 @@ def issue(
     _write_key(pair.key, key)
     _write_cert(pair.cert, cert)
     return pair
+
+
+def write_crl(directory: Path, revoked: Sequence[tuple[int, dt.datetime]], path: Path, *, days: int = 3650,
+              number: int = 1) -> x509.CertificateRevocationList:
+    """Write ``path``: a CRL signed by the CA in ``directory`` listing ``revoked`` (serial, when), atomically.
+
+    ``days`` is the CRL's nextUpdate from now: OpenSSL (so Mosquitto) refuses every client
+    once it is past, so keep it long and re-sign before it (``edge-deploy pki crl``).
+    """
+    ca_cert, ca_key = load_ca(directory)
+    now = _now()
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now - dt.timedelta(minutes=5))
+        .next_update(now + dt.timedelta(days=days))
+        .add_extension(x509.CRLNumber(number), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+    )
+    for serial, when in revoked:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when).build())
+    crl = builder.sign(ca_key, hashes.SHA256())
+    atomic_write(path, crl.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    return crl
 
 
 def main(argv: Sequence[str] | None = None) -> int:

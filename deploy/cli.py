@@ -10,6 +10,10 @@ Several hosts (``--host`` repeated or ``--hosts-file``) are handled in parallel
 and summarised in a per-host table. Exit code 0 when every host succeeded, 1 when
 one failed, 2 on an operator error or when a host's key does not match the pinned one.
 
+``install-agent`` gives each host its own device id, config and (``--pki``) client
+certificate (:mod:`deploy.provision`); ``pki`` is the fleet CA (:mod:`deploy.pki`,
+:mod:`deploy.pki_cli`).
+
 This module is the command line (arguments, ``cmd_*``, the result table); running ssh/scp
 is :mod:`deploy.ssh`, what is done on each host is :mod:`deploy.actions`.
 """
@@ -20,11 +24,13 @@ import argparse
 import json
 import logging
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from deploy import pki_cli
 from deploy.actions import (
     CREDENTIALS,
     DEFAULT_AGENT_PATH,
@@ -33,12 +39,16 @@ from deploy.actions import (
     DEFAULT_UPLOAD_DIR,
     DEFAULT_VENV,
     INSTANCE_NAME,
+    PKI_CREDENTIALS,
+    credentials_directory,
     install_agent_one,
     push_one,
     rollback_one,
     status_one,
 )
 from deploy.answers import printable
+from deploy.pki import Pki
+from deploy.provision import HostSetup, host_config, plan_device_ids
 from deploy.ssh import DeployError, HostResult, Ssh, Target, collect_targets, default_known_hosts
 from deploy.wheelhouse import ARCHES, build_wheelhouse, check_wheelhouse
 from edge_agent.cli.main import dispatch
@@ -166,7 +176,30 @@ def cmd_install_agent(args: argparse.Namespace) -> int:
             raise DeployError(f"{path} not found")
     if args.wheelhouse is not None:
         check_wheelhouse(args.wheelhouse)
-    return _for_each_host(args, lambda ssh: install_agent_one(ssh, args, print))
+    if args.broker is not None and not args.broker.startswith(("mqtt://", "mqtts://")):
+        raise DeployError(f"--broker must be an mqtt:// or mqtts:// URL, not {args.broker!r}")
+    pki = None
+    if args.pki is not None:
+        if args.instance is not None:
+            raise DeployError("--pki cannot be used with --instance: every edge-agent@ instance loads its client "
+                              "certificate from the same /etc/edge-agent/credentials, so they cannot have one each")
+        pki = Pki(args.pki)
+        pki.entries()  # fails early, with one line, when it is not a fleet CA
+        if args.credentials_dir is not None and any((Path(args.credentials_dir) / n).is_file()
+                                                    for n in PKI_CREDENTIALS):
+            raise DeployError(f"--pki installs {', '.join(PKI_CREDENTIALS)}; remove them from --credentials-dir")
+    targets = collect_targets(args.host, args.hosts_file, args.port)
+    ids = plan_device_ids(targets, args.device_id_template, args.instance)
+    base = args.config.read_text()
+    credentials = credentials_directory(args.instance) if pki is not None else None
+    with tempfile.TemporaryDirectory(prefix="edge-deploy-configs.") as tmp:
+        hosts: dict[Target, HostSetup] = {}
+        for target, device_id in ids.items():
+            config = Path(tmp) / f"{device_id}.toml"
+            config.write_text(host_config(base, device_id, broker=args.broker, credentials=credentials))
+            hosts[target] = HostSetup(device_id, config, pki.pair(device_id) if pki else None,
+                                      pki.ca_cert if pki else None)
+        return _for_each_host(args, lambda ssh: install_agent_one(ssh, args, print, hosts[ssh.target]))
 
 
 def cmd_wheelhouse(args: argparse.Namespace) -> int:
@@ -226,7 +259,8 @@ def _check_device_path(flag: str, value: str | None) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edge-deploy", description="Sign and flash model bundles.")
+    parser = argparse.ArgumentParser(prog="edge-deploy", description="Sign and flash model bundles, install "
+                                     "the agent, run the fleet CA.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("keygen", help="create an Ed25519 signing key pair")
@@ -276,7 +310,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instance", default=None, metavar="NAME",
                    help="install the edge-agent@.service template and run it as edge-agent@NAME with "
                         "/etc/edge-agent/NAME.toml and /var/lib/edge-agent-NAME: one agent per camera")
-    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG_FILE, help="agent config.toml")
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG_FILE,
+                   help="agent config.toml; each host gets a copy with its own device_id")
+    p.add_argument("--device-id-template", default=None, metavar="TEMPLATE",
+                   help="each host's device id, e.g. 'cam-{host}': {host} is the SSH target's host name made "
+                        "into a device id, {short} its part before the first dot, {instance} the --instance "
+                        "(default: '{host}', with --instance '{host}-{instance}')")
+    p.add_argument("--broker", default=None, metavar="URL", help="set [mqtt] broker in each host's config")
+    p.add_argument("--pki", type=Path, default=None, metavar="DIR",
+                   help="fleet CA (edge-deploy pki init): give each host a client certificate with CN = its "
+                        "device id (reused while valid) and install it, its key and the CA as credentials")
     p.add_argument("--force-config", action="store_true", help="replace an existing device config")
     p.add_argument("--public-key", type=Path, default=None, help="model signing key to pin")
     p.add_argument("--credentials-dir", type=Path, default=None,
@@ -294,6 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--package", default=None, metavar="WHEEL_OR_REQUIREMENT",
                    help="the agent to resolve (default: this checkout's wheel, or the installed edge-infer)")
     p.set_defaults(handler=cmd_wheelhouse)
+
+    pki_cli.add_parser(sub)
     return parser
 
 

@@ -1,6 +1,8 @@
 """``edge-fleet``: the operator's view of the fleet over MQTT.
 
-    edge-fleet status --broker URL [--json] [--wait S]
+    edge-fleet status --broker URL [DEVICE ...] [--json] [--wait S]
+    edge-fleet exporter --broker URL --listen HOST:PORT [--share-group NAME] [--settle-s S]
+    edge-fleet simulate --broker URL --devices N --rate HZ --duration S [--prefix sim-]
     edge-fleet watch  --broker URL [--interval S] [--duration S] [--json]
     edge-fleet send DEVICE [DEVICE…] COMMAND [--args JSON] [--timeout S] [--sign-key KEY] [--json]
     edge-fleet send --all COMMAND [--wait S] …   (every device whose retained status says online)
@@ -13,6 +15,10 @@ from the envelope ``seq``. Duplicates are dropped by ``(device_id, boot_id, seq)
 gaps are counted per agent session (``seq`` may jump forward after a crash
 because the counter reserves blocks on disk, which is not a loss); that bookkeeping is
 :mod:`deploy.fleet_state`, this module the MQTT side, the table and the command line.
+
+``status`` shows ``stale`` for a device whose retained status says ``online`` but whose
+health stopped (none for 2.5 × its ``health_interval_s``), and exits 1 when an asked
+device is not online, or, with no DEVICE given, when any device seen is offline or stale.
 
 TLS options are the agent's: ``--ca-file``, ``--cert-file``/``--key-file``
 (the operator certificate, CN ``fleet`` with the shipped ACL), ``--username``,
@@ -36,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deploy.fleet_state import FleetState
+from deploy.fleet_state import STALE_FACTOR, DeviceView, FleetState
 from deploy.snapshots import SNAPSHOT_KIND, save_snapshot, snapshot_id
 from edge_agent.cli.main import dispatch
 from edge_agent.errors import EdgeError
@@ -46,6 +52,7 @@ from edge_agent.remote.protocol import sign_command
 
 EXIT_OK = 0
 EXIT_REJECTED = 1
+EXIT_UNHEALTHY = 1  # status: a device offline, stale or unknown
 EXIT_ERROR = 2
 EXIT_TIMEOUT = 3
 TERMINAL = {"accepted", "rejected", "succeeded", "failed"}
@@ -318,26 +325,54 @@ def _settings(args: argparse.Namespace) -> MqttSettings:
     )
 
 
+MIN_LISTEN_S = 1.0  # retained status messages arrive right after subscribing
+MAX_AUTO_WAIT_S = 120.0
+
+
+def _auto_wait(views: list[DeviceView]) -> float:
+    """How long ``status`` may listen without ``--wait``: long enough to see an online device go
+    stale (STALE_FACTOR × its health interval, plus a second), at most MAX_AUTO_WAIT_S."""
+    online = [v.interval_s * STALE_FACTOR + 1.0 for v in views if v.state == "online"]
+    return min(MAX_AUTO_WAIT_S, max([MIN_LISTEN_S, *online]))
+
+
+def status_exit_code(rows: list[dict[str, Any]], asked: Sequence[str]) -> int:
+    """1 when an asked device is not ``online`` (offline, stale or unknown), or, with none
+    asked, when any device seen is offline or stale; else 0."""
+    if asked:
+        return EXIT_UNHEALTHY if any(r["state"] != "online" for r in rows) else EXIT_OK
+    return EXIT_UNHEALTHY if any(r["state"] in ("offline", "stale") for r in rows) else EXIT_OK
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     monitor = FleetMonitor(_settings(args), args.client_id)
+    state = monitor.state
+    asked: list[str] = list(dict.fromkeys(args.devices))
     monitor.start()
     try:
-        if not monitor.link.wait_connected(args.wait + 5):
+        if not monitor.link.wait_connected((args.wait or 0) + 5):
             print(f"edge-fleet: error: cannot connect to {monitor.link.settings.broker}", file=sys.stderr)
             return EXIT_ERROR
-        deadline = time.monotonic() + args.wait
-        while time.monotonic() < deadline:
+        since = state.clock()
+        while True:
             time.sleep(0.1)
-            rows = monitor.state.snapshot()
-            online = [r for r in rows if r["state"] == "online"]
-            # Stop early once every online device has reported health.
-            if rows and online and all(r["fps"] is not None or r["outbox_depth"] is not None for r in online):
+            now = state.clock()
+            with state.lock:
+                views = [state.devices[d] for d in (asked or state.devices) if d in state.devices]
+                decided = all(v.decided(since, now) for v in views)
+                limit = args.wait if args.wait is not None else _auto_wait(views)
+            # Stop once every (asked) device is known: not online, stale, or sent health since we listen.
+            if now - since >= limit or (now - since >= MIN_LISTEN_S and decided):
                 break
     finally:
         monitor.stop()
-    rows = monitor.state.snapshot()
-    print(json.dumps({"devices": rows}, indent=2) if args.json else render_table(rows))
-    return EXIT_OK
+    rows = state.snapshot()
+    if asked:
+        by_id = {r["device_id"]: r for r in rows}
+        rows = [by_id.get(d) or {"device_id": d, "state": "unknown"} for d in asked]
+    code = status_exit_code(rows, asked)
+    print(json.dumps({"devices": rows, "ok": code == EXIT_OK}, indent=2) if args.json else render_table(rows))
+    return code
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
@@ -382,6 +417,27 @@ def _stop_on_signals(stop: threading.Event) -> Callable[[], None]:
             signal.signal(sig, handler)
 
     return restore
+
+
+def cmd_exporter(args: argparse.Namespace) -> int:
+    from deploy import exporter
+
+    stop = threading.Event()
+    restore = _stop_on_signals(stop)
+    try:
+        return exporter.run(_settings(args), args, stop)
+    finally:
+        restore()
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from deploy.simulate import simulate
+
+    report = simulate(_settings(args), args.devices, args.rate, args.duration, prefix=args.prefix,
+                      connections=args.connections, drop_every=args.drop_every, duplicate_every=args.duplicate_every,
+                      leave_online=args.leave_online)
+    print(json.dumps(report.to_json()))
+    return EXIT_OK if report.refused == 0 else EXIT_ERROR
 
 
 def _send_targets(args: argparse.Namespace) -> tuple[list[str], str]:
@@ -499,9 +555,13 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--client-id", help="MQTT client id (default: random fleet-…)")
     parser = argparse.ArgumentParser(prog="edge-fleet", description="Watch and steer the edge fleet over MQTT.")
     sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
-    p = sub.add_parser("status", parents=[common], help="one snapshot of every device seen")
+    p = sub.add_parser("status", parents=[common], help="one snapshot of every device seen (exit 1: offline/stale)")
+    p.add_argument("devices", nargs="*", metavar="DEVICE",
+                   help="only these devices; exit 1 unless every one is online (not stale)")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--wait", type=float, default=5.0, help="seconds to listen for health (default 5)")
+    p.add_argument("--wait", type=float, default=None,
+                   help="listen at most S seconds (default: until every online device sent health, or at most "
+                        f"{STALE_FACTOR:g} x its health interval, so a stale one shows as stale)")
     p.set_defaults(handler=cmd_status)
     p = sub.add_parser("watch", parents=[common], help="live table (Ctrl-C to stop)")
     p.add_argument("--interval", type=float, default=1.0)
@@ -523,6 +583,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, metavar="FILE",
                    help="snapshot: save the picture to FILE (checked first; written atomically)")
     p.set_defaults(handler=cmd_send)
+    from deploy import simulate
+
+    p = sub.add_parser("exporter", parents=[common], help="serve the fleet as Prometheus metrics")
+    p.add_argument("--listen", required=True, metavar="HOST:PORT", help="where to serve /metrics (port 0: any)")
+    p.add_argument("--share-group", metavar="NAME", help="MQTT 5 share group: several exporters split the load")
+    p.add_argument("--settle-s", type=float, default=10.0,
+                   help="a missing seq counts as a gap after this many seconds (default 10)")
+    p.add_argument("--digest-s", type=float, default=1.0, help="share group: digest period (default 1 s)")
+    p.add_argument("--member", help="share group: this member's name (default random)")
+    p.set_defaults(handler=cmd_exporter)
+    p = sub.add_parser("simulate", parents=[common], help="simulated devices publishing status and health (load)")
+    simulate.add_arguments(p)
+    p.set_defaults(handler=cmd_simulate)
     return parser
 
 

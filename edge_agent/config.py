@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+from edge_agent.device_id import DEVICE_ID_MAX, DEVICE_ID_PATTERN, default_device_id
 from edge_agent.errors import ConfigError
 from edge_agent.schema import Field, FieldError, Schema, ValidationError
 
@@ -363,8 +364,9 @@ class AgentConfig(_Section):
     """The whole agent configuration."""
 
     device_id: str = Field(
-        default="dev1", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
-        description="One MQTT topic level: letters, digits, '_', '.', '-'.",
+        default_factory=default_device_id, min_length=1, max_length=DEVICE_ID_MAX, pattern=DEVICE_ID_PATTERN,
+        description="One MQTT topic level: letters, digits, '_', '.', '-'. Default: derived from the machine, "
+        "<hostname>-<first 8 hex digits of /etc/machine-id> (edge_agent/device_id.py).",
     )
     state_dir: Path = Field(
         default_factory=default_state_dir,

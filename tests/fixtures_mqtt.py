@@ -5,7 +5,7 @@
 - ``pki`` (session): CA, server cert for 127.0.0.1/localhost, client certs for two
   devices and the ``fleet`` operator, a cert from another CA, an expired cert.
 - ``tls_broker`` (session): the shipped ``deploy/mosquitto`` config and ACL, rendered
-  with the generated certificates and a free port.
+  with the generated certificates, an empty CRL and a free port.
 - ``digit_frames`` (session): 20 real digit PNGs for the real agent's looping source.
 - ``start_agent``: starts the real ``edge-agent run --broker`` (:class:`RealAgent`).
 - ``unique_id``: a fresh device id / topic level per test.
@@ -98,7 +98,9 @@ def tls_broker(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[M
     """The shipped config and ACL, only paths and port replaced."""
     workdir = tmp_path_factory.mktemp("mosquitto-tls")
     port = free_port()
-    conf = tls_config(workdir, port, pki.ca.cert, pki.server.cert, pki.server.key)
+    crl = workdir / "crl.pem"
+    certs.write_crl(pki.dir, [], crl)  # an empty CRL: the shipped crlfile line stays in
+    conf = tls_config(workdir, port, pki.ca.cert, pki.server.cert, pki.server.key, crl=crl)
     broker = Mosquitto(workdir, conf, port, tls=True)
     broker.start()
     yield broker

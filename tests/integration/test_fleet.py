@@ -28,7 +28,7 @@ def test_status_and_send_end_to_end(mqtt_broker, start_agent, collector_factory,
     agent = start_agent(mqtt_broker, unique_id, tmp_path / "state", health_interval=0.5, keepalive=5)
     url = ["--broker", mqtt_broker.url]
     assert col.wait(lambda: len(col.json("health")) >= 2, 60), agent.log()
-    status = fleet_cli("status", *url, "--json", "--wait", "4")
+    status = fleet_cli("status", unique_id, *url, "--json", "--wait", "4")
     assert status.returncode == 0, status.stderr
     row = {d["device_id"]: d for d in json.loads(status.stdout)["devices"]}[unique_id]
     assert row["state"] == "online" and row["model"] == "digits@1.0.0"

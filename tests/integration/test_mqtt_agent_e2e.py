@@ -59,7 +59,8 @@ def test_real_agent_over_mqtt(mqtt_broker, digits_bundle, collector_factory, uni
         assert sent.returncode == 0, sent.stderr
         assert json.loads(sent.stdout.strip().splitlines()[-1])["status"] == "succeeded"
         # --wait bounds the wait; status returns as soon as every online device has sent health.
-        status = fleet_cli("status", "--broker", mqtt_broker.url, "--json", "--wait", "30")
+        status = fleet_cli("status", unique_id, "--broker", mqtt_broker.url, "--json", "--wait", "30")
+        assert status.returncode == 0, status.stdout + status.stderr
         row = {d["device_id"]: d for d in json.loads(status.stdout)["devices"]}[unique_id]
         assert row["state"] == "online" and row["fps"] and row["gaps"] == 0
 

@@ -14,15 +14,16 @@ def _msg(seq: int | None, session: str = "s1", boot: str = "b1", **body: Any) ->
                        "ts_ms": 1, "replayed": False, **body}).encode()
 
 
-def test_seq_tracker_gaps_and_late_arrivals() -> None:
+def test_seq_tracker_missing_and_late_arrivals() -> None:
     t = SeqTracker()
     for seq in (5, 6, 8, 9):
-        assert t.add(seq)
-    assert t.gaps() == 1 and t.missing() == [7]
-    assert t.add(7) and t.gaps() == 0
-    assert not t.add(7)
-    assert t.add(3)  # older than the first one seen: 4 becomes a gap
-    assert t.gaps() == 1 and t.missing() == [4]
+        assert t.add(seq, 0.0)
+    assert t.missing == 1 and t.missing_sample() == [7]
+    assert t.add(7, 1.0) and t.missing == 0
+    assert not t.add(7, 1.0)
+    assert t.add(3, 2.0)  # older than the first one seen: 4 goes missing
+    assert t.missing == 1 and t.missing_sample() == [4] and t.gaps_total == 0
+    assert t.distinct == 6
 
 
 def test_duplicates_and_gaps_per_device() -> None:

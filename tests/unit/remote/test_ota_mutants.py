@@ -1240,3 +1240,30 @@ def test_a_rollback_after_a_passed_probation_ends_the_update_as_failed(env: Env,
     assert [(a.id, a.status) for a in store.rolled] == [("r1", "succeeded")]
     assert store.rolled[0].result["previous"]["bundle_sha256"] == sha2  # type: ignore[index]
     assert _active_sha(state) == sha256_file(env.v1) and store_probation.read_probation(state) is None
+
+
+# --------------------------------------------------------------------------- survivors of the fifth mutation run
+
+
+def test_a_fresh_updater_has_nothing_to_wait_for_and_no_timings(env: Env, tmp_path: Path) -> None:
+    """An agent that stops before any update joins its updater: that returns at once. Kills
+    OtaUpdater.__init__ mutants 12 (``_thread = ""``: join() fails) and 13 (``last_timings = None``)."""
+    updater = updater_for(Host(env.store(tmp_path), env.public))
+    updater.join(0)
+    assert updater.last_timings == {} and not updater.busy
+
+
+def test_a_rollback_while_the_claim_has_no_abort_yet_still_answers(env: Env, tmp_path: Path) -> None:
+    """reserve() takes the lock, then makes the update's Abort: a rollback from another thread in between
+    sees a busy updater and cancels the Abort it has (the previous one). The test holds the lock as
+    reserve() does at that moment. Kills OtaUpdater.__init__ mutant 11 (no first Abort: AttributeError)."""
+    state = env.store(tmp_path)
+    updater = updater_for(Host(state, env.public))
+    updater._busy.acquire()
+    try:
+        back = updater.rollback("r1")
+    finally:
+        updater._busy.release()
+    assert (back.id, back.status, back.reason) == (
+        "r1", "failed", "rollback: there is no previous model to roll back to")
+    assert _active_sha(state) == sha256_file(env.v1)

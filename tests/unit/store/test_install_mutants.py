@@ -744,6 +744,31 @@ def test_smoke_child_output_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
                                               *LIMIT_ARGS]
 
 
+def test_a_smoke_child_that_cannot_start_names_the_interpreter(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # e.g. an interpreter built for another CPU: exec fails with ENOEXEC. Kills run_smoke_child mutants
+    # 42 and 44 (no message), 43, 45, 47 and 48 (another step) and 46 (`strerror and exc`: the errno text).
+    _fake_python(monkeypatch, tmp_path, "")
+    script = tmp_path / "fake-python"
+    script.write_text("no #! line: not a program the kernel can run\n")  # still executable (0755)
+    with pytest.raises(InstallError) as info:
+        store_install.run_smoke_child(tmp_path / "any.bundle")
+    assert (info.value.step, str(info.value)) == ("smoke", f"cannot start the smoke test ({script}): Exec format error")
+
+
+def test_a_crashed_smoke_child_names_where_it_crashed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # faulthandler's dump on stderr gives the crashing frame. Kills run_smoke_child mutants 61 (crash site
+    # not read) and 68 (crash site never shown).
+    dump = ["Fatal Python error: Segmentation fault", "", "Current thread 0x01 (most recent call first):",
+            '  File "/x/litert.py", line 153 in __init__']
+    _fake_python(monkeypatch, tmp_path, "printf '%s\\n' " + " ".join(f"'{line}'" for line in dump)
+                 + " >&2; kill -SEGV $$")
+    with pytest.raises(InstallError) as info:
+        store_install.run_smoke_child(tmp_path / "any.bundle")
+    assert (info.value.step, str(info.value)) == (
+        "smoke", "smoke test crashed the interpreter (SIGSEGV) at /x/litert.py:153 in __init__")
+
+
 def test_a_bundle_that_grows_or_shrinks_while_copied_is_refused(installed: Path, tmp_path: Path,
                                                                 bundles: Bundles,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
@@ -838,6 +863,35 @@ def test_a_write_failure_while_extracting_leaves_the_store_as_it_was(installed: 
     monkeypatch.setattr(store_install, "unpack_bundle", fail_plainly)
     err = _refused(state, bundles.v2, public_key=bundles.public)
     assert (err.step, str(err)) == ("extract", "cannot write the model store: disk gone")
+
+
+def test_a_write_failure_while_moving_into_the_store_leaves_it_as_it_was(installed: Path, tmp_path: Path,
+                                                                         bundles: Bundles,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # After the smoke test the staging directory gets the bundle file and is renamed to models/<sha>/;
+    # a failure there is an "extract" error with the OS reason, and nothing is left behind.
+    # Kills install._materialise mutants 31 and 33 (no message), 32, 34, 36 and 37 (another step)
+    # and 35 (`strerror and exc`: "[Errno 5] ..." instead of the reason).
+    state = _copy_store(installed, tmp_path)
+    _fake_python(monkeypatch, tmp_path, PASSING_SMOKE)
+    before = _store_entries(state)
+    _failing_replace(monkeypatch, state / "models" / sha256_file(bundles.v2))
+    err = _refused(state, bundles.v2, public_key=bundles.public)  # staging removed: tmp/ is empty
+    assert (err.step, str(err)) == ("extract", "cannot write the model store: Input/output error")
+    assert _store_entries(state) == before
+    monkeypatch.undo()
+    _fake_python(monkeypatch, tmp_path, PASSING_SMOKE)
+    real_copyfile = shutil.copyfile
+
+    def copyfile(src: Any, dst: Any, **kw: Any) -> Any:
+        if Path(dst).name == store_layout.BUNDLE_FILE:
+            raise OSError("disk gone")  # no errno: the message is the exception's text
+        return real_copyfile(src, dst, **kw)
+
+    monkeypatch.setattr(shutil, "copyfile", copyfile)
+    err = _refused(state, bundles.v2, public_key=bundles.public)
+    assert (err.step, str(err)) == ("extract", "cannot write the model store: disk gone")
+    assert _store_entries(state) == before
 
 
 def test_a_model_directory_that_fails_its_check_after_extraction_is_an_error(
