@@ -56,6 +56,9 @@ def build_bundle_and_video(project: Path, out: Path) -> None:
     _python(project, ["-c", _VIDEO_SCRIPT, str(out / VIDEO)], "rendering the test video")
 
 
+DEVICE_ID = "pi-check"
+
+
 def run_agent_on_host(project: Path, bundle: Path, video: Path, state: Path) -> str:
     """stdout of ``edge-agent run --events every`` on the host (this checkout's code)."""
     return _python(project, ["-m", "edge_agent", *agent_run_args(str(bundle), str(video), str(state))],
@@ -63,5 +66,10 @@ def run_agent_on_host(project: Path, bundle: Path, video: Path, state: Path) -> 
 
 
 def agent_run_args(bundle: str, video: str, state: str) -> list[str]:
-    """The same ``run`` arguments on both sides."""
-    return ["run", "--bundle", bundle, "--source", video, "--events", "every", "--state-dir", state]
+    """The same ``run`` arguments on both sides.
+
+    The device id is given: the default one comes from the host name and /etc/machine-id, which the
+    host and the chroot do not share (a debootstrap rootfs has none).
+    """
+    return ["run", "--bundle", bundle, "--source", video, "--events", "every", "--state-dir", state,
+            "--device-id", DEVICE_ID]

@@ -19,7 +19,7 @@ from tools.pi_check.steps import StepError
 PYTHON_VERSION = wheelhouse.PYTHON_VERSION
 PLATFORMS = wheelhouse.platform_tags("aarch64")
 # From the [dev] extra, what the device-only unit tests need.
-TEST_PACKAGES = ("pytest", "pytest-timeout", "hypothesis")
+TEST_PACKAGES = ("pytest", "pytest-timeout", "hypothesis", "jinja2")
 _NAME = re.compile(r"^[A-Za-z0-9._-]+")
 
 
