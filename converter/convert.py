@@ -313,10 +313,10 @@ def _run_conversion(opts: ConvertOptions, fmt: ModelFormat, task: Task, label_na
         child = WorkerProcess(workdir)
         try:
             child.wait_for(worker.MARK1, on_start)
-            steps.finish()
             step1 = read_step(workdir, worker.STEP1)
             if "error" in step1:
                 raise_step_error(step1, model_path)
+            steps.finish()
             float_model = Path(step1["float"]).read_bytes()
             float_rt = LiteRTRuntime(float_model)
             input_shape = list(float_rt.inputs[0].shape)
@@ -346,13 +346,13 @@ def _run_conversion(opts: ConvertOptions, fmt: ModelFormat, task: Task, label_na
                 "io": opts.io, "strict": opts.strict,
             }))
             steps.finish()
-            _note(f"quantising to full int8 with {len(calib)} calibration samples (io {opts.io})")
+            child_steps["quantise"] = f"quantising to int8 with {len(calib)} calibration samples (io {opts.io})"
             child.send("go")
             child.wait_for(worker.MARK2, on_start)
-            steps.finish()
             step2 = read_step(workdir, worker.STEP2)
             if "error" in step2:
                 raise_step_error(step2, model_path)
+            steps.finish()
             int8_model = Path(step2["int8"]).read_bytes()
         finally:
             child.close()

@@ -54,15 +54,14 @@ def low_accuracy_message(accuracy: float, num_classes: int, samples: int, mean: 
     normalised = any(m != 0.0 for m in mean) or any(s != 1.0 for s in std)
     given = f"--mean {','.join(f'{m:g}' for m in mean)} --std {','.join(f'{s:g}' for s in std)}"
     if normalised:
-        hint = (f"with {given} the input is normalised here; if the model already rescales its input "
-                "(a Rescaling/Normalization layer), it is normalised twice: try --std 1 (and --mean 0)")
+        hint = (f"does the model already rescale its input (a Rescaling layer)? then {given} normalises "
+                "it twice: try --std 1 (and --mean 0)")
     else:
-        hint = ("the input reaches the model as raw 0..255 pixels; if the model was trained on "
-                "normalised input, give it: e.g. --std 255, or --mean 127.5 --std 127.5")
+        hint = ("was the model trained on normalised input? the pixels reach it as 0..255: try --std 255 "
+                "or --mean 127.5 --std 127.5")
     return (f"float accuracy {accuracy:.2%} on {samples} labelled validation samples is near chance "
-            f"({num_classes} classes: chance {1.0 / num_classes:.2%}, limit {chance_limit(num_classes):.2%}); "
-            f"the preprocessing does not fit the model: {hint}; also check --color/--invert and the "
-            "labels; pass --allow-low-accuracy to convert anyway")
+            f"({num_classes} classes, limit {chance_limit(num_classes):.2%}): {hint}; also check "
+            "--color/--invert and the labels, or pass --allow-low-accuracy")
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
