@@ -2,9 +2,10 @@
 
 One small model serves every case (``tests/integration/safeguard_models.py``): a digit
 classifier with a dynamic input ``(None, None, 1)`` and its own ``Rescaling(1/255)``
-layer, built once per session (``safeguard_model`` in ``tests/fixtures_models.py``). Without ``--input-shape`` it is refused in one line;
-with it, it converts; with ``--std 255`` it is normalised twice and its float accuracy
-falls to chance, which is refused unless ``--allow-low-accuracy``.
+layer, built once per session (``safeguard_model`` in ``tests/fixtures_models.py``).
+Without ``--input-shape`` it is refused in one line; with it, it converts; with
+``--std 255`` it is normalised twice and its float accuracy falls to chance, which is
+refused unless ``--allow-low-accuracy``.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ def test_flat_folder_is_unlabelled_and_says_so(safeguard_model: dict[str, Any], 
     assert "accuracy not measured" in proc.stderr
     assert ("no label names (no --labels, no class folders): the bundle's labels are the class indices 0..9"
             in proc.stderr)
-    report = read_bundle(bundle).report
+    report: dict[str, Any] = read_bundle(bundle).report
     assert report["accuracy_float"] is None and report["validation_labelled"] is False
     assert report["labels_source"].startswith("class indices")
     assert "confusion_matrix" not in report
