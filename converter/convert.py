@@ -200,7 +200,12 @@ def _note(message: str) -> None:
 
 @dataclass
 class _Converted:
-    """What the child process produced, plus the data preprocessed for it."""
+    """What the child process produced, plus the data preprocessed for it.
+
+    ``float_model`` is the float TFLite model of the model the user gave: the reference of
+    ``accuracy_float`` and ``top1_agreement`` whatever path makes ``int8_model`` (PTQ, the
+    recovery ladder, QAT, pruning); only ``int8_model`` may be replaced.
+    """
 
     float_model: bytes
     int8_model: bytes
