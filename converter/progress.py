@@ -76,7 +76,10 @@ class Steps:
 
     def _write(self, text: str) -> None:
         try:
-            self.stream.write(text)
+            try:
+                self.stream.write(text)
+            except UnicodeEncodeError:  # an ASCII-only terminal: no tick mark
+                self.stream.write(text.replace("\u2713", "ok"))
             self.stream.flush()
         except (OSError, ValueError):
             pass
