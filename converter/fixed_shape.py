@@ -71,7 +71,10 @@ def keras_signature(model: Any, wanted: Sequence[int] | None) -> list[Any] | Non
     """``input_signature`` for ``model.export`` (None: the model's own)."""
     import tensorflow as tf
 
-    inputs = list(getattr(model, "inputs", None) or [])
+    try:
+        inputs = list(model.inputs or [])
+    except (AttributeError, ValueError):  # a subclassed model that was never built has no inputs
+        inputs = []
     if len(inputs) != 1:
         if wanted is not None:
             raise ShapeError(f"--input-shape needs a model with one input, this one has {len(inputs)}")
