@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Convert a trained TensorFlow/Keras model into a verified, full-integer int8 "
                     "TFLite bundle. Use `edge-convert wrap MODEL.tflite --sidecar S.toml -o BUNDLE` to "
                     "bundle an existing TFLite model, `edge-convert inspect BUNDLE` to check a bundle.",
-        epilog="Exit codes: 0 ok, 2 bad input, 3 accuracy drop above --max-accuracy-drop.",
+        epilog="Exit codes: 0 ok, 2 bad input, 3 accuracy drop above --max-accuracy-drop or agreement "
+               "below --min-agreement (after the recovery ladder).",
     )
     parser.add_argument("model", type=Path, help="SavedModel folder, Keras 3 .keras file or legacy .h5 file")
     parser.add_argument("--calibration", type=Path, required=True, metavar="DATA",
@@ -105,6 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
                             "outputs are not probabilities already, else none; sigmoid for multi-label)")
     quant.add_argument("--detection-format", choices=["tflite_postprocess", "raw_boxes", "yolo"],
                        default="tflite_postprocess", help="for --task detect")
+    rescue = parser.add_argument_group("recovery ladder (when int8 misses the targets; see docs/converter.md)")
+    rescue.add_argument("--min-agreement", type=float, metavar="FRACTION",
+                        help="fail unless int8 agrees with the float model's top-1 on at least this "
+                             "fraction of the validation samples, e.g. 0.99")
+    rescue.add_argument("--no-ladder", dest="ladder", action="store_false",
+                        help="fail at once when plain int8 misses the targets instead of trying better "
+                             "calibration and keeping the most sensitive ops in float")
     out = parser.add_argument_group("output")
     out.add_argument("--sign-key", type=Path, metavar="KEY", help="Ed25519 private key (PEM) to sign the bundle")
     out.add_argument("--report", type=Path, metavar="FILE", help="also write the report as JSON here")
@@ -203,7 +211,7 @@ def options_from_args(args: argparse.Namespace) -> ConvertOptions:
         sign_key=args.sign_key, report=args.report, save_float=args.save_float,
         calibration_samples=args.calibration_samples,
         latency_budget_ms=args.latency_budget_ms, detection_format=args.detection_format,
-        activation=args.activation,
+        activation=args.activation, min_agreement=args.min_agreement, ladder=args.ladder,
     )
 
 

@@ -20,6 +20,7 @@ TensorFlow is never imported in this process.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -35,8 +36,8 @@ from typing import Any, Literal
 import numpy as np
 
 import edge_agent
+from converter import ladder, validate, worker
 from converter import ops as ops_mod
-from converter import validate, worker
 from converter.child import WorkerProcess, raise_step_error, read_step
 from converter.data import Dataset, data_kind, load_dataset
 from converter.errors import AccuracyError, ConvertError, DataError, ModelLoadError, QuantizationError
@@ -98,6 +99,9 @@ class ConvertOptions:
     detection_format: Literal["tflite_postprocess", "raw_boxes", "yolo"] = "tflite_postprocess"
     activation: Literal["none", "softmax", "sigmoid"] | None = None  # None: softmax unless already probabilities
     seed: int = 0
+    # recovery ladder (converter/ladder.py)
+    min_agreement: float | None = None
+    ladder: bool = True
 
 
 @dataclass
@@ -206,6 +210,7 @@ class _Converted:
     validation: Dataset
     validation_source: str
     label_names: list[str] | None
+    calibration_pool: np.ndarray | None = None  # every calibration sample, before --calibration-samples
 
 
 def convert(opts: ConvertOptions) -> ConvertResult:
@@ -225,19 +230,36 @@ def convert(opts: ConvertOptions) -> ConvertResult:
         data_kind(opts.validation)
     if opts.calibration_samples < 1:
         raise ConvertError("--calibration-samples must be at least 1")
+    if opts.min_agreement is not None and not 0.0 < opts.min_agreement <= 1.0:
+        raise ConvertError(f"--min-agreement takes a fraction in (0, 1], e.g. 0.99; got {opts.min_agreement:g}")
     task: Task = opts.task or ("audio_classify" if calib_kind == "audio" else "classify")
 
     conv = _run_conversion(opts, fmt, task, label_names)
     op_list = _check_ops(conv, opts)
     report, comp, labels = _validate(conv, opts, fmt, task, op_list)
-    if report["accuracy_drop_pp"] is not None and report["accuracy_drop_pp"] > opts.max_accuracy_drop:
+    missed = ladder.misses(report, opts.max_accuracy_drop, opts.min_agreement)
+    if missed and opts.ladder and conv.calibration_pool is not None:
+        outcome = ladder.run_ladder(opts, fmt, conv, report, conv.calibration_pool)
+        if outcome.model is not None:
+            conv = dataclasses.replace(conv, int8_model=outcome.model)
+            op_list = _check_ops(conv, opts)
+            report, comp, labels = _validate(conv, opts, fmt, task, op_list)
+        report["ladder"] = outcome.report
+        missed = ladder.misses(report, opts.max_accuracy_drop, opts.min_agreement)
+    if missed:
         report["duration_s"] = round(time.perf_counter() - started, 1)
         write_report_copy(opts.report, report)
+        tried = (f"; the recovery ladder tried {len(report['ladder']['attempts'])} attempt(s), none met "
+                 "the targets (see the report)" if "ladder" in report else "")
+        if report["accuracy_drop_pp"] is not None and report["accuracy_drop_pp"] > opts.max_accuracy_drop:
+            raise AccuracyError(
+                f"int8 accuracy {report['accuracy_int8']:.2%} is {report['accuracy_drop_pp']:.2f} pp below "
+                f"float {report['accuracy_float']:.2%}, more than --max-accuracy-drop "
+                f"{opts.max_accuracy_drop:g}; calibrate with data preprocessed like the real input "
+                f"(and more of it), or raise the limit{tried}", report)
         raise AccuracyError(
-            f"int8 accuracy {report['accuracy_int8']:.2%} is {report['accuracy_drop_pp']:.2f} pp below "
-            f"float {report['accuracy_float']:.2%}, more than --max-accuracy-drop "
-            f"{opts.max_accuracy_drop:g}; calibrate with data preprocessed like the real input "
-            "(and more of it), or raise the limit", report)
+            f"int8 top-1 agreement with the float model {report['top1_agreement']:.2%} is below "
+            f"--min-agreement {opts.min_agreement:g}{tried}", report)
 
     manifest = _build_manifest(conv, opts, task, labels, comp, report)
     report["duration_s"] = round(time.perf_counter() - started, 1)
@@ -284,6 +306,7 @@ def _run_conversion(opts: ConvertOptions, fmt: ModelFormat, task: Task, label_na
             else:
                 calib, valid = _hold_out(calib, rng)
                 validation_source = f"held-out {int(HOLDOUT_FRACTION * 100)} % of calibration data"
+            pool = calib.x
             if len(calib) > opts.calibration_samples:
                 calib = calib.subset(np.sort(rng.choice(len(calib), opts.calibration_samples, replace=False)))
 
@@ -306,7 +329,7 @@ def _run_conversion(opts: ConvertOptions, fmt: ModelFormat, task: Task, label_na
         tensorflow=str(step1.get("tensorflow", "unknown")),
         int8_only_error=step2.get("int8_only_error"), fallback=bool(step2.get("fallback")),
         spec=spec, calibration=calib, validation=valid, validation_source=validation_source,
-        label_names=label_names,
+        label_names=label_names, calibration_pool=pool,
     )
 
 

@@ -56,7 +56,12 @@ def format_report(report: dict[str, Any]) -> str:
     width = max(len(name) for name, _ in rows)
     line = "-" * (width + 2 + max(len(v) for _, v in rows))
     body = "\n".join(f"{name.ljust(width)}  {value}" for name, value in rows)
-    return f"{line}\n{body}\n{line}"
+    table = f"{line}\n{body}\n{line}"
+    if "ladder" in report:
+        from converter.ladder import format_ladder
+
+        table += "\n" + format_ladder(report["ladder"])
+    return table
 
 
 def report_json(report: dict[str, Any]) -> bytes:
