@@ -249,8 +249,8 @@ def convert(opts: ConvertOptions) -> ConvertResult:
     if missed:
         report["duration_s"] = round(time.perf_counter() - started, 1)
         write_report_copy(opts.report, report)
-        tried = (f"; the recovery ladder tried {len(report['ladder']['attempts'])} attempt(s), none met "
-                 "the targets (see the report)" if "ladder" in report else "")
+        tried = (f"; the recovery ladder measured {ladder.measured(report['ladder'])} other model(s), none "
+                 "met the targets (see the report)" if "ladder" in report else "")
         if report["accuracy_drop_pp"] is not None and report["accuracy_drop_pp"] > opts.max_accuracy_drop:
             raise AccuracyError(
                 f"int8 accuracy {report['accuracy_int8']:.2%} is {report['accuracy_drop_pp']:.2f} pp below "

@@ -249,6 +249,11 @@ def run_ladder(opts: ConvertOptions, fmt: str, conv: _Converted, base: dict[str,
     return LadderOutcome(model=ladder.winner, report=report)
 
 
+def measured(ladder: dict[str, Any]) -> int:
+    """How many candidate models the ladder built and measured."""
+    return sum(1 for a in ladder["attempts"] if a["status"] in ("met", "missed"))
+
+
 def format_ladder(ladder: dict[str, Any]) -> str:
     """The ladder's attempts as plain-text lines (printed below the report table)."""
     lines = ["recovery ladder (plain int8 missed: " + "; ".join(ladder["plain_int8"]["missed"]) + ")"]
