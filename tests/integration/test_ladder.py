@@ -71,7 +71,8 @@ def test_plain_int8_is_broken_and_ladder_recovers(recovered: tuple[Any, Path, di
     assert "recovery ladder" in proc.stdout and "chosen: rung 2" in proc.stdout
     # The bundle holds the recovered model and passes its own smoke test.
     bundle = read_bundle(out / "m.bundle")
-    assert bundle.report["ladder"]["chosen"] == chosen
+    bundled: dict[str, Any] = bundle.report  # type: ignore[assignment]
+    assert bundled["ladder"]["chosen"] == chosen
     assert run_smoke_test(bundle.manifest, LiteRTRuntime(bundle.model_bytes)).passed
 
 
