@@ -10,8 +10,9 @@ Jobs (``"kind"``):
   range to the ``percentile`` of the values seen in calibration, keep ``keep_float`` op output
   tensors in float, and write ``out``;
 * ``rank``: per-layer comparison of float and int8 activations with TensorFlow's
-  ``QuantizationDebugger`` (each quantised op against its float twin fed the same input); returns
-  the activation tensors worst first, each with the ops that keep it float when it stays wide.
+  ``QuantizationDebugger`` (each quantised op against its float twin); returns the activation
+  tensors worst first (by the error an op adds to what its inputs had), each with the ops that
+  keep it float when it stays wide.
 
 Errors are reported as ``{"error": ..., "kind": ...}`` like :mod:`converter.worker`'s.
 """
@@ -144,12 +145,14 @@ def _rank(calibrated: bytes, calibration: Path) -> list[dict[str, Any]]:
     producer: dict[str, str] = {}
     consumers: dict[str, list[str]] = {}
     kind: dict[str, str] = {}
+    inputs_of: dict[str, list[str]] = {}
     outputs = {names[d["index"]] for d in interp.get_output_details()}
     for op in interp._get_ops_details():  # the graph structure, as TF's debugger reads it
         outs = [names[i] for i in op["outputs"] if i >= 0]
         for name in outs:
             producer[name] = outs[0]
             kind[name] = str(op["op_name"])
+            inputs_of[name] = [names[i] for i in op["inputs"] if i >= 0 and i in names]
         for i in op["inputs"]:
             if i >= 0 and i in names:
                 consumers.setdefault(names[i], []).extend(outs[:1])
@@ -166,7 +169,12 @@ def _rank(calibrated: bytes, calibration: Path) -> list[dict[str, Any]]:
                        "score": round(float(metrics.get("relative_rmse", 0.0)), 6),
                        "keep_float": list(dict.fromkeys(wide)),
                        "ops": [f"{kind.get(t, '?')} {t.split(';')[0]}" for t in dict.fromkeys(wide)]})
-    ranked.sort(key=lambda r: -r["score"])
+    # An op's error includes what its inputs brought along; rank by the error an op adds first.
+    score = {r["tensor"]: r["score"] for r in ranked}
+    for r in ranked:
+        inherited = max((score.get(t, 0.0) for t in inputs_of.get(r["tensor"], [])), default=0.0)
+        r["added"] = round(max(0.0, r["score"] - inherited), 6)
+    ranked.sort(key=lambda r: (-r["added"], -r["score"]))
     return ranked
 
 
