@@ -9,8 +9,10 @@
 4. Run ``edge-agent`` as device ``demo-pi`` on a video of held-out digits, over
    mqtts; an operator subscribes with ``mosquitto_sub`` and the agent's per-frame
    accuracy is compared with the converter's int8 figure.
-5. ``edge-fleet status`` and ``edge-fleet send demo-pi ping``, then a clean stop
-   that leaves the retained status ``offline``.
+5. ``edge-fleet status`` and ``edge-fleet send demo-pi ping``; the device's own
+   Prometheus ``/metrics`` (``edge-agent run --metrics``) and the fleet exporter's
+   (``edge-fleet exporter``); then a clean stop that leaves the retained status
+   ``offline``, which ``edge-fleet status demo-pi`` reports with exit code 1.
 6. A model from elsewhere: a small detector exported in Ultralytics' YOLOv8 int8
    layout (``[1, 4 + C, N]``) is recognised by ``edge-agent inspect``, given a
    starting sidecar, wrapped into a signed bundle with ``edge-convert wrap``,
@@ -106,6 +108,7 @@ def run_demo(out: Path = DEMO_DIR) -> int:
     print(f"broker {broker.url}, CA {pki.ca.cert}", flush=True)
     agent: subprocess.Popen[str] | None = None
     sub: subprocess.Popen[str] | None = None
+    exporter: subprocess.Popen[str] | None = None
     try:
         video = out / "held-out-digits.mkv"
         labels = render_test_video(video)
@@ -118,11 +121,14 @@ def run_demo(out: Path = DEMO_DIR) -> int:
         )
         time.sleep(0.5)
         _banner(f"6 edge-agent run: device {DEVICE}, {len(labels)} frames of held-out digits over mqtts")
-        preview = free_port()
+        preview, metrics, exporter_port = free_port(), free_port(), free_port()
+        exporter = subprocess.Popen([_tool("edge-fleet"), "exporter", "--broker", broker.url,
+                                     *_tls_args(pki, "fleet"), "--listen", f"127.0.0.1:{exporter_port}"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         agent_cmd = [_tool("edge-agent"), "run", "--state-dir", str(state), "--public-key", str(public),
                      "--source", str(video), "--fps", "40", "--events", "every", "--device-id", DEVICE,
                      "--health-interval", "1", "--broker", broker.url, *_tls_args(pki, DEVICE),
-                     "--preview", f"127.0.0.1:{preview}"]
+                     "--preview", f"127.0.0.1:{preview}", "--metrics", f"127.0.0.1:{metrics}"]
         print("$ edge-agent " + " ".join(agent_cmd[1:]), flush=True)
         agent = subprocess.Popen(agent_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         time.sleep(3.0)
@@ -134,8 +140,14 @@ def run_demo(out: Path = DEMO_DIR) -> int:
         print(f"live preview: http://127.0.0.1:{preview}/ (one frame saved to {out / 'preview.jpg'})", flush=True)
         _run([*fleet, "send", DEVICE, "snapshot", "--args", '{"annotated": true}', "--output",
               str(out / "snapshot.jpg"), "--broker", broker.url, *_tls_args(pki, "fleet")])
-        _run([*fleet, "status", "--broker", broker.url, *_tls_args(pki, "fleet"), "--wait", "2"])
+        _run([*fleet, "status", DEVICE, "--broker", broker.url, *_tls_args(pki, "fleet"), "--wait", "2"])
         _run([*fleet, "send", DEVICE, "ping", "--broker", broker.url, *_tls_args(pki, "fleet")])
+        _show_metrics(f"http://127.0.0.1:{metrics}/metrics", "the device's own /metrics (edge-agent --metrics)",
+                      ("edge_agent_frames_inferred_total", "edge_agent_inference_seconds_count",
+                       "edge_agent_model_info", "edge_agent_results_total"))
+        _show_metrics(f"http://127.0.0.1:{exporter_port}/metrics", "the fleet exporter (edge-fleet exporter)",
+                      ("edge_device_up", "edge_device_fps_inferred", "edge_device_inference_p95_seconds",
+                       "edge_fleet_messages_total", "edge_device_seq_gaps_total", "edge_device_duplicates_total"))
         agent.wait(timeout=120)
         agent_err = agent.stderr.read() if agent.stderr else ""
         if agent.returncode != 0:
@@ -160,9 +172,14 @@ def run_demo(out: Path = DEMO_DIR) -> int:
               f"{last.get('position_ms')} ms (frame {last.get('position_frame')}) into the video")
         print(f"agent per-frame accuracy over MQTT: {accuracy:.2%}; converter int8 accuracy: "
               f"{report['accuracy_int8']:.2%}; float: {report['accuracy_float']:.2%}")
-        _run([*fleet, "status", "--broker", broker.url, *_tls_args(pki, "fleet"), "--wait", "1"])
+        # the device stopped cleanly: offline, so `status DEVICE` exits 1 (scripts can rely on it)
+        gone = _run([*fleet, "status", DEVICE, "--broker", broker.url, *_tls_args(pki, "fleet"), "--wait", "1"],
+                    check=False)
+        print(f"edge-fleet status {DEVICE}: exit code {gone.returncode} (1: offline or stale)", flush=True)
+        if gone.returncode != 1:
+            raise SystemExit(f"demo: edge-fleet status exited {gone.returncode} for a stopped device, not 1")
     finally:
-        for proc in (agent, sub):
+        for proc in (agent, sub, exporter):
             if proc is not None and proc.poll() is None:
                 proc.terminate()
                 proc.wait(10)
@@ -170,6 +187,16 @@ def run_demo(out: Path = DEMO_DIR) -> int:
     run_detector_demo(out, private, public)
     print(f"\ndemo done in {time.perf_counter() - started:.0f} s; outputs in {out}/")
     return 0
+
+
+def _show_metrics(url: str, title: str, names: tuple[str, ...]) -> None:
+    """Print the samples of ``names`` from a Prometheus endpoint (what Prometheus would scrape)."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    print(f"{title}: {url}", flush=True)
+    for line in text.splitlines():
+        if line.startswith(names) and not line.startswith("#"):
+            print("  " + line, flush=True)
 
 
 def _box_iou(a: list[float], b: list[float]) -> float:

@@ -233,6 +233,7 @@ class DeviceView:
     inference_p95_ms: float | None = None
     cpu_temp_c: float | None = None
     throttled: bool | None = None
+    duplicate_id: bool | None = None  # the device says another agent uses its id
     outbox_depth: int | None = None
     outbox_evicted: int | None = None
     reconnects: int | None = None
@@ -301,6 +302,7 @@ class DeviceView:
             "p95_ms": self.p95_ms,
             "cpu_temp_c": self.cpu_temp_c,
             "outbox_depth": self.outbox_depth,
+            "duplicate_device_id": self.duplicate_id,
             "last_seen": self.last_seen,
             "last_seen_ago_s": None if self.last_seen is None else round(now - self.last_seen, 1),
             "last_health_ago_s": None if self.last_health is None else round(now - self.last_health, 1),
@@ -447,6 +449,8 @@ class FleetState:
             view.model_sha256 = _short(model.get("sha256"))
         view.config_version = body.get("config_version", view.config_version)
         view.health_interval_s = _interval(body.get("health_interval_s")) or view.health_interval_s
+        if state == "online":  # a birth says it when another agent uses this device id
+            view.duplicate_id = body.get("duplicate_device_id") is True
 
     @staticmethod
     def _health(view: DeviceView, body: dict[str, Any], now: float) -> None:
@@ -466,6 +470,8 @@ class FleetState:
         outbox = body.get("outbox")
         view.outbox_evicted = _int(outbox.get("evicted")) if isinstance(outbox, dict) else None
         view.reconnects = _int(body.get("reconnects"))
+        if "duplicate_device_id" in body:
+            view.duplicate_id = body.get("duplicate_device_id") is True
         mem = body.get("mem")
         view.rss_bytes = _int(mem.get("rss_bytes")) if isinstance(mem, dict) else None
         cpu = _num(body.get("cpu_percent"))

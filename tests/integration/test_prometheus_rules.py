@@ -51,6 +51,7 @@ EXPORTER_METRICS = {
     "edge_device_messages_total", "edge_device_seq_gaps_total", "edge_device_seq_missing",
     "edge_device_duplicates_total", "edge_device_last_seen_timestamp_seconds", "edge_device_fps_inferred",
     "edge_device_inference_p95_seconds", "edge_device_cpu_temperature_celsius", "edge_device_throttled",
+    "edge_device_duplicate_id",
     "edge_device_outbox_depth_messages", "edge_device_outbox_evicted_total", "edge_device_reconnects_total",
     "edge_device_memory_rss_bytes", "edge_device_cpu_ratio", "edge_device_results_total",
     "edge_device_health_interval_seconds", "edge_exporter_devices", "edge_exporter_peers",

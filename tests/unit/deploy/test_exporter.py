@@ -18,6 +18,7 @@ CONTRACT = {
     "edge_device_messages_total", "edge_device_seq_gaps_total", "edge_device_seq_missing",
     "edge_device_duplicates_total", "edge_device_last_seen_timestamp_seconds", "edge_device_fps_inferred",
     "edge_device_inference_p95_seconds", "edge_device_cpu_temperature_celsius", "edge_device_throttled",
+    "edge_device_duplicate_id",
     "edge_device_outbox_depth_messages", "edge_device_outbox_evicted_total", "edge_device_reconnects_total",
     "edge_device_memory_rss_bytes", "edge_device_cpu_ratio", "edge_device_results_total",
     "edge_device_health_interval_seconds", "edge_exporter_devices", "edge_exporter_peers",
@@ -44,7 +45,8 @@ def test_every_contract_metric_with_device_figures() -> None:
     handle("edge/v1/d1/health", _msg(1, fps_inferred=12.5, cpu_temp_c=55.0, cpu_percent=40.0,
                                      latency_ms={"invoke": {"p95": 8.0}, "total": {"p95": 12.0}},
                                      throttled={"undervoltage": True}, outbox={"depth": 2, "evicted": 1},
-                                     reconnects=3, mem={"rss_bytes": 1000}, health_interval_s=2.0))
+                                     reconnects=3, mem={"rss_bytes": 1000}, health_interval_s=2.0,
+                                     duplicate_device_id=True))
     handle("edge/v1/d1/evt/classification", _msg(3, classes=[{"label": "7", "score": 0.9}]))
     handle("edge/v1/d1/evt/classification", _msg(3, classes=[{"label": "7", "score": 0.9}]))
     samples = _samples(exporter)
@@ -54,7 +56,7 @@ def test_every_contract_metric_with_device_figures() -> None:
         "edge_device_up": 1.0, "edge_device_stale": 0.0, "edge_device_messages_total": 4.0,
         "edge_device_seq_missing": 1.0, "edge_device_seq_gaps_total": 0.0, "edge_device_duplicates_total": 1.0,
         "edge_device_fps_inferred": 12.5, "edge_device_inference_p95_seconds": 0.008,
-        "edge_device_cpu_temperature_celsius": 55.0, "edge_device_throttled": 1.0,
+        "edge_device_cpu_temperature_celsius": 55.0, "edge_device_throttled": 1.0, "edge_device_duplicate_id": 1.0,
         "edge_device_outbox_depth_messages": 2.0, "edge_device_outbox_evicted_total": 1.0,
         "edge_device_reconnects_total": 3.0, "edge_device_memory_rss_bytes": 1000.0, "edge_device_cpu_ratio": 0.4,
         "edge_device_health_interval_seconds": 2.0, "edge_device_last_seen_timestamp_seconds": 1000.0,

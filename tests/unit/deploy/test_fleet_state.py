@@ -256,3 +256,20 @@ def test_simulated_health_is_an_enveloped_health_record(tmp_path: Any) -> None:
     fleet = FleetState()
     fleet.handle("edge/v1/sim-1/health", json.dumps(second).encode())
     assert fleet.devices["sim-1"].health_interval_s == 0.5
+
+
+def test_duplicate_device_id_from_birth_and_health() -> None:
+    """A birth or a health that says ``duplicate_device_id`` sets it; a later clean one clears it
+    (an older birth's flag must not stick, and a health without the key leaves it as it was)."""
+    fleet = FleetState()
+    fleet.handle("edge/v1/d1/status", _msg(0, state="online", duplicate_device_id=True), retained=True)
+    view = fleet.devices["d1"]
+    assert view.duplicate_id is True and view.summary(0.0)["duplicate_device_id"] is True
+    fleet.handle("edge/v1/d1/health", _msg(1, fps_inferred=1.0))
+    assert view.duplicate_id is True
+    fleet.handle("edge/v1/d1/health", _msg(2, duplicate_device_id=False))
+    assert view.duplicate_id is False
+    fleet.handle("edge/v1/d1/health", _msg(3, duplicate_device_id=True))
+    assert view.duplicate_id is True
+    fleet.handle("edge/v1/d1/status", _msg(4, state="online"))
+    assert view.duplicate_id is False
