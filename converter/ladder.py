@@ -178,6 +178,7 @@ class _Ladder:
         if self.opts.io == "uint8":
             self.skip(2, "selective quantisation", "needs --io int8 or float32")
             return False
+        _note("ranking the layers: float vs int8 activations, op by op (QuantizationDebugger)")
         result = self.child.run({"kind": "rank", "calibration": str(pool)})
         if "error" in result:
             self.attempts.append({"rung": 2, "what": "selective quantisation: ranking",
@@ -229,6 +230,7 @@ def run_ladder(opts: ConvertOptions, fmt: str, conv: _Converted, base: dict[str,
     with tempfile.TemporaryDirectory(prefix="edge-convert-ladder-") as tmp:
         workdir = Path(tmp)
         np.save(workdir / "pool.npy", pool.astype(np.float32, copy=False))
+        _note("loading the model in the ladder's TensorFlow child process")
         child = _Child(workdir, Path(opts.model), fmt)
         ladder = _Ladder(opts, conv, base, child, workdir)
         try:

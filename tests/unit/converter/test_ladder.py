@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pytest
+
+from converter.cli import build_parser, main, options_from_args
 from converter.ladder import format_ladder, measured, misses
 from converter.report import format_report
 
@@ -50,3 +55,25 @@ def test_format_ladder_lists_every_attempt_and_the_cost() -> None:
 def test_report_table_carries_the_ladder() -> None:
     assert "recovery ladder" not in format_report({})
     assert format_report({"ladder": _ladder(True)}).splitlines()[-1].startswith("  chosen: rung 2")
+
+
+def test_min_agreement_out_of_range_is_refused_before_tensorflow(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    model = tmp_path / "m.keras"
+    model.write_bytes(b"not loaded: the check comes first")
+    np.save(tmp_path / "calib.npy", np.zeros((4, 8, 8, 1), np.float32))
+    for value in ("1.5", "0", "-0.2"):
+        code = main([str(model), "--calibration", str(tmp_path / "calib.npy"), "-o", str(tmp_path / "x.bundle"),
+                     "--min-agreement", value])
+        assert code == 2
+        assert "--min-agreement takes a fraction in (0, 1]" in capsys.readouterr().err
+    assert not (tmp_path / "x.bundle").exists()
+
+
+def test_cli_options_reach_the_converter() -> None:
+    args = build_parser().parse_args(["m.keras", "--calibration", "c", "-o", "b", "--min-agreement", "0.99",
+                                      "--no-ladder"])
+    opts = options_from_args(args)
+    assert (opts.min_agreement, opts.ladder) == (0.99, False)
+    defaults = options_from_args(build_parser().parse_args(["m.keras", "--calibration", "c", "-o", "b"]))
+    assert (defaults.min_agreement, defaults.ladder) == (None, True)
