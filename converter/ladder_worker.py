@@ -34,6 +34,7 @@ from converter import worker
 MARK_PREFIX = "@@"
 RANK_SAMPLES = 100  # enough for a stable ranking of a layer's error; the debugger is slow on big models
 PERCENTILE_SAMPLES = 200
+VALUES_PER_SAMPLE = 4096  # per tensor and sample, for the percentiles: bounds memory on large models
 _NAME = re.compile(r"^[a-z0-9-]{1,40}$")
 
 
@@ -77,13 +78,17 @@ def _narrow_ranges(calibrated: bytes, calibration: Path, percentile: float) -> t
               if i not in skip and t.quantization is not None and t.quantization.min is not None
               and len(t.quantization.min) == 1]
     values: dict[int, list[np.ndarray]] = {i: [] for i in wanted}
+    rng = np.random.default_rng(0)
     in_index = interp.get_input_details()[0]["index"]
     for (sample,) in _samples(calibration, PERCENTILE_SAMPLES)():
         interp.set_tensor(in_index, sample)
         interp.invoke()
         for i in wanted:
             try:
-                values[i].append(np.asarray(interp.get_tensor(i), dtype=np.float32).ravel())
+                flat = np.asarray(interp.get_tensor(i), dtype=np.float32).ravel()
+                if flat.size > VALUES_PER_SAMPLE:
+                    flat = flat[rng.choice(flat.size, VALUES_PER_SAMPLE, replace=False)]
+                values[i].append(flat)
             except ValueError:  # a tensor the interpreter does not keep
                 continue
     narrowed = 0
