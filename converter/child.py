@@ -23,7 +23,8 @@ WORKER_TIMEOUT_S = 1800.0
 class WorkerProcess:
     """The TensorFlow child process (see :mod:`converter.worker`)."""
 
-    def __init__(self, workdir: Path, timeout_s: float = WORKER_TIMEOUT_S) -> None:
+    def __init__(self, workdir: Path, timeout_s: float = WORKER_TIMEOUT_S,
+                 module: str = "converter.worker") -> None:
         self.workdir = workdir
         self.timed_out = False
         self._log_path = workdir / "worker.log"
@@ -33,7 +34,7 @@ class WorkerProcess:
         root = str(Path(__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "converter.worker", str(workdir)],
+            [sys.executable, "-m", module, str(workdir)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
             text=True, env=env,
         )

@@ -20,6 +20,7 @@ TensorFlow is never imported in this process.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -35,8 +36,8 @@ from typing import Any, Literal
 import numpy as np
 
 import edge_agent
+from converter import ladder, safeguards, validate, worker
 from converter import ops as ops_mod
-from converter import safeguards, validate, worker
 from converter.child import WorkerProcess, raise_step_error, read_step
 from converter.data import Dataset, data_kind, load_dataset
 from converter.errors import AccuracyError, ConvertError, DataError, ModelLoadError, QuantizationError
@@ -104,6 +105,9 @@ class ConvertOptions:
     allow_low_accuracy: bool = False
     input_shape: list[int] | None = None  # fixed input size for models with dynamic dimensions
     plots: Path | None = None
+    # recovery ladder (converter/ladder.py)
+    min_agreement: float | None = None
+    ladder: bool = True
 
 
 @dataclass
@@ -218,6 +222,7 @@ class _Converted:
     validation_source: str
     label_names: list[str] | None
     labels_source: str = "labels file"
+    calibration_pool: np.ndarray | None = None  # every calibration sample, before --calibration-samples
 
 
 def convert(opts: ConvertOptions) -> ConvertResult:
@@ -237,6 +242,8 @@ def convert(opts: ConvertOptions) -> ConvertResult:
         data_kind(opts.validation)
     if opts.calibration_samples < 1:
         raise ConvertError("--calibration-samples must be at least 1")
+    if opts.min_agreement is not None and not 0.0 < opts.min_agreement <= 1.0:
+        raise ConvertError(f"--min-agreement takes a fraction in (0, 1], e.g. 0.99; got {opts.min_agreement:g}")
     task: Task = opts.task or ("audio_classify" if calib_kind == "audio" else "classify")
 
     with Steps() as steps:
@@ -244,7 +251,19 @@ def convert(opts: ConvertOptions) -> ConvertResult:
         op_list = _check_ops(conv, opts)
         report, comp, labels = _validate(conv, opts, fmt, task, op_list, steps)
         steps.finish()
-        _safeguards(conv, opts, report, comp, labels, started)
+        _safeguards(conv, opts, report, comp, labels, started)  # near-chance float: no ladder can help
+        missed = ladder.misses(report, opts.max_accuracy_drop, opts.min_agreement)
+        if missed and opts.ladder and conv.calibration_pool is not None:
+            steps.start("recovery ladder", spin=False)
+            outcome = ladder.run_ladder(opts, fmt, conv, report, conv.calibration_pool)
+            steps.finish()
+            if outcome.model is not None:
+                conv = dataclasses.replace(conv, int8_model=outcome.model)
+                op_list = _check_ops(conv, opts)
+                report, comp, labels = _validate(conv, opts, fmt, task, op_list, steps)
+                steps.finish()
+                _safeguards(conv, opts, report, comp, labels, started)  # the class figures of the model kept
+            report["ladder"] = outcome.report
         _check_drop(opts, report, started)
         steps.start("writing the bundle and smoke-testing it")
         result = _finish(conv, opts, task, report, comp, labels, sign_key, started)
@@ -273,14 +292,20 @@ def _safeguards(conv: _Converted, opts: ConvertOptions, report: dict[str, Any], 
 
 
 def _check_drop(opts: ConvertOptions, report: dict[str, Any], started: float) -> None:
-    if report["accuracy_drop_pp"] is not None and report["accuracy_drop_pp"] > opts.max_accuracy_drop:
+    if ladder.misses(report, opts.max_accuracy_drop, opts.min_agreement):
         report["duration_s"] = round(time.perf_counter() - started, 1)
         write_report_copy(opts.report, report)
+        tried = (f"; the recovery ladder measured {ladder.measured(report['ladder'])} other model(s), none "
+                 "met the targets (see the report)" if "ladder" in report else "")
+        if report["accuracy_drop_pp"] is not None and report["accuracy_drop_pp"] > opts.max_accuracy_drop:
+            raise AccuracyError(
+                f"int8 accuracy {report['accuracy_int8']:.2%} is {report['accuracy_drop_pp']:.2f} pp below "
+                f"float {report['accuracy_float']:.2%}, more than --max-accuracy-drop "
+                f"{opts.max_accuracy_drop:g}; calibrate with data preprocessed like the real input "
+                f"(and more of it), or raise the limit{tried}", report)
         raise AccuracyError(
-            f"int8 accuracy {report['accuracy_int8']:.2%} is {report['accuracy_drop_pp']:.2f} pp below "
-            f"float {report['accuracy_float']:.2%}, more than --max-accuracy-drop "
-            f"{opts.max_accuracy_drop:g}; calibrate with data preprocessed like the real input "
-            "(and more of it), or raise the limit", report)
+            f"int8 top-1 agreement with the float model {report['top1_agreement']:.2%} is below "
+            f"--min-agreement {opts.min_agreement:g}{tried}", report)
 
 
 def _finish(conv: _Converted, opts: ConvertOptions, task: Task, report: dict[str, Any],
@@ -342,6 +367,7 @@ def _run_conversion(opts: ConvertOptions, fmt: ModelFormat, task: Task, label_na
             else:
                 calib, valid = _hold_out(calib, rng)
                 validation_source = f"held-out {int(HOLDOUT_FRACTION * 100)} % of calibration data"
+            pool = calib.x
             if len(calib) > opts.calibration_samples:
                 calib = calib.subset(np.sort(rng.choice(len(calib), opts.calibration_samples, replace=False)))
 
@@ -366,7 +392,7 @@ def _run_conversion(opts: ConvertOptions, fmt: ModelFormat, task: Task, label_na
         tensorflow=str(step1.get("tensorflow", "unknown")),
         int8_only_error=step2.get("int8_only_error"), fallback=bool(step2.get("fallback")),
         spec=spec, calibration=calib, validation=valid, validation_source=validation_source,
-        label_names=label_names, labels_source=labels_source,
+        label_names=label_names, labels_source=labels_source, calibration_pool=pool,
     )
 
 

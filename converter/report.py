@@ -59,7 +59,12 @@ def format_report(report: dict[str, Any]) -> str:
     line = "-" * (width + 2 + max(len(v) for _, v in rows))
     body = "\n".join(f"{name.ljust(width)}  {value}" for name, value in rows)
     classes = format_class_figures(report)
-    return f"{line}\n{body}\n{line}" + (f"\n{classes}\n{line}" if classes else "")
+    table = f"{line}\n{body}\n{line}" + (f"\n{classes}\n{line}" if classes else "")
+    if "ladder" in report:
+        from converter.ladder import format_ladder
+
+        table += "\n" + format_ladder(report["ladder"])
+    return table
 
 
 def report_json(report: dict[str, Any]) -> bytes:

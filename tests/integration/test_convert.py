@@ -350,7 +350,7 @@ def dim_calibration(digits_models: dict[str, Any], digits_data: tuple[np.ndarray
     out = tmp_path_factory.mktemp("dim")
     x_train, y_train, _, _ = digits_data
     np.savez(out / "dim.npz", x=(x_train[:60] // 16).astype(np.uint8), y=y_train[:60])
-    proc = run_convert(digits_models["keras"], "--calibration", out / "dim.npz",
+    proc = run_convert(digits_models["keras"], "--calibration", out / "dim.npz", "--no-ladder",
                        "--validation", digits_models["test"], "--output", out / "dim.bundle",
                        "--report", out / "report.json", check=False)
     return proc, out
