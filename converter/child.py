@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -22,7 +23,8 @@ WORKER_TIMEOUT_S = 1800.0
 class WorkerProcess:
     """The TensorFlow child process (see :mod:`converter.worker`)."""
 
-    def __init__(self, workdir: Path, timeout_s: float = WORKER_TIMEOUT_S) -> None:
+    def __init__(self, workdir: Path, timeout_s: float = WORKER_TIMEOUT_S,
+                 module: str = "converter.worker") -> None:
         self.workdir = workdir
         self.timed_out = False
         self._log_path = workdir / "worker.log"
@@ -32,7 +34,7 @@ class WorkerProcess:
         root = str(Path(__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "converter.worker", str(workdir)],
+            [sys.executable, "-m", module, str(workdir)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
             text=True, env=env,
         )
@@ -45,11 +47,14 @@ class WorkerProcess:
         self.timed_out = True
         self.proc.kill()
 
-    def wait_for(self, mark: str) -> None:
+    def wait_for(self, mark: str, on_start: Callable[[str], None] | None = None) -> None:
+        """Read the child's stdout up to ``mark``; ``@@start STEP`` lines go to ``on_start``."""
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             if line.strip() == mark:
                 return
+            if on_start is not None and line.startswith("@@start "):
+                on_start(line[len("@@start "):].strip()[:40])
         code = self.proc.wait()
         if self.timed_out:
             raise ConvertError(f"the TensorFlow conversion took longer than {WORKER_TIMEOUT_S:.0f} s and "
@@ -106,6 +111,6 @@ def raise_step_error(step: dict[str, Any], model: Path) -> None:
             f"ops cannot be fully quantised to int8 ({names}): {message}; to keep them in float, "
             "run without --strict (int8 with float fallback) or with --io float32"
         )
-    if kind == "setup":
+    if kind in ("setup", "input_shape"):
         raise ConvertError(message)
     raise ConvertError(f"conversion failed: {message}")

@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 
 from converter.convert import ConvertOptions, convert
 from converter.errors import EXIT_USAGE, AccuracyError, ConvertError
+from converter.fixed_shape import ShapeError, parse_input_shape
 from converter.output import print_report
 from converter.wrap import MAX_GOLDEN, WrapOptions, wrap
 from edge_agent.errors import EdgeError, SignatureError
@@ -57,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Convert a trained TensorFlow/Keras model into a verified, full-integer int8 "
                     "TFLite bundle. Use `edge-convert wrap MODEL.tflite --sidecar S.toml -o BUNDLE` to "
                     "bundle an existing TFLite model, `edge-convert inspect BUNDLE` to check a bundle.",
-        epilog="Exit codes: 0 ok, 2 bad input, 3 accuracy drop above --max-accuracy-drop.",
+        epilog="Exit codes: 0 ok, 2 bad input, 3 accuracy drop above --max-accuracy-drop or agreement "
+               "below --min-agreement (after the recovery ladder).",
     )
     parser.add_argument("model", type=Path, help="SavedModel folder, Keras 3 .keras file or legacy .h5 file")
     parser.add_argument("--calibration", type=Path, required=True, metavar="DATA",
@@ -105,6 +107,22 @@ def build_parser() -> argparse.ArgumentParser:
                             "outputs are not probabilities already, else none; sigmoid for multi-label)")
     quant.add_argument("--detection-format", choices=["tflite_postprocess", "raw_boxes", "yolo"],
                        default="tflite_postprocess", help="for --task detect")
+    guard = parser.add_argument_group("safeguards (see docs/converter.md)")
+    guard.add_argument("--allow-low-accuracy", action="store_true",
+                       help="convert even when float accuracy on labelled validation data is near chance "
+                            "(at most 1.5x 1/classes), which usually means double or missing normalisation")
+    guard.add_argument("--input-shape", metavar="H,W,C",
+                       help="fixed input size (without the batch) for a model with dynamic input "
+                            "dimensions such as (None, None, 1), e.g. 32,32,1")
+    guard.add_argument("--plots", type=Path, metavar="DIR",
+                       help="write confusion_matrix.png and scores_scatter.png (float vs int8) into DIR")
+    rescue = parser.add_argument_group("recovery ladder (when int8 misses the targets; see docs/converter.md)")
+    rescue.add_argument("--min-agreement", type=float, metavar="FRACTION",
+                        help="fail unless int8 agrees with the float model's top-1 on at least this "
+                             "fraction of the validation samples, e.g. 0.99")
+    rescue.add_argument("--no-ladder", dest="ladder", action="store_false",
+                        help="fail at once when plain int8 misses the targets instead of trying better "
+                             "calibration and keeping the most sensitive ops in float")
     out = parser.add_argument_group("output")
     out.add_argument("--sign-key", type=Path, metavar="KEY", help="Ed25519 private key (PEM) to sign the bundle")
     out.add_argument("--report", type=Path, metavar="FILE", help="also write the report as JSON here")
@@ -204,7 +222,19 @@ def options_from_args(args: argparse.Namespace) -> ConvertOptions:
         calibration_samples=args.calibration_samples,
         latency_budget_ms=args.latency_budget_ms, detection_format=args.detection_format,
         activation=args.activation,
+        allow_low_accuracy=args.allow_low_accuracy, plots=args.plots,
+        input_shape=_input_shape(args.input_shape),
+        min_agreement=args.min_agreement, ladder=args.ladder,
     )
+
+
+def _input_shape(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return parse_input_shape(text)
+    except ShapeError as exc:
+        raise ConvertError(str(exc)) from None
 
 
 def run_inspect(argv: Sequence[str]) -> int:

@@ -20,6 +20,7 @@ TensorFlow is never imported in this process.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -35,13 +36,15 @@ from typing import Any, Literal
 import numpy as np
 
 import edge_agent
+from converter import ladder, safeguards, validate, worker
 from converter import ops as ops_mod
-from converter import validate, worker
 from converter.child import WorkerProcess, raise_step_error, read_step
 from converter.data import Dataset, data_kind, load_dataset
 from converter.errors import AccuracyError, ConvertError, DataError, ModelLoadError, QuantizationError
 from converter.golden import golden_vectors
 from converter.output import check_output_writable, write_report_copy, write_verified
+from converter.plots import write_plots
+from converter.progress import Steps
 from converter.report import report_json
 from edge_agent.model.bundle import LABELS, REPORT
 from edge_agent.model.keys import load_private_key
@@ -98,6 +101,13 @@ class ConvertOptions:
     detection_format: Literal["tflite_postprocess", "raw_boxes", "yolo"] = "tflite_postprocess"
     activation: Literal["none", "softmax", "sigmoid"] | None = None  # None: softmax unless already probabilities
     seed: int = 0
+    # safeguards (see converter/safeguards.py)
+    allow_low_accuracy: bool = False
+    input_shape: list[int] | None = None  # fixed input size for models with dynamic dimensions
+    plots: Path | None = None
+    # recovery ladder (converter/ladder.py)
+    min_agreement: float | None = None
+    ladder: bool = True
 
 
 @dataclass
@@ -194,7 +204,12 @@ def _note(message: str) -> None:
 
 @dataclass
 class _Converted:
-    """What the child process produced, plus the data preprocessed for it."""
+    """What the child process produced, plus the data preprocessed for it.
+
+    ``float_model`` is the float TFLite model of the model the user gave: the reference of
+    ``accuracy_float`` and ``top1_agreement`` whatever path makes ``int8_model`` (PTQ, the
+    recovery ladder, QAT, pruning); only ``int8_model`` may be replaced.
+    """
 
     float_model: bytes
     int8_model: bytes
@@ -206,6 +221,8 @@ class _Converted:
     validation: Dataset
     validation_source: str
     label_names: list[str] | None
+    labels_source: str = "labels file"
+    calibration_pool: np.ndarray | None = None  # every calibration sample, before --calibration-samples
 
 
 def convert(opts: ConvertOptions) -> ConvertResult:
@@ -225,20 +242,75 @@ def convert(opts: ConvertOptions) -> ConvertResult:
         data_kind(opts.validation)
     if opts.calibration_samples < 1:
         raise ConvertError("--calibration-samples must be at least 1")
+    if opts.min_agreement is not None and not 0.0 < opts.min_agreement <= 1.0:
+        raise ConvertError(f"--min-agreement takes a fraction in (0, 1], e.g. 0.99; got {opts.min_agreement:g}")
     task: Task = opts.task or ("audio_classify" if calib_kind == "audio" else "classify")
 
-    conv = _run_conversion(opts, fmt, task, label_names)
-    op_list = _check_ops(conv, opts)
-    report, comp, labels = _validate(conv, opts, fmt, task, op_list)
-    if report["accuracy_drop_pp"] is not None and report["accuracy_drop_pp"] > opts.max_accuracy_drop:
+    with Steps() as steps:
+        conv = _run_conversion(opts, fmt, task, label_names, steps)
+        op_list = _check_ops(conv, opts)
+        report, comp, labels = _validate(conv, opts, fmt, task, op_list, steps)
+        steps.finish()
+        _safeguards(conv, opts, report, comp, labels, started)  # near-chance float: no ladder can help
+        missed = ladder.misses(report, opts.max_accuracy_drop, opts.min_agreement)
+        if missed and opts.ladder and conv.calibration_pool is not None:
+            steps.start("recovery ladder", spin=False)
+            outcome = ladder.run_ladder(opts, fmt, conv, report, conv.calibration_pool)
+            steps.finish()
+            if outcome.model is not None:
+                conv = dataclasses.replace(conv, int8_model=outcome.model)
+                op_list = _check_ops(conv, opts)
+                report, comp, labels = _validate(conv, opts, fmt, task, op_list, steps)
+                steps.finish()
+                _safeguards(conv, opts, report, comp, labels, started)  # the class figures of the model kept
+            report["ladder"] = outcome.report
+        _check_drop(opts, report, started)
+        steps.start("writing the bundle and smoke-testing it")
+        result = _finish(conv, opts, task, report, comp, labels, sign_key, started)
+    return result
+
+
+def _safeguards(conv: _Converted, opts: ConvertOptions, report: dict[str, Any], comp: validate.Comparison,
+                labels: list[str], started: float) -> None:
+    """Per-class figures and plots; refuse near-chance float accuracy (converter/safeguards.py)."""
+    valid = conv.validation
+    if report["accuracy_float"] is not None and valid.y is not None and len(labels) == int(
+            np.prod(comp.float_outputs.shape[1:])):
+        report.update(safeguards.class_figures(comp.float_outputs, comp.int8_outputs, valid.y, labels))
+    if opts.plots is not None:
+        paths = write_plots(opts.plots, report.get("confusion_matrix"), comp.float_outputs, comp.int8_outputs)
+        _note(f"plots: {', '.join(str(p) for p in paths)}")
+    acc = report["accuracy_float"]
+    if acc is not None and safeguards.near_chance(acc, len(labels), len(valid)):
+        message = safeguards.low_accuracy_message(acc, len(labels), len(valid), opts.mean, opts.std)
+        report["low_accuracy"] = True
+        if not opts.allow_low_accuracy:
+            report["duration_s"] = round(time.perf_counter() - started, 1)
+            write_report_copy(opts.report, report)
+            raise safeguards.LowAccuracyError(message, report)
+        _note(f"warning (--allow-low-accuracy): {message}")
+
+
+def _check_drop(opts: ConvertOptions, report: dict[str, Any], started: float) -> None:
+    if ladder.misses(report, opts.max_accuracy_drop, opts.min_agreement):
         report["duration_s"] = round(time.perf_counter() - started, 1)
         write_report_copy(opts.report, report)
+        tried = (f"; the recovery ladder measured {ladder.measured(report['ladder'])} other model(s), none "
+                 "met the targets (see the report)" if "ladder" in report else "")
+        if report["accuracy_drop_pp"] is not None and report["accuracy_drop_pp"] > opts.max_accuracy_drop:
+            raise AccuracyError(
+                f"int8 accuracy {report['accuracy_int8']:.2%} is {report['accuracy_drop_pp']:.2f} pp below "
+                f"float {report['accuracy_float']:.2%}, more than --max-accuracy-drop "
+                f"{opts.max_accuracy_drop:g}; calibrate with data preprocessed like the real input "
+                f"(and more of it), or raise the limit{tried}", report)
         raise AccuracyError(
-            f"int8 accuracy {report['accuracy_int8']:.2%} is {report['accuracy_drop_pp']:.2f} pp below "
-            f"float {report['accuracy_float']:.2%}, more than --max-accuracy-drop "
-            f"{opts.max_accuracy_drop:g}; calibrate with data preprocessed like the real input "
-            "(and more of it), or raise the limit", report)
+            f"int8 top-1 agreement with the float model {report['top1_agreement']:.2%} is below "
+            f"--min-agreement {opts.min_agreement:g}{tried}", report)
 
+
+def _finish(conv: _Converted, opts: ConvertOptions, task: Task, report: dict[str, Any],
+            comp: validate.Comparison, labels: list[str], sign_key: Any, started: float) -> ConvertResult:
+    """Manifest, verified bundle, report copy."""
     manifest = _build_manifest(conv, opts, task, labels, comp, report)
     report["duration_s"] = round(time.perf_counter() - started, 1)
     files = {LABELS: ("\n".join(labels) + "\n").encode(), REPORT: report_json(report)}
@@ -252,38 +324,50 @@ def convert(opts: ConvertOptions) -> ConvertResult:
     return ConvertResult(output=Path(opts.output), manifest=written, report=report, smoke_summary=smoke)
 
 
-def _run_conversion(opts: ConvertOptions, fmt: ModelFormat, task: Task, label_names: list[str] | None
-                    ) -> _Converted:
+def _run_conversion(opts: ConvertOptions, fmt: ModelFormat, task: Task, label_names: list[str] | None,
+                    steps: Steps) -> _Converted:
     """Float model (child) -> input shape -> preprocessed data (here) -> int8 model (child)."""
     model_path = Path(opts.model)
+    child_steps = {"load": f"loading {fmt} model {model_path}", "float": "converting to float TFLite",
+                   "quantise": "quantising to int8"}
+
+    def on_start(step: str) -> None:
+        steps.start(child_steps.get(step, step))
+
+    labels_source = "labels file" if label_names is not None else ""
     with tempfile.TemporaryDirectory(prefix="edge-convert-") as tmp:
         workdir = Path(tmp)
-        (workdir / worker.JOB1).write_text(json.dumps({"model": str(model_path.resolve()), "format": fmt}))
-        _note(f"loading {fmt} model {model_path} and converting to float TFLite (child process)")
+        (workdir / worker.JOB1).write_text(json.dumps({"model": str(model_path.resolve()), "format": fmt,
+                                                       "input_shape": opts.input_shape}))
+        steps.start("starting the TensorFlow child process")
         child = WorkerProcess(workdir)
         try:
-            child.wait_for(worker.MARK1)
+            child.wait_for(worker.MARK1, on_start)
             step1 = read_step(workdir, worker.STEP1)
             if "error" in step1:
                 raise_step_error(step1, model_path)
+            steps.finish()
             float_model = Path(step1["float"]).read_bytes()
             float_rt = LiteRTRuntime(float_model)
             input_shape = list(float_rt.inputs[0].shape)
             float_rt.close()
             spec = build_preprocess(opts, task, input_shape)
 
-            _note(f"preprocessing calibration data {opts.calibration}")
+            steps.start(f"preprocessing calibration data {opts.calibration}", spin=False)
             calib = load_dataset(opts.calibration, spec, input_shape, label_names, "calibration")
-            label_names = label_names or calib.class_names
+            if label_names is None and calib.class_names is not None:
+                label_names, labels_source = calib.class_names, f"class folders of {opts.calibration}"
             rng = np.random.default_rng(opts.seed)
             if opts.validation is not None:
-                _note(f"preprocessing validation data {opts.validation}")
+                steps.start(f"preprocessing validation data {opts.validation}", spin=False)
                 valid = load_dataset(opts.validation, spec, input_shape, label_names, "validation")
-                label_names = label_names or valid.class_names
+                if label_names is None and valid.class_names is not None:
+                    label_names, labels_source = valid.class_names, f"class folders of {opts.validation}"
                 validation_source = str(opts.validation)
             else:
                 calib, valid = _hold_out(calib, rng)
                 validation_source = f"held-out {int(HOLDOUT_FRACTION * 100)} % of calibration data"
+            pool = calib.x
             if len(calib) > opts.calibration_samples:
                 calib = calib.subset(np.sort(rng.choice(len(calib), opts.calibration_samples, replace=False)))
 
@@ -292,12 +376,14 @@ def _run_conversion(opts: ConvertOptions, fmt: ModelFormat, task: Task, label_na
                 "savedmodel": step1["savedmodel"], "calibration": str(workdir / "calibration.npy"),
                 "io": opts.io, "strict": opts.strict,
             }))
-            _note(f"quantising to full int8 with {len(calib)} calibration samples (io {opts.io})")
+            steps.finish()
+            child_steps["quantise"] = f"quantising to int8 with {len(calib)} calibration samples (io {opts.io})"
             child.send("go")
-            child.wait_for(worker.MARK2)
+            child.wait_for(worker.MARK2, on_start)
             step2 = read_step(workdir, worker.STEP2)
             if "error" in step2:
                 raise_step_error(step2, model_path)
+            steps.finish()
             int8_model = Path(step2["int8"]).read_bytes()
         finally:
             child.close()
@@ -306,7 +392,7 @@ def _run_conversion(opts: ConvertOptions, fmt: ModelFormat, task: Task, label_na
         tensorflow=str(step1.get("tensorflow", "unknown")),
         int8_only_error=step2.get("int8_only_error"), fallback=bool(step2.get("fallback")),
         spec=spec, calibration=calib, validation=valid, validation_source=validation_source,
-        label_names=label_names,
+        label_names=label_names, labels_source=labels_source, calibration_pool=pool,
     )
 
 
@@ -330,21 +416,31 @@ def _check_ops(conv: _Converted, opts: ConvertOptions) -> list[ops_mod.OpInfo]:
 
 
 def _validate(conv: _Converted, opts: ConvertOptions, fmt: ModelFormat, task: Task,
-              op_list: list[ops_mod.OpInfo]) -> tuple[dict[str, Any], validate.Comparison, list[str]]:
+              op_list: list[ops_mod.OpInfo], steps: Steps
+              ) -> tuple[dict[str, Any], validate.Comparison, list[str]]:
     """Compare float and int8 on the validation data; returns (report, outputs, labels)."""
     valid = conv.validation
-    _note(f"validating float vs int8 on {len(valid)} samples ({conv.validation_source})")
+    steps.start(f"validating float vs int8 on {len(valid)} samples ({conv.validation_source})", spin=False)
     comp = validate.compare(conv.float_model, conv.int8_model, valid.x)
     int8_rt = LiteRTRuntime(conv.int8_model)
     in_spec, out_spec = int8_rt.inputs[0], int8_rt.outputs[0]
     int8_rt.close()
-    labels = _resolve_labels(conv.label_names, int(np.prod(out_spec.shape[1:])), task)
+    n_outputs = int(np.prod(out_spec.shape[1:]))
+    labels = _resolve_labels(conv.label_names, n_outputs, task)
     classify = task in ("classify", "audio_classify")
+    labels_source = conv.labels_source
+    if classify and conv.label_names is None:
+        labels_source = "class indices (no --labels, no class folders)"
+        _note(f"no label names (no --labels, no class folders): the bundle's labels are the class indices "
+              f"0..{n_outputs - 1}; pass --labels FILE to name them")
     acc_f = acc_q = None
     if classify and valid.y is not None:
         acc_f = validate.accuracy(comp.float_outputs, valid.y)
         acc_q = validate.accuracy(comp.int8_outputs, valid.y)
-    _note("measuring latency (float and int8, 1 and 2 threads)")
+    elif classify:
+        _note(f"no labels in the validation data ({conv.validation_source}: no class folders, no 'y' array): "
+              "accuracy not measured, only float-vs-int8 agreement")
+    steps.start("measuring latency (float and int8, 1 and 2 threads)")
     latency = {"float": validate.measure_latency(conv.float_model, valid.x),
                "int8": validate.measure_latency(conv.int8_model, valid.x)}
     report: dict[str, Any] = {
@@ -370,6 +466,8 @@ def _validate(conv: _Converted, opts: ConvertOptions, fmt: ModelFormat, task: Ta
         "calibration_samples": len(conv.calibration),
         "validation_samples": len(valid),
         "validation_source": conv.validation_source,
+        "validation_labelled": valid.y is not None,
+        "labels_source": labels_source if classify else None,
         "preprocess": conv.spec.model_dump(mode="json"),
         "versions": {"edge_infer": edge_agent.__version__, "tensorflow": conv.tensorflow,
                      "litert": backend_version(), "python": sys.version.split()[0]},

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from converter.safeguards import format_class_figures
+
 
 def _fmt(value: Any, digits: int = 4) -> str:
     if value is None:
@@ -56,7 +58,13 @@ def format_report(report: dict[str, Any]) -> str:
     width = max(len(name) for name, _ in rows)
     line = "-" * (width + 2 + max(len(v) for _, v in rows))
     body = "\n".join(f"{name.ljust(width)}  {value}" for name, value in rows)
-    return f"{line}\n{body}\n{line}"
+    classes = format_class_figures(report)
+    table = f"{line}\n{body}\n{line}" + (f"\n{classes}\n{line}" if classes else "")
+    if "ladder" in report:
+        from converter.ladder import format_ladder
+
+        table += "\n" + format_ladder(report["ladder"])
+    return table
 
 
 def report_json(report: dict[str, Any]) -> bytes:

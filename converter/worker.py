@@ -15,6 +15,12 @@ a tiny line protocol, so TensorFlow is imported only once:
 3. The child runs full-integer quantisation, writes ``int8.tflite`` and
    ``step2.json``, and prints ``@@step2``.
 
+Before each long piece of work the child prints ``@@start NAME`` (``load``,
+``float``, ``quantise``) so the parent can show which step runs and for how long.
+A model input with unknown dimensions beyond the batch (``(None, None, 1)``)
+is refused (kind ``input_shape``) unless ``job1.json`` carries ``input_shape``;
+then the model is re-exported with that fixed shape (:mod:`converter.fixed_shape`).
+
 Errors are reported as ``{"error": ..., "kind": ...}`` in the step file.
 """
 
@@ -35,6 +41,7 @@ JOB1 = "job1.json"
 JOB2 = "job2.json"
 MARK1 = "@@step1"
 MARK2 = "@@step2"
+START = "@@start "
 
 # Lines of converter errors that name the offending ops, e.g.
 #   'tfl.sin' op is neither a custom op nor a flex op
@@ -67,21 +74,36 @@ def failed_ops(message: str) -> list[str]:
     return sorted(names)
 
 
+def announce(step: str) -> None:
+    """Tell the parent that ``step`` starts (one ``@@start STEP`` line on stdout)."""
+    print(f"{START}{step}", flush=True)
+
+
 def _load_model(job: dict[str, Any], workdir: Path) -> str:
     """Return a SavedModel directory for the job's model (exporting Keras files)."""
     import keras
 
+    from converter import fixed_shape
+
     model_path = Path(job["model"])
     fmt = job["format"]
+    wanted = job.get("input_shape")
+    target = workdir / "savedmodel"
     if fmt == "savedmodel":
-        return str(model_path)
+        try:
+            return fixed_shape.fix_savedmodel(model_path, wanted, target)
+        except fixed_shape.ShapeError as exc:
+            raise _StepError("input_shape", str(exc)) from exc
     try:
         model = keras.models.load_model(str(model_path), compile=False)
     except Exception as exc:
         raise _StepError("model", f"cannot load {model_path} with Keras {keras.__version__}: "
                        f"{_first_line(exc)}") from exc
-    target = workdir / "savedmodel"
-    model.export(str(target), verbose=False)
+    try:
+        signature = fixed_shape.keras_signature(model, wanted)
+    except fixed_shape.ShapeError as exc:
+        raise _StepError("input_shape", str(exc)) from exc
+    model.export(str(target), verbose=False, input_signature=signature)
     return str(target)
 
 
@@ -108,7 +130,9 @@ def _step1(workdir: Path) -> dict[str, Any]:
                          "converter extra: pip install 'edge-infer[converter]'") from exc
 
     job = json.loads((workdir / JOB1).read_text())
+    announce("load")
     saved = _load_model(job, workdir)
+    announce("float")
     try:
         converter = tf.lite.TFLiteConverter.from_saved_model(saved)
         float_model = converter.convert()
@@ -154,6 +178,7 @@ def _step2(workdir: Path) -> dict[str, Any]:
     saved, io, strict = job["savedmodel"], job["io"], bool(job["strict"])
     calibration = Path(job["calibration"])
     result: dict[str, Any] = {"fallback": False, "int8_only_error": None, "failed_ops": []}
+    announce("quantise")
     try:
         model = _int8_convert(saved, calibration, io, fallback=False)
     except Exception as exc:

@@ -29,6 +29,10 @@ Names other components rely on:
   layouts, float and int8; ``test_images`` (folder of 160x120 PNGs), ``truth`` (file name ->
   ``[{label, box}]`` in source pixels), ``labels``, ``info``, ``dir``; see
   ``converter.shapes.py``.
+* ``safeguard_model`` -> dict with ``keras`` (``dynamic.keras``: input ``(None, None, 1)``, its own
+  ``Rescaling(1/255)``), ``savedmodel`` (the same, exported), ``train``/``test`` 32x32 PNG class
+  folders, ``flat`` (unlabelled PNGs) and the float ``accuracy``; see
+  ``tests/integration/safeguard_models.py``.
 """
 
 from __future__ import annotations
@@ -198,3 +202,12 @@ def shapes_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"models": models, "test_images": Path(info["test_images"]),
             "truth": json.loads(Path(info["truth"]).read_text()), "labels": info["labels"], "info": info,
             "dir": out}
+
+
+@pytest.fixture(scope="session")
+def safeguard_model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("safeguards")
+    run_python(["-m", "tests.integration.safeguard_models", str(out)])
+    info: dict[str, Any] = json.loads((out / "info.json").read_text())
+    return {"keras": out / "dynamic.keras", "savedmodel": out / "dynamic_sm", "train": out / "train",
+            "test": out / "test", "flat": out / "flat", "accuracy": info["accuracy"]}

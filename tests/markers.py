@@ -22,6 +22,7 @@ FIXTURE_NEEDS: dict[str, tuple[str, ...]] = {
     "shapes_models": ("tensorflow",),
     "tiny_models": ("tensorflow",),
     "tf_models": ("tensorflow",),  # tests/integration/test_tflite_metadata.py
+    "ladder_model": ("tensorflow", "sklearn"),  # tests/integration/test_ladder.py
 }
 
 

@@ -350,7 +350,7 @@ def dim_calibration(digits_models: dict[str, Any], digits_data: tuple[np.ndarray
     out = tmp_path_factory.mktemp("dim")
     x_train, y_train, _, _ = digits_data
     np.savez(out / "dim.npz", x=(x_train[:60] // 16).astype(np.uint8), y=y_train[:60])
-    proc = run_convert(digits_models["keras"], "--calibration", out / "dim.npz",
+    proc = run_convert(digits_models["keras"], "--calibration", out / "dim.npz", "--no-ladder",
                        "--validation", digits_models["test"], "--output", out / "dim.bundle",
                        "--report", out / "report.json", check=False)
     return proc, out
@@ -384,7 +384,8 @@ def test_strict_refuses_float_fallback(special_models: Path, tmp_path: Path) -> 
 def test_float_fallback_reported_without_strict(special_models: Path, tmp_path: Path) -> None:
     bundle = tmp_path / "sin.bundle"
     run_convert(special_models / "sin", "--calibration", special_models / "data.npz",
-                "--output", bundle, "--max-accuracy-drop", "100")
+                "--output", bundle, "--max-accuracy-drop", "100",
+                "--allow-low-accuracy")  # untrained weights: chance accuracy is expected here
     report = read_bundle(bundle).report
     assert report["int8_op_coverage"] < 1.0
     assert "SIN" in report["float_ops"]
