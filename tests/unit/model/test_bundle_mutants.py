@@ -9,6 +9,7 @@ import json
 import os
 import stat
 import tempfile
+import tracemalloc
 import zipfile
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from edge_agent.errors import BundleError, SignatureError
+from edge_agent.model import bundle
 from edge_agent.model.bundle import (
     LABELS,
     MANIFEST,
@@ -34,7 +36,9 @@ from edge_agent.model.bundle import (
     write_bundle,
 )
 from edge_agent.model.keys import load_private_key, load_public_key
+from edge_agent.util import strict_json
 from edge_agent.util.fs import atomic_write, sha256_file
+from tests import bundle_bombs
 from tests.bundle_samples import MODEL_BYTES
 from tests.bundle_samples import sample_extra as _extra
 from tests.bundle_samples import sample_manifest as _manifest
@@ -435,3 +439,304 @@ def test_a_bundle_without_labels_or_report_reads_with_empty_ones(tmp_path: Path)
     unpacked = unpack_bundle(path, directory)
     assert (unpacked.labels, unpacked.report, dict(unpacked.files)) == ([], {}, {})
     assert sorted(p.name for p in directory.iterdir()) == sorted([MANIFEST, MODEL])
+
+
+# --------------------------------------------------------------------------- strict JSON (manifest, report)
+# edge_agent.util.strict_json parses every manifest and report.json; its exact rules, at their bounds.
+
+
+def test_strict_json_depth_counts_lists_and_objects_only() -> None:
+    assert strict_json.depth(1, 5) == 0
+    assert strict_json.depth([], 5) == 1
+    assert strict_json.depth({"a": [1, {"b": {}}], "c": []}, 5) == 4
+    assert strict_json.depth([[], [[[]]], []], 10) == 4  # the deepest branch, whichever comes first
+
+
+def test_strict_json_depth_follows_object_values_not_keys() -> None:
+    nested: object = {}
+    for _ in range(3):
+        nested = {"k": nested}
+    assert strict_json.depth(nested, 10) == 4
+
+
+def test_strict_json_depth_stops_past_the_limit_only() -> None:
+    assert strict_json.depth([[[[]]]], 4) == 4  # at the limit: the whole value is counted
+    assert strict_json.depth([[[[[]]]]], 3) == 4  # past it: counting stops at limit + 1
+    assert strict_json.depth([[[]], [[[[[]]]]]], 3) == 4
+
+
+def test_strict_json_nesting_bound_is_inclusive() -> None:
+    at_limit = "[" * strict_json.MAX_DEPTH + "]" * strict_json.MAX_DEPTH
+    assert strict_json.depth(strict_json.loads(at_limit), 100) == strict_json.MAX_DEPTH
+    deeper = "[" * (strict_json.MAX_DEPTH + 1) + "]" * (strict_json.MAX_DEPTH + 1)
+    assert _error(strict_json.StrictJSONError, lambda: strict_json.loads(deeper)) == "nested deeper than 64 levels"
+    objects = '{"a": ' * 3 + "1" + "}" * 3
+    assert strict_json.loads(objects, max_depth=3) == {"a": {"a": {"a": 1}}}
+    assert _error(strict_json.StrictJSONError, lambda: strict_json.loads(objects, max_depth=2)) == (
+        "nested deeper than 2 levels")
+
+
+def test_strict_json_reads_values_and_floats_as_written() -> None:
+    assert strict_json.loads(b'{"a": 1.5, "b": [true, null, "x"], "c": {"d": -2e3}}') == {
+        "a": 1.5, "b": [True, None, "x"], "c": {"d": -2000.0}}
+
+
+def test_strict_json_errors_name_the_problem_in_one_line() -> None:
+    def error(text: str | bytes) -> str:
+        return _error(strict_json.StrictJSONError, lambda: strict_json.loads(text))
+
+    long_key = "k" * 50
+    assert error(f'{{"{long_key}": 1, "{long_key}": 2}}') == f"duplicate key {'k' * 40!r}"
+    long_number = "1" * 50 + "e999"
+    assert error(f"[{long_number}]") == f"{'1' * 40} is out of range"
+    assert error("[NaN]") == "NaN is not a number JSON allows"
+    assert error("[-Infinity]") == "-Infinity is not a number JSON allows"
+    assert error(b'["\xff"]') == "not UTF-8 text (byte 2)"
+    assert error('{"a": }') == "Expecting value: line 1 column 7 (char 6)"
+    assert error("[" * 100_000 + "]" * 100_000) == "nested deeper than 64 levels"  # a RecursionError inside json
+
+
+# --------------------------------------------------------------------------- the end record and block reads
+
+
+def _zip_of(path: Path, members: dict[str, bytes], comment: bytes = b"", zip64: bool = False) -> Path:
+    """A stored zip of ``members``; ``zip64`` writes the zip64 end record and its locator too."""
+    limit = zipfile.ZIP_FILECOUNT_LIMIT
+    if zip64:
+        zipfile.ZIP_FILECOUNT_LIMIT = 0  # zipfile writes the zip64 records above this many entries
+    try:
+        with zipfile.ZipFile(path, "w") as archive:
+            for name, data in members.items():
+                archive.writestr(name, data)
+            archive.comment = comment
+    finally:
+        zipfile.ZIP_FILECOUNT_LIMIT = limit
+    return path
+
+
+def _directory_size(path: Path) -> int:
+    data = path.read_bytes()
+    pos = data.rfind(b"PK\x05\x06")
+    return int.from_bytes(data[pos + 12:pos + 16], "little")
+
+
+def test_the_end_record_refusal_names_entries_and_directory_size(tmp_path: Path) -> None:
+    path = _zip_of(tmp_path / "many.bundle", {f"m{i}": b"" for i in range(6)})
+    assert _error(BundleError, lambda: read_bundle(path)) == (
+        f"{path} has 6 members in a {_directory_size(path)}-byte directory; a bundle has at most 5, refusing it")
+
+
+def test_a_zip64_bundle_is_refused_as_zip64(tmp_path: Path, bundle_path: Path) -> None:
+    path = _zip_of(tmp_path / "zip64.bundle", _members(bundle_path), zip64=True)
+    with zipfile.ZipFile(path) as archive:
+        assert len(archive.namelist()) == 4  # a valid zip, only written the zip64 way
+    assert _error(BundleError, lambda: read_bundle(path)) == (
+        f"{path} has 4 members in a {_directory_size(path)}-byte directory (zip64); a bundle has at most 5, "
+        "refusing it")
+
+
+def test_a_zip64_locator_at_the_very_start_is_found(tmp_path: Path) -> None:
+    """A file of only the zip64 locator and the end record: the locator starts at byte 0."""
+    locator = b"PK\x06\x07" + bytes(16)
+    end = b"PK\x05\x06" + bytes(18)
+    path = tmp_path / "bare.bundle"
+    path.write_bytes(locator + end)
+    assert _error(BundleError, lambda: read_bundle(path)) == (
+        f"{path} has 0 members in a 0-byte directory (zip64); a bundle has at most 5, refusing it")
+
+
+def test_the_central_directory_size_bound_is_inclusive(tmp_path: Path) -> None:
+    """Five entries with long names: a directory of exactly 64 KiB passes this check (the names are
+    refused next), one byte more is refused before zipfile parses it."""
+    def bundle_of(total: int) -> Path:
+        lengths = [(total - 5 * 46) // 5] * 4
+        lengths.append(total - 5 * 46 - sum(lengths))
+        path = _zip_of(tmp_path / f"{total}.bundle", {chr(97 + i) * n: b"" for i, n in enumerate(lengths)})
+        assert _directory_size(path) == total
+        return path
+
+    at_limit = bundle_of(64 * 1024)
+    assert "is not expected in a bundle" in _error(BundleError, lambda: read_bundle(at_limit))
+    over = bundle_of(64 * 1024 + 1)
+    assert _error(BundleError, lambda: read_bundle(over)) == (
+        f"{over} has 5 members in a 65537-byte directory; a bundle has at most 5, refusing it")
+
+
+def test_the_last_end_record_signature_is_the_end_record(tmp_path: Path) -> None:
+    """An end record signature inside a stored member (labels.txt here) is not the end record."""
+    fake = b"PK\x05\x06" + bytes(6) + b"\x06\x06" + b"\x7f\x7f\x7f\x00"  # 1542 entries, a huge directory
+    extra = {LABELS: b"a\n" + fake + b"\nc\n", REPORT: b"{}"}
+    packed = tmp_path / "packed.bundle"
+    write_bundle(packed, _manifest(), MODEL_BYTES, extra)
+    path = _zip_of(tmp_path / "stored.bundle", _members(packed))
+    assert fake in path.read_bytes()
+    assert read_bundle(path).labels == ["a", fake.decode(), "c"]
+
+
+def test_a_truncated_end_record_is_not_a_zip(tmp_path: Path) -> None:
+    path = tmp_path / "short.bundle"
+    path.write_bytes(b"x" * 100 + b"PK\x05\x06" + bytes(5))
+    assert _error(BundleError, lambda: read_bundle(path)) == (
+        f"{path} is not a bundle (not a zip archive); build one with edge-convert")
+
+
+def test_an_end_record_at_the_start_of_a_full_length_tail_is_checked(tmp_path: Path) -> None:
+    """A comment of the largest size puts the end record at the first byte of the tail read."""
+    path = _zip_of(tmp_path / "comment.bundle", {f"m{i}": b"" for i in range(6)}, comment=b"c" * 0xFFFF)
+    assert _error(BundleError, lambda: read_bundle(path)).startswith(f"{path} has 6 members in a ")
+
+
+class _Recording(io.BytesIO):
+    def __init__(self, data: bytes, fail: OSError | None = None) -> None:
+        super().__init__(data)
+        self.sizes: list[int | None] = []
+        self.fail = fail
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        self.sizes.append(size)
+        if self.fail is not None:
+            raise self.fail
+        return super().read(size)
+
+
+class _OneMember:
+    def __init__(self, stream: _Recording) -> None:
+        self.stream = stream
+
+    def size(self, name: str) -> int | None:
+        return len(self.stream.getvalue())
+
+    def open(self, name: str) -> _Recording:
+        return self.stream
+
+    def names(self) -> list[str]:
+        return [LABELS]
+
+
+def test_members_are_read_in_blocks_of_one_mib(tmp_path: Path) -> None:
+    """Never the whole member at once: a member that lies about its size is stopped one block past its limit."""
+    stream = _Recording(b"x" * (3 << 20))
+    _, data = bundle._stream(_OneMember(stream), LABELS, tmp_path, BundleLimits())
+    assert data == b"x" * (3 << 20)
+    assert stream.sizes == [1 << 20] * 4
+
+
+def test_a_member_that_cannot_be_read_names_the_os_reason(tmp_path: Path) -> None:
+    stream = _Recording(b"x", fail=OSError(5, "Input/output error"))
+    assert _error(BundleError, lambda: bundle._stream(_OneMember(stream), LABELS, tmp_path, BundleLimits())) == (
+        f"{tmp_path}: cannot read {LABELS}: Input/output error")
+
+
+def test_the_signature_has_its_own_small_limit(tmp_path: Path, bundle_path: Path) -> None:
+    assert BundleLimits().of(SIGNATURE) == 1024 < BundleLimits().of(LABELS)
+    members = _members(bundle_path)
+    members[SIGNATURE] = b"s" * 1025
+    path = tmp_path / "big-signature.bundle"
+    _rezip(path, members)
+    assert _error(BundleError, lambda: read_bundle(path, require_signature=False)) == (
+        f"{path}: {SIGNATURE} is 1025 bytes, more than the 1024 bytes a device accepts; refusing the bundle")
+
+
+@pytest.mark.parametrize(("entries", "directory"), [(0xFFFE, 0), (1, 0x8000_0000)])
+def test_end_record_counts_are_unsigned(tmp_path: Path, entries: int, directory: int) -> None:
+    path = tmp_path / "counts.bundle"
+    path.write_bytes(b"PK\x05\x06" + bytes(6) + entries.to_bytes(2, "little") + directory.to_bytes(4, "little")
+                     + bytes(6))
+    assert _error(BundleError, lambda: read_bundle(path)) == (
+        f"{path} has {entries} members in a {directory}-byte directory; a bundle has at most 5, refusing it")
+
+
+class _Unopenable(_OneMember):
+    def open(self, name: str) -> _Recording:
+        raise OSError(13, "Permission denied")
+
+
+def test_a_member_that_cannot_be_opened_names_the_os_reason(tmp_path: Path) -> None:
+    members = _Unopenable(_Recording(b"x"))
+    assert _error(BundleError, lambda: bundle._stream(members, LABELS, tmp_path, BundleLimits())) == (
+        f"{tmp_path}: cannot read {LABELS}: Permission denied")
+
+
+def test_a_member_with_a_damaged_local_header_is_corrupt(tmp_path: Path, bundle_path: Path) -> None:
+    with zipfile.ZipFile(bundle_path) as archive:
+        offset = archive.getinfo(LABELS).header_offset
+    data = bytearray(bundle_path.read_bytes())
+    data[offset:offset + 4] = b"XXXX"
+    path = tmp_path / "damaged.bundle"
+    path.write_bytes(bytes(data))
+    assert _error(BundleError, lambda: read_bundle(path)) == (
+        f"{path}: member {LABELS} is corrupt (Bad magic number for file header)")
+
+
+def test_each_member_is_streamed_with_its_own_limit(tmp_path: Path, bundle_path: Path) -> None:
+    """A model larger than the text members' limit reads (the model's limit applies to it)."""
+    big = bundle_bombs.inflating(bundle_path, tmp_path / "big.bundle", MODEL, 5, None)
+    assert len(read_bundle(big).model_bytes) == 5 << 20 > BundleLimits().text_bytes
+
+
+def test_a_member_that_inflates_past_its_limit_is_stopped(tmp_path: Path) -> None:
+    limits = BundleLimits(text_bytes=(3 << 20) // 2)
+    at_limit = _OneMember(_Recording(b"x" * limits.text_bytes))
+    assert len(bundle._stream(at_limit, LABELS, tmp_path, limits)[1]) == limits.text_bytes
+    over = _OneMember(_Recording(b"x" * (2 << 20)))
+    assert _error(BundleError, lambda: bundle._stream(over, LABELS, tmp_path, limits)) == (
+        f"{tmp_path}: {LABELS} inflates to more than {limits.text_bytes} bytes; refusing the bundle")
+
+
+def test_an_installed_manifest_over_its_limit_is_refused_by_its_size(tmp_path: Path, bundle_path: Path) -> None:
+    directory = tmp_path / "installed"
+    directory.mkdir()
+    extract_bundle(read_bundle(bundle_path), directory)
+    size = (directory / MANIFEST).stat().st_size
+    limits = BundleLimits(manifest_bytes=size - 1)
+    assert _error(BundleError, lambda: read_bundle_dir(directory, limits=limits)) == (
+        f"{directory}: {MANIFEST} is {size} bytes, more than the {size - 1} bytes a device accepts; "
+        "refusing the bundle")
+
+
+def test_an_empty_installed_manifest_is_invalid_not_too_large(tmp_path: Path, bundle_path: Path) -> None:
+    directory = tmp_path / "installed"
+    directory.mkdir()
+    extract_bundle(read_bundle(bundle_path), directory)
+    (directory / MANIFEST).write_bytes(b"")
+    message = _error(BundleError, lambda: read_bundle_dir(directory, limits=BundleLimits(manifest_bytes=0)))
+    assert message.startswith(f"{directory}: invalid manifest at manifest: invalid JSON: ")
+
+
+def test_a_damaged_signature_member_names_the_bundle(tmp_path: Path, bundle_path: Path,
+                                                     keys: tuple[Path, Path]) -> None:
+    sign_bundle(bundle_path, load_private_key(keys[0]))
+    with zipfile.ZipFile(bundle_path) as archive:
+        offset = archive.getinfo(SIGNATURE).header_offset
+    data = bytearray(bundle_path.read_bytes())
+    data[offset:offset + 4] = b"XXXX"
+    path = tmp_path / "damaged-signature.bundle"
+    path.write_bytes(bytes(data))
+    assert _error(BundleError, lambda: read_bundle(path)) == (
+        f"{path}: member {SIGNATURE} is corrupt (Bad magic number for file header)")
+
+
+def test_a_damaged_model_member_names_the_bundle(tmp_path: Path, bundle_path: Path) -> None:
+    with zipfile.ZipFile(bundle_path) as archive:
+        offset = archive.getinfo(MODEL).header_offset
+    data = bytearray(bundle_path.read_bytes())
+    data[offset:offset + 4] = b"XXXX"
+    path = tmp_path / "damaged-model.bundle"
+    path.write_bytes(bytes(data))
+    assert _error(BundleError, lambda: read_bundle(path)) == (
+        f"{path}: member {MODEL} is corrupt (Bad magic number for file header)")
+
+
+def test_unpack_never_holds_the_model_in_memory(tmp_path: Path, bundle_path: Path) -> None:
+    """Python's allocations while unpacking an 8 MiB model stay well below the model's size."""
+    big = bundle_bombs.inflating(bundle_path, tmp_path / "big.bundle", MODEL, 8, None)
+    target = tmp_path / "out"
+    target.mkdir()
+    tracemalloc.start()
+    try:
+        unpack_bundle(big, target)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (target / MODEL).stat().st_size == 8 << 20
+    assert peak < 6 << 20  # about 3 MiB: one block in, one out; a kept model alone is 8
