@@ -56,6 +56,7 @@ MAX_TEXT_BYTES = 4 * 1024 * 1024
 MAX_SIGNATURE_BYTES = 1024
 MAX_CENTRAL_DIRECTORY_BYTES = 64 * 1024
 _END_RECORD_SIZE = 22
+_ZIP64_LOCATOR_SIZE = 20
 _BLOCK = 1 << 20
 # what zipfile raises for a damaged member (zlib: a damaged deflate stream; RuntimeError: encrypted)
 _CORRUPT = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, struct.error)
@@ -265,14 +266,15 @@ def _check_end_record(handle: BinaryIO, path: Path) -> None:
     any member can be checked: a 500 MB bundle of empty entries would cost gigabytes.
     """
     end = handle.seek(0, os.SEEK_END)
-    tail_size = min(end, _END_RECORD_SIZE + 0xFFFF)
+    # The end record, its longest comment, and the zip64 locator that may stand before the record.
+    tail_size = min(end, _ZIP64_LOCATOR_SIZE + _END_RECORD_SIZE + 0xFFFF)
     handle.seek(end - tail_size)
     tail = handle.read(tail_size)
     pos = tail.rfind(b"PK\x05\x06")
     if pos < 0 or len(tail) - pos < _END_RECORD_SIZE:
         return  # not a zip: zipfile says so
     entries, cd_size = struct.unpack_from("<HI", tail, pos + 10)
-    zip64 = pos >= 20 and tail[pos - 20:pos - 16] == b"PK\x06\x07"
+    zip64 = pos >= _ZIP64_LOCATOR_SIZE and tail[pos - _ZIP64_LOCATOR_SIZE:pos - 16] == b"PK\x06\x07"
     if zip64 or entries > len(ALLOWED_MEMBERS) or cd_size > MAX_CENTRAL_DIRECTORY_BYTES:
         raise BundleError(f"{path} has {entries} members in a {cd_size}-byte directory"
                           f"{' (zip64)' if zip64 else ''}; a bundle has at most {len(ALLOWED_MEMBERS)}, "

@@ -535,6 +535,18 @@ def test_a_zip64_bundle_is_refused_as_zip64(tmp_path: Path, bundle_path: Path) -
         "refusing it")
 
 
+def test_a_zip64_bundle_with_the_longest_comment_is_refused(tmp_path: Path, bundle_path: Path) -> None:
+    """The locator stands 20 bytes before an end record followed by a 65 535-byte comment: a tail of
+    only the record and its comment misses it (mutmut ``_check_end_record`` 13 found that gap), and
+    zipfile would then parse whatever directory the zip64 record declares."""
+    path = _zip_of(tmp_path / "zip64-comment.bundle", _members(bundle_path), comment=b"c" * 0xFFFF, zip64=True)
+    data = path.read_bytes()
+    assert data[-(22 + 0xFFFF) - 20:][:4] == b"PK\x06\x07"  # the locator, just outside record + comment
+    assert _error(BundleError, lambda: read_bundle(path)) == (
+        f"{path} has 4 members in a {_directory_size(path)}-byte directory (zip64); a bundle has at most 5, "
+        "refusing it")
+
+
 def test_a_zip64_locator_at_the_very_start_is_found(tmp_path: Path) -> None:
     """A file of only the zip64 locator and the end record: the locator starts at byte 0."""
     locator = b"PK\x06\x07" + bytes(16)
