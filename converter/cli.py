@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from converter.compress import CompressOptions
 from converter.convert import ConvertOptions, convert
 from converter.errors import EXIT_USAGE, AccuracyError, ConvertError
 from converter.output import print_report
@@ -105,6 +106,20 @@ def build_parser() -> argparse.ArgumentParser:
                             "outputs are not probabilities already, else none; sigmoid for multi-label)")
     quant.add_argument("--detection-format", choices=["tflite_postprocess", "raw_boxes", "yolo"],
                        default="tflite_postprocess", help="for --task detect")
+    comp = parser.add_argument_group("compression (fine-tuning in the TensorFlow child; see docs/converter.md)")
+    comp.add_argument("--train-data", type=Path, metavar="DATA",
+                      help="labelled training data (class folders or .npz with y), same formats as --calibration")
+    comp.add_argument("--epochs", type=int, metavar="N",
+                      help="fine-tuning epochs (default: qat 3, prune 8, distill 20)")
+    comp.add_argument("--qat", action="store_true", help="quantisation-aware training, then int8")
+    comp.add_argument("--prune", type=float, metavar="SPARSITY",
+                      help="magnitude pruning to SPARSITY (e.g. 0.5) with fine-tuning, then int8")
+    comp.add_argument("--distill-from", type=Path, metavar="TEACHER",
+                      help="distil the TEACHER (.keras/.h5) into MODEL (the student), then int8")
+    comp.add_argument("--student-width", type=float, metavar="W",
+                      help="distil MODEL (the teacher) into its own architecture at W x the filters/units")
+    comp.add_argument("--logdir", type=Path, metavar="DIR",
+                      help="write TensorBoard curves (loss, accuracy, sparsity) of the fine-tuning here")
     out = parser.add_argument_group("output")
     out.add_argument("--sign-key", type=Path, metavar="KEY", help="Ed25519 private key (PEM) to sign the bundle")
     out.add_argument("--report", type=Path, metavar="FILE", help="also write the report as JSON here")
@@ -204,6 +219,9 @@ def options_from_args(args: argparse.Namespace) -> ConvertOptions:
         calibration_samples=args.calibration_samples,
         latency_budget_ms=args.latency_budget_ms, detection_format=args.detection_format,
         activation=args.activation,
+        compress=CompressOptions(train_data=args.train_data, epochs=args.epochs, qat=args.qat, prune=args.prune,
+                                 distill_from=args.distill_from, student_width=args.student_width,
+                                 logdir=args.logdir),
     )
 
 

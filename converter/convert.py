@@ -35,8 +35,8 @@ from typing import Any, Literal
 import numpy as np
 
 import edge_agent
+from converter import compress, validate, worker
 from converter import ops as ops_mod
-from converter import validate, worker
 from converter.child import WorkerProcess, raise_step_error, read_step
 from converter.data import Dataset, data_kind, load_dataset
 from converter.errors import AccuracyError, ConvertError, DataError, ModelLoadError, QuantizationError
@@ -98,6 +98,8 @@ class ConvertOptions:
     detection_format: Literal["tflite_postprocess", "raw_boxes", "yolo"] = "tflite_postprocess"
     activation: Literal["none", "softmax", "sigmoid"] | None = None  # None: softmax unless already probabilities
     seed: int = 0
+    # compression: QAT, pruning, distillation (converter/compress.py, converter/train/)
+    compress: compress.CompressOptions = field(default_factory=compress.CompressOptions)
 
 
 @dataclass
@@ -206,6 +208,7 @@ class _Converted:
     validation: Dataset
     validation_source: str
     label_names: list[str] | None
+    compression: dict[str, Any] | None = None
 
 
 def convert(opts: ConvertOptions) -> ConvertResult:
@@ -226,10 +229,14 @@ def convert(opts: ConvertOptions) -> ConvertResult:
     if opts.calibration_samples < 1:
         raise ConvertError("--calibration-samples must be at least 1")
     task: Task = opts.task or ("audio_classify" if calib_kind == "audio" else "classify")
+    compress_mode = compress.mode_of(opts.compress, fmt)
 
-    conv = _run_conversion(opts, fmt, task, label_names)
+    conv = _run_conversion(opts, fmt, task, label_names, compress_mode)
     op_list = _check_ops(conv, opts)
     report, comp, labels = _validate(conv, opts, fmt, task, op_list)
+    if conv.compression is not None:
+        report["compression"] = compress.section(conv.compression, report, comp.float_outputs,
+                                                 conv.int8_model, conv.validation)
     if report["accuracy_drop_pp"] is not None and report["accuracy_drop_pp"] > opts.max_accuracy_drop:
         report["duration_s"] = round(time.perf_counter() - started, 1)
         write_report_copy(opts.report, report)
@@ -252,8 +259,8 @@ def convert(opts: ConvertOptions) -> ConvertResult:
     return ConvertResult(output=Path(opts.output), manifest=written, report=report, smoke_summary=smoke)
 
 
-def _run_conversion(opts: ConvertOptions, fmt: ModelFormat, task: Task, label_names: list[str] | None
-                    ) -> _Converted:
+def _run_conversion(opts: ConvertOptions, fmt: ModelFormat, task: Task, label_names: list[str] | None,
+                    compress_mode: str | None = None) -> _Converted:
     """Float model (child) -> input shape -> preprocessed data (here) -> int8 model (child)."""
     model_path = Path(opts.model)
     with tempfile.TemporaryDirectory(prefix="edge-convert-") as tmp:
@@ -288,10 +295,16 @@ def _run_conversion(opts: ConvertOptions, fmt: ModelFormat, task: Task, label_na
                 calib = calib.subset(np.sort(rng.choice(len(calib), opts.calibration_samples, replace=False)))
 
             np.save(workdir / "calibration.npy", calib.x)
-            (workdir / worker.JOB2).write_text(json.dumps({
+            job2: dict[str, Any] = {
                 "savedmodel": step1["savedmodel"], "calibration": str(workdir / "calibration.npy"),
                 "io": opts.io, "strict": opts.strict,
-            }))
+            }
+            if compress_mode is not None:
+                _note(f"preprocessing training data {opts.compress.train_data} and fine-tuning ({compress_mode}) "
+                      "in the child process")
+                job2["train"] = compress.train_job(opts.compress, compress_mode, model_path, spec, input_shape,
+                                                   label_names, workdir)
+            (workdir / worker.JOB2).write_text(json.dumps(job2))
             _note(f"quantising to full int8 with {len(calib)} calibration samples (io {opts.io})")
             child.send("go")
             child.wait_for(worker.MARK2)
@@ -299,6 +312,9 @@ def _run_conversion(opts: ConvertOptions, fmt: ModelFormat, task: Task, label_na
             if "error" in step2:
                 raise_step_error(step2, model_path)
             int8_model = Path(step2["int8"]).read_bytes()
+            compression = compress.read_outputs(step2["train"]) if step2.get("train") else None
+            if compression is not None and compression.get("teacher_float"):
+                float_model = compression["teacher_float"]  # figures against the teacher
         finally:
             child.close()
     return _Converted(
@@ -306,7 +322,7 @@ def _run_conversion(opts: ConvertOptions, fmt: ModelFormat, task: Task, label_na
         tensorflow=str(step1.get("tensorflow", "unknown")),
         int8_only_error=step2.get("int8_only_error"), fallback=bool(step2.get("fallback")),
         spec=spec, calibration=calib, validation=valid, validation_source=validation_source,
-        label_names=label_names,
+        label_names=label_names, compression=compression,
     )
 
 

@@ -154,6 +154,15 @@ def _step2(workdir: Path) -> dict[str, Any]:
     saved, io, strict = job["savedmodel"], job["io"], bool(job["strict"])
     calibration = Path(job["calibration"])
     result: dict[str, Any] = {"fallback": False, "int8_only_error": None, "failed_ops": []}
+    if job.get("train"):  # compression (QAT, pruning, distillation): fine-tune first
+        from converter.train import common, run
+
+        try:
+            result["train"] = run.run(job["train"], saved, workdir,
+                                      lambda path: _int8_convert(path, calibration, io, fallback=not strict))
+        except common.TrainError as exc:
+            raise _StepError("train", str(exc)) from exc
+        saved = result["train"]["savedmodel"]
     try:
         model = _int8_convert(saved, calibration, io, fallback=False)
     except Exception as exc:
