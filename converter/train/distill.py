@@ -32,6 +32,8 @@ def narrow_config(config: dict[str, Any], width: float) -> dict[str, Any]:
     sized = [entry for entry in layers if any(k in entry.get("config", {}) for k in _WIDTH_KEYS)]
     if len(sized) < 2:
         raise common.TrainError("--student-width: the teacher has no hidden Conv/Dense layer to narrow")
+    for entry in layers:
+        entry.pop("build_config", None)  # recorded input shapes of the wide layers
     for entry in sized[:-1]:
         cfg = entry["config"]
         for key in _WIDTH_KEYS:
