@@ -135,7 +135,7 @@ def section(info: dict[str, Any], report: dict[str, Any], float_outputs: np.ndar
         teacher = _figures(info["teacher_float"], float_outputs, valid, "validation teacher float")
         student_float = _figures(info["student_float"], float_outputs, valid, "validation student float")
         out["teacher"] = {**teacher, "params": info.get("teacher_params")}
-        out["student_float"] = student_float
+        out["student_float"] = {**student_float, "params": info.get("params")}
         out["distill"]["params"] = info.get("params")
         out["param_ratio"] = round(int(info.get("params") or 0) / max(1, int(info.get("teacher_params") or 1)), 4)
         out["width"] = info.get("width")

@@ -9,9 +9,11 @@ Contract (the recovery ladder calls this inside the TensorFlow child)::
 * ``train_npz``: ``.npz`` with ``x`` (float32 model inputs, preprocessed as the device does)
   and ``y`` (int class indices);
 * ``epochs``: fine-tuning epochs (3 is usually enough); ``logdir``: TensorBoard folder or None;
-* ``out_dir``: a fresh folder; the fine-tuned float model is exported there as a SavedModel,
-  whose path is returned. Convert it with the usual full-int8 PTQ (representative dataset).
-  :func:`run_qat` does the same and also returns the training history.
+* ``out_dir``: a fresh folder; the fine-tuned model is exported there as a SavedModel (float
+  kernels, activation FakeQuant ops), whose path is returned. Convert it with the usual
+  full-int8 PTQ (``converter.worker._int8_convert``: representative dataset, int8 builtins);
+  the FakeQuant ranges become the activation ranges. :func:`run_qat` does the same and also
+  returns the training history.
 
 How: every Conv2D / DepthwiseConv2D / Dense is wrapped so that, while training, its kernel goes
 through per-channel symmetric int8 fake quantisation (as TFLite quantises weights) and its

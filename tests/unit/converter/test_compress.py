@@ -8,6 +8,7 @@ import pytest
 
 from converter.compress import CompressOptions, mode_of
 from converter.errors import ConvertError
+from converter.report import format_report
 from converter.train.distill import narrow_config
 from converter.train.prune import polynomial_sparsity
 
@@ -57,3 +58,15 @@ def test_narrow_config_keeps_the_output_layer() -> None:
     assert [layer["config"].get("filters", layer["config"].get("units")) for layer in narrowed["layers"]] == \
         [8, None, 16, 10]
     assert config["layers"][0]["config"]["filters"] == 32  # the teacher's config is untouched
+
+
+def test_report_table_shows_ptq_and_qat_side_by_side() -> None:
+    figures = {"accuracy": 0.9, "top1_agreement": 0.85, "size_bytes": 1000, "gzip_bytes": 900,
+               "latency_ms_1_thread": 0.1}
+    report = {"compression": {"mode": "qat", "ptq": figures, "qat": {**figures, "accuracy": 0.97}}}
+    lines = {line.split("  ")[0]: line for line in format_report(report).splitlines()}
+    assert "accuracy 90.00 %, agreement 85.00 %" in lines["plain PTQ int8"]
+    assert "accuracy 97.00 %, agreement 85.00 %" in lines["QAT int8"]
+    pruned = format_report({"compression": {"mode": "prune", "prune": figures, "sparsity": 0.5,
+                                            "gzip_reduction_vs_ptq": 0.28}})
+    assert "50.00 % (gzip 28.00 % smaller" in pruned
