@@ -13,7 +13,9 @@ a tiny line protocol, so TensorFlow is imported only once:
    it as ``calibration.npy``, writes ``job2.json`` and sends ``go`` on stdin
    (or ``quit``).
 3. The child runs full-integer quantisation, writes ``int8.tflite`` and
-   ``step2.json``, and prints ``@@step2``.
+   ``step2.json``, and prints ``@@step2``. With a ``train`` entry in ``job2.json``
+   (``--qat``/``--prune``/distillation) it first fine-tunes (:mod:`converter.train.run`)
+   and quantises the fine-tuned model; the summary goes into ``step2.json`` as ``train``.
 
 Errors are reported as ``{"error": ..., "kind": ...}`` in the step file.
 """

@@ -36,6 +36,8 @@ from converter.train import common
 
 EMA = 0.9
 LEARNING_RATE = 1e-4
+ALPHA = 0.5  # weight of the label loss; the rest pulls towards the original float outputs
+TEMPERATURE = 2.0
 
 
 def _wrapper_class() -> Any:
@@ -147,7 +149,7 @@ def run_qat(model_path: str, train_npz: str, epochs: int, logdir: str | None, ou
     soft = reference if probs else _softmax(reference)
     qat, pairs = qat_model(model)
     qat.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE),
-                loss=common.make_loss(n_classes, not probs, alpha=0.5, temperature=2.0),
+                loss=common.make_loss(n_classes, not probs, alpha=ALPHA, temperature=TEMPERATURE),
                 metrics=[common.make_accuracy(n_classes)])
     summaries = common.summary_callback(logdir)
     keras.utils.set_random_seed(0)
