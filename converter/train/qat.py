@@ -38,6 +38,7 @@ EMA = 0.9
 LEARNING_RATE = 1e-4
 ALPHA = 0.5  # weight of the label loss; the rest pulls towards the original float outputs
 TEMPERATURE = 2.0
+NO_DROPOUT = True
 
 
 def _wrapper_class() -> Any:
@@ -124,6 +125,9 @@ def qat_model(model: Any) -> tuple[Any, list[tuple[Any, Any]]]:
     pairs: list[tuple[Any, Any]] = []
 
     def clone(layer: Any) -> Any:
+        if NO_DROPOUT and type(layer).__name__ in ("Dropout", "SpatialDropout2D", "GaussianNoise"):
+            # train on the activations (and ranges) inference will see
+            return keras.layers.Identity(name=f"{layer.name}_off")
         if _supported(layer):
             wrapped = wrapper(layer)
             pairs.append((layer, wrapped))
