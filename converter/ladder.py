@@ -5,9 +5,11 @@ top-1 agreement with the float model is below ``--min-agreement``, :func:`run_la
 order, and stops at the first attempt that meets the targets:
 
 1. better calibration: every calibration sample (when ``--calibration-samples`` capped them), then
-   activation ranges narrowed to the 99.99th and 99.9th percentile of the calibration values
-   instead of their min/max (weights are already per-channel: TFLite's default for convolutions
-   and fully connected layers);
+   cross-layer equalisation (:mod:`converter.train.equalize`: a channel whose weights span far more
+   than the others' is scaled down and the next layer's matching weights up, the same float
+   function, no cost in size or latency; Keras models only), then activation ranges narrowed to
+   the 99.99th and 99.9th percentile of the calibration values instead of their min/max (weights
+   are already per-channel: TFLite's default for convolutions and fully connected layers);
 2. selective quantisation: TensorFlow's ``QuantizationDebugger`` compares every int8 op with its
    float twin; the activation tensors are ranked by the mean per-channel relative RMS error their
    op adds to what its inputs had, and the worst 1, 2, 4, ... are kept in float (the op producing
@@ -72,11 +74,12 @@ def _note(message: str) -> None:
 class _Child:
     """The ladder's TensorFlow child: one job file and one ``@@name`` line per request."""
 
-    def __init__(self, workdir: Path, model: Path, fmt: str) -> None:
+    def __init__(self, workdir: Path, model: Path, fmt: str, input_shape: list[int] | None) -> None:
         self.workdir = workdir
         self.model = model
         self.count = 0
-        (workdir / worker.JOB1).write_text(json.dumps({"model": str(model.resolve()), "format": fmt}))
+        (workdir / worker.JOB1).write_text(json.dumps({"model": str(model.resolve()), "format": fmt,
+                                                       "input_shape": input_shape}))
         self.proc = WorkerProcess(workdir, module="converter.ladder_worker")
         self.proc.wait_for(worker.MARK1)
         step1 = read_step(workdir, worker.STEP1)
@@ -97,9 +100,9 @@ class _Child:
 
 
 class _Ladder:
-    def __init__(self, opts: ConvertOptions, conv: _Converted, base: dict[str, Any], child: _Child,
+    def __init__(self, opts: ConvertOptions, fmt: str, conv: _Converted, base: dict[str, Any], child: _Child,
                  workdir: Path) -> None:
-        self.opts, self.conv, self.base, self.child, self.workdir = opts, conv, base, child, workdir
+        self.opts, self.fmt, self.conv, self.base, self.child, self.workdir = opts, fmt, conv, base, child, workdir
         self.attempts: list[dict[str, Any]] = []
         self.winner: bytes | None = None
         self.base_latency = _latency(conv.int8_model, conv.validation.x)
@@ -164,12 +167,34 @@ class _Ladder:
         self.skip(1, "calibration: per-channel weights",
                   "weights are already per-channel (TFLite's default for CONV_2D, DEPTHWISE_CONV_2D "
                   "and FULLY_CONNECTED); activations are per-tensor in TFLite int8")
+        if self.equalization(pool):
+            return True
         for pct in PERCENTILES:
             if self.quantize(1, f"calibration: activation ranges at the {pct:g}th percentile",
                              {"calibration": str(pool), "percentile": pct},
                              {"calibration_samples": pool_size, "percentile": pct}):
                 return True
         return False
+
+    def equalization(self, pool: Path) -> bool:
+        what = "calibration: cross-layer equalisation"
+        if self.fmt == "savedmodel":
+            self.skip(1, what, "needs the Keras model (.keras or .h5), not a SavedModel")
+            return False
+        if self.opts.input_shape is not None:
+            self.skip(1, what, "not with --input-shape (the Keras model has dynamic input dimensions)")
+            return False
+        out = self.workdir / f"attempt-{len(self.attempts) + 1}.tflite"
+        result = self.child.run({"kind": "equalize", "model": str(Path(self.opts.model).resolve()),
+                                 "calibration": str(pool), "io": self.opts.io, "out": str(out)})
+        if "error" in result:
+            self.attempts.append({"rung": 1, "what": what, "status": "failed", "reason": result["error"]})
+            _note(f"rung 1 {what}: failed ({result['error']})")
+            return False
+        if not result["pairs"]:
+            self.skip(1, what, "no Conv2D/Dense pair with a ReLU or linear activation between them in a chain")
+            return False
+        return self.measure(1, what, out.read_bytes(), {"equalized": result["pairs"]})
 
     def selective(self, pool: Path) -> bool:
         if self.opts.strict:
@@ -231,8 +256,8 @@ def run_ladder(opts: ConvertOptions, fmt: str, conv: _Converted, base: dict[str,
         workdir = Path(tmp)
         np.save(workdir / "pool.npy", pool.astype(np.float32, copy=False))
         _note("loading the model in the ladder's TensorFlow child process")
-        child = _Child(workdir, Path(opts.model), fmt)
-        ladder = _Ladder(opts, conv, base, child, workdir)
+        child = _Child(workdir, Path(opts.model), fmt, opts.input_shape)
+        ladder = _Ladder(opts, fmt, conv, base, child, workdir)
         try:
             pool_path = workdir / "pool.npy"
             done = ladder.calibration(pool_path, len(pool)) or ladder.selective(pool_path) or ladder.qat()
@@ -249,6 +274,7 @@ def run_ladder(opts: ConvertOptions, fmt: str, conv: _Converted, base: dict[str,
         "chosen": None if winner is None else {
             "rung": winner["rung"], "what": winner["what"],
             "kept_float_ops": winner.get("kept_float_ops", []),
+            "equalized": winner.get("equalized", []),
             "size_vs_int8_bytes": winner["size_vs_int8_bytes"],
             "latency_vs_int8_ms": winner["latency_vs_int8_ms"]},
         "sensitivity": ladder.sensitivity[:10],
@@ -277,7 +303,9 @@ def format_ladder(ladder: dict[str, Any]) -> str:
         lines.append("  no rung met the targets")
     else:
         wide = ", ".join(chosen["kept_float_ops"]) or "none"
+        pairs = ", ".join(f"{p['first']} -> {p['second']}" for p in chosen.get("equalized") or [])
         lines.append(f"  chosen: rung {chosen['rung']} ({chosen['what']}); ops kept in float: {wide}; "
+                     + (f"equalised: {pairs}; " if pairs else "") +
                      f"cost vs plain int8: {chosen['size_vs_int8_bytes']:+,} B, "
                      f"{chosen['latency_vs_int8_ms']:+.3f} ms per inference (1 thread, this host)")
     return "\n".join(lines)

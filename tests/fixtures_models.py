@@ -95,6 +95,14 @@ def digits_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="session")
+def outlier_model(digits_models: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The digits CNN with one Dense(64) unit scaled 300x (same float function; see compress_models)."""
+    target = tmp_path_factory.mktemp("outlier") / "digits_outlier.keras"
+    run_python(["-m", "tests.integration.compress_models", str(digits_models["keras"]), str(target)])
+    return target
+
+
+@pytest.fixture(scope="session")
 def digits_keras_file(digits_models: dict[str, Any]) -> Path:
     path: Path = digits_models["keras"]
     return path

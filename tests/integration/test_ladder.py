@@ -2,7 +2,10 @@
 
 The model (``tests/integration/ladder_model.py``) has one activation channel 400x the range of the
 others, so per-tensor int8 activations crush the rest: plain PTQ falls to chance. The ladder's
-calibration rung cannot fix that (the range is real, not an outlier); selective quantisation must.
+calibration rung cannot fix that (the range is real, not an outlier, and batch normalisation
+stands between the convolutions, so equalisation cannot move it); selective quantisation must.
+The digits CNN with one Dense unit scaled 300x (``outlier_model``) is fixed by cross-layer
+equalisation in the calibration rung, at no cost.
 """
 
 from __future__ import annotations
@@ -90,3 +93,21 @@ def test_ladder_exhausted_exits_3_with_attempts(ladder_model: dict[str, Any], tm
     statuses = {(a["rung"], a["status"]) for a in ladder["attempts"]}
     assert (1, "missed") in statuses and (2, "skipped") in statuses and (3, "skipped") in statuses
     assert not (tmp_path / "m.bundle").exists()
+
+
+def test_equalisation_recovers_an_outlier_unit_at_no_cost(outlier_model: Path, digits_models: dict[str, Any],
+                                                          tmp_path: Path) -> None:
+    proc = run_convert(outlier_model, "--calibration", digits_models["train"], "--validation", digits_models["test"],
+                       "--output", tmp_path / "m.bundle", "--report", tmp_path / "report.json",
+                       "--min-agreement", "0.99", check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    ladder = report["ladder"]
+    assert ladder["plain_int8"]["top1_agreement"] < 0.95
+    chosen = ladder["chosen"]
+    assert chosen["rung"] == 1 and chosen["what"] == "calibration: cross-layer equalisation"
+    assert chosen["kept_float_ops"] == [] and any(p["first"].startswith("dense") for p in chosen["equalized"])
+    assert report["top1_agreement"] >= 0.99 and report["int8_op_coverage"] == 1.0
+    # the same ops and tensors as plain int8: only the weights and ranges moved
+    assert abs(chosen["size_vs_int8_bytes"]) <= 1024
+    assert "equalised: " in proc.stdout
