@@ -156,8 +156,11 @@ class AgentCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         """Every family; a part that fails is logged and left out, the scrape still answers."""
         src = self.sources
+        # The counters before the histograms: the pipeline observes a frame's invoke time, then
+        # counts it inferred, so read in this order the histogram's count is never behind the
+        # counter in one scrape (read the other way, a frame finishing in between made it so).
         parts: tuple[Callable[[], Iterator[Metric]], ...] = (
-            self._latency, lambda: self._pipeline(src.stats), lambda: self._publisher(src),
+            lambda: self._pipeline(src.stats), self._latency, lambda: self._publisher(src),
             lambda: self._board(src.board), lambda: self._model(src), lambda: self._process(src))
         for part in parts:
             try:
