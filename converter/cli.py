@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from converter.compress import CompressOptions
+from converter.compress import DEFAULT_PRUNE_BLOCK, CompressOptions
 from converter.convert import ConvertOptions, convert
 from converter.errors import EXIT_USAGE, AccuracyError, ConvertError
 from converter.fixed_shape import ShapeError, parse_input_shape
@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--qat", action="store_true", help="quantisation-aware training, then int8")
     comp.add_argument("--prune", type=float, metavar="SPARSITY",
                       help="magnitude pruning to SPARSITY (e.g. 0.5) with fine-tuning, then int8")
+    comp.add_argument("--prune-block", type=int, metavar="N", default=DEFAULT_PRUNE_BLOCK,
+                      help="prune in blocks of N consecutive input channels (runs of zero bytes in the "
+                           f"int8 file, which gzip compresses; default {DEFAULT_PRUNE_BLOCK}, 1 = unstructured)")
     comp.add_argument("--distill-from", type=Path, metavar="TEACHER",
                       help="distil the TEACHER (.keras/.h5) into MODEL (the student), then int8")
     comp.add_argument("--student-width", type=float, metavar="W",
@@ -241,6 +244,7 @@ def options_from_args(args: argparse.Namespace) -> ConvertOptions:
         input_shape=_input_shape(args.input_shape),
         min_agreement=args.min_agreement, ladder=args.ladder,
         compress=CompressOptions(train_data=args.train_data, epochs=args.epochs, qat=args.qat, prune=args.prune,
+                                 prune_block=args.prune_block,
                                  distill_from=args.distill_from, student_width=args.student_width,
                                  logdir=args.logdir),
     )

@@ -4,7 +4,7 @@ Called by :mod:`converter.worker` inside the TensorFlow child with the ``train``
 ``job2.json`` (written by :mod:`converter.compress`)::
 
     {"mode": "qat" | "prune" | "distill", "model": KERAS_FILE, "data": TRAIN_NPZ, "epochs": N,
-     "logdir": DIR | null, "sparsity": S, "teacher": KERAS_FILE, "width": W | null}
+     "logdir": DIR | null, "sparsity": S, "block": B, "teacher": KERAS_FILE, "width": W | null}
 
 Returns the training summary; ``savedmodel`` is the model to quantise. Side files in the workdir:
 ``ptq.tflite`` (plain PTQ of the original model, for the side-by-side figures) for QAT and
@@ -49,7 +49,8 @@ def _run(train: dict[str, Any], original_saved: str, workdir: Path,
     elif mode == "prune":
         from converter.train import prune
 
-        info = prune.run_prune(train["model"], train["data"], float(train["sparsity"]), epochs, logdir, out_dir)
+        info = prune.run_prune(train["model"], train["data"], float(train["sparsity"]), epochs, logdir, out_dir,
+                               block=int(train.get("block") or 1))
     elif mode == "distill":
         from converter.train import distill
 

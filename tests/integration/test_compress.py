@@ -74,9 +74,10 @@ def test_prune_half_the_weights(digits_models: dict[str, Any], tmp_path: Path) -
     report = _convert(digits_models["keras"], digits_models, tmp_path, "--prune", "0.5", "--epochs", "4",
                       "--logdir", tmp_path / "tb")
     comp = report["compression"]
-    assert comp["sparsity"] == pytest.approx(0.5, abs=0.005)
+    assert comp["sparsity"] == pytest.approx(0.5, abs=0.005) and comp["block"] == 4  # the default blocks
+    # issue 15's targets: within 1.5 pp of the unpruned int8 model, gzip at least 30 % smaller
     assert comp["ptq"]["accuracy"] - comp["prune"]["accuracy"] <= 0.015
-    assert comp["gzip_reduction_vs_ptq"] >= 0.25
+    assert comp["gzip_reduction_vs_ptq"] >= 0.30
     assert report["size_int8_gzip_bytes"] == comp["prune"]["gzip_bytes"] < comp["ptq"]["gzip_bytes"]
     tags = _scalars(tmp_path / "tb")
     assert {"loss", "accuracy", "sparsity"} <= set(tags)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from converter.compress import CompressOptions, mode_of
 from converter.errors import ConvertError
 from converter.report import format_report
 from converter.train.distill import narrow_config
-from converter.train.prune import polynomial_sparsity
+from converter.train.prune import block_mask, polynomial_sparsity
 
 
 def test_plain_ptq_without_compression_options() -> None:
@@ -22,6 +23,8 @@ def test_plain_ptq_without_compression_options() -> None:
     (CompressOptions(epochs=3), "need --qat"),
     (CompressOptions(qat=True, prune=0.5, train_data=Path(".")), "choose one"),
     (CompressOptions(prune=1.5, train_data=Path(".")), "between 0 and 1"),
+    (CompressOptions(prune=0.5, prune_block=0, train_data=Path(".")), "--prune-block takes 1 to 64"),
+    (CompressOptions(prune=0.5, prune_block=65, train_data=Path(".")), "--prune-block takes 1 to 64"),
     (CompressOptions(student_width=0.0, train_data=Path(".")), "between 0 and 1"),
     (CompressOptions(qat=True, epochs=0, train_data=Path(".")), "--epochs"),
     (CompressOptions(qat=True, train_data=Path("/nonexistent/data")), "not found"),
@@ -70,3 +73,26 @@ def test_report_table_shows_ptq_and_qat_side_by_side() -> None:
     pruned = format_report({"compression": {"mode": "prune", "prune": figures, "sparsity": 0.5,
                                             "gzip_reduction_vs_ptq": 0.28}})
     assert "50.00 % (gzip 28.00 % smaller" in pruned
+
+
+def test_block_mask_zeroes_runs_of_input_channels_with_the_smallest_mean() -> None:
+    """A Dense kernel (in 8, out 2): per output unit, blocks of 4 consecutive inputs; the half with the
+    smallest mean magnitude goes, whatever single weights are larger or smaller elsewhere."""
+    kernel = np.array([[1, 9], [1, 9], [1, 9], [9, 0.5],      # inputs 0-3
+                       [5, 0.1], [5, 0.1], [5, 0.1], [0.2, 0.1],  # inputs 4-7
+                       ], np.float32)
+    mask = block_mask(kernel, 0.5, 4)
+    # unit 0: block 0-3 mean 3.0 < block 4-7 mean 3.8; unit 1: block 4-7 mean 0.1 < 6.875
+    assert mask[:, 0].tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert mask[:, 1].tolist() == [1, 1, 1, 1, 0, 0, 0, 0]
+    unstructured = block_mask(kernel, 0.5, 1)  # plain magnitude pruning keeps the single 9 of block 0-3
+    assert unstructured[3, 0] == 1 and unstructured.sum() == 8
+
+
+def test_block_mask_on_a_conv_kernel_keeps_the_layout_and_the_fraction() -> None:
+    rng = np.random.default_rng(0)
+    kernel = rng.normal(size=(3, 3, 8, 5)).astype(np.float32)
+    mask = block_mask(kernel, 0.5, 4)
+    assert mask.shape == kernel.shape and mask.sum() == kernel.size // 2
+    runs = np.moveaxis(mask, -2, -1).reshape(-1, 2, 4)  # (h, w, out) x 2 blocks x 4 inputs
+    assert set(np.unique(runs.min(axis=-1) == runs.max(axis=-1))) == {True}  # every block all 0 or all 1
