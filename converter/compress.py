@@ -47,10 +47,13 @@ def mode_of(c: CompressOptions, model_format: str) -> str | None:
                                    ("distill", c.distill_from is not None or c.student_width is not None))
              if on]
     if not modes:
-        if c.train_data is not None or c.epochs is not None or c.logdir is not None:
-            raise ConvertError("--train-data/--epochs/--logdir need --qat, --prune or --distill-from/"
-                               "--student-width")
-        return None
+        if c.train_data is None and (c.epochs is not None or c.logdir is not None):
+            raise ConvertError("--epochs/--logdir need --train-data and --qat, --prune or --distill-from/"
+                               "--student-width (or --train-data alone: the recovery ladder's QAT rung)")
+        if c.train_data is not None and not c.train_data.exists():
+            raise DataError(f"--train-data {c.train_data} not found")
+        _check_epochs(c)
+        return None  # plain PTQ; training data, if given, is for the recovery ladder's QAT rung
     if len(modes) > 1:
         raise ConvertError(f"choose one of --qat, --prune, --distill-from/--student-width (got {', '.join(modes)})")
     mode = modes[0]
@@ -59,8 +62,7 @@ def mode_of(c: CompressOptions, model_format: str) -> str | None:
                            "(labelled: class folders or .npz with y)")
     if not c.train_data.exists():
         raise DataError(f"--train-data {c.train_data} not found")
-    if c.epochs is not None and not 1 <= c.epochs <= MAX_EPOCHS:
-        raise ConvertError(f"--epochs takes 1 to {MAX_EPOCHS}, got {c.epochs}")
+    _check_epochs(c)
     if c.prune is not None and not 0.0 < c.prune < 1.0:
         raise ConvertError(f"--prune takes a sparsity between 0 and 1 (e.g. 0.5), got {c.prune:g}")
     if not 1 <= c.prune_block <= MAX_PRUNE_BLOCK:
@@ -77,6 +79,11 @@ def mode_of(c: CompressOptions, model_format: str) -> str | None:
         raise ConvertError("fine-tuning needs the Keras model (.keras or .h5 file); Keras 3 cannot train a "
                            "SavedModel")
     return mode
+
+
+def _check_epochs(c: CompressOptions) -> None:
+    if c.epochs is not None and not 1 <= c.epochs <= MAX_EPOCHS:
+        raise ConvertError(f"--epochs takes 1 to {MAX_EPOCHS}, got {c.epochs}")
 
 
 def train_job(c: CompressOptions, mode: str, model: Path, spec: ImagePreprocess | AudioPreprocess,

@@ -14,7 +14,8 @@ order, and stops at the first attempt that meets the targets:
    float twin; the activation tensors are ranked by the mean per-channel relative RMS error their
    op adds to what its inputs had, and the worst 1, 2, 4, ... are kept in float (the op producing
    the tensor and the ops reading it), at most half of them;
-3. quantisation-aware training, when a QAT module and training data are available.
+3. quantisation-aware training (:mod:`converter.train.qat`, cross-layer equalisation first), when
+   ``--train-data`` was given with a Keras model.
 
 Every attempt is measured like the plain model (accuracy and agreement against the original float
 model on the validation data, size, latency on this host) and listed in ``report["ladder"]``. The
@@ -34,8 +35,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from converter import validate, worker
+from converter import compress, validate, worker
 from converter.child import WorkerProcess, raise_step_error, read_step
+from converter.errors import ConvertError
 from converter.ops import float_compute_ops, float_ops, list_ops
 
 if TYPE_CHECKING:
@@ -107,6 +109,7 @@ class _Ladder:
         self.winner: bytes | None = None
         self.base_latency = _latency(conv.int8_model, conv.validation.x)
         self.sensitivity: list[dict[str, Any]] = []
+        self.pool = workdir / "pool.npy"
 
     def measure(self, rung: int, what: str, model: bytes, extra: dict[str, Any]) -> bool:
         """Validate one candidate like the plain model; record it; True when it meets the targets."""
@@ -146,6 +149,8 @@ class _Ladder:
     def quantize(self, rung: int, what: str, job: dict[str, Any], extra: dict[str, Any]) -> bool:
         out = self.workdir / f"attempt-{len(self.attempts) + 1}.tflite"
         result = self.child.run({"kind": "quantize", "io": self.opts.io, "out": str(out), **job})
+        if result.get("equalized"):
+            extra = {**extra, "equalized": result["equalized"]}
         if "error" in result:
             self.attempts.append({"rung": rung, "what": what, "status": "failed", "reason": result["error"]})
             _note(f"rung {rung} {what}: failed ({result['error']})")
@@ -229,10 +234,30 @@ class _Ladder:
         return False
 
     def qat(self) -> bool:
-        reason = "no QAT available" if not _has_module(QAT_MODULE) else \
-            f"no QAT available: {QAT_MODULE} is not wired into the ladder"
-        self.skip(3, "quantisation-aware training", reason)
-        return False
+        what = "quantisation-aware training"
+        train_data = self.opts.compress.train_data
+        if train_data is None:
+            self.skip(3, what, "no training data (--train-data DIR, labelled)")
+            return False
+        if self.fmt == "savedmodel":
+            self.skip(3, what, "needs the Keras model (.keras or .h5); Keras 3 cannot train a SavedModel")
+            return False
+        if not _has_module(QAT_MODULE):
+            self.skip(3, what, f"{QAT_MODULE} is not installed")
+            return False
+        _note(f"preprocessing training data {train_data} and fine-tuning with fake quantisation")
+        input_shape = [1, *(int(d) for d in self.conv.calibration.x.shape[1:])]
+        try:
+            train = compress.train_job(self.opts.compress, "qat", Path(self.opts.model), self.conv.spec,
+                                       input_shape, self.conv.label_names, self.workdir)
+        except ConvertError as exc:
+            self.attempts.append({"rung": 3, "what": what, "status": "failed", "reason": str(exc)})
+            _note(f"rung 3 {what}: failed ({exc})")
+            return False
+        epochs = int(train["epochs"])
+        return self.quantize(3, f"{what} ({epochs} epoch{'' if epochs == 1 else 's'}, {train['samples']} samples)",
+                             {"kind": "qat", "train": train, "calibration": str(self.pool)},
+                             {"epochs": train["epochs"], "train_samples": train["samples"]})
 
 
 def _latency(model: bytes, x: np.ndarray) -> float:
@@ -260,6 +285,7 @@ def run_ladder(opts: ConvertOptions, fmt: str, conv: _Converted, base: dict[str,
         ladder = _Ladder(opts, fmt, conv, base, child, workdir)
         try:
             pool_path = workdir / "pool.npy"
+            ladder.pool = pool_path
             done = ladder.calibration(pool_path, len(pool)) or ladder.selective(pool_path) or ladder.qat()
         finally:
             child.close()

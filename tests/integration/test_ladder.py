@@ -111,3 +111,24 @@ def test_equalisation_recovers_an_outlier_unit_at_no_cost(outlier_model: Path, d
     # the same ops and tensors as plain int8: only the weights and ranges moved
     assert abs(chosen["size_vs_int8_bytes"]) <= 1024
     assert "equalised: " in proc.stdout
+
+
+def test_qat_rung_runs_when_training_data_is_given(ladder_model: dict[str, Any], tmp_path: Path) -> None:
+    """--io uint8 rules out the selective rung, so with --train-data the ladder reaches QAT: it trains,
+    converts and measures that model like the others, and reports it (met or not)."""
+    proc = run_convert(ladder_model["model"], "--calibration", ladder_model["train"],
+                       "--validation", ladder_model["test"], "--output", tmp_path / "m.bundle",
+                       "--report", tmp_path / "report.json", "--io", "uint8",
+                       "--train-data", ladder_model["train"], "--epochs", "1", check=False)
+    report = json.loads((tmp_path / "report.json").read_text())
+    attempts = report["ladder"]["attempts"]
+    assert [(a["rung"], a["status"]) for a in attempts if a["rung"] == 2] == [(2, "skipped")]
+    qat = [a for a in attempts if a["rung"] == 3]
+    assert len(qat) == 1 and qat[0]["status"] in ("met", "missed"), qat
+    images = sum(1 for _ in Path(ladder_model["train"]).rglob("*.png"))
+    assert qat[0]["epochs"] == 1 and qat[0]["train_samples"] == images
+    assert qat[0]["what"] == f"quantisation-aware training (1 epoch, {images} samples)"
+    assert 0.0 <= qat[0]["top1_agreement"] <= 1.0 and qat[0]["size_bytes"] > 0
+    # exit 0 with the QAT model in the bundle when it met the targets, else 3 and nothing written
+    assert proc.returncode == (0 if qat[0]["status"] == "met" else 3), proc.stderr[-3000:]
+    assert (tmp_path / "m.bundle").exists() == (qat[0]["status"] == "met")

@@ -20,7 +20,8 @@ def test_plain_ptq_without_compression_options() -> None:
 
 @pytest.mark.parametrize(("options", "message"), [
     (CompressOptions(qat=True), "needs --train-data"),
-    (CompressOptions(epochs=3), "need --qat"),
+    (CompressOptions(epochs=3), "need --train-data and --qat"),
+    (CompressOptions(train_data=Path("/nonexistent/data")), "not found"),
     (CompressOptions(qat=True, prune=0.5, train_data=Path(".")), "choose one"),
     (CompressOptions(prune=1.5, train_data=Path(".")), "between 0 and 1"),
     (CompressOptions(prune=0.5, prune_block=0, train_data=Path(".")), "--prune-block takes 1 to 64"),
@@ -37,6 +38,10 @@ def test_inconsistent_options_are_refused(options: CompressOptions, message: str
 def test_savedmodel_cannot_be_fine_tuned(tmp_path: Path) -> None:
     with pytest.raises(ConvertError, match="Keras model"):
         mode_of(CompressOptions(qat=True, train_data=tmp_path), "savedmodel")
+
+
+def test_training_data_alone_is_for_the_ladder(tmp_path: Path) -> None:
+    assert mode_of(CompressOptions(train_data=tmp_path, epochs=2), "keras") is None
 
 
 def test_modes(tmp_path: Path) -> None:
