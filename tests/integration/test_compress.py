@@ -71,8 +71,9 @@ def test_qat_meets_its_targets_on_an_outlier_channel(outlier_model: Path, digits
 
 
 def test_prune_half_the_weights(digits_models: dict[str, Any], tmp_path: Path) -> None:
-    report = _convert(digits_models["keras"], digits_models, tmp_path, "--prune", "0.5", "--epochs", "4",
-                      "--logdir", tmp_path / "tb")
+    # the target is against the unpruned int8 model, so the float-vs-int8 gate is opened to 2 pp
+    report = _convert(digits_models["keras"], digits_models, tmp_path, "--prune", "0.5", "--epochs", "8",
+                      "--logdir", tmp_path / "tb", "--max-accuracy-drop", "2")
     comp = report["compression"]
     assert comp["sparsity"] == pytest.approx(0.5, abs=0.005) and comp["block"] == 4  # the default blocks
     # issue 15's targets: within 1.5 pp of the unpruned int8 model, gzip at least 30 % smaller
