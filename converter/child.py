@@ -111,6 +111,6 @@ def raise_step_error(step: dict[str, Any], model: Path) -> None:
             f"ops cannot be fully quantised to int8 ({names}): {message}; to keep them in float, "
             "run without --strict (int8 with float fallback) or with --io float32"
         )
-    if kind in ("setup", "input_shape"):
+    if kind in ("setup", "input_shape", "train"):
         raise ConvertError(message)
     raise ConvertError(f"conversion failed: {message}")

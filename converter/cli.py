@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from converter.compress import DEFAULT_PRUNE_BLOCK, CompressOptions
 from converter.convert import ConvertOptions, convert
 from converter.errors import EXIT_USAGE, AccuracyError, ConvertError
 from converter.fixed_shape import ShapeError, parse_input_shape
@@ -123,6 +124,23 @@ def build_parser() -> argparse.ArgumentParser:
     rescue.add_argument("--no-ladder", dest="ladder", action="store_false",
                         help="fail at once when plain int8 misses the targets instead of trying better "
                              "calibration and keeping the most sensitive ops in float")
+    comp = parser.add_argument_group("compression (fine-tuning in the TensorFlow child; see docs/converter.md)")
+    comp.add_argument("--train-data", type=Path, metavar="DATA",
+                      help="labelled training data (class folders or .npz with y), same formats as --calibration")
+    comp.add_argument("--epochs", type=int, metavar="N",
+                      help="fine-tuning epochs (default: qat 3, prune 8, distill 20)")
+    comp.add_argument("--qat", action="store_true", help="quantisation-aware training, then int8")
+    comp.add_argument("--prune", type=float, metavar="SPARSITY",
+                      help="magnitude pruning to SPARSITY (e.g. 0.5) with fine-tuning, then int8")
+    comp.add_argument("--prune-block", type=int, metavar="N", default=DEFAULT_PRUNE_BLOCK,
+                      help="prune in blocks of N consecutive input channels (runs of zero bytes in the "
+                           f"int8 file, which gzip compresses; default {DEFAULT_PRUNE_BLOCK}, 1 = unstructured)")
+    comp.add_argument("--distill-from", type=Path, metavar="TEACHER",
+                      help="distil the TEACHER (.keras/.h5) into MODEL (the student), then int8")
+    comp.add_argument("--student-width", type=float, metavar="W",
+                      help="distil MODEL (the teacher) into its own architecture at W x the filters/units")
+    comp.add_argument("--logdir", type=Path, metavar="DIR",
+                      help="write TensorBoard curves (loss, accuracy, sparsity) of the fine-tuning here")
     out = parser.add_argument_group("output")
     out.add_argument("--sign-key", type=Path, metavar="KEY", help="Ed25519 private key (PEM) to sign the bundle")
     out.add_argument("--report", type=Path, metavar="FILE", help="also write the report as JSON here")
@@ -225,6 +243,10 @@ def options_from_args(args: argparse.Namespace) -> ConvertOptions:
         allow_low_accuracy=args.allow_low_accuracy, plots=args.plots,
         input_shape=_input_shape(args.input_shape),
         min_agreement=args.min_agreement, ladder=args.ladder,
+        compress=CompressOptions(train_data=args.train_data, epochs=args.epochs, qat=args.qat, prune=args.prune,
+                                 prune_block=args.prune_block,
+                                 distill_from=args.distill_from, student_width=args.student_width,
+                                 logdir=args.logdir),
     )
 
 

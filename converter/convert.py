@@ -36,7 +36,7 @@ from typing import Any, Literal
 import numpy as np
 
 import edge_agent
-from converter import ladder, safeguards, validate, worker
+from converter import compress, ladder, safeguards, validate, worker
 from converter import ops as ops_mod
 from converter.child import WorkerProcess, raise_step_error, read_step
 from converter.data import Dataset, data_kind, load_dataset
@@ -108,6 +108,8 @@ class ConvertOptions:
     # recovery ladder (converter/ladder.py)
     min_agreement: float | None = None
     ladder: bool = True
+    # compression: QAT, pruning, distillation (converter/compress.py, converter/train/)
+    compress: compress.CompressOptions = field(default_factory=compress.CompressOptions)
 
 
 @dataclass
@@ -223,6 +225,7 @@ class _Converted:
     label_names: list[str] | None
     labels_source: str = "labels file"
     calibration_pool: np.ndarray | None = None  # every calibration sample, before --calibration-samples
+    compression: dict[str, Any] | None = None
 
 
 def convert(opts: ConvertOptions) -> ConvertResult:
@@ -245,15 +248,20 @@ def convert(opts: ConvertOptions) -> ConvertResult:
     if opts.min_agreement is not None and not 0.0 < opts.min_agreement <= 1.0:
         raise ConvertError(f"--min-agreement takes a fraction in (0, 1], e.g. 0.99; got {opts.min_agreement:g}")
     task: Task = opts.task or ("audio_classify" if calib_kind == "audio" else "classify")
+    compress_mode = compress.mode_of(opts.compress, fmt)
 
     with Steps() as steps:
-        conv = _run_conversion(opts, fmt, task, label_names, steps)
+        conv = _run_conversion(opts, fmt, task, label_names, steps, compress_mode)
         op_list = _check_ops(conv, opts)
         report, comp, labels = _validate(conv, opts, fmt, task, op_list, steps)
         steps.finish()
+        if conv.compression is not None:
+            report["compression"] = compress.section(conv.compression, report, comp.float_outputs,
+                                                     conv.int8_model, conv.validation)
         _safeguards(conv, opts, report, comp, labels, started)  # near-chance float: no ladder can help
         missed = ladder.misses(report, opts.max_accuracy_drop, opts.min_agreement)
-        if missed and opts.ladder and conv.calibration_pool is not None:
+        # the ladder re-quantises the original model: not after fine-tuning (it would undo the compression)
+        if missed and opts.ladder and conv.calibration_pool is not None and conv.compression is None:
             steps.start("recovery ladder", spin=False)
             outcome = ladder.run_ladder(opts, fmt, conv, report, conv.calibration_pool)
             steps.finish()
@@ -325,7 +333,7 @@ def _finish(conv: _Converted, opts: ConvertOptions, task: Task, report: dict[str
 
 
 def _run_conversion(opts: ConvertOptions, fmt: ModelFormat, task: Task, label_names: list[str] | None,
-                    steps: Steps) -> _Converted:
+                    steps: Steps, compress_mode: str | None = None) -> _Converted:
     """Float model (child) -> input shape -> preprocessed data (here) -> int8 model (child)."""
     model_path = Path(opts.model)
     child_steps = {"load": f"loading {fmt} model {model_path}", "float": "converting to float TFLite",
@@ -372,10 +380,16 @@ def _run_conversion(opts: ConvertOptions, fmt: ModelFormat, task: Task, label_na
                 calib = calib.subset(np.sort(rng.choice(len(calib), opts.calibration_samples, replace=False)))
 
             np.save(workdir / "calibration.npy", calib.x)
-            (workdir / worker.JOB2).write_text(json.dumps({
+            job2: dict[str, Any] = {
                 "savedmodel": step1["savedmodel"], "calibration": str(workdir / "calibration.npy"),
                 "io": opts.io, "strict": opts.strict,
-            }))
+            }
+            if compress_mode is not None:
+                steps.start(f"preprocessing training data {opts.compress.train_data}", spin=False)
+                job2["train"] = compress.train_job(opts.compress, compress_mode, model_path, spec, input_shape,
+                                                   label_names, workdir)
+                child_steps["train"] = f"fine-tuning ({compress_mode}) in the TensorFlow child"
+            (workdir / worker.JOB2).write_text(json.dumps(job2))
             steps.finish()
             child_steps["quantise"] = f"quantising to int8 with {len(calib)} calibration samples (io {opts.io})"
             child.send("go")
@@ -385,6 +399,9 @@ def _run_conversion(opts: ConvertOptions, fmt: ModelFormat, task: Task, label_na
                 raise_step_error(step2, model_path)
             steps.finish()
             int8_model = Path(step2["int8"]).read_bytes()
+            compression = compress.read_outputs(step2["train"]) if step2.get("train") else None
+            if compression is not None and compression.get("teacher_float"):
+                float_model = compression["teacher_float"]  # figures against the teacher
         finally:
             child.close()
     return _Converted(
@@ -393,6 +410,7 @@ def _run_conversion(opts: ConvertOptions, fmt: ModelFormat, task: Task, label_na
         int8_only_error=step2.get("int8_only_error"), fallback=bool(step2.get("fallback")),
         spec=spec, calibration=calib, validation=valid, validation_source=validation_source,
         label_names=label_names, labels_source=labels_source, calibration_pool=pool,
+        compression=compression,
     )
 
 

@@ -222,18 +222,53 @@ def build_keywords(out: Path, n_per_word: int = 80, epochs: int = 50) -> dict[st
             "train": str(out / "train"), "test": str(out / "test"), "all": str(data)}
 
 
+OUTLIER = 300.0
+
+
+def build_outlier(source: Path, target: Path, factor: float = OUTLIER) -> Path:
+    """A copy of a digits model that plain int8 post-training quantisation hurts.
+
+    One unit of the first Dense layer is multiplied by ``factor`` (kernel and bias) and the matching
+    input weights of the next Dense layer divided by it. ReLU is positively homogeneous, so the
+    float model computes the same function, but that one activation spans hundreds of times the
+    others' range: per-tensor int8 activations leave the other units one or two steps. The unit
+    with the largest weights is chosen (a dead one would make the rescaling a no-op).
+    """
+    import keras
+
+    model = keras.models.load_model(str(source), compile=False)
+    first, second = [layer for layer in model.layers if type(layer).__name__ == "Dense"][:2]
+    kernel, bias = first.get_weights()
+    unit = int(np.argmax(np.abs(kernel).sum(axis=0)))
+    kernel[:, unit] *= factor
+    bias[unit] *= factor
+    first.set_weights([kernel, bias])
+    kernel2, bias2 = second.get_weights()
+    kernel2[unit, :] /= factor
+    second.set_weights([kernel2, bias2])
+    model.save(str(target))
+    return target
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m converter.examples digits|keywords --out DIR``: build example models."""
+    """``python -m converter.examples digits|keywords --out DIR``: build example models
+    (``outlier --model DIGITS.keras --out OUT.keras``: the digits model plain int8 hurts)."""
     import json
 
     parser = argparse.ArgumentParser(prog="python -m converter.examples", description=main.__doc__)
-    parser.add_argument("which", choices=["digits", "keywords"])
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("which", choices=["digits", "keywords", "outlier"])
+    parser.add_argument("--out", type=Path, required=True, help="a folder (outlier: the .keras file to write)")
+    parser.add_argument("--model", type=Path, help="outlier: the digits .keras model to copy")
     parser.add_argument("--formats", default="keras", help="digits: comma list of keras,savedmodel,h5")
     parser.add_argument("--epochs", type=int, default=0)
     parser.add_argument("--per-word", type=int, default=80)
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if args.which == "outlier":
+        if args.model is None:
+            parser.error("outlier needs --model DIGITS.keras")
+        print(build_outlier(args.model, args.out))
+        return 0
     if args.which == "digits":
         formats = [f.strip() for f in args.formats.split(",") if f.strip()]
         info = build_digits(args.out, formats, epochs=args.epochs or 30)  # type: ignore[arg-type]

@@ -5,14 +5,17 @@ top-1 agreement with the float model is below ``--min-agreement``, :func:`run_la
 order, and stops at the first attempt that meets the targets:
 
 1. better calibration: every calibration sample (when ``--calibration-samples`` capped them), then
-   activation ranges narrowed to the 99.99th and 99.9th percentile of the calibration values
-   instead of their min/max (weights are already per-channel: TFLite's default for convolutions
-   and fully connected layers);
+   cross-layer equalisation (:mod:`converter.train.equalize`: a channel whose weights span far more
+   than the others' is scaled down and the next layer's matching weights up, the same float
+   function, no cost in size or latency; Keras models only), then activation ranges narrowed to
+   the 99.99th and 99.9th percentile of the calibration values instead of their min/max (weights
+   are already per-channel: TFLite's default for convolutions and fully connected layers);
 2. selective quantisation: TensorFlow's ``QuantizationDebugger`` compares every int8 op with its
    float twin; the activation tensors are ranked by the mean per-channel relative RMS error their
    op adds to what its inputs had, and the worst 1, 2, 4, ... are kept in float (the op producing
    the tensor and the ops reading it), at most half of them;
-3. quantisation-aware training, when a QAT module and training data are available.
+3. quantisation-aware training (:mod:`converter.train.qat`, cross-layer equalisation first), when
+   ``--train-data`` was given with a Keras model.
 
 Every attempt is measured like the plain model (accuracy and agreement against the original float
 model on the validation data, size, latency on this host) and listed in ``report["ladder"]``. The
@@ -32,8 +35,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from converter import validate, worker
+from converter import compress, validate, worker
 from converter.child import WorkerProcess, raise_step_error, read_step
+from converter.errors import ConvertError
 from converter.ops import float_compute_ops, float_ops, list_ops
 
 if TYPE_CHECKING:
@@ -72,11 +76,12 @@ def _note(message: str) -> None:
 class _Child:
     """The ladder's TensorFlow child: one job file and one ``@@name`` line per request."""
 
-    def __init__(self, workdir: Path, model: Path, fmt: str) -> None:
+    def __init__(self, workdir: Path, model: Path, fmt: str, input_shape: list[int] | None) -> None:
         self.workdir = workdir
         self.model = model
         self.count = 0
-        (workdir / worker.JOB1).write_text(json.dumps({"model": str(model.resolve()), "format": fmt}))
+        (workdir / worker.JOB1).write_text(json.dumps({"model": str(model.resolve()), "format": fmt,
+                                                       "input_shape": input_shape}))
         self.proc = WorkerProcess(workdir, module="converter.ladder_worker")
         self.proc.wait_for(worker.MARK1)
         step1 = read_step(workdir, worker.STEP1)
@@ -97,13 +102,14 @@ class _Child:
 
 
 class _Ladder:
-    def __init__(self, opts: ConvertOptions, conv: _Converted, base: dict[str, Any], child: _Child,
+    def __init__(self, opts: ConvertOptions, fmt: str, conv: _Converted, base: dict[str, Any], child: _Child,
                  workdir: Path) -> None:
-        self.opts, self.conv, self.base, self.child, self.workdir = opts, conv, base, child, workdir
+        self.opts, self.fmt, self.conv, self.base, self.child, self.workdir = opts, fmt, conv, base, child, workdir
         self.attempts: list[dict[str, Any]] = []
         self.winner: bytes | None = None
         self.base_latency = _latency(conv.int8_model, conv.validation.x)
         self.sensitivity: list[dict[str, Any]] = []
+        self.pool = workdir / "pool.npy"
 
     def measure(self, rung: int, what: str, model: bytes, extra: dict[str, Any]) -> bool:
         """Validate one candidate like the plain model; record it; True when it meets the targets."""
@@ -143,6 +149,8 @@ class _Ladder:
     def quantize(self, rung: int, what: str, job: dict[str, Any], extra: dict[str, Any]) -> bool:
         out = self.workdir / f"attempt-{len(self.attempts) + 1}.tflite"
         result = self.child.run({"kind": "quantize", "io": self.opts.io, "out": str(out), **job})
+        if result.get("equalized"):
+            extra = {**extra, "equalized": result["equalized"]}
         if "error" in result:
             self.attempts.append({"rung": rung, "what": what, "status": "failed", "reason": result["error"]})
             _note(f"rung {rung} {what}: failed ({result['error']})")
@@ -164,12 +172,34 @@ class _Ladder:
         self.skip(1, "calibration: per-channel weights",
                   "weights are already per-channel (TFLite's default for CONV_2D, DEPTHWISE_CONV_2D "
                   "and FULLY_CONNECTED); activations are per-tensor in TFLite int8")
+        if self.equalization(pool):
+            return True
         for pct in PERCENTILES:
             if self.quantize(1, f"calibration: activation ranges at the {pct:g}th percentile",
                              {"calibration": str(pool), "percentile": pct},
                              {"calibration_samples": pool_size, "percentile": pct}):
                 return True
         return False
+
+    def equalization(self, pool: Path) -> bool:
+        what = "calibration: cross-layer equalisation"
+        if self.fmt == "savedmodel":
+            self.skip(1, what, "needs the Keras model (.keras or .h5), not a SavedModel")
+            return False
+        if self.opts.input_shape is not None:
+            self.skip(1, what, "not with --input-shape (the Keras model has dynamic input dimensions)")
+            return False
+        out = self.workdir / f"attempt-{len(self.attempts) + 1}.tflite"
+        result = self.child.run({"kind": "equalize", "model": str(Path(self.opts.model).resolve()),
+                                 "calibration": str(pool), "io": self.opts.io, "out": str(out)})
+        if "error" in result:
+            self.attempts.append({"rung": 1, "what": what, "status": "failed", "reason": result["error"]})
+            _note(f"rung 1 {what}: failed ({result['error']})")
+            return False
+        if not result["pairs"]:
+            self.skip(1, what, "no Conv2D/Dense pair with a ReLU or linear activation between them in a chain")
+            return False
+        return self.measure(1, what, out.read_bytes(), {"equalized": result["pairs"]})
 
     def selective(self, pool: Path) -> bool:
         if self.opts.strict:
@@ -204,10 +234,30 @@ class _Ladder:
         return False
 
     def qat(self) -> bool:
-        reason = "no QAT available" if not _has_module(QAT_MODULE) else \
-            f"no QAT available: {QAT_MODULE} is not wired into the ladder"
-        self.skip(3, "quantisation-aware training", reason)
-        return False
+        what = "quantisation-aware training"
+        train_data = self.opts.compress.train_data
+        if train_data is None:
+            self.skip(3, what, "no training data (--train-data DIR, labelled)")
+            return False
+        if self.fmt == "savedmodel":
+            self.skip(3, what, "needs the Keras model (.keras or .h5); Keras 3 cannot train a SavedModel")
+            return False
+        if not _has_module(QAT_MODULE):
+            self.skip(3, what, f"{QAT_MODULE} is not installed")
+            return False
+        _note(f"preprocessing training data {train_data} and fine-tuning with fake quantisation")
+        input_shape = [1, *(int(d) for d in self.conv.calibration.x.shape[1:])]
+        try:
+            train = compress.train_job(self.opts.compress, "qat", Path(self.opts.model), self.conv.spec,
+                                       input_shape, self.conv.label_names, self.workdir)
+        except ConvertError as exc:
+            self.attempts.append({"rung": 3, "what": what, "status": "failed", "reason": str(exc)})
+            _note(f"rung 3 {what}: failed ({exc})")
+            return False
+        epochs = int(train["epochs"])
+        return self.quantize(3, f"{what} ({epochs} epoch{'' if epochs == 1 else 's'}, {train['samples']} samples)",
+                             {"kind": "qat", "train": train, "calibration": str(self.pool)},
+                             {"epochs": train["epochs"], "train_samples": train["samples"]})
 
 
 def _latency(model: bytes, x: np.ndarray) -> float:
@@ -231,10 +281,11 @@ def run_ladder(opts: ConvertOptions, fmt: str, conv: _Converted, base: dict[str,
         workdir = Path(tmp)
         np.save(workdir / "pool.npy", pool.astype(np.float32, copy=False))
         _note("loading the model in the ladder's TensorFlow child process")
-        child = _Child(workdir, Path(opts.model), fmt)
-        ladder = _Ladder(opts, conv, base, child, workdir)
+        child = _Child(workdir, Path(opts.model), fmt, opts.input_shape)
+        ladder = _Ladder(opts, fmt, conv, base, child, workdir)
         try:
             pool_path = workdir / "pool.npy"
+            ladder.pool = pool_path
             done = ladder.calibration(pool_path, len(pool)) or ladder.selective(pool_path) or ladder.qat()
         finally:
             child.close()
@@ -249,6 +300,7 @@ def run_ladder(opts: ConvertOptions, fmt: str, conv: _Converted, base: dict[str,
         "chosen": None if winner is None else {
             "rung": winner["rung"], "what": winner["what"],
             "kept_float_ops": winner.get("kept_float_ops", []),
+            "equalized": winner.get("equalized", []),
             "size_vs_int8_bytes": winner["size_vs_int8_bytes"],
             "latency_vs_int8_ms": winner["latency_vs_int8_ms"]},
         "sensitivity": ladder.sensitivity[:10],
@@ -277,7 +329,9 @@ def format_ladder(ladder: dict[str, Any]) -> str:
         lines.append("  no rung met the targets")
     else:
         wide = ", ".join(chosen["kept_float_ops"]) or "none"
+        pairs = ", ".join(f"{p['first']} -> {p['second']}" for p in chosen.get("equalized") or [])
         lines.append(f"  chosen: rung {chosen['rung']} ({chosen['what']}); ops kept in float: {wide}; "
+                     + (f"equalised: {pairs}; " if pairs else "") +
                      f"cost vs plain int8: {chosen['size_vs_int8_bytes']:+,} B, "
                      f"{chosen['latency_vs_int8_ms']:+.3f} ms per inference (1 thread, this host)")
     return "\n".join(lines)

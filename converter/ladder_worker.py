@@ -9,6 +9,12 @@ Jobs (``"kind"``):
 * ``quantize``: calibrate with ``calibration`` (``.npy``), optionally narrow every activation
   range to the ``percentile`` of the values seen in calibration, keep ``keep_float`` op output
   tensors in float, and write ``out``;
+* ``equalize``: cross-layer equalisation (:mod:`converter.train.equalize`) of the Keras ``model``,
+  then calibrate with ``calibration`` and write ``out``; returns the equalised ``pairs`` (an empty
+  list, and no model, when the model has no pair to equalise);
+* ``qat``: quantisation-aware training (:func:`converter.train.qat.run_qat`, with the ``train``
+  job of :func:`converter.compress.train_job`), then full-int8 conversion calibrated with
+  ``calibration``, written to ``out``;
 * ``rank``: per-layer comparison of float and int8 activations with TensorFlow's
   ``QuantizationDebugger`` (each quantised op against its float twin); returns the activation
   tensors worst first (by the error an op adds to what its inputs had), each with the ops that
@@ -183,6 +189,36 @@ def _rank(calibrated: bytes, calibration: Path) -> list[dict[str, Any]]:
     return ranked
 
 
+def _equalize(job: dict[str, Any], calibration: Path) -> dict[str, Any]:
+    from converter.train import common, equalize
+
+    try:
+        model = common.load_keras(str(job["model"]))
+    except common.TrainError as exc:
+        raise worker._StepError("equalize", str(exc)) from exc
+    pairs = equalize.equalize(model)
+    if not pairs:
+        return {"pairs": []}
+    saved = common.export(model, str(Path(job["out"]).with_suffix(".savedmodel")))
+    Path(job["out"]).write_bytes(_quantize(_calibrated(saved, calibration), str(job["io"]), []))
+    return {"pairs": pairs, "model": job["out"]}
+
+
+def _qat(job: dict[str, Any], calibration: Path) -> dict[str, Any]:
+    from converter.train import common, qat
+
+    train = job["train"]
+    try:
+        info = qat.run_qat(train["model"], train["data"], int(train["epochs"]), train.get("logdir"),
+                           str(Path(job["out"]).with_suffix(".savedmodel")))
+    except common.TrainError as exc:
+        raise worker._StepError("train", str(exc)) from exc
+    Path(job["out"]).write_bytes(worker._int8_convert(info["savedmodel"], calibration, str(job["io"]),
+                                                      fallback=False))
+    return {"model": job["out"], "equalized": info.get("equalized", []), "epochs": info["epochs"],
+            "history": info.get("history", {})}
+
+
 class _Session:
     """Caches the calibrated model per calibration file across jobs."""
 
@@ -200,6 +236,10 @@ class _Session:
         calibration = Path(job["calibration"])
         if job["kind"] == "rank":
             return {"ranked": _rank(self.calibrated(calibration), calibration)}
+        if job["kind"] == "equalize":
+            return _equalize(job, calibration)
+        if job["kind"] == "qat":
+            return _qat(job, calibration)
         if job["kind"] != "quantize":
             raise worker._StepError("internal", f"unknown ladder job {job['kind']!r}")
         calibrated = self.calibrated(calibration)

@@ -39,6 +39,7 @@ def format_report(report: dict[str, Any]) -> str:
         ("int8 op coverage", _pct(report.get("int8_op_coverage"))),
         ("float ops", ", ".join(report.get("float_ops", [])) or "none"),
     ]
+    rows.extend(_compression_rows(report.get("compression")))
     for side in ("input", "output"):
         spec = io.get(side, {})
         if spec:
@@ -65,6 +66,28 @@ def format_report(report: dict[str, Any]) -> str:
 
         table += "\n" + format_ladder(report["ladder"])
     return table
+
+
+def _compression_rows(section: Any) -> list[tuple[str, str]]:
+    """Side-by-side rows for the ``compression`` section (QAT/pruning/distillation)."""
+    if not isinstance(section, dict):
+        return []
+    mode = section.get("mode")
+    names = {"ptq": "plain PTQ int8", "equalized_ptq": "equalised PTQ int8", "qat": "QAT int8",
+             "prune": "pruned int8", "teacher": "teacher float",
+             "student_float": "student float", "distill": "student int8"}
+    rows: list[tuple[str, str]] = []
+    for key, name in names.items():
+        fig = section.get(key)
+        if isinstance(fig, dict):
+            params = f", {fig['params']:,} params" if fig.get("params") else ""
+            rows.append((name, f"accuracy {_pct(fig.get('accuracy'))}, agreement {_pct(fig.get('top1_agreement'))}, "
+                               f"{fig.get('size_bytes', 0):,} B (gzip {fig.get('gzip_bytes', 0):,} B), "
+                               f"{_fmt(fig.get('latency_ms_1_thread'), 3)} ms{params}"))
+    if mode == "prune":
+        rows.append(("sparsity", f"{_pct(section.get('sparsity'))} (gzip {_pct(section.get('gzip_reduction_vs_ptq'))} "
+                                 "smaller than unpruned int8)"))
+    return rows
 
 
 def report_json(report: dict[str, Any]) -> bytes:

@@ -13,7 +13,9 @@ a tiny line protocol, so TensorFlow is imported only once:
    it as ``calibration.npy``, writes ``job2.json`` and sends ``go`` on stdin
    (or ``quit``).
 3. The child runs full-integer quantisation, writes ``int8.tflite`` and
-   ``step2.json``, and prints ``@@step2``.
+   ``step2.json``, and prints ``@@step2``. With a ``train`` entry in ``job2.json``
+   (``--qat``/``--prune``/distillation) it first fine-tunes (:mod:`converter.train.run`)
+   and quantises the fine-tuned model; the summary goes into ``step2.json`` as ``train``.
 
 Before each long piece of work the child prints ``@@start NAME`` (``load``,
 ``float``, ``quantise``) so the parent can show which step runs and for how long.
@@ -178,6 +180,16 @@ def _step2(workdir: Path) -> dict[str, Any]:
     saved, io, strict = job["savedmodel"], job["io"], bool(job["strict"])
     calibration = Path(job["calibration"])
     result: dict[str, Any] = {"fallback": False, "int8_only_error": None, "failed_ops": []}
+    if job.get("train"):  # compression (QAT, pruning, distillation): fine-tune first
+        announce("train")
+        from converter.train import common, run
+
+        try:
+            result["train"] = run.run(job["train"], saved, workdir,
+                                      lambda path: _int8_convert(path, calibration, io, fallback=not strict))
+        except common.TrainError as exc:
+            raise _StepError("train", str(exc)) from exc
+        saved = result["train"]["savedmodel"]
     announce("quantise")
     try:
         model = _int8_convert(saved, calibration, io, fallback=False)

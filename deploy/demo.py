@@ -185,6 +185,7 @@ def run_demo(out: Path = DEMO_DIR) -> int:
                 proc.wait(10)
         broker.stop()
     run_detector_demo(out, private, public)
+    run_ladder_demo(out)
     print(f"\ndemo done in {time.perf_counter() - started:.0f} s; outputs in {out}/")
     return 0
 
@@ -257,6 +258,32 @@ def run_detector_demo(out: Path, private: Path, public: Path) -> None:
         best = payload["detections"][0] if payload["detections"] else None
         hits += bool(best and best["label"] == expected["label"] and _box_iou(best["box"], expected["box"]) >= 0.5)
     print(f"detections matching the drawn shape (label and IoU >= 0.5): {hits} of {len(files)} frames")
+
+
+def run_ladder_demo(out: Path) -> None:
+    """Stage 10: a model plain int8 wrecks, recovered by the converter's ladder at no cost."""
+    _banner("10 a model plain int8 breaks: the recovery ladder (cross-layer equalisation, no training data)")
+    info = json.loads((out / "digits" / "info.json").read_text())
+    model = out / "digits_outlier.keras"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    print("$ python -m converter.examples outlier (one Dense unit x300, the next layer's weights /300: "
+          "the same float function)", flush=True)
+    proc = subprocess.run([sys.executable, "-m", "converter.examples", "outlier", "--model", info["models"]["keras"],
+                           "--out", str(model)], capture_output=True, text=True, env=env, check=False)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-3000:])
+        raise SystemExit(f"demo: building the outlier model failed (exit code {proc.returncode})")
+    cmd = [_tool("edge-convert"), str(model), "--calibration", info["train"], "--validation", info["test"],
+           "--output", str(out / "digits_outlier.bundle"), "--min-agreement", "0.99",
+           "--report", str(out / "digits_outlier.report.json")]
+    print("$ edge-convert " + " ".join(cmd[1:]), flush=True)
+    run = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    lines = run.stdout.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("recovery ladder")), len(lines))
+    print("\n".join(lines[start:]), flush=True)
+    if run.returncode != 0:
+        sys.stderr.write(run.stderr[-3000:])
+        raise SystemExit(f"demo: edge-convert on the outlier model exited {run.returncode}")
 
 
 def main() -> int:

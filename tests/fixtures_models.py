@@ -95,6 +95,14 @@ def digits_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="session")
+def outlier_model(digits_models: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The digits CNN with one Dense(64) unit scaled 300x (same float function; converter.examples.build_outlier)."""
+    target = tmp_path_factory.mktemp("outlier") / "digits_outlier.keras"
+    run_python(["-m", "converter.examples", "outlier", "--model", str(digits_models["keras"]), "--out", str(target)])
+    return target
+
+
+@pytest.fixture(scope="session")
 def digits_keras_file(digits_models: dict[str, Any]) -> Path:
     path: Path = digits_models["keras"]
     return path

@@ -2,7 +2,10 @@
 
 The model (``tests/integration/ladder_model.py``) has one activation channel 400x the range of the
 others, so per-tensor int8 activations crush the rest: plain PTQ falls to chance. The ladder's
-calibration rung cannot fix that (the range is real, not an outlier); selective quantisation must.
+calibration rung cannot fix that (the range is real, not an outlier, and batch normalisation
+stands between the convolutions, so equalisation cannot move it); selective quantisation must.
+The digits CNN with one Dense unit scaled 300x (``outlier_model``) is fixed by cross-layer
+equalisation in the calibration rung, at no cost.
 """
 
 from __future__ import annotations
@@ -90,3 +93,42 @@ def test_ladder_exhausted_exits_3_with_attempts(ladder_model: dict[str, Any], tm
     statuses = {(a["rung"], a["status"]) for a in ladder["attempts"]}
     assert (1, "missed") in statuses and (2, "skipped") in statuses and (3, "skipped") in statuses
     assert not (tmp_path / "m.bundle").exists()
+
+
+def test_equalisation_recovers_an_outlier_unit_at_no_cost(outlier_model: Path, digits_models: dict[str, Any],
+                                                          tmp_path: Path) -> None:
+    proc = run_convert(outlier_model, "--calibration", digits_models["train"], "--validation", digits_models["test"],
+                       "--output", tmp_path / "m.bundle", "--report", tmp_path / "report.json",
+                       "--min-agreement", "0.99", check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    ladder = report["ladder"]
+    assert ladder["plain_int8"]["top1_agreement"] < 0.95
+    chosen = ladder["chosen"]
+    assert chosen["rung"] == 1 and chosen["what"] == "calibration: cross-layer equalisation"
+    assert chosen["kept_float_ops"] == [] and any(p["first"].startswith("dense") for p in chosen["equalized"])
+    assert report["top1_agreement"] >= 0.99 and report["int8_op_coverage"] == 1.0
+    # the same ops and tensors as plain int8: only the weights and ranges moved
+    assert abs(chosen["size_vs_int8_bytes"]) <= 1024
+    assert "equalised: " in proc.stdout
+
+
+def test_qat_rung_runs_when_training_data_is_given(ladder_model: dict[str, Any], tmp_path: Path) -> None:
+    """--io uint8 rules out the selective rung, so with --train-data the ladder reaches QAT: it trains,
+    converts and measures that model like the others, and reports it (met or not)."""
+    proc = run_convert(ladder_model["model"], "--calibration", ladder_model["train"],
+                       "--validation", ladder_model["test"], "--output", tmp_path / "m.bundle",
+                       "--report", tmp_path / "report.json", "--io", "uint8",
+                       "--train-data", ladder_model["train"], "--epochs", "1", check=False)
+    report = json.loads((tmp_path / "report.json").read_text())
+    attempts = report["ladder"]["attempts"]
+    assert [(a["rung"], a["status"]) for a in attempts if a["rung"] == 2] == [(2, "skipped")]
+    qat = [a for a in attempts if a["rung"] == 3]
+    assert len(qat) == 1 and qat[0]["status"] in ("met", "missed"), qat
+    images = sum(1 for _ in Path(ladder_model["train"]).rglob("*.png"))
+    assert qat[0]["epochs"] == 1 and qat[0]["train_samples"] == images
+    assert qat[0]["what"] == f"quantisation-aware training (1 epoch, {images} samples)"
+    assert 0.0 <= qat[0]["top1_agreement"] <= 1.0 and qat[0]["size_bytes"] > 0
+    # exit 0 with the QAT model in the bundle when it met the targets, else 3 and nothing written
+    assert proc.returncode == (0 if qat[0]["status"] == "met" else 3), proc.stderr[-3000:]
+    assert (tmp_path / "m.bundle").exists() == (qat[0]["status"] == "met")

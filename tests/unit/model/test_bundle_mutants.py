@@ -669,13 +669,18 @@ def test_a_member_that_cannot_be_opened_names_the_os_reason(tmp_path: Path) -> N
         f"{tmp_path}: cannot read {LABELS}: Permission denied")
 
 
-def test_a_member_with_a_damaged_local_header_is_corrupt(tmp_path: Path, bundle_path: Path) -> None:
+def _damage_local_header(bundle_path: Path, member: str, path: Path) -> Path:
+    """A copy of the bundle with ``member``'s local file header signature overwritten."""
     with zipfile.ZipFile(bundle_path) as archive:
-        offset = archive.getinfo(LABELS).header_offset
+        offset = archive.getinfo(member).header_offset
     data = bytearray(bundle_path.read_bytes())
     data[offset:offset + 4] = b"XXXX"
-    path = tmp_path / "damaged.bundle"
     path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_member_with_a_damaged_local_header_is_corrupt(tmp_path: Path, bundle_path: Path) -> None:
+    path = _damage_local_header(bundle_path, LABELS, tmp_path / "damaged.bundle")
     assert _error(BundleError, lambda: read_bundle(path)) == (
         f"{path}: member {LABELS} is corrupt (Bad magic number for file header)")
 
@@ -718,23 +723,13 @@ def test_an_empty_installed_manifest_is_invalid_not_too_large(tmp_path: Path, bu
 def test_a_damaged_signature_member_names_the_bundle(tmp_path: Path, bundle_path: Path,
                                                      keys: tuple[Path, Path]) -> None:
     sign_bundle(bundle_path, load_private_key(keys[0]))
-    with zipfile.ZipFile(bundle_path) as archive:
-        offset = archive.getinfo(SIGNATURE).header_offset
-    data = bytearray(bundle_path.read_bytes())
-    data[offset:offset + 4] = b"XXXX"
-    path = tmp_path / "damaged-signature.bundle"
-    path.write_bytes(bytes(data))
+    path = _damage_local_header(bundle_path, SIGNATURE, tmp_path / "damaged-signature.bundle")
     assert _error(BundleError, lambda: read_bundle(path)) == (
         f"{path}: member {SIGNATURE} is corrupt (Bad magic number for file header)")
 
 
 def test_a_damaged_model_member_names_the_bundle(tmp_path: Path, bundle_path: Path) -> None:
-    with zipfile.ZipFile(bundle_path) as archive:
-        offset = archive.getinfo(MODEL).header_offset
-    data = bytearray(bundle_path.read_bytes())
-    data[offset:offset + 4] = b"XXXX"
-    path = tmp_path / "damaged-model.bundle"
-    path.write_bytes(bytes(data))
+    path = _damage_local_header(bundle_path, MODEL, tmp_path / "damaged-model.bundle")
     assert _error(BundleError, lambda: read_bundle(path)) == (
         f"{path}: member {MODEL} is corrupt (Bad magic number for file header)")
 
