@@ -1,18 +1,18 @@
 """Cross-layer equalisation (Nagel et al., "Data-Free Quantization", 2019), inside the TensorFlow child.
 
-Two weight layers in a chain, A (Conv2D or Dense, activation ReLU or linear) and B (Conv2D,
-DepthwiseConv2D or Dense) reading A's output — directly or through layers that commute with a positive scale per
-channel (pooling, dropout, flatten, a plain ReLU) — compute the same function when output channel
-``i`` of A is divided by ``s_i`` (kernel and bias) and B's input weights of that channel are
-multiplied by ``s_i``: ReLU is positively homogeneous. With ``s_i = sqrt(r1_i / r2_i)``, where
-``r1_i`` is the largest absolute weight of A's channel and ``r2_i`` of B's input channel, both
+Two weight layers in a chain, A (Conv2D, DepthwiseConv2D or Dense, activation ReLU or linear) and B
+(Conv2D, DepthwiseConv2D or Dense) reading A's output — directly or through layers that commute with
+a positive scale per channel (pooling, dropout, flatten, a plain ReLU) — compute the same function
+when output channel ``i`` of A is divided by ``s_i`` (kernel and bias) and B's input weights of that
+channel are multiplied by ``s_i``: ReLU is positively homogeneous. With ``s_i = sqrt(r1_i / r2_i)``,
+where ``r1_i`` is the largest absolute weight of A's channel and ``r2_i`` of B's input channel, both
 become ``sqrt(r1_i * r2_i)``: a channel whose weights (and so activations) span hundreds of times
 the others' is brought back in line, which is what per-tensor int8 activations need.
 
 Data-free and exact in float (up to rounding); applied to chains only: a layer whose output is
-read by more than one layer (a skip connection) is left alone, as are grouped and depthwise
-convolutions, a depthwise convolution as the first layer, batch normalisation and any other
-activation between the two.
+read by more than one layer (a skip connection) is left alone, as are grouped convolutions, a
+depthwise convolution with a depth multiplier above 1 as the first layer, and pairs with batch
+normalisation or any other activation (ReLU6 included: it is not homogeneous) between the two.
 """
 
 from __future__ import annotations
@@ -36,11 +36,14 @@ def _activation(layer: Any) -> str:
 
 
 def _weight_layer(layer: Any, second: bool = False) -> bool:
-    """A Conv2D (not grouped) or Dense; as the second layer of a pair also a DepthwiseConv2D (its
-    input channel ``i`` is read only by its own filters, on the same axis as a Conv2D's)."""
+    """A Conv2D (not grouped), a Dense, or a DepthwiseConv2D: as the second layer of a pair its input
+    channel ``i`` is read only by its own filters, on the same axis as a Conv2D's; as the first, its
+    output channel ``i`` is input channel ``i`` filtered (depth multiplier 1 only)."""
     kind = type(layer).__name__
-    if second and kind == "DepthwiseConv2D":
-        return getattr(layer, "data_format", "channels_last") == "channels_last"
+    if kind == "DepthwiseConv2D":
+        if getattr(layer, "data_format", "channels_last") != "channels_last":
+            return False
+        return second or int(getattr(layer, "depth_multiplier", 1)) == 1
     if kind == "Conv2D":
         return int(getattr(layer, "groups", 1)) == 1 and getattr(layer, "data_format", "channels_last") == \
             "channels_last"
@@ -111,6 +114,9 @@ def equalize_pair(first: Any, second: Any, flattened: bool) -> float:
     """Rescale one pair in place; returns the largest factor applied."""
     kernel_a, *rest_a = first.get_weights()
     kernel_b, *rest_b = second.get_weights()
+    depthwise = type(first).__name__ == "DepthwiseConv2D"  # (h, w, channels, 1): output channel on axis -2
+    if depthwise:
+        kernel_a = kernel_a[..., 0]
     channels = kernel_a.shape[-1]
     rows = _rows(kernel_b, channels, flattened)
     if sum(len(r) for r in rows) != kernel_b.shape[-2]:
@@ -124,6 +130,8 @@ def equalize_pair(first: Any, second: Any, flattened: bool) -> float:
         rest_a[0] = rest_a[0] / scale
     for channel, index in enumerate(rows):
         b_in[index] *= scale[channel]
+    if depthwise:
+        kernel_a = kernel_a[..., None]
     first.set_weights([kernel_a.astype(np.float32), *rest_a])
     second.set_weights([np.moveaxis(b_in, 0, -2).astype(np.float32), *rest_b])
     return float(max(scale.max(), 1.0 / scale.min()))
