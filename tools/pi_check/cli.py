@@ -55,8 +55,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             guest, host_stdout = _set_up(report, cache, Path(tmp), args.route)
             logs = cache / "logs"
             logs.mkdir(exist_ok=True)
-            unit_runs = {cpu.key: (checks.start_unit_tests(guest, cpu, logs / f"unit-{cpu.key}.log"),
-                                   logs / f"unit-{cpu.key}.log") for cpu in cpus if guest.can_spawn}
+            shares = checks.unit_test_shares(PROJECT, len(cpus))
+            unit_runs = {cpu.key: (checks.start_unit_tests(guest, cpu, logs / f"unit-{cpu.key}.log", share),
+                                   logs / f"unit-{cpu.key}.log")
+                         for cpu, share in zip(cpus, shares, strict=True) if guest.can_spawn}
             try:
                 for cpu in cpus:
                     _check_cpu(report, guest, cpu, host_stdout, unit_runs.get(cpu.key))
@@ -127,7 +129,7 @@ def _check_cpu(report: StepReport, guest: Guest, cpu: PiCpu, host_stdout: str,
         ("install-model smoke child", lambda: checks.check_install_model(guest, cpu), True),
     ]
     if unit_run is not None:
-        steps.append(("device unit tests (started with the first CPU)",
+        steps.append(("device unit tests, its share (all started with the first CPU)",
                       lambda: checks.finish_unit_tests(*unit_run), True))
     elif not guest.can_spawn:
         steps.append(("device unit tests", lambda: "", True))

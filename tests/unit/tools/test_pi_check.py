@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tools.pi_check.cache import cached_dir
+from tools.pi_check.checks import unit_test_shares
 from tools.pi_check.cpus import PI4, PI5
 from tools.pi_check.results import compare_frames, frame_results
 from tools.pi_check.steps import StepError, StepReport
@@ -94,3 +95,14 @@ def test_report_names_the_failed_step() -> None:
     assert report.failures == ["second: what went wrong"]
     assert "pi-check: FAILED second (" in out.getvalue() and "): what went wrong" in out.getvalue()
     assert report.summary(1.0).splitlines()[-1] == "FAILED  second: what went wrong"
+
+
+def test_the_device_unit_tests_are_dealt_to_the_cpus_once_each(tmp_path: Path) -> None:
+    for name in ("agent/test_a.py", "agent/test_b.py", "model/test_c.py", "test_d.py", "bench/test_e.py",
+                 "tools/test_f.py", "agent/helpers.py"):
+        (tmp_path / "tests" / "unit" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "tests" / "unit" / name).write_text("")
+    shares = unit_test_shares(tmp_path, 2)
+    assert shares == [["tests/unit/agent/test_a.py", "tests/unit/model/test_c.py"],
+                      ["tests/unit/agent/test_b.py", "tests/unit/test_d.py"]]
+    assert unit_test_shares(tmp_path, 1) == [sorted(shares[0] + shares[1])]
