@@ -120,8 +120,10 @@ class Fleet:
 
 def check_install(fleet: Fleet, wheelhouse: Path, config: Path) -> str:
     """install-agent from the wheelhouse with the shipped unit: enabled, waiting for its model, not failed."""
+    # install-agent derives each host's device id (the host part of the target by default, here
+    # 127.0.0.1): the template names the box as the watcher and the operator know it.
     out = fleet.deploy("install-agent", "--wheelhouse", wheelhouse, "--config", config, "--public-key",
-                       fleet.operator.public_key, "--force-config")
+                       fleet.operator.public_key, "--force-config", "--device-id-template", fleet.device_id)
     if "starts with its first model" not in out:
         raise StepError(f"install-agent did not report a service waiting for its model: {out.strip()[-300:]}")
     state, condition = fleet.service("ActiveState"), fleet.service("ConditionResult")
@@ -288,7 +290,8 @@ def check_instances(fleet: Fleet, wheelhouse: Path, bundle: Path, configs: dict[
     """Two cameras side by side: edge-agent@NAME from the template, each with its config and store."""
     for name, config in configs.items():
         out = fleet.deploy("install-agent", "--wheelhouse", wheelhouse, "--instance", name, "--config", config,
-                           "--force-config", "--public-key", fleet.operator.public_key)
+                           "--force-config", "--public-key", fleet.operator.public_key,
+                           "--device-id-template", f"{fleet.device_id}-{{instance}}")
         if "starts with its first model" not in out:
             raise StepError(f"install-agent --instance {name}: {out.strip()[-200:]}")
         fleet.deploy("push", bundle, "--state-dir", f"/var/lib/edge-agent-{name}")
