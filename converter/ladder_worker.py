@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     session = _Session(json.loads((workdir / worker.STEP1).read_text())["savedmodel"])
     for line in sys.stdin:
         name = line.strip()
-        if name == "quit" or not _NAME.match(name):
+        if name == "quit" or not _NAME.fullmatch(name):
             return 0
         job = json.loads((workdir / f"{name}.json").read_text())
         worker._run_step(workdir, f"{name}.result.json", f"{MARK_PREFIX}{name}",

@@ -74,10 +74,10 @@ class Exporter:
     def __init__(self, settings: MqttSettings, *, share_group: str | None = None, settle_s: float = 10.0,
                  digest_s: float = 1.0, member: str | None = None, clock: Callable[[], float] = time.time,
                  client_id: str | None = None) -> None:
-        if share_group is not None and not NAME_RE.match(share_group):
+        if share_group is not None and not NAME_RE.fullmatch(share_group):
             raise EdgeError("--share-group must be 1-64 letters, digits, '.', '_' or '-'")
         self.member = member or uuid.uuid4().hex[:12]
-        if not NAME_RE.match(self.member):
+        if not NAME_RE.fullmatch(self.member):
             raise EdgeError("--member must be 1-64 letters, digits, '.', '_' or '-'")
         if share_group is not None and settle_s < 3 * digest_s:
             raise EdgeError(f"--settle-s ({settle_s:g}) must be at least 3 x --digest-s ({digest_s:g}) "
@@ -140,7 +140,7 @@ class Exporter:
         member = message.topic.rsplit("/", 1)[-1]
         if member == self.member:
             return
-        if len(message.payload) > MAX_DIGEST_BYTES or not NAME_RE.match(member):
+        if len(message.payload) > MAX_DIGEST_BYTES or not NAME_RE.fullmatch(member):
             self.digests_refused += 1
             return
         try:

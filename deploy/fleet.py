@@ -184,7 +184,7 @@ def online_devices(settings: MqttSettings, wait: float, quiet: float = 0.5) -> l
 
     def on_message(message: InboundMessage) -> None:
         parts = message.topic.split("/")
-        if len(parts) != 4 or not DEVICE_ID_RE.match(parts[2]) or len(message.payload) > MAX_STATUS_BYTES:
+        if len(parts) != 4 or not DEVICE_ID_RE.fullmatch(parts[2]) or len(message.payload) > MAX_STATUS_BYTES:
             return
         try:
             body = json.loads(message.payload)
@@ -448,11 +448,11 @@ def _send_targets(args: argparse.Namespace) -> tuple[list[str], str]:
     if not args.all and not devices:
         raise EdgeError("name the device(s) before the command, or use --all")
     for device in devices:
-        if not DEVICE_ID_RE.match(device):
+        if not DEVICE_ID_RE.fullmatch(device):
             raise EdgeError(f"{device!r} is not a device id (one topic level: letters, digits, '_', '.', '-')")
     if len(set(devices)) != len(devices):
         raise EdgeError("a device is named twice")
-    if not re.match(r"^[A-Za-z0-9_.-]{1,64}$", command):  # one topic level
+    if not re.fullmatch(r"^[A-Za-z0-9_.-]{1,64}$", command):  # one topic level
         raise EdgeError(f"{command!r} is not a command name")
     if args.output is not None and (args.all or len(devices) != 1):
         raise EdgeError("--output saves one device's picture: name exactly one device")

@@ -244,7 +244,7 @@ class MqttSection(_Section):
         return data
 
     def _check(self) -> None:
-        if self.broker is not None and not re.match(r"^(mqtts?|tcp|ssl)://[^/\s]+$", self.broker):
+        if self.broker is not None and not re.fullmatch(r"^(mqtts?|tcp|ssl)://[^/\s]+$", self.broker):
             raise FieldError("broker", "must look like mqtt://host:port or mqtts://host:port")
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file must be given together (mutual TLS)")

@@ -102,7 +102,7 @@ def parse_update_args(args: dict[str, Any]) -> UpdateRequest:
     problem = url_problem(url)
     if problem is not None:
         raise CommandError(problem)
-    if not isinstance(sha, str) or not _SHA_RE.match(sha):
+    if not isinstance(sha, str) or not _SHA_RE.fullmatch(sha):
         raise CommandError("sha256 must be 64 hex digits")
     if not isinstance(size, int) or isinstance(size, bool) or not 0 < size <= MAX_BUNDLE_BYTES:
         raise CommandError(f"size must be an integer in 1..{MAX_BUNDLE_BYTES}")

@@ -99,7 +99,7 @@ def load_model_dir(directory: Path, deep: bool = True) -> InstalledModel:
         BundleError: the directory is incomplete or altered.
     """
     sha = directory.name
-    if not SHA256_HEX_RE.match(sha):
+    if not SHA256_HEX_RE.fullmatch(sha):
         raise BundleError(f"{directory} is not a model directory")
     try:
         manifest = Manifest.model_validate_json((directory / MANIFEST).read_bytes())
@@ -167,7 +167,7 @@ def store_status(state_dir: Path | None = None) -> dict[str, Any]:
         "state_dir": str(state_dir),
         "active": current.describe() if current else None,
         "previous": previous.describe() if previous else None,
-        "installed": [s for s in installed if SHA256_HEX_RE.match(s)],
+        "installed": [s for s in installed if SHA256_HEX_RE.fullmatch(s)],
         "probation": asdict(probation) if probation else None,
         "agent_pid": pidfile.read_agent_pid(state_dir),
     }
@@ -272,7 +272,7 @@ def collect_garbage(state_dir: Path) -> None:
         with contextlib.suppress(OSError):
             keep.add(Path(os.readlink(state_dir / MODELS / name)).name)
     for entry in (state_dir / MODELS).iterdir():
-        if entry.name not in keep and SHA256_HEX_RE.match(entry.name):
+        if entry.name not in keep and SHA256_HEX_RE.fullmatch(entry.name):
             shutil.rmtree(entry, ignore_errors=True)
     fsync_dir(state_dir / MODELS)
 

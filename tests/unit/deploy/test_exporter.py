@@ -101,6 +101,10 @@ def test_subscriptions_and_arguments() -> None:
             parse_listen(bad)
     with pytest.raises(EdgeError, match="share-group"):
         Exporter(settings, share_group="a/b")
+    with pytest.raises(EdgeError, match="share-group"):
+        Exporter(settings, share_group="g\n")
+    with pytest.raises(EdgeError, match="member"):
+        Exporter(settings, share_group="g", member="me\n")
     with pytest.raises(EdgeError, match="settle"):
         Exporter(settings, share_group="g", settle_s=1.0, digest_s=1.0)
     with pytest.raises(EdgeError, match="MQTT 5"):

@@ -23,6 +23,8 @@ def test_devices_then_the_command() -> None:
     (("--all", "cam-1", "ping"), "either --all or device ids"),
     (("cam/1", "ping"), "is not a device id"),
     (("+", "ping"), "is not a device id"),
+    (("cam-1\n", "ping"), "is not a device id"),
+    (("cam-1", "ping\n"), "not a command name"),
     (("cam-1", "cam-1", "ping"), "named twice"),
     (("cam-1", "cmd/#"), "not a command name"),
     (("cam-1", "cam-2", "snapshot", "--output", "x.jpg"), "exactly one device"),

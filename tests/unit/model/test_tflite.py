@@ -553,6 +553,16 @@ def test_toml_strings_round_trip(text: str) -> None:
     assert tomllib.loads(f"x = {sidecar_toml._toml_value(text)}")["x"] == text
 
 
+@given(st.text(max_size=20))
+def test_toml_keys_round_trip(key: str) -> None:
+    assert tomllib.loads(f"{sidecar_toml._toml_key(key)} = 1") == {key: 1}
+
+
+def test_a_key_ending_in_a_newline_is_quoted() -> None:
+    assert sidecar_toml._toml_key("scores") == "scores"
+    assert sidecar_toml._toml_key("scores\n") == '"scores\\n"'
+
+
 def test_toml_values_round_trip() -> None:
     table = {"a": [1.5, -2.0, 1e-7], "b": True, "c": ["q\"uote", "new\nline", "\x7f", "é"], "d": 3,
              "e": [f"label {i}" for i in range(40)]}

@@ -72,6 +72,7 @@ def test_valid_update_args() -> None:
         ({"url": "http:///m", "sha256": SHA, "size": 1}, "url has no host"),
         ({"url": "file:///m", "sha256": "g" * 64, "size": 1}, "sha256 must be 64 hex digits"),
         ({"url": "file:///m", "sha256": SHA + "0", "size": 1}, "sha256 must be 64 hex digits"),
+        ({"url": "file:///m", "sha256": SHA + "\n", "size": 1}, "sha256 must be 64 hex digits"),
         ({"url": "file:///m", "sha256": 7, "size": 1}, "sha256 must be 64 hex digits"),
         ({"url": "file:///m", "sha256": SHA, "size": 0},
          f"size must be an integer in 1..{store_install.MAX_BUNDLE_BYTES}"),

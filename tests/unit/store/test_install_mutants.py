@@ -295,6 +295,10 @@ def test_model_directory_checks(installed: Path, tmp_path: Path) -> None:
     shutil.copytree(good, wrong_name)
     with pytest.raises(BundleError, match="is not a model directory"):
         store_layout.load_model_dir(wrong_name)
+    newline_name = tmp_path / f"{model.sha256}\n"
+    shutil.copytree(good, newline_name)
+    with pytest.raises(BundleError, match="is not a model directory"):
+        store_layout.load_model_dir(newline_name)
     assert broken(lambda d: (d / MANIFEST).unlink()).endswith("manifest missing or invalid (FileNotFoundError)")
     assert broken(lambda d: (d / MODEL).unlink()).endswith(": model.tflite missing")
     assert broken(lambda d: (d / MODEL).write_bytes(b"short")).endswith(
