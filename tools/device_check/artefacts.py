@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -13,13 +14,31 @@ from tools.pi_check.steps import StepError
 V2_BUNDLE = "digits-1.1.0.bundle"
 
 
-def build_bundles(project: Path, out: Path) -> None:
-    """digits 1.0.0 and the test video (as pi-check makes them), and digits 1.1.0 from the same model."""
-    build_bundle_and_video(project, out)
+def reuse_pi_artefacts(pi_artefacts: Path | None, out: Path) -> bool:
+    """Copy pi-check's bundle, video and trained model into ``out`` if all three are there."""
+    if pi_artefacts is None or not all((pi_artefacts / name).exists() for name in (BUNDLE, VIDEO, "digits")):
+        return False
+    shutil.copytree(pi_artefacts, out, dirs_exist_ok=True)
+    return True
+
+
+def build_bundles(project: Path, out: Path, pi_artefacts: Path | None = None) -> str:
+    """digits 1.0.0 and the test video (as pi-check makes them), and digits 1.1.0 from the same model.
+
+    ``pi_artefacts`` is pi-check's cached folder of the same key (same converter, same TensorFlow),
+    when ``make pi-check`` ran first on this machine: it is copied instead of training again.
+    Returns what was done, for the step's note.
+    """
+    if reuse_pi_artefacts(pi_artefacts, out):
+        how = "1.0.0 from pi-check's cache, 1.1.0 converted"
+    else:
+        build_bundle_and_video(project, out)
+        how = "trained and converted"
     model = out / "digits"
     _python(project, ["-m", "converter", str(model / "digits.keras"), "--calibration", str(model / "train"),
                       "--validation", str(model / "test"), "--output", str(out / V2_BUNDLE), "--name", "digits",
                       "--version", "1.1.0"], "edge-convert (1.1.0)")
+    return how
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from tools.device_check.box import Box, build_rootfs, host_tools_problem, rootfs
 from tools.device_check.camera import Camera, jpeg_frames
 from tools.device_check.watch import Watcher
 from tools.pi_check.cache import cached_dir, digest, locked
+from tools.pi_check.cache import default_cache_dir as pi_cache_dir
 from tools.pi_check.host import bundle_key
 from tools.pi_check.steps import StepError, StepReport
 
@@ -77,8 +78,12 @@ def _run(report: StepReport, cache: Path, tmp: Path) -> None:
         image, hit = cached_dir(cache, "rootfs", digest(rootfs_key_parts()), build_rootfs)
         note("cached" if hit else "built")
     with report.step("host: digits bundles 1.0.0 and 1.1.0") as note:
-        artefacts, hit = cached_dir(cache, "bundles", bundle_key(PROJECT), lambda d: build_bundles(PROJECT, d))
-        note("cached" if hit else "trained and converted")
+        key = bundle_key(PROJECT)
+        pi_artefacts = pi_cache_dir() / f"bundle-{key}"
+        built: list[str] = []
+        artefacts, hit = cached_dir(cache, "bundles", key, lambda d: built.append(
+            build_bundles(PROJECT, d, pi_artefacts if pi_artefacts.is_dir() else None)))
+        note("cached" if hit else built[0])
     operator = Operator(tmp / "operator", PROJECT)
     with report.step("operator: keys and signed bundles"):
         bundles = operator.set_up(artefacts)

@@ -9,10 +9,11 @@ import cv2
 import numpy as np
 
 from edge_agent.config import load_config
-from tools.device_check.artefacts import agent_config
+from tools.device_check.artefacts import agent_config, reuse_pi_artefacts
 from tools.device_check.camera import BOUNDARY, Camera
 from tools.device_check.checks import _missing
 from tools.device_check.watch import Seen
+from tools.pi_check.host import BUNDLE, VIDEO
 
 
 def test_the_device_config_is_one_the_agent_accepts(tmp_path: Path) -> None:
@@ -50,3 +51,19 @@ def test_missing_names_every_lost_number_in_the_window() -> None:
     assert _missing(_seen(3, 4, 5, 6), 2, 6) == []
     assert _missing(_seen(), 2, 4) == [3, 4]
     assert _missing(_seen(1, 2), 2, 2) == []  # an empty window loses nothing
+
+
+def test_pi_checks_artefacts_are_reused_only_when_complete(tmp_path: Path) -> None:
+    pi = tmp_path / "bundle-key"
+    (pi / "digits").mkdir(parents=True)
+    (pi / "digits" / "digits.keras").write_bytes(b"model")
+    (pi / BUNDLE).write_bytes(b"bundle")
+    out = tmp_path / "out"
+    out.mkdir()
+    assert not reuse_pi_artefacts(None, out)
+    assert not reuse_pi_artefacts(pi, out), "no video yet: pi-check's folder is incomplete"
+    assert list(out.iterdir()) == []
+    (pi / VIDEO).write_bytes(b"video")
+    assert reuse_pi_artefacts(pi, out)
+    assert (out / BUNDLE).read_bytes() == b"bundle" and (out / VIDEO).read_bytes() == b"video"
+    assert (out / "digits" / "digits.keras").read_bytes() == b"model"
