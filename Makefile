@@ -34,8 +34,12 @@ lint: install
 	$(PY) -m ruff check edge_agent converter deploy tests bench tools
 	$(PY) -m mypy edge_agent converter deploy bench tools
 
+# pytest-xdist workers for `test` (two on the 2-core CI machine; `make test WORKERS=1` runs in one
+# process). --dist loadscope keeps a module's tests, and its module fixtures, on one worker.
+WORKERS ?= 2
+
 test: install sysdeps lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(WORKERS) --dist loadscope
 
 unit: install
 	$(PY) -m pytest -q tests/unit

@@ -2,7 +2,8 @@
 
 Everything that needs TensorFlow (training, conversion) runs in a child process,
 so the test process itself never imports TensorFlow. Each artefact is built at
-most once per session, lazily, under ``tmp_path_factory``.
+most once per test run, lazily, under ``tmp_path_factory``: with ``pytest -n`` (xdist) the
+workers share one copy (``built_once``), so a model is trained once, not once per worker.
 
 Names other components rely on:
 
@@ -37,10 +38,13 @@ Names other components rely on:
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +79,30 @@ def run_convert(*args: str | Path, timeout: float = 600, check: bool = True) -> 
     return run_python(["-m", "converter", *map(str, args)], timeout=timeout, check=check)
 
 
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]) -> Path:
+    """A folder filled by ``build(folder)`` once per test run, whatever the number of xdist workers.
+
+    Without xdist it is a fresh ``tmp_path_factory`` folder. Under xdist the workers share
+    ``<run's base temp>/shared/NAME``: the first to need it builds it under an exclusive lock
+    while the others wait, and a build that failed half-way is wiped and tried again by the next.
+    """
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        out = tmp_path_factory.mktemp(name)
+        build(out)
+        return out
+    root = tmp_path_factory.getbasetemp().parent / "shared"
+    root.mkdir(exist_ok=True)
+    out, done = root / name, root / f"{name}.done"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir()
+            build(out)
+            done.touch()
+    return out
+
+
 @pytest.fixture(scope="session")
 def digits_data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     from converter.examples import digits_split
@@ -84,9 +112,8 @@ def digits_data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="session")
 def digits_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    out = tmp_path_factory.mktemp("digits")
-    run_python(["-m", "converter.examples", "digits", "--out", str(out),
-                "--formats", "keras,savedmodel,h5"])
+    out = built_once(tmp_path_factory, "digits", lambda out: run_python(
+        ["-m", "converter.examples", "digits", "--out", str(out), "--formats", "keras,savedmodel,h5"]))
     info: dict[str, Any] = json.loads((out / "info.json").read_text())
     flat = {**{k: Path(v) for k, v in info["models"].items()},
             "train": Path(info["train"]), "test": Path(info["test"]),
@@ -97,9 +124,10 @@ def digits_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def outlier_model(digits_models: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The digits CNN with one Dense(64) unit scaled 300x (same float function; converter.examples.build_outlier)."""
-    target = tmp_path_factory.mktemp("outlier") / "digits_outlier.keras"
-    run_python(["-m", "converter.examples", "outlier", "--model", str(digits_models["keras"]), "--out", str(target)])
-    return target
+    out = built_once(tmp_path_factory, "outlier", lambda out: run_python(
+        ["-m", "converter.examples", "outlier", "--model", str(digits_models["keras"]),
+         "--out", str(out / "digits_outlier.keras")]))
+    return out / "digits_outlier.keras"
 
 
 @pytest.fixture(scope="session")
@@ -111,11 +139,14 @@ def digits_keras_file(digits_models: dict[str, Any]) -> Path:
 @pytest.fixture(scope="session")
 def _digits_conversion(digits_models: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
                        ) -> dict[str, Path]:
-    out = tmp_path_factory.mktemp("digits_bundle")
+    def convert(out: Path) -> None:
+        run_convert(digits_models["keras"], "--calibration", digits_models["train"],
+                    "--validation", digits_models["test"], "--output", out / "digits.bundle",
+                    "--report", out / "report.json", "--name", "digits", "--version", "1.0.0",
+                    "--save-float", out / "digits_float.tflite")
+
+    out = built_once(tmp_path_factory, "digits_bundle", convert)
     bundle, report, float_model = out / "digits.bundle", out / "report.json", out / "digits_float.tflite"
-    run_convert(digits_models["keras"], "--calibration", digits_models["train"],
-                "--validation", digits_models["test"], "--output", bundle, "--report", report,
-                "--name", "digits", "--version", "1.0.0", "--save-float", float_model)
     return {"bundle": bundle, "report": report, "float": float_model}
 
 
@@ -137,8 +168,8 @@ def digits_float_tflite(_digits_conversion: dict[str, Path]) -> Path:
 
 @pytest.fixture(scope="session")
 def keyword_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    out = tmp_path_factory.mktemp("keywords")
-    run_python(["-m", "converter.examples", "keywords", "--out", str(out)])
+    out = built_once(tmp_path_factory, "keywords",
+                     lambda out: run_python(["-m", "converter.examples", "keywords", "--out", str(out)]))
     info: dict[str, Any] = json.loads((out / "info.json").read_text())
     return {"model": Path(info["model"]), "train": Path(info["train"]), "test": Path(info["test"]),
             "all": Path(info["all"]), "labels": info["labels"], "accuracy": info["accuracy"], "dir": out}
@@ -153,13 +184,16 @@ def keyword_dataset_dir(keyword_models: dict[str, Any]) -> Path:
 @pytest.fixture(scope="session")
 def _keyword_conversion(keyword_models: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
                         ) -> dict[str, Path]:
-    out = tmp_path_factory.mktemp("keyword_bundle")
+    def convert(out: Path) -> None:
+        run_convert(keyword_models["model"], "--calibration", keyword_models["train"],
+                    "--validation", keyword_models["test"], "--output", out / "keywords.bundle",
+                    "--report", out / "report.json", "--task", "audio_classify", "--name", "keywords",
+                    "--version", "1.0.0",
+                    # ~100 validation clips: one clip is ~1 pp, so allow a little noise here
+                    "--max-accuracy-drop", "3")
+
+    out = built_once(tmp_path_factory, "keyword_bundle", convert)
     bundle, report = out / "keywords.bundle", out / "report.json"
-    run_convert(keyword_models["model"], "--calibration", keyword_models["train"],
-                "--validation", keyword_models["test"], "--output", bundle, "--report", report,
-                "--task", "audio_classify", "--name", "keywords", "--version", "1.0.0",
-                # ~100 validation clips: one clip is ~1 pp, so allow a little noise here
-                "--max-accuracy-drop", "3")
     return {"bundle": bundle, "report": report}
 
 
@@ -186,15 +220,14 @@ def signing_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="session")
 def agent_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("agent_models")
-    run_python(["-m", "tests.integration.agent_models", str(out)], timeout=300)
-    return out
+    return built_once(tmp_path_factory, "agent_models",
+                      lambda out: run_python(["-m", "tests.integration.agent_models", str(out)], timeout=300))
 
 
 @pytest.fixture(scope="session")
 def multilabel_audio(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    out = tmp_path_factory.mktemp("multilabel_audio")
-    run_python(["-m", "tests.integration.multilabel_audio", str(out)])
+    out = built_once(tmp_path_factory, "multilabel_audio",
+                     lambda out: run_python(["-m", "tests.integration.multilabel_audio", str(out)]))
     info: dict[str, Any] = json.loads((out / "info.json").read_text())
     return {"model": Path(info["model"]), "sidecar": Path(info["sidecar"]), "scene": Path(info["scene"]),
             "scene_truth": Path(info["scene_truth"]), "labels": info["labels"], "info": info, "dir": out}
@@ -202,8 +235,8 @@ def multilabel_audio(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]
 
 @pytest.fixture(scope="session")
 def shapes_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    out = tmp_path_factory.mktemp("shapes")
-    run_python(["-m", "converter.shapes", str(out)])
+    out = built_once(tmp_path_factory, "shapes",
+                     lambda out: run_python(["-m", "converter.shapes", str(out)]))
     info: dict[str, Any] = json.loads((out / "info.json").read_text())
     models = {name: {**entry, "model": Path(entry["model"]), "sidecar": Path(entry["sidecar"])}
               for name, entry in info["models"].items()}
@@ -214,8 +247,8 @@ def shapes_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def safeguard_model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    out = tmp_path_factory.mktemp("safeguards")
-    run_python(["-m", "tests.integration.safeguard_models", str(out)])
+    out = built_once(tmp_path_factory, "safeguards",
+                     lambda out: run_python(["-m", "tests.integration.safeguard_models", str(out)]))
     info: dict[str, Any] = json.loads((out / "info.json").read_text())
     return {"keras": out / "dynamic.keras", "savedmodel": out / "dynamic_sm", "train": out / "train",
             "test": out / "test", "flat": out / "flat", "accuracy": info["accuracy"]}

@@ -19,15 +19,15 @@ import pytest
 from edge_agent.model.bundle import read_bundle
 from edge_agent.model.smoke import run_smoke_test
 from edge_agent.runtimes.litert import LiteRTRuntime
-from tests.fixtures_models import run_convert, run_python
+from tests.fixtures_models import built_once, run_convert, run_python
 
 pytestmark = [pytest.mark.integration, pytest.mark.tensorflow, pytest.mark.sklearn]
 
 
 @pytest.fixture(scope="session")
 def ladder_model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    out = tmp_path_factory.mktemp("ladder_model")
-    run_python(["-m", "tests.integration.ladder_model", str(out)])
+    out = built_once(tmp_path_factory, "ladder_model",
+                     lambda out: run_python(["-m", "tests.integration.ladder_model", str(out)]))
     info: dict[str, Any] = json.loads((out / "info.json").read_text())
     return info
 
