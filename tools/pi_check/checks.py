@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from tools.pi_check.cpus import PiCpu
+from tools.pi_check.durations import deal
 from tools.pi_check.guest import Guest
 from tools.pi_check.host import BUNDLE, VIDEO, agent_run_args
 from tools.pi_check.install import WORK
@@ -34,8 +36,11 @@ DEVICE_TESTS = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:random
 HOST_ONLY_TESTS = ("bench", "tools")  # tests/unit/<these>: the host's tooling, not the device's code
 
 
-def unit_test_shares(project: Path, shares: int) -> list[list[str]]:
-    """The device-side unit test files (relative to the project), dealt round-robin into ``shares``.
+def unit_test_shares(project: Path, shares: int, durations: Mapping[str, float] | None = None
+                     ) -> list[list[str]]:
+    """The device-side unit test files (relative to the project), dealt into ``shares`` of about
+    equal time by their measured ``durations`` (``tools/pi_check/durations.py``; round-robin
+    without figures).
 
     Each emulated CPU runs one share, all at once: every test runs on an emulated aarch64, and the
     run takes about 1/``shares`` of the time one CPU would need for all of them (qemu runs each
@@ -44,7 +49,7 @@ def unit_test_shares(project: Path, shares: int) -> list[list[str]]:
     unit = project / "tests" / "unit"
     files = sorted(str(path.relative_to(project)) for path in unit.rglob("test_*.py")
                    if path.relative_to(unit).parts[0] not in HOST_ONLY_TESTS)
-    return [files[i::shares] for i in range(shares)]
+    return deal(files, shares, durations or {})
 
 
 def _tail(text: str, lines: int = 3) -> str:
@@ -92,8 +97,15 @@ def check_run(guest: Guest, cpu: PiCpu, host_stdout: str) -> str:
 
 def start_unit_tests(guest: Guest, cpu: PiCpu, log: Path, files: list[str]) -> subprocess.Popen[bytes]:
     """Start device unit test ``files`` in the background (the slowest check: both CPUs run at once)."""
-    argv = [*guest.python(), *DEVICE_TESTS, f"--basetemp={WORK}/pytest-{cpu.key}", *files]
+    (guest.root / junit_path(cpu).lstrip("/")).unlink(missing_ok=True)  # never a former run's figures
+    argv = [*guest.python(), *DEVICE_TESTS, f"--basetemp={WORK}/pytest-{cpu.key}",
+            f"--junitxml={junit_path(cpu)}", *files]
     return guest.start(argv, cpu, log, cwd=f"{WORK}/src")
+
+
+def junit_path(cpu: PiCpu) -> str:
+    """Where a CPU's unit test run writes its JUnit XML, in the guest (per-file times)."""
+    return f"{WORK}/junit-{cpu.key}.xml"
 
 
 def finish_unit_tests(proc: subprocess.Popen[bytes], log: Path, timeout: float = UNIT_TIMEOUT) -> str:

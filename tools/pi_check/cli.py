@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from tools.pi_check import checks
 from tools.pi_check.cache import cached_dir, default_cache_dir, digest, locked
 from tools.pi_check.cpus import CPUS, PI4, PiCpu
+from tools.pi_check.durations import DURATIONS_FILE, junit_durations, load_durations, store_durations
 from tools.pi_check.guest import Guest, binfmt_problem, host_tools_problem
 from tools.pi_check.host import BUNDLE, VIDEO, build_bundle_and_video, bundle_key, run_agent_on_host
 from tools.pi_check.install import copy_wheels, copy_work_files, install_project
@@ -39,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--route", choices=["auto", "chroot", "qemu-L"], default="auto",
                         help="chroot needs binfmt_misc (default when it can be registered)")
     parser.add_argument("--fresh", action="store_true", help="rebuild everything in the cache")
+    parser.add_argument("--store-durations", action="store_true",
+                        help=f"after the unit tests pass, write each test file's seconds to {DURATIONS_FILE} "
+                             "(how the files are dealt to the CPUs)")
     return parser
 
 
@@ -48,6 +54,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     cpus = [CPUS[key] for key in (args.cpu or ["pi4", "pi5"])]
     report = StepReport()
     start = time.perf_counter()
+    try:
+        durations = load_durations()
+    except StepError as exc:
+        print(f"pi-check: {exc}", file=sys.stderr)
+        return 2
     if args.fresh:
         shutil.rmtree(cache, ignore_errors=True)
     try:
@@ -55,13 +66,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             guest, host_stdout = _set_up(report, cache, Path(tmp), args.route)
             logs = cache / "logs"
             logs.mkdir(exist_ok=True)
-            shares = checks.unit_test_shares(PROJECT, len(cpus))
+            shares = checks.unit_test_shares(PROJECT, len(cpus), durations)
             unit_runs = {cpu.key: (checks.start_unit_tests(guest, cpu, logs / f"unit-{cpu.key}.log", share),
                                    logs / f"unit-{cpu.key}.log")
                          for cpu, share in zip(cpus, shares, strict=True) if guest.can_spawn}
             try:
                 for cpu in cpus:
                     _check_cpu(report, guest, cpu, host_stdout, unit_runs.get(cpu.key))
+                if args.store_durations and unit_runs and not report.failures:
+                    with report.step("store unit test durations") as note:
+                        note(_store_durations(guest, cpus))
             finally:
                 for proc, _ in unit_runs.values():
                     if proc.poll() is None:
@@ -75,6 +89,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                        if len(report.failures) > 1 else ""))
         return 1
     return 0
+
+
+def _store_durations(guest: Guest, cpus: list[PiCpu]) -> str:
+    figures: dict[str, float] = {}
+    for cpu in cpus:
+        path = guest.root / checks.junit_path(cpu).lstrip("/")
+        try:
+            figures.update(junit_durations(path.read_bytes()))
+        except (OSError, ET.ParseError) as exc:
+            raise StepError(f"{path}: no JUnit XML to read ({exc})") from None
+    store_durations(figures)
+    return f"{len(figures)} files, {sum(figures.values()):.0f} s in all, written to {DURATIONS_FILE}"
 
 
 def _set_up(report: StepReport, cache: Path, tmp: Path, route: str) -> tuple[Guest, str]:

@@ -12,6 +12,7 @@ import pytest
 from tools.pi_check.cache import cached_dir
 from tools.pi_check.checks import unit_test_shares
 from tools.pi_check.cpus import PI4, PI5
+from tools.pi_check.durations import deal, junit_durations, load_durations, store_durations
 from tools.pi_check.results import compare_frames, frame_results
 from tools.pi_check.steps import StepError, StepReport
 from tools.pi_check.wheels import PLATFORMS, device_requirements, platform_args
@@ -106,3 +107,46 @@ def test_the_device_unit_tests_are_dealt_to_the_cpus_once_each(tmp_path: Path) -
     assert shares == [["tests/unit/agent/test_a.py", "tests/unit/model/test_c.py"],
                       ["tests/unit/agent/test_b.py", "tests/unit/test_d.py"]]
     assert unit_test_shares(tmp_path, 1) == [sorted(shares[0] + shares[1])]
+
+
+def test_the_files_are_dealt_by_their_measured_time() -> None:
+    files = ["a.py", "b.py", "c.py", "d.py", "e.py"]
+    shares = deal(files, 2, {"a.py": 100.0, "b.py": 60.0, "c.py": 50.0, "d.py": 1.0})
+    # longest first to the lighter share; e is unmeasured and weighs the median, 55:
+    # a 100 | b 60 | e 55 -> 115 | c 50 -> 150 | d 1 -> 116
+    assert shares == [["a.py", "c.py"], ["b.py", "d.py", "e.py"]]
+    assert sorted(shares[0] + shares[1]) == files
+    assert deal(files, 2, {}) == [["a.py", "c.py", "e.py"], ["b.py", "d.py"]]  # no figures: round-robin
+    assert deal(files, 1, {"a.py": 3.0}) == [files]
+
+
+def test_the_committed_durations_split_the_device_tests_evenly() -> None:
+    durations = load_durations()
+    shares = unit_test_shares(ROOT, 2, durations)
+    seconds = [sum(durations.get(f, 0.0) for f in share) for share in shares]
+    assert sorted(shares[0] + shares[1]) == unit_test_shares(ROOT, 1)[0]
+    assert max(seconds) <= 1.2 * min(seconds), seconds
+
+
+def test_junit_times_are_summed_per_file() -> None:
+    xml = """<testsuites><testsuite>
+      <testcase classname="tests.unit.remote.test_ota" name="test_a" time="1.5"/>
+      <testcase classname="tests.unit.remote.test_ota" name="test_b" time="2.0"/>
+      <testcase classname="tests.unit.test_config.TestBroker" name="test_c" time="0.25"/>
+      <testcase classname="tests.unit.conftest" name="weird" time="9"/>
+      <testcase classname="tests.unit.test_skip" name="test_d"/>
+    </testsuite></testsuites>"""
+    assert junit_durations(xml) == {"tests/unit/remote/test_ota.py": 3.5, "tests/unit/test_config.py": 0.25,
+                                    "tests/unit/test_skip.py": 0.0}
+
+
+def test_durations_are_stored_atomically_and_checked_when_read(tmp_path: Path) -> None:
+    path = tmp_path / "unit_durations.json"
+    assert load_durations(path) == {}
+    store_durations({"b.py": 2.04, "a.py": 1}, path)
+    assert load_durations(path) == {"a.py": 1.0, "b.py": 2.0}
+    assert [p.name for p in tmp_path.iterdir()] == ["unit_durations.json"]
+    for bad in ("{", "[1]", '{"a.py": -1}', '{"a.py": "1"}', '{"a.py": true}'):
+        path.write_text(bad)
+        with pytest.raises(StepError, match=r"unit_durations\.json"):
+            load_durations(path)
