@@ -79,10 +79,9 @@ def _run(report: StepReport, cache: Path, tmp: Path) -> None:
         note("cached" if hit else "built")
     with report.step("host: digits bundles 1.0.0 and 1.1.0") as note:
         key = bundle_key(PROJECT)
-        pi_artefacts = pi_cache_dir() / f"bundle-{key}"
         built: list[str] = []
         artefacts, hit = cached_dir(cache, "bundles", key, lambda d: built.append(
-            build_bundles(PROJECT, d, pi_artefacts if pi_artefacts.is_dir() else None)))
+            build_bundles(PROJECT, d, pi_cache_dir() / f"bundle-{key}")))
         note("cached" if hit else built[0])
     operator = Operator(tmp / "operator", PROJECT)
     with report.step("operator: keys and signed bundles"):

@@ -97,7 +97,7 @@ def check_run(guest: Guest, cpu: PiCpu, host_stdout: str) -> str:
 
 def start_unit_tests(guest: Guest, cpu: PiCpu, log: Path, files: list[str]) -> subprocess.Popen[bytes]:
     """Start device unit test ``files`` in the background (the slowest check: both CPUs run at once)."""
-    (guest.root / junit_path(cpu).lstrip("/")).unlink(missing_ok=True)  # never a former run's figures
+    guest.host_path(junit_path(cpu)).unlink(missing_ok=True)  # never a former run's figures
     argv = [*guest.python(), *DEVICE_TESTS, f"--basetemp={WORK}/pytest-{cpu.key}",
             f"--junitxml={junit_path(cpu)}", *files]
     return guest.start(argv, cpu, log, cwd=f"{WORK}/src")

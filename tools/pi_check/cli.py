@@ -94,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _store_durations(guest: Guest, cpus: list[PiCpu]) -> str:
     figures: dict[str, float] = {}
     for cpu in cpus:
-        path = guest.root / checks.junit_path(cpu).lstrip("/")
+        path = guest.host_path(checks.junit_path(cpu))
         try:
             figures.update(junit_durations(path.read_bytes()))
         except (OSError, ET.ParseError) as exc:

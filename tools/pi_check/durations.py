@@ -12,13 +12,12 @@ longest first to the share with the least so far (LPT), as pytest-split does wit
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from edge_agent.util.fs import atomic_write
 from tools.pi_check.steps import StepError
 
 DURATIONS_FILE = Path(__file__).with_name("unit_durations.json")
@@ -60,14 +59,7 @@ def junit_durations(xml: str | bytes) -> dict[str, float]:
 def store_durations(durations: Mapping[str, float], path: Path = DURATIONS_FILE) -> None:
     """Write the figures (sorted, to 0.1 s) atomically."""
     text = json.dumps({k: round(v, 1) for k, v in sorted(durations.items())}, indent=1) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, text.encode())
 
 
 def deal(files: Sequence[str], shares: int, durations: Mapping[str, float]) -> list[list[str]]:

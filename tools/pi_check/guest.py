@@ -73,6 +73,10 @@ class Guest:
     route: str
     scratch: Path  # host directory for the cpuinfo files
 
+    def host_path(self, path: str) -> Path:
+        """The host's path of the guest's absolute ``path``."""
+        return self.root / path.lstrip("/")
+
     @property
     def can_spawn(self) -> bool:
         """Whether guest processes can start guest processes (smoke child, tests' subprocesses)."""

@@ -24,7 +24,7 @@ _STAMP = ".pi-check-wheels"
 
 
 def copy_wheels(guest: Guest, wheels: Path, project_wheel: Path) -> None:
-    dest = guest.root / GUEST_WHEELS.lstrip("/")
+    dest = guest.host_path(GUEST_WHEELS)
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
     for wheel in [*wheels.glob("*.whl"), project_wheel]:
@@ -36,7 +36,7 @@ def install_project(guest: Guest, cpu: PiCpu, wheels_key: str, project_wheel: Pa
     """Install the project and ``extra`` requirements; returns a note for the report."""
     if guest.route != "chroot":
         return _install_with_host_pip(guest, project_wheel, extra)
-    venv = guest.root / VENV.lstrip("/")
+    venv = guest.host_path(VENV)
     stamp = venv / _STAMP
     reused = stamp.exists() and stamp.read_text() == wheels_key
     if not reused:
@@ -52,9 +52,9 @@ def install_project(guest: Guest, cpu: PiCpu, wheels_key: str, project_wheel: Pa
 
 
 def _install_with_host_pip(guest: Guest, project_wheel: Path, extra: list[str]) -> str:
-    site = guest.root / SITE.lstrip("/")
+    site = guest.host_path(SITE)
     shutil.rmtree(site, ignore_errors=True)
-    wheels = guest.root / GUEST_WHEELS.lstrip("/")
+    wheels = guest.host_path(GUEST_WHEELS)
     proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",
                            "--no-index", "--find-links", str(wheels), "--target", str(site), *platform_args(),
                            str(wheels / project_wheel.name), *extra], capture_output=True, text=True, check=False)
@@ -72,7 +72,7 @@ def _guest(guest: Guest, cpu: PiCpu, argv: list[str], what: str) -> None:
 
 def copy_work_files(guest: Guest, project: Path, artefacts: list[Path]) -> Path:
     """Fresh WORK dir in the guest with the bundle, the video, tests/ and pyproject.toml (for the markers)."""
-    work = guest.root / WORK.lstrip("/")
+    work = guest.host_path(WORK)
     shutil.rmtree(work, ignore_errors=True)
     (work / "src").mkdir(parents=True)
     for path in artefacts:
