@@ -38,7 +38,7 @@ from bench.agent_pipeline import render_video
 from bench.common import CACHE, BenchResult, RssWatcher, tool
 from bench.models import ensure_models
 from deploy.broker import Mosquitto, free_port, plain_config
-from deploy.fleet import send_command
+from deploy.commands import send_command
 from edge_agent.messaging.link import MqttLink, MqttSettings
 from edge_agent.messaging.paho_client import InboundMessage
 from edge_agent.model.bundle import read_bundle, write_bundle

@@ -14,7 +14,8 @@ last seen, and per device the messages received, gaps and duplicates computed
 from the envelope ``seq``. Duplicates are dropped by ``(device_id, boot_id, seq)``;
 gaps are counted per agent session (``seq`` may jump forward after a crash
 because the counter reserves blocks on disk, which is not a loss); that bookkeeping is
-:mod:`deploy.fleet_state`, this module the MQTT side, the table and the command line.
+:mod:`deploy.fleet_state`, sending commands is :mod:`deploy.commands`, and this module is the
+fleet monitor, the table and the command line.
 
 ``status`` shows ``stale`` for a device whose retained status says ``online`` but whose
 health stopped (none for 2.5 × its ``health_interval_s``), and exits 1 when an asked
@@ -38,24 +39,22 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deploy.commands import DEVICE_ID_RE, TERMINAL, CommandOutput, online_devices, send_command, send_many
 from deploy.fleet_state import STALE_FACTOR, DeviceView, FleetState
-from deploy.snapshots import SNAPSHOT_KIND, save_snapshot, snapshot_id
+from deploy.snapshots import SNAPSHOT_KIND, save_snapshot
 from edge_agent.cli.main import dispatch
 from edge_agent.errors import EdgeError
 from edge_agent.messaging.envelope import TOPIC_ROOT
 from edge_agent.messaging.link import InboundMessage, MqttLink, MqttSettings
-from edge_agent.remote.protocol import sign_command
 
 EXIT_OK = 0
 EXIT_REJECTED = 1
 EXIT_UNHEALTHY = 1  # status: a device offline, stale or unknown
 EXIT_ERROR = 2
 EXIT_TIMEOUT = 3
-TERMINAL = {"accepted", "rejected", "succeeded", "failed"}
 
 
 class FleetMonitor:
@@ -76,218 +75,6 @@ class FleetMonitor:
 
     def stop(self) -> None:
         self.link.stop()
-
-
-# ---- send -------------------------------------------------------------------------------
-def send_command(
-    settings: MqttSettings,
-    device: str,
-    command: str,
-    args: dict[str, Any],
-    *,
-    timeout: float = 10.0,
-    sign_key: Path | None = None,
-    expires_in: float | None = None,
-    on_ack: Any = None,
-    output: CommandOutput | None = None,
-) -> dict[str, Any] | None:
-    """Publish one command and wait for its terminal ack; returns it, or None on timeout.
-
-    With ``output``, a ``succeeded`` ack also waits (within ``timeout``) for the message the
-    command publishes on ``output.kind`` for this command id, kept in ``output.payload``.
-    """
-    cmd_id = uuid.uuid4().hex
-    now = time.time()
-    body: dict[str, Any] = {"id": cmd_id, "ts": round(now, 3),
-                            "expires": round(now + (expires_in or max(timeout, 1.0) + 30.0), 3), "args": args}
-    if sign_key is not None:
-        from edge_agent.model.keys import load_private_key
-
-        body["sig"] = sign_command(load_private_key(sign_key), device, command, body)
-    done = threading.Event()
-    result: dict[str, Any] = {}
-    ack_topic = f"{TOPIC_ROOT}/{device}/ack"
-    topics = (ack_topic,) if output is None else (ack_topic, f"{TOPIC_ROOT}/{device}/{output.kind}")
-    link = MqttLink(settings, f"fleet-send-{cmd_id[:8]}", subscriptions=topics)
-    subscribed = threading.Event()
-
-    def finished() -> bool:
-        return "status" in result and result["status"] in TERMINAL and (
-            output is None or result["status"] != "succeeded" or output.payload is not None)
-
-    def on_message(message: InboundMessage) -> None:
-        if message.topic != ack_topic:
-            if output is not None and output.payload is None:
-                if snapshot_id(message.payload) == cmd_id:
-                    output.payload = message.payload
-                else:
-                    output.ignored += 1
-            if finished():
-                done.set()
-            return
-        try:
-            ack = json.loads(message.payload)
-        except ValueError:
-            return
-        final = "status" in result and result["status"] in TERMINAL
-        if isinstance(ack, dict) and ack.get("id") == cmd_id and not final:  # a final ack stays final
-            if on_ack is not None:
-                on_ack(ack)
-            result.clear()
-            result.update(ack)
-            if finished():
-                done.set()
-
-    link.callbacks.on_message = on_message
-    link.callbacks.on_subscribed = lambda mid, codes: subscribed.set()  # one SUBSCRIBE for every topic
-    deadline = time.monotonic() + timeout
-    link.start()
-    try:
-        if not link.wait_connected(max(0.1, deadline - time.monotonic())):
-            raise EdgeError(f"cannot connect to {settings.broker} within {timeout:g} s")
-        subscribed.wait(max(0.1, deadline - time.monotonic()))
-        link.publish(f"{TOPIC_ROOT}/{device}/cmd/{command}", json.dumps(body).encode(), qos=1)
-        done.wait(max(0.0, deadline - time.monotonic()))
-    finally:
-        link.stop()
-    if output is None:
-        return dict(result) if done.is_set() else None
-    return dict(result) if "status" in result and result["status"] in TERMINAL else None
-
-
-DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # one topic level (AgentConfig.device_id)
-MAX_STATUS_BYTES = 64 * 1024  # a retained status larger than this is not read
-
-
-def _command_body(device: str, command: str, args: dict[str, Any], timeout: float, sign_key: Any) -> dict[str, Any]:
-    now = time.time()
-    body: dict[str, Any] = {"id": uuid.uuid4().hex, "ts": round(now, 3),
-                            "expires": round(now + max(timeout, 1.0) + 30.0, 3), "args": args}
-    if sign_key is not None:
-        body["sig"] = sign_command(sign_key, device, command, body)
-    return body
-
-
-def online_devices(settings: MqttSettings, wait: float, quiet: float = 0.5) -> list[str]:
-    """Device ids whose retained ``status`` says ``online``, read within ``wait`` seconds.
-
-    The broker sends the retained statuses right after the SUBACK; the read ends once none has
-    arrived for ``quiet`` seconds (or at ``wait``).
-
-    Raises:
-        EdgeError: the broker cannot be reached within ``wait`` + 5 s.
-    """
-    states: dict[str, str] = {}
-    lock = threading.Lock()
-    last = [time.monotonic()]
-    subscribed = threading.Event()
-
-    def on_message(message: InboundMessage) -> None:
-        parts = message.topic.split("/")
-        if len(parts) != 4 or not DEVICE_ID_RE.fullmatch(parts[2]) or len(message.payload) > MAX_STATUS_BYTES:
-            return
-        try:
-            body = json.loads(message.payload)
-        except ValueError:
-            return
-        state = body.get("state") if isinstance(body, dict) else None
-        with lock:
-            states[parts[2]] = state if isinstance(state, str) else "unknown"
-            last[0] = time.monotonic()
-
-    link = MqttLink(settings, f"fleet-all-{uuid.uuid4().hex[:8]}", subscriptions=(f"{TOPIC_ROOT}/+/status",))
-    link.callbacks.on_message = on_message
-    link.callbacks.on_subscribed = lambda mid, codes: subscribed.set()
-    link.start()
-    try:
-        if not link.wait_connected(wait + 5):
-            raise EdgeError(f"cannot connect to {settings.broker} within {wait + 5:g} s")
-        deadline = time.monotonic() + wait
-        if subscribed.wait(wait):
-            with lock:
-                last[0] = time.monotonic()
-            while time.monotonic() < deadline:
-                with lock:
-                    if time.monotonic() - last[0] >= quiet:
-                        break
-                time.sleep(0.05)
-    finally:
-        link.stop()
-    return sorted(device for device, state in states.items() if state == "online")
-
-
-def send_many(
-    settings: MqttSettings,
-    devices: Sequence[str],
-    command: str,
-    args: dict[str, Any],
-    *,
-    timeout: float = 10.0,
-    sign_key: Path | None = None,
-    on_ack: Callable[[str, dict[str, Any]], None] | None = None,
-) -> dict[str, dict[str, Any] | None]:
-    """Send one command (its own id per device) over one connection and wait, within ``timeout``,
-    for each device's final ack; returns device → final ack, or None where none came in time."""
-    key = None
-    if sign_key is not None:
-        from edge_agent.model.keys import load_private_key
-
-        key = load_private_key(sign_key)
-    bodies = {device: _command_body(device, command, args, timeout, key) for device in devices}
-    waiting = {body["id"]: device for device, body in bodies.items()}
-    results: dict[str, dict[str, Any] | None] = dict.fromkeys(devices)
-    cond = threading.Condition()
-    # one wildcard subscription for many devices, one exact one per device for a few
-    filters = tuple(f"{TOPIC_ROOT}/{d}/ack" for d in devices) if len(devices) <= 16 else (f"{TOPIC_ROOT}/+/ack",)
-    link = MqttLink(settings, f"fleet-send-{uuid.uuid4().hex[:8]}", subscriptions=filters)
-    subscribed = threading.Event()
-
-    def on_message(message: InboundMessage) -> None:
-        parts = message.topic.split("/")
-        if len(parts) != 4 or parts[3] != "ack" or len(message.payload) > MAX_STATUS_BYTES:
-            return
-        try:
-            ack = json.loads(message.payload)
-        except ValueError:
-            return
-        if not isinstance(ack, dict):
-            return
-        with cond:
-            device = waiting.get(str(ack.get("id")))
-            if device is None or device != parts[2]:
-                return  # another command's ack, or an ack on the wrong device's topic
-            if on_ack is not None:
-                on_ack(device, ack)
-            if ack.get("status") in TERMINAL:
-                results[device] = ack
-                del waiting[ack["id"]]
-                cond.notify_all()
-
-    link.callbacks.on_message = on_message
-    link.callbacks.on_subscribed = lambda mid, codes: subscribed.set()  # one SUBSCRIBE for every filter
-    deadline = time.monotonic() + timeout
-    link.start()
-    try:
-        if not link.wait_connected(max(0.1, deadline - time.monotonic())):
-            raise EdgeError(f"cannot connect to {settings.broker} within {timeout:g} s")
-        subscribed.wait(max(0.1, deadline - time.monotonic()))
-        for device, body in bodies.items():
-            link.publish(f"{TOPIC_ROOT}/{device}/cmd/{command}", json.dumps(body).encode(), qos=1)
-        with cond:
-            cond.wait_for(lambda: not waiting, max(0.0, deadline - time.monotonic()))
-    finally:
-        link.stop()
-    return results
-
-
-@dataclass
-class CommandOutput:
-    """A message a command publishes besides its ack (``snapshot``: ``evt/snapshot``), matched by
-    the ``cmd_id`` in its body; messages on that topic for other commands are counted in ``ignored``."""
-
-    kind: str
-    payload: bytes | None = None
-    ignored: int = 0
 
 
 # ---- presentation -----------------------------------------------------------------------

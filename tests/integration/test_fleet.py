@@ -91,7 +91,7 @@ def test_no_broker_is_a_clear_error():
 def test_send_keeps_the_first_final_ack(mqtt_broker, unique_id: str) -> None:
     """A device whose ``in_progress`` arrives after its ``failed`` (an agent before issue 11):
     the final answer stays ``failed``; a late progress ack must not replace it."""
-    from deploy.fleet import send_command
+    from deploy.commands import send_command
     from edge_agent.messaging.link import MqttLink
     from edge_agent.messaging.paho_client import InboundMessage
 

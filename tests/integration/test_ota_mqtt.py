@@ -1,7 +1,7 @@
 """OTA end to end against the REAL agent: ``edge-agent run --state-dir S --public-key K --broker B``
 (an installed model, a looping folder source), a real Mosquitto, bundles served over HTTP on
 127.0.0.1, and signed ``update_model``/``rollback`` commands sent with the operator's tool
-(``deploy.fleet.send_command``, the code behind ``edge-fleet send --sign-key``).
+(``deploy.commands.send_command``, the code behind ``edge-fleet send --sign-key``).
 
 What the agent serves is read from what it publishes: ``model_sha256`` (the weights) and
 ``manifest_sha256`` (the whole bundle) in its results, and its retained ``status`` (a fresh
@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 
 from deploy.broker import Mosquitto
-from deploy.fleet import send_command
+from deploy.commands import send_command
 from edge_agent.messaging.link import MqttSettings
 from edge_agent.model.bundle import read_bundle
 from edge_agent.model.keys import generate_keypair, load_private_key

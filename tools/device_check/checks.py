@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.broker import Mosquitto
-from deploy.fleet import send_command
+from deploy.commands import send_command
 from edge_agent.messaging.settings import MqttSettings
 from edge_agent.model.bundle import read_bundle
 from edge_agent.model.loader import bundle_identity
