@@ -57,7 +57,7 @@ def _body(payload: dict[str, Any]) -> dict[str, Any]:
 
 def test_stdout_and_mqtt_health_and_status_use_the_same_keys(tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
-    _run(tmp_path, "stdout")
+    stdout_agent = _run(tmp_path, "stdout")
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
     stdout_health = _body(next(m["payload"] for m in reversed(lines) if m["topic"].endswith("/health")))
     stdout_status = _body(next(m["payload"] for m in lines if m["topic"].endswith("/status")))
@@ -77,7 +77,12 @@ def test_stdout_and_mqtt_health_and_status_use_the_same_keys(tmp_path: Path,
     assert set(stdout_health["outbox"]) == set(mqtt_health["outbox"]) - OUTBOX_MQTT_ONLY
     assert set(mqtt_health["outbox"]) >= OUTBOX_MQTT_ONLY
     assert (stdout_health["publisher"], mqtt_health["publisher"]) == ("stdout", "mqtt")
-    assert stdout_health["outbox"]["depth"] == 0 and mqtt_health["outbox"]["depth"] >= 1
+    # The last health is built while the stdout writer may still hold a line (a busy machine), so
+    # its depth is whatever was in flight; once stopped, the stdout queue is empty. The MQTT
+    # outbox keeps what the absent broker never took.
+    assert isinstance(stdout_health["outbox"]["depth"], int) and stdout_health["outbox"]["depth"] >= 0
+    assert stdout_agent.publisher is not None and stdout_agent.publisher.stats()["outbox"]["depth"] == 0
+    assert mqtt_health["outbox"]["depth"] >= 1
     assert stdout_health["health_interval_s"] == mqtt_health["health_interval_s"] == 30.0
     assert set(stdout_status) == set(mqtt_status)
     assert stdout_status["health_interval_s"] == mqtt_status["health_interval_s"] == 30.0
